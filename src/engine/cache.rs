@@ -1,0 +1,218 @@
+//! The layer cache. A layer is `<key>.qcow2` plus `<key>.json` (what made it) in one
+//! directory, so overlays name their backing file relatively. Layers are written under a
+//! temporary name and renamed on success: a failed stage leaves nothing behind.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// A finished layer in the cache.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub key: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub key: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub pipeline: String,
+    pub stage_index: usize,
+    pub kind: String,
+    pub created: String,
+    /// What the guest inspection found, when the stage inspected it.
+    #[serde(default)]
+    pub inspection: Option<serde_json::Value>,
+}
+
+pub struct Cache {
+    pub dir: PathBuf,
+}
+
+impl Cache {
+    pub fn open(work_dir: &Path) -> Result<Cache> {
+        let dir = work_dir.join("layers");
+        std::fs::create_dir_all(dir.join("outputs"))
+            .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+        Ok(Cache { dir })
+    }
+
+    pub fn layer_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.qcow2"))
+    }
+
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
+    }
+
+    /// Where a stage writes its layer while it runs; removed if the stage fails.
+    pub fn temp_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!(".tmp-{key}-{}.qcow2", std::process::id()))
+    }
+
+    pub fn get(&self, key: &str) -> Option<Layer> {
+        let path = self.layer_path(key);
+        (path.exists() && self.meta_path(key).exists()).then(|| Layer { key: key.to_string(), path })
+    }
+
+    pub fn meta(&self, key: &str) -> Option<LayerMeta> {
+        serde_json::from_slice(&std::fs::read(self.meta_path(key)).ok()?).ok()
+    }
+
+    /// Marks a cached layer as used now, so `gc` keeps what nightly runs still reuse.
+    pub fn touch(&self, key: &str) {
+        if let Ok(f) = std::fs::File::options().append(true).open(self.meta_path(key)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Moves a finished temporary layer into place: metadata first, then the image under
+    /// its final name, so a layer is visible only once complete.
+    pub fn commit(&self, temp: &Path, meta: &LayerMeta) -> Result<Layer> {
+        std::fs::write(self.meta_path(&meta.key), serde_json::to_vec_pretty(meta)?)?;
+        let path = self.layer_path(&meta.key);
+        std::fs::rename(temp, &path).with_context(|| format!("cannot move layer into {}", path.display()))?;
+        Ok(Layer { key: meta.key.clone(), path })
+    }
+
+    pub fn update_meta(&self, meta: &LayerMeta) -> Result<()> {
+        std::fs::write(self.meta_path(&meta.key), serde_json::to_vec_pretty(meta)?)?;
+        Ok(())
+    }
+
+    /// The record an output stage (publish) left for this key, if any.
+    pub fn output_record(&self, key: &str) -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(self.dir.join("outputs").join(format!("{key}.json"))).ok()?).ok()
+    }
+
+    pub fn save_output_record(&self, key: &str, record: &serde_json::Value) -> Result<()> {
+        let path = self.dir.join("outputs").join(format!("{key}.json"));
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// Every complete layer with its metadata, oldest first.
+    pub fn list(&self) -> Result<Vec<(LayerMeta, u64, SystemTime)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let key = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let (Some(meta), Ok(image)) = (self.meta(&key), std::fs::metadata(self.layer_path(&key))) else {
+                continue;
+            };
+            let used = std::fs::metadata(&path)?.modified()?;
+            out.push((meta, allocated_bytes(&image), used));
+        }
+        out.sort_by_key(|(_, _, used)| *used);
+        Ok(out)
+    }
+
+    /// Removes layers not used for `keep` and not the backing of a layer that stays, and
+    /// temporary files of stages that died. Returns the removed keys.
+    pub fn gc(&self, keep: Duration) -> Result<Vec<String>> {
+        let now = SystemTime::now();
+        let layers = self.list()?;
+        let mut kept: std::collections::HashSet<String> = layers
+            .iter()
+            .filter(|(_, _, used)| now.duration_since(*used).unwrap_or_default() < keep)
+            .map(|(m, _, _)| m.key.clone())
+            .collect();
+        // Ancestors of kept layers stay: an overlay is useless without its backing file.
+        let parents: std::collections::HashMap<_, _> =
+            layers.iter().map(|(m, _, _)| (m.key.clone(), m.parent.clone())).collect();
+        for key in kept.clone() {
+            let mut cur = parents.get(&key).cloned().flatten();
+            while let Some(p) = cur {
+                kept.insert(p.clone());
+                cur = parents.get(&p).cloned().flatten();
+            }
+        }
+        let mut removed = Vec::new();
+        for (meta, _, _) in &layers {
+            if !kept.contains(&meta.key) {
+                let _ = std::fs::remove_file(self.layer_path(&meta.key));
+                std::fs::remove_file(self.meta_path(&meta.key))?;
+                removed.push(meta.key.clone());
+            }
+        }
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with(".tmp-") && !pid_alive(&name) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// `.tmp-<key>-<pid>.qcow2`: is that stage's process still running?
+fn pid_alive(name: &str) -> bool {
+    name.trim_end_matches(".qcow2")
+        .rsplit('-')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks() * 512
+}
+
+/// Builds a cache key: a SHA-256 over labelled parts, so reordering parts changes the key.
+pub struct KeyHasher(Sha256);
+
+impl KeyHasher {
+    pub fn new(parent: Option<&str>, kind: &str) -> KeyHasher {
+        let mut h = Sha256::new();
+        h.update(b"virt-pipeline layer v1\n");
+        h.update(format!("parent={}\nkind={kind}\n", parent.unwrap_or("-")));
+        KeyHasher(h)
+    }
+
+    pub fn part(&mut self, label: &str, data: &[u8]) {
+        self.0.update(format!("{label}:{}\n", data.len()));
+        self.0.update(data);
+    }
+
+    /// Hashes a file's contents, or a directory tree's names and contents in sorted order.
+    pub fn path(&mut self, path: &Path) -> Result<()> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                self.part("entry", e.file_name().as_encoded_bytes());
+                self.path(&e.path())?;
+            }
+        } else {
+            let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut file_hash = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                file_hash.update(&buf[..n]);
+            }
+            self.part("file", &file_hash.finalize());
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}

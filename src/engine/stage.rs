@@ -1,0 +1,77 @@
+//! The one interface every stage kind implements (PVC's lesson: small pluggable pieces
+//! behind one trait, not a fixed flow with special cases).
+
+use super::cache::Layer;
+use super::log::StageLog;
+use super::ui::Ui;
+use crate::vm::Accel;
+use anyhow::Result;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+
+/// What a stage does to the layer chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Makes a new disk at `ctx.output` with no parent (install).
+    Base,
+    /// Changes a qcow2 overlay at `ctx.output` whose backing file is the parent layer.
+    Overlay,
+    /// Reads the chain and writes somewhere else (publish, export); the layer passes on
+    /// unchanged. Its run returns a record that `output_current` checks on the next run.
+    Output,
+}
+
+pub trait Stage {
+    fn kind(&self) -> &'static str;
+    fn layer_kind(&self) -> LayerKind;
+    /// The rendered configuration that goes into the cache key.
+    fn config(&self) -> serde_json::Value;
+    /// Host files and directories the stage reads; their contents go into the cache key.
+    fn inputs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<StageResult>;
+    /// For output stages: is what an earlier run recorded still in place (the published
+    /// entry still in its repository)? If not, the stage runs again.
+    fn output_current(&self, _record: &serde_json::Value) -> bool {
+        true
+    }
+}
+
+/// What a finished stage reports back to the engine.
+#[derive(Debug, Default)]
+pub struct StageResult {
+    /// Guest inspection of the new layer, stored in its metadata.
+    pub inspection: Option<serde_json::Value>,
+    /// For output stages: where the output went, checked on the next run.
+    pub record: Option<serde_json::Value>,
+}
+
+/// Settings of one `pipeline run` that stages need.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub accel: Accel,
+    pub work_dir: PathBuf,
+    pub offline: bool,
+    pub sign_key: Option<String>,
+}
+
+pub struct StageContext<'a> {
+    pub index: usize,
+    pub parent: Option<&'a Layer>,
+    /// Where Base and Overlay stages write their layer (a temporary name).
+    pub output: PathBuf,
+    pub log: StageLog,
+    pub bar: ProgressBar,
+    pub ui: &'a Ui,
+    pub settings: &'a RunSettings,
+}
+
+impl StageContext<'_> {
+    /// The parent layer; stages other than install always have one.
+    pub fn parent_path(&self) -> Result<&Path> {
+        self.parent
+            .map(|l| l.path.as_path())
+            .ok_or_else(|| anyhow::anyhow!("this stage needs a previous layer to work on"))
+    }
+}

@@ -1,0 +1,182 @@
+//! Engine tests with a small test-only stage that writes a byte pattern into its layer with
+//! qemu-io: real qcow2 chains, real cache, no appliance.
+
+use super::*;
+use crate::vm::Accel;
+use std::cell::Cell;
+use std::path::Path;
+use std::process::Command;
+use std::rc::Rc;
+
+struct PatternStage {
+    base: bool,
+    pattern: u8,
+    input: Option<PathBuf>,
+    fail: bool,
+    runs: Rc<Cell<usize>>,
+}
+
+impl Stage for PatternStage {
+    fn kind(&self) -> &'static str {
+        "pattern"
+    }
+    fn layer_kind(&self) -> LayerKind {
+        if self.base {
+            LayerKind::Base
+        } else {
+            LayerKind::Overlay
+        }
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({ "pattern": self.pattern })
+    }
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.input.iter().cloned().collect()
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<stage::StageResult> {
+        self.runs.set(self.runs.get() + 1);
+        if self.base {
+            qemu_img::create_blank(&ctx.output, "8M")?;
+        }
+        qemu_io(&ctx.output, &format!("write -P {} {} 64k", self.pattern, offset(self.pattern)))?;
+        if self.fail {
+            anyhow::bail!("the test stage fails on purpose");
+        }
+        Ok(Default::default())
+    }
+}
+
+fn offset(pattern: u8) -> u64 {
+    pattern as u64 * 65536
+}
+
+fn qemu_io(path: &Path, cmd: &str) -> Result<()> {
+    let out = Command::new("qemu-io").args(["-f", "qcow2", "-c", cmd]).arg(path).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success() && !text.contains("Pattern verification failed"), "qemu-io {cmd}: {text}");
+    Ok(())
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    runs: Vec<Rc<Cell<usize>>>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture { dir: tempfile::tempdir().unwrap(), runs: (0..3).map(|_| Rc::new(Cell::new(0))).collect() }
+    }
+    fn input(&self) -> PathBuf {
+        self.dir.path().join("script.sh")
+    }
+    fn stages(&self, fail_last: bool) -> Vec<Box<dyn Stage>> {
+        (0..3)
+            .map(|i| {
+                Box::new(PatternStage {
+                    base: i == 0,
+                    pattern: i as u8 + 1,
+                    input: (i == 1).then(|| self.input()),
+                    fail: fail_last && i == 2,
+                    runs: self.runs[i].clone(),
+                }) as Box<dyn Stage>
+            })
+            .collect()
+    }
+    fn engine<'a>(&self, ui: &'a Ui, options: EngineOptions) -> Engine<'a> {
+        let settings = RunSettings {
+            accel: Accel::Tcg,
+            work_dir: self.dir.path().join("work"),
+            offline: true,
+            sign_key: None,
+        };
+        Engine::new(settings, options, ui).unwrap()
+    }
+    fn runs(&self) -> Vec<usize> {
+        self.runs.iter().map(|r| r.get()).collect()
+    }
+}
+
+#[test]
+fn stages_chain_and_a_second_run_reuses_every_layer() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new(false);
+    let engine = f.engine(&ui, EngineOptions::default());
+    let last = engine.run("t", &f.stages(false), None).unwrap();
+    assert_eq!(f.runs(), vec![1, 1, 1]);
+    // The last layer sees every stage's write through its backing chain.
+    for p in 1..=3u8 {
+        qemu_io(&last.path, &format!("read -P {p} {} 64k", offset(p))).unwrap();
+    }
+    let info = qemu_img::info(&last.path).unwrap();
+    assert!(info.backing_filename.is_some(), "an overlay has a backing file");
+    assert!(engine.plan(&f.stages(false), None).unwrap().iter().all(|p| p.status == Status::Cached));
+    let again = engine.run("t", &f.stages(false), None).unwrap();
+    assert_eq!(f.runs(), vec![1, 1, 1]);
+    assert_eq!(again.key, last.key);
+}
+
+#[test]
+fn a_changed_input_file_reruns_its_stage_and_those_after() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new(false);
+    let engine = f.engine(&ui, EngineOptions::default());
+    let first = engine.run("t", &f.stages(false), None).unwrap();
+    std::fs::write(f.input(), "echo two").unwrap();
+    let plan = engine.plan(&f.stages(false), None).unwrap();
+    let status: Vec<_> = plan.iter().map(|p| p.status).collect();
+    assert_eq!(status, vec![Status::Cached, Status::ToRun, Status::ToRun]);
+    let second = engine.run("t", &f.stages(false), None).unwrap();
+    assert_eq!(f.runs(), vec![1, 2, 2]);
+    assert_ne!(first.key, second.key);
+}
+
+#[test]
+fn build_id_pins_keys_until_the_base_changes() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new(false);
+    let options = EngineOptions { build_id: Some("nightly-1".into()), ..Default::default() };
+    let engine = f.engine(&ui, options);
+    engine.run("t", &f.stages(false), None).unwrap();
+    std::fs::write(f.input(), "echo two").unwrap();
+    engine.run("t", &f.stages(false), None).unwrap();
+    assert_eq!(f.runs(), vec![1, 1, 1], "the build ID stands in for the changed input");
+    // A different base layer invalidates everything on top of it, build ID or not.
+    let other_base = Layer { key: "other".into(), path: engine.cache.layer_path("x") };
+    let plan = engine.plan(&f.stages(false)[1..], Some(&other_base)).unwrap();
+    assert!(plan.iter().all(|p| p.status == Status::ToRun));
+}
+
+#[test]
+fn no_cache_rebuilds_every_stage() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new(false);
+    f.engine(&ui, EngineOptions::default()).run("t", &f.stages(false), None).unwrap();
+    let engine = f.engine(&ui, EngineOptions { no_cache: true, ..Default::default() });
+    engine.run("t", &f.stages(false), None).unwrap();
+    assert_eq!(f.runs(), vec![2, 2, 2]);
+}
+
+#[test]
+fn a_failed_stage_leaves_nothing_in_the_cache() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new(false);
+    let engine = f.engine(&ui, EngineOptions::default());
+    let err = engine.run("t", &f.stages(true), None).unwrap_err();
+    assert!(format!("{err:#}").contains("fails on purpose"));
+    let plan = engine.plan(&f.stages(true), None).unwrap();
+    assert_eq!(plan.iter().map(|p| p.status).collect::<Vec<_>>(), vec![Status::Cached, Status::Cached, Status::ToRun]);
+    let leftovers: Vec<_> = std::fs::read_dir(&engine.cache.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&plan[2].key))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // gc keeps recent layers and their ancestors.
+    assert!(engine.cache.gc(std::time::Duration::from_secs(3600)).unwrap().is_empty());
+    assert_eq!(engine.cache.gc(std::time::Duration::ZERO).unwrap().len(), 2);
+}

@@ -1,0 +1,55 @@
+//! Progress on the terminal (indicatif) and plain lines when stderr is not a terminal, so
+//! nightly runs under systemd or CI keep a readable log.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Ui {
+    multi: MultiProgress,
+    tty: bool,
+    pub verbose: bool,
+}
+
+impl Ui {
+    pub fn new(verbose: bool) -> Ui {
+        let tty = std::io::stderr().is_terminal();
+        let target = if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        Ui { multi: MultiProgress::with_draw_target(target), tty, verbose }
+    }
+
+    /// A line for the user, printed above any progress bars.
+    pub fn line(&self, msg: impl AsRef<str>) {
+        if self.tty {
+            let _ = self.multi.println(msg.as_ref());
+        } else {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// A spinner with elapsed time for work of unknown length (VM runs, appliance work);
+    /// its message is the latest output line.
+    pub fn spinner(&self, prefix: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {wide_msg}").expect("valid template"),
+        );
+        bar.set_prefix(prefix.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+
+    /// A byte-counting bar for copies, downloads and compression.
+    pub fn bytes(&self, prefix: &str, total: u64) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new(total));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(prefix.to_string());
+        bar
+    }
+}

@@ -1,0 +1,3 @@
+//! Disk images on the host: qemu-img helpers, reading a qcow2 chain.
+
+pub mod qemu_img;

@@ -1,0 +1,216 @@
+//! Reading a pipeline file: TOML syntax, `--set` overrides, templates, then the typed schema.
+//! Every failure here is bad input (exit 2) and names the file and the key.
+
+pub mod overrides;
+pub mod schema;
+pub mod template;
+
+use crate::bad_input;
+use anyhow::Result;
+use overrides::Override;
+pub use schema::*;
+use std::path::{Path, PathBuf};
+
+/// A loaded, rendered and type-checked pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file as given on the command line.
+    pub path: PathBuf,
+    /// Relative paths in the file resolve against this directory.
+    pub dir: PathBuf,
+    pub file: PipelineFile,
+}
+
+impl Pipeline {
+    pub fn name(&self) -> &str {
+        &self.file.pipeline.name
+    }
+
+    /// A path named in the file, resolved against the file's directory.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| bad_input!("cannot read pipeline file {shown}: {e}"))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| bad_input!("{shown}: {}", e.to_string().trim_end()))?;
+    let overrides = sets
+        .iter()
+        .map(|s| Override::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_input!("{e}"))?;
+    // A --set whose text looked like a number or bool is retried as a string when the schema
+    // wants a string there: values are typed by the schema, not by how they look.
+    let mut as_string = vec![false; overrides.len()];
+    loop {
+        let mut doc = toml::Value::Table(table.clone());
+        for (ov, s) in overrides.iter().zip(&as_string) {
+            overrides::apply(&mut doc, ov, *s).map_err(|e| bad_input!("{e}"))?;
+        }
+        template::render_document(&mut doc).map_err(|e| bad_input!("{shown}: {e}"))?;
+        match serde_path_to_error::deserialize::<_, PipelineFile>(doc) {
+            Ok(file) => {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+                let pipeline = Pipeline { path: path.to_path_buf(), dir, file };
+                check(&pipeline)?;
+                return Ok(pipeline);
+            }
+            Err(err) => {
+                let at = err.path().to_string();
+                let msg = err.inner().to_string();
+                let culprit = overrides.iter().position(|ov| ov.path_string() == at);
+                if let Some(i) = culprit {
+                    if !as_string[i] && msg.contains("invalid type") && msg.contains("expected a string") {
+                        as_string[i] = true;
+                        continue;
+                    }
+                    if msg.contains("unknown field") || msg.contains("unknown variant") {
+                        return Err(bad_input!("--set {at}: no such key in the pipeline schema: {msg}"));
+                    }
+                }
+                if let Some(ov) = overrides.iter().find(|ov| at.starts_with(&ov.path_string()) || ov.path_string().starts_with(&at)) {
+                    if msg.contains("unknown field") || msg.contains("unknown variant") {
+                        return Err(bad_input!("--set {}: no such key in the pipeline schema ({at}: {msg})", ov.path_string()));
+                    }
+                }
+                let at = if at == "." { String::new() } else { format!("{at}: ") };
+                return Err(bad_input!("{shown}: {at}{msg}{}", hint(&msg)));
+            }
+        }
+    }
+}
+
+fn hint(msg: &str) -> &'static str {
+    if msg.contains("unknown variant") && msg.contains("install") {
+        "; each [[stages]] entry holds exactly one stage table such as [stages.sysprep]"
+    } else if msg.contains("unknown field") {
+        "; check the spelling against the README's key reference"
+    } else {
+        ""
+    }
+}
+
+/// Checks that the schema cannot express: the version and how the first layer is made.
+fn check(p: &Pipeline) -> Result<()> {
+    let shown = p.path.display();
+    let f = &p.file;
+    if f.version != 1 {
+        return Err(bad_input!("{shown}: version: this tool reads version 1 pipeline files, not {}", f.version));
+    }
+    if f.stages.is_empty() {
+        return Err(bad_input!("{shown}: stages: a pipeline needs at least one [[stages]] entry"));
+    }
+    let starts_with_install = matches!(f.stages[0], StageConfig::Install(_));
+    match (&f.from, starts_with_install) {
+        (Some(_), true) => {
+            return Err(bad_input!("{shown}: from: a pipeline whose first stage is an install takes no `from`"))
+        }
+        (None, false) => {
+            return Err(bad_input!(
+                "{shown}: stages[0]: the first layer must come from somewhere: start with [stages.install] or set from = {{ image = \"...\" }}"
+            ))
+        }
+        _ => {}
+    }
+    if let Some(i) = f.stages.iter().skip(1).position(|s| matches!(s, StageConfig::Install(_))) {
+        return Err(bad_input!("{shown}: stages[{}]: install can only be the first stage", i + 1));
+    }
+    if let Some(from) = &f.from {
+        let given = [&from.image, &from.repo, &from.pipeline].iter().filter(|v| v.is_some()).count();
+        if given != 1 {
+            return Err(bad_input!("{shown}: from: give exactly one of image, repo (with name) or pipeline"));
+        }
+        if from.repo.is_some() != from.name.is_some() {
+            return Err(bad_input!("{shown}: from: repo and name go together"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("p.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const BASE: &str = "version = 1\nfrom = { image = \"x.qcow2\" }\n[pipeline]\nname = \"t\"\n[values]\nHost = \"h\"\n[[stages]]\n[stages.sysprep]\nfstrim = true\nhostname = \"{{ Host }}\"\n";
+
+    fn err(text: &str, sets: &[&str]) -> String {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), text);
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let e = load(&p, &sets).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn loads_renders_and_overrides() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), BASE);
+        let pl = load(&p, &["values.Host=web1".into(), "stages[0].sysprep.fstrim=false".into()]).unwrap();
+        match &pl.file.stages[0] {
+            StageConfig::Sysprep(s) => {
+                assert_eq!(s.hostname, "web1");
+                assert!(!s.fstrim);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A number-looking value for a string key stays a string.
+        let pl = load(&p, &["stages[0].sysprep.hostname=1234".into()]).unwrap();
+        assert!(matches!(&pl.file.stages[0], StageConfig::Sysprep(s) if s.hostname == "1234"));
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let e = err("version = 1\n[pipeline\n", &[]);
+        assert!(e.contains("p.toml") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn unknown_stage_kind_and_key_are_errors() {
+        let e = err(&BASE.replace("[stages.sysprep]", "[stages.sysprap]"), &[]);
+        assert!(e.contains("stages[0]") && e.contains("sysprap"), "{e}");
+        let e = err(&BASE.replace("fstrim = true", "fstrin = true"), &[]);
+        assert!(e.contains("stages[0].sysprep") && e.contains("fstrin"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = err(&BASE.replace("fstrim = true", "fstrim = \"yes\""), &[]);
+        assert!(e.contains("stages[0].sysprep.fstrim") && e.contains("boolean"), "{e}");
+    }
+
+    #[test]
+    fn undefined_template_names_are_errors() {
+        let e = err(&BASE.replace("{{ Host }}", "{{ Hots }}"), &[]);
+        assert!(e.contains("`Hots`") && e.contains("stages[0].sysprep.hostname"), "{e}");
+    }
+
+    #[test]
+    fn set_paths_outside_the_schema_are_errors() {
+        let e = err(BASE, &["stages[0].sysprep.nonsense=1"]);
+        assert!(e.contains("--set stages[0].sysprep.nonsense") && e.contains("no such key"), "{e}");
+        let e = err(BASE, &["stages[0].sysprep.fstrim=perhaps"]);
+        assert!(e.contains("expected true or false"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_bad_input() {
+        let e = load(Path::new("/nonexistent/p.toml"), &[]).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(format!("{e}").contains("/nonexistent/p.toml"));
+    }
+}

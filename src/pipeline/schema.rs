@@ -1,0 +1,273 @@
+//! The pipeline file format. Unknown keys are errors everywhere (`deny_unknown_fields`), so a
+//! typo never passes silently. Every stage table is one variant of [`StageConfig`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub version: u32,
+    pub pipeline: PipelineInfo,
+    /// Template data; strings anywhere else may refer to these as `{{ Name }}`.
+    #[serde(default)]
+    pub values: toml::Table,
+    /// Environment for every step that takes env; a step's own env overrides it.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where the first layer comes from, when the first stage is not an install.
+    #[serde(default)]
+    pub from: Option<Source>,
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineInfo {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `from = { image = ... }`, `{ repo = ..., name = ... }` or `{ pipeline = ... }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Fingerprint of the key that must have signed the repository's index.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub pipeline: Option<String>,
+}
+
+/// One `[[stages]]` entry: exactly one stage table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageConfig {
+    Install(InstallConfig),
+    Customize(CustomizeConfig),
+    Sysprep(SysprepConfig),
+    Publish(PublishConfig),
+}
+
+impl StageConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Install(_) => "install",
+            StageConfig::Customize(_) => "customize",
+            StageConfig::Sysprep(_) => "sysprep",
+            StageConfig::Publish(_) => "publish",
+        }
+    }
+}
+
+/// `[stages.install]`: how the first layer is made.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum InstallConfig {
+    Netboot(NetbootConfig),
+    Iso(NetbootConfig),
+    Debootstrap(DebootstrapConfig),
+    Image(ImageConfig),
+}
+
+/// An installer booted with an answers file injected into its initrd (netboot and iso).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetbootConfig {
+    /// Installer tree (URL or directory) holding `linux` and `initrd.gz`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Installer ISO (path or URL), for `method = "iso"`.
+    #[serde(default)]
+    pub iso: Option<String>,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Debian/Ubuntu answers file, injected as /preseed.cfg.
+    #[serde(default)]
+    pub preseed: Option<String>,
+    /// Fedora/RHEL/Rocky answers file, injected as /ks.cfg.
+    #[serde(default)]
+    pub kickstart: Option<String>,
+    /// More files injected into the initrd root, by host path.
+    #[serde(default)]
+    pub inject: Vec<String>,
+    #[serde(default)]
+    pub extra_args: String,
+    #[serde(default = "default_disk_size")]
+    pub disk_size: String,
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// The whole install may take at most this long.
+    #[serde(default = "default_install_timeout")]
+    pub timeout: String,
+    /// An installer waiting at a question with no new output for this long is stopped.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebootstrapConfig {
+    pub suite: String,
+    #[serde(default = "default_mirror")]
+    pub mirror: String,
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default = "default_disk_size")]
+    pub disk_size: String,
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// virt-customize syntax: `password:SECRET`, `file:PATH`, `random`, `disabled`.
+    #[serde(default)]
+    pub root_password: Option<String>,
+    /// A public key (the key text, or a path to a .pub file) authorised for root.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// A local file or URL: qcow2, raw, or either compressed with xz.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A virt-builder repository (directory or URL of index.asc) and the entry's name.
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// Grow the disk to this size.
+    #[serde(default)]
+    pub disk_size: Option<String>,
+}
+
+/// `[stages.customize]`: offline edits, applied in order, in one appliance launch.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomizeConfig {
+    pub steps: Vec<CustomizeStep>,
+    /// Turn the appliance network on (needed by install/uninstall and network run-commands).
+    #[serde(default)]
+    pub network: Option<bool>,
+}
+
+/// One virt-customize action; names follow virt-customize's options.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CustomizeStep {
+    Hostname(String),
+    RootPassword(String),
+    Timezone(String),
+    Mkdir(String),
+    Write { path: String, content: String },
+    AppendLine { path: String, line: String },
+    CopyIn { source: String, dest: String },
+    Chmod { mode: String, path: String },
+    Delete(String),
+    Link { target: String, link: String },
+    RunCommand(String),
+    Run(String),
+    Install(Vec<String>),
+    Uninstall(Vec<String>),
+    SshInject { user: String, key: String },
+}
+
+/// `[stages.sysprep]`: virt-sysprep's operations, then zero-fill and fstrim.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysprepConfig {
+    /// Run exactly these operations (like `virt-sysprep --enable`).
+    #[serde(default)]
+    pub enable: Option<Vec<String>>,
+    /// Run the default set less these.
+    #[serde(default)]
+    pub disable: Option<Vec<String>>,
+    /// The name the `hostname` operation writes.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default)]
+    pub zero_free_space: bool,
+    #[serde(default)]
+    pub fstrim: bool,
+}
+
+/// `[stages.publish]`: xz into a signed virt-builder repository.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    #[serde(default = "default_repo")]
+    pub repo: String,
+    /// The entry's identifier (`[name]` in the index).
+    pub name: String,
+    /// The human-readable `name=` line.
+    #[serde(default)]
+    pub long_name: Option<String>,
+    #[serde(default)]
+    pub osinfo: Option<String>,
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// `raw` (virt-builder's usual template format) or `qcow2`.
+    #[serde(default = "default_format")]
+    pub format: String,
+    #[serde(default)]
+    pub expand: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub hidden: bool,
+    /// Fingerprint of the signing key; `--sign-key` overrides it.
+    #[serde(default)]
+    pub sign_key: Option<String>,
+}
+
+fn default_disk_size() -> String {
+    "4G".into()
+}
+fn default_memory() -> String {
+    "1024M".into()
+}
+fn default_cpus() -> u32 {
+    2
+}
+fn default_install_timeout() -> String {
+    "2h".into()
+}
+fn default_stall_timeout() -> String {
+    "5m".into()
+}
+fn default_mirror() -> String {
+    "http://deb.debian.org/debian".into()
+}
+fn default_variant() -> String {
+    "minbase".into()
+}
+fn default_hostname() -> String {
+    "localhost.localdomain".into()
+}
+fn default_repo() -> String {
+    "repo-index".into()
+}
+fn default_arch() -> String {
+    "x86_64".into()
+}
+fn default_format() -> String {
+    "raw".into()
+}

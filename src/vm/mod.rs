@@ -1,0 +1,4 @@
+//! Running qemu: the accelerator choice.
+
+pub mod accel;
+pub use accel::{Accel, AccelChoice};
