@@ -1,7 +1,13 @@
 //! virt-pipeline: build VM disk images in layers from a pipeline file.
 
+pub mod cli;
+pub mod commands;
+pub mod download;
 pub mod engine;
 pub mod error;
+pub mod guest;
 pub mod image;
 pub mod pipeline;
+pub mod repo;
+pub mod stages;
 pub mod vm;

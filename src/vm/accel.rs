@@ -54,7 +54,11 @@ impl Accel {
 }
 
 pub fn kvm_usable() -> bool {
-    let opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     opens && cpu_has_virtualization(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
 }
 

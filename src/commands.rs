@@ -1,0 +1,329 @@
+//! What each subcommand does, on top of the library.
+
+use crate::bad_input;
+use crate::cli::{CacheCommand, Cli, Command, GlobalArgs, PipelineArgs, RepoCommand};
+use crate::engine::cache::{Cache, Layer};
+use crate::engine::stage::RunSettings;
+use crate::engine::ui::Ui;
+use crate::engine::{Engine, EngineOptions, Status};
+use crate::guest::{Drive, Guest};
+use crate::image::qemu_img;
+use crate::pipeline::{self, Pipeline};
+use crate::repo::Repo;
+use crate::stages;
+use crate::vm::Accel;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+pub fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run {
+            pipeline,
+            no_cache,
+            build_id,
+            log_dir,
+            output,
+            offline,
+            sign_key,
+        } => {
+            let options = EngineOptions {
+                no_cache,
+                build_id,
+                log_dir,
+            };
+            run_command(g, &pipeline, options, output.as_deref(), offline, sign_key)
+        }
+        Command::Validate { pipeline } => {
+            let p = load_checked(&pipeline.file, &pipeline.sets)?;
+            println!(
+                "{}: ok ({} stages)",
+                pipeline.file.display(),
+                p.file.stages.len()
+            );
+            Ok(())
+        }
+        Command::Plan { pipeline, build_id } => plan_command(g, &pipeline, build_id),
+        Command::Inspect { image, json } => inspect_command(g, &image, json),
+        Command::Sysprep { list_operations } => {
+            if !list_operations {
+                return Err(bad_input!(
+                    "sysprep: use --list-operations (sysprep runs as a pipeline stage)"
+                ));
+            }
+            print!("{}", stages::sysprep::list_operations());
+            Ok(())
+        }
+        Command::Cache { command } => cache_command(g, command),
+        Command::Repo { command } => repo_command(command),
+        Command::Serve { dir, listen } => {
+            Repo::open(&dir)?;
+            crate::repo::serve::serve(&dir, &listen)
+        }
+    }
+}
+
+/// Loads a pipeline and builds its stages (which checks files, names and sizes), and does
+/// the same for a pipeline it starts from.
+fn load_checked(file: &Path, sets: &[String]) -> Result<Pipeline> {
+    let p = pipeline::load(file, sets)?;
+    stages::build(&p)?;
+    if let Some(base) = p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
+        load_checked(&p.resolve(base), &[])?;
+    }
+    Ok(p)
+}
+
+fn settings(g: &GlobalArgs, offline: bool, sign_key: Option<String>) -> Result<RunSettings> {
+    let accel = Accel::choose(g.accel)?;
+    accel.export_to_environment();
+    Ok(RunSettings {
+        accel,
+        work_dir: g.work_dir.clone(),
+        offline,
+        sign_key,
+    })
+}
+
+/// Runs a pipeline (first the one it starts `from`, if any) and returns its last layer.
+fn run_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Layer> {
+    if depth > 8 {
+        return Err(bad_input!(
+            "{}: from = {{ pipeline }} nests more than 8 deep (a cycle?)",
+            p.path.display()
+        ));
+    }
+    let stages = stages::build(p)?;
+    let base = match p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
+        Some(other) => {
+            let other = pipeline::load(&p.resolve(other), &[])?;
+            engine.ui.line(format!(
+                "{}: starting from pipeline {}",
+                p.name(),
+                other.name()
+            ));
+            Some(run_pipeline(&other, engine, depth + 1)?)
+        }
+        None => None,
+    };
+    engine.run(p.name(), &stages, base)
+}
+
+fn run_command(
+    g: &GlobalArgs,
+    args: &PipelineArgs,
+    options: EngineOptions,
+    output: Option<&Path>,
+    offline: bool,
+    sign_key: Option<String>,
+) -> Result<()> {
+    let p = load_checked(&args.file, &args.sets)?;
+    let ui = Ui::new(g.verbose);
+    let engine = Engine::new(settings(g, offline, sign_key)?, options, &ui)?;
+    let layer = run_pipeline(&p, &engine, 0)?;
+    if let Some(out) = output {
+        let format = match out.extension().and_then(|e| e.to_str()) {
+            Some("raw" | "img") => "raw",
+            _ => "qcow2",
+        };
+        ui.line(format!("writing {} ({format})", out.display()));
+        qemu_img::convert(&layer.path, out, format)?;
+    }
+    println!("{}", layer.path.display());
+    Ok(())
+}
+
+fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -> Result<()> {
+    let p = load_checked(&args.file, &args.sets)?;
+    let ui = Ui::new(g.verbose);
+    let engine = Engine::new(
+        settings(g, true, None)?,
+        EngineOptions {
+            build_id,
+            ..Default::default()
+        },
+        &ui,
+    )?;
+    let stages = stages::build(&p)?;
+    if let Some(other) = p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
+        println!("starts from pipeline {} (planned when run)", other);
+    }
+    let planned = engine.plan(&stages, None)?;
+    for s in &planned {
+        let status = match s.status {
+            Status::Cached => "cached",
+            Status::ToRun => "to run",
+        };
+        let inputs: Vec<String> = s.inputs.iter().map(|i| i.display().to_string()).collect();
+        println!(
+            "{:>2}  {:<10} {}  {:<7} {}",
+            s.index + 1,
+            s.kind,
+            &s.key[..16],
+            status,
+            if inputs.is_empty() {
+                String::new()
+            } else {
+                format!("reads {}", inputs.join(", "))
+            }
+        );
+    }
+    Ok(())
+}
+
+fn inspect_command(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {
+    if !image.exists() {
+        return Err(bad_input!("{}: no such image", image.display()));
+    }
+    let accel = Accel::choose(g.accel)?;
+    let format = qemu_img::info(image)?.format;
+    let guest = Guest::new(accel, None)?;
+    guest.add_drive(Drive {
+        path: image,
+        format: &format,
+        readonly: true,
+        discard: false,
+    })?;
+    guest.launch()?;
+    let os = guest.inspect()?;
+    guest.shutdown()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&os)?);
+    } else {
+        println!("root:               {}", os.root);
+        println!("type:               {}", os.os_type);
+        println!("distro:             {}", os.distro);
+        println!(
+            "version:            {}.{}",
+            os.major_version, os.minor_version
+        );
+        println!("product:            {}", os.product_name);
+        println!("arch:               {}", os.arch);
+        println!(
+            "package management: {} ({})",
+            os.package_management, os.package_format
+        );
+        println!("hostname:           {}", os.hostname);
+        for (mp, dev) in &os.mountpoints {
+            println!("mountpoint:         {mp} {dev}");
+        }
+        for (dev, fs) in &os.filesystems {
+            println!("filesystem:         {dev} {fs}");
+        }
+    }
+    Ok(())
+}
+
+fn cache_command(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
+    let cache = Cache::open(&g.work_dir)?;
+    match command {
+        CacheCommand::Ls => {
+            let now = std::time::SystemTime::now();
+            for (meta, size, used) in cache.list()? {
+                let age = humantime::format_duration(std::time::Duration::from_secs(
+                    now.duration_since(used).unwrap_or_default().as_secs(),
+                ));
+                println!(
+                    "{}  {:>10}  {:<20} stage {} {:<10} used {age} ago",
+                    &meta.key[..16],
+                    human_bytes(size),
+                    meta.pipeline,
+                    meta.stage_index + 1,
+                    meta.kind
+                );
+            }
+        }
+        CacheCommand::Gc { keep_days } => {
+            let removed = cache.gc(std::time::Duration::from_secs(keep_days * 86400))?;
+            println!("removed {} layers", removed.len());
+        }
+    }
+    Ok(())
+}
+
+fn repo_command(command: RepoCommand) -> Result<()> {
+    match command {
+        RepoCommand::Init {
+            dir,
+            generate_key,
+            sign_key,
+            uri,
+        } => {
+            let (repo, fpr) = Repo::init(
+                &dir,
+                sign_key.as_deref(),
+                generate_key.as_deref(),
+                uri.as_deref(),
+            )?;
+            println!("repository {} signed by {fpr}", dir.display());
+            println!("public key: {}", repo.public_key_path().display());
+            println!(
+                "virt-builder sources file: {} (copy it to ~/.config/virt-builder/repos.d/)",
+                repo.conf_path().display()
+            );
+        }
+        RepoCommand::List { dir } => {
+            for e in Repo::open(&dir)?.index()?.entries {
+                println!(
+                    "{:<24} r{:<4} {:<10} {:<8} {}",
+                    e.id,
+                    e.revision(),
+                    e.get("osinfo").unwrap_or("-"),
+                    e.get("arch").unwrap_or("-"),
+                    e.get("compressed_size")
+                        .and_then(|s| s.parse().ok())
+                        .map(human_bytes)
+                        .unwrap_or_default()
+                );
+            }
+        }
+        RepoCommand::Show { dir, name } => {
+            let index = Repo::open(&dir)?.index()?;
+            let e = index
+                .get(&name)
+                .ok_or_else(|| bad_input!("{}: no entry `{name}`", dir.display()))?;
+            println!("[{}]", e.id);
+            for (k, v) in &e.fields {
+                println!("{k}={}", v.replace('\n', "\n "));
+            }
+        }
+        RepoCommand::Remove {
+            dir,
+            name,
+            sign_key,
+        } => {
+            let e = Repo::open(&dir)?.remove(&name, sign_key.as_deref())?;
+            println!("removed {} (revision {})", e.id, e.revision());
+        }
+        RepoCommand::Prune { dir, keep } => {
+            for p in Repo::open(&dir)?.prune(keep)? {
+                println!("removed {}", p.display());
+            }
+        }
+        RepoCommand::Verify { dir, fingerprint } => {
+            let problems = Repo::open(&dir)?
+                .verify(fingerprint.as_deref())
+                .context("cannot verify")?;
+            if problems.is_empty() {
+                println!("{}: ok", dir.display());
+            } else {
+                for p in &problems {
+                    eprintln!("{}: {p}", dir.display());
+                }
+                anyhow::bail!("{}: {} problem(s)", dir.display(), problems.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}

@@ -1,0 +1,626 @@
+//! A safe layer over libguestfs's C API (through `libguestfs-sys`). All of the project's
+//! unsafe code lives in this module: every raw call goes through `check`, `flag`, `string`
+//! or `strings`, which turn libguestfs's return conventions into `Result`s carrying its own
+//! error text and free what it allocated. A handle is closed on drop and is not `Send`
+//! (libguestfs handles belong to one thread); appliance and library messages go to the
+//! stage's log through an event callback instead of stderr.
+//!
+//! Why libguestfs-sys and not the `guestfs` crate: that crate's `Error` keeps libguestfs's
+//! message in private fields with no `Display`, and it has no event callbacks, so neither
+//! the error text nor the appliance log could reach the user.
+
+pub mod inspect;
+
+use crate::engine::log::StageLog;
+use crate::vm::Accel;
+use libguestfs_sys as sys;
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int, c_void};
+use std::path::Path;
+
+/// An error from libguestfs: the call and libguestfs's own message.
+#[derive(Debug)]
+pub struct GuestError {
+    pub call: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for GuestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.call, self.message)
+    }
+}
+
+impl std::error::Error for GuestError {}
+
+pub type Result<T> = std::result::Result<T, GuestError>;
+
+/// How a disk is attached to the appliance.
+#[derive(Debug, Clone, Copy)]
+pub struct Drive<'a> {
+    pub path: &'a Path,
+    pub format: &'a str,
+    pub readonly: bool,
+    /// Pass discards (fstrim) through to the image, so freed space becomes unallocated.
+    pub discard: bool,
+}
+
+pub struct Guest {
+    g: *mut sys::guestfs_h,
+    // Boxed so the pointer given to the event callback stays valid while the handle lives.
+    log: Option<Box<StageLog>>,
+}
+
+const LOGGED_EVENTS: u32 = sys::GUESTFS_EVENT_APPLIANCE
+    | sys::GUESTFS_EVENT_LIBRARY
+    | sys::GUESTFS_EVENT_WARNING
+    | sys::GUESTFS_EVENT_TRACE;
+
+unsafe extern "C" fn log_event(
+    _g: *mut sys::guestfs_h,
+    opaque: *mut c_void,
+    _event: u64,
+    _event_handle: c_int,
+    _flags: c_int,
+    buf: *const c_char,
+    buf_len: usize,
+    _array: *const u64,
+    _array_len: usize,
+) {
+    if opaque.is_null() || buf.is_null() {
+        return;
+    }
+    let log = &*(opaque as *const StageLog);
+    let bytes = std::slice::from_raw_parts(buf as *const u8, buf_len);
+    for line in String::from_utf8_lossy(bytes).lines() {
+        let line = line.trim_end();
+        if !line.is_empty() {
+            log.line(format!("guestfs: {line}"));
+        }
+    }
+}
+
+fn cstring(call: &str, s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| GuestError {
+        call: call.into(),
+        message: format!("argument contains a NUL byte: {s:?}"),
+    })
+}
+
+impl Guest {
+    /// A new handle with the accelerator applied; messages go to `log` when given.
+    pub fn new(accel: Accel, log: Option<StageLog>) -> Result<Guest> {
+        let g = unsafe { sys::guestfs_create() };
+        if g.is_null() {
+            return Err(GuestError {
+                call: "create".into(),
+                message: "cannot create a libguestfs handle".into(),
+            });
+        }
+        // Errors are returned to the caller; without this libguestfs also prints them.
+        unsafe { sys::guestfs_set_error_handler(g, None, std::ptr::null_mut()) };
+        let guest = Guest {
+            g,
+            log: log.map(Box::new),
+        };
+        if let Some(log) = &guest.log {
+            let opaque = log.as_ref() as *const StageLog as *mut c_void;
+            let rc = unsafe {
+                sys::guestfs_set_event_callback(g, Some(log_event), LOGGED_EVENTS as u64, 0, opaque)
+            };
+            guest.check("set_event_callback", rc)?;
+            guest.set_verbose(true)?;
+        }
+        let settings = accel.libguestfs_settings();
+        if !settings.is_empty() {
+            guest.set_backend_settings(settings)?;
+        }
+        Ok(guest)
+    }
+
+    fn error(&self, call: &str) -> GuestError {
+        let msg = unsafe { sys::guestfs_last_error(self.g) };
+        let message = if msg.is_null() {
+            "unknown error".to_string()
+        } else {
+            unsafe { CStr::from_ptr(msg) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        GuestError {
+            call: call.into(),
+            message,
+        }
+    }
+
+    /// A call returning 0 on success, -1 on error.
+    fn check(&self, call: &str, rc: c_int) -> Result<()> {
+        if rc == -1 {
+            Err(self.error(call))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A call returning 1/0 for true/false, -1 on error.
+    fn flag(&self, call: &str, rc: c_int) -> Result<bool> {
+        self.check(call, rc).map(|_| rc == 1)
+    }
+
+    /// A call returning a string the caller frees, NULL on error.
+    fn string(&self, call: &str, ptr: *mut c_char) -> Result<String> {
+        if ptr.is_null() {
+            return Err(self.error(call));
+        }
+        let s = unsafe { CStr::from_ptr(ptr) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { libc::free(ptr as *mut c_void) };
+        Ok(s)
+    }
+
+    /// A call returning a NULL-terminated array of strings the caller frees, NULL on error.
+    fn strings(&self, call: &str, ptr: *mut *mut c_char) -> Result<Vec<String>> {
+        if ptr.is_null() {
+            return Err(self.error(call));
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            let item = unsafe { *ptr.add(i) };
+            if item.is_null() {
+                break;
+            }
+            out.push(
+                unsafe { CStr::from_ptr(item) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            unsafe { libc::free(item as *mut c_void) };
+            i += 1;
+        }
+        unsafe { libc::free(ptr as *mut c_void) };
+        Ok(out)
+    }
+
+    /// A call returning a hash as a flat key, value, key, value list.
+    fn pairs(&self, call: &str, ptr: *mut *mut c_char) -> Result<Vec<(String, String)>> {
+        let flat = self.strings(call, ptr)?;
+        Ok(flat
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].clone(), c[1].clone()))
+            .collect())
+    }
+
+    // --- handle set-up -------------------------------------------------------------------
+
+    pub fn set_verbose(&self, on: bool) -> Result<()> {
+        self.check("set_verbose", unsafe {
+            sys::guestfs_set_verbose(self.g, on as c_int)
+        })
+    }
+
+    pub fn set_network(&self, on: bool) -> Result<()> {
+        self.check("set_network", unsafe {
+            sys::guestfs_set_network(self.g, on as c_int)
+        })
+    }
+
+    pub fn set_backend_settings(&self, settings: &[&str]) -> Result<()> {
+        let owned: Vec<CString> = settings
+            .iter()
+            .map(|s| cstring("set_backend_settings", s))
+            .collect::<Result<_>>()?;
+        let mut ptrs: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr() as *mut c_char).collect();
+        ptrs.push(std::ptr::null_mut());
+        self.check("set_backend_settings", unsafe {
+            sys::guestfs_set_backend_settings(self.g, ptrs.as_ptr())
+        })
+    }
+
+    pub fn add_drive(&self, drive: Drive) -> Result<()> {
+        let path = cstring("add_drive", &drive.path.to_string_lossy())?;
+        let format = cstring("add_drive", drive.format)?;
+        let discard = cstring("add_drive", "besteffort")?;
+        let mut opts: sys::guestfs_add_drive_opts_argv = unsafe { std::mem::zeroed() };
+        opts.bitmask =
+            (1 << sys::GUESTFS_ADD_DRIVE_OPTS_READONLY) | (1 << sys::GUESTFS_ADD_DRIVE_OPTS_FORMAT);
+        opts.readonly = drive.readonly as c_int;
+        opts.format = format.as_ptr();
+        if drive.discard && !drive.readonly {
+            opts.bitmask |= 1 << sys::GUESTFS_ADD_DRIVE_OPTS_DISCARD;
+            opts.discard = discard.as_ptr();
+        }
+        self.check("add_drive", unsafe {
+            sys::guestfs_add_drive_opts_argv(self.g, path.as_ptr(), &opts)
+        })
+    }
+
+    pub fn launch(&self) -> Result<()> {
+        self.check("launch", unsafe { sys::guestfs_launch(self.g) })
+    }
+
+    /// Syncs and stops the appliance, reporting write-back errors (drop alone would not).
+    pub fn shutdown(&self) -> Result<()> {
+        self.check("shutdown", unsafe { sys::guestfs_shutdown(self.g) })
+    }
+
+    // --- inspection ----------------------------------------------------------------------
+
+    pub fn inspect_os(&self) -> Result<Vec<String>> {
+        self.strings("inspect_os", unsafe { sys::guestfs_inspect_os(self.g) })
+    }
+
+    /// One of the `inspect_get_*` string getters, by name.
+    pub fn inspect_get(&self, what: InspectField, root: &str) -> Result<String> {
+        let r = cstring("inspect", root)?;
+        let p = r.as_ptr();
+        let ptr = unsafe {
+            match what {
+                InspectField::Type => sys::guestfs_inspect_get_type(self.g, p),
+                InspectField::Distro => sys::guestfs_inspect_get_distro(self.g, p),
+                InspectField::Arch => sys::guestfs_inspect_get_arch(self.g, p),
+                InspectField::PackageManagement => {
+                    sys::guestfs_inspect_get_package_management(self.g, p)
+                }
+                InspectField::PackageFormat => sys::guestfs_inspect_get_package_format(self.g, p),
+                InspectField::Hostname => sys::guestfs_inspect_get_hostname(self.g, p),
+                InspectField::ProductName => sys::guestfs_inspect_get_product_name(self.g, p),
+            }
+        };
+        self.string(what.call(), ptr)
+    }
+
+    pub fn inspect_get_version(&self, root: &str) -> Result<(i32, i32)> {
+        let r = cstring("inspect_get_major_version", root)?;
+        let major = unsafe { sys::guestfs_inspect_get_major_version(self.g, r.as_ptr()) };
+        self.check("inspect_get_major_version", major)?;
+        let minor = unsafe { sys::guestfs_inspect_get_minor_version(self.g, r.as_ptr()) };
+        self.check("inspect_get_minor_version", minor)?;
+        Ok((major, minor))
+    }
+
+    pub fn inspect_get_mountpoints(&self, root: &str) -> Result<Vec<(String, String)>> {
+        let r = cstring("inspect_get_mountpoints", root)?;
+        self.pairs("inspect_get_mountpoints", unsafe {
+            sys::guestfs_inspect_get_mountpoints(self.g, r.as_ptr())
+        })
+    }
+
+    pub fn list_filesystems(&self) -> Result<Vec<(String, String)>> {
+        self.pairs("list_filesystems", unsafe {
+            sys::guestfs_list_filesystems(self.g)
+        })
+    }
+
+    pub fn list_partitions(&self) -> Result<Vec<String>> {
+        self.strings("list_partitions", unsafe {
+            sys::guestfs_list_partitions(self.g)
+        })
+    }
+
+    pub fn list_devices(&self) -> Result<Vec<String>> {
+        self.strings("list_devices", unsafe { sys::guestfs_list_devices(self.g) })
+    }
+
+    // --- block devices and filesystems --------------------------------------------------
+
+    pub fn part_disk(&self, device: &str, table: &str) -> Result<()> {
+        let (d, t) = (cstring("part_disk", device)?, cstring("part_disk", table)?);
+        self.check("part_disk", unsafe {
+            sys::guestfs_part_disk(self.g, d.as_ptr(), t.as_ptr())
+        })
+    }
+
+    pub fn part_set_bootable(&self, device: &str, partnum: i32, bootable: bool) -> Result<()> {
+        let d = cstring("part_set_bootable", device)?;
+        self.check("part_set_bootable", unsafe {
+            sys::guestfs_part_set_bootable(self.g, d.as_ptr(), partnum, bootable as c_int)
+        })
+    }
+
+    pub fn mkfs(&self, fstype: &str, device: &str) -> Result<()> {
+        let (f, d) = (cstring("mkfs", fstype)?, cstring("mkfs", device)?);
+        self.check("mkfs", unsafe {
+            sys::guestfs_mkfs(self.g, f.as_ptr(), d.as_ptr())
+        })
+    }
+
+    pub fn vfs_uuid(&self, mountable: &str) -> Result<String> {
+        let m = cstring("vfs_uuid", mountable)?;
+        self.string("vfs_uuid", unsafe {
+            sys::guestfs_vfs_uuid(self.g, m.as_ptr())
+        })
+    }
+
+    pub fn mount(&self, mountable: &str, mountpoint: &str) -> Result<()> {
+        let (m, p) = (cstring("mount", mountable)?, cstring("mount", mountpoint)?);
+        self.check("mount", unsafe {
+            sys::guestfs_mount(self.g, m.as_ptr(), p.as_ptr())
+        })
+    }
+
+    pub fn mount_ro(&self, mountable: &str, mountpoint: &str) -> Result<()> {
+        let (m, p) = (
+            cstring("mount_ro", mountable)?,
+            cstring("mount_ro", mountpoint)?,
+        );
+        self.check("mount_ro", unsafe {
+            sys::guestfs_mount_ro(self.g, m.as_ptr(), p.as_ptr())
+        })
+    }
+
+    pub fn umount_all(&self) -> Result<()> {
+        self.check("umount_all", unsafe { sys::guestfs_umount_all(self.g) })
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.check("sync", unsafe { sys::guestfs_sync(self.g) })
+    }
+
+    /// Fills the free space of the filesystem holding `dir` with zeros, then frees it.
+    pub fn zero_free_space(&self, dir: &str) -> Result<()> {
+        let d = cstring("zero_free_space", dir)?;
+        self.check("zero_free_space", unsafe {
+            sys::guestfs_zero_free_space(self.g, d.as_ptr())
+        })
+    }
+
+    /// Discards the free space of the filesystem mounted at `mountpoint`.
+    pub fn fstrim(&self, mountpoint: &str) -> Result<()> {
+        let m = cstring("fstrim", mountpoint)?;
+        let opts: sys::guestfs_fstrim_argv = unsafe { std::mem::zeroed() };
+        self.check("fstrim", unsafe {
+            sys::guestfs_fstrim_argv(self.g, m.as_ptr(), &opts)
+        })
+    }
+
+    // --- LVM ---------------------------------------------------------------------------
+
+    pub fn pvs(&self) -> Result<Vec<String>> {
+        self.strings("pvs", unsafe { sys::guestfs_pvs(self.g) })
+    }
+
+    pub fn vgs(&self) -> Result<Vec<String>> {
+        self.strings("vgs", unsafe { sys::guestfs_vgs(self.g) })
+    }
+
+    pub fn vg_activate_all(&self, activate: bool) -> Result<()> {
+        self.check("vg_activate_all", unsafe {
+            sys::guestfs_vg_activate_all(self.g, activate as c_int)
+        })
+    }
+
+    pub fn pvchange_uuid_all(&self) -> Result<()> {
+        self.check("pvchange_uuid_all", unsafe {
+            sys::guestfs_pvchange_uuid_all(self.g)
+        })
+    }
+
+    pub fn vgchange_uuid_all(&self) -> Result<()> {
+        self.check("vgchange_uuid_all", unsafe {
+            sys::guestfs_vgchange_uuid_all(self.g)
+        })
+    }
+
+    // --- files -------------------------------------------------------------------------
+
+    pub fn glob_expand(&self, pattern: &str) -> Result<Vec<String>> {
+        let p = cstring("glob_expand", pattern)?;
+        self.strings("glob_expand", unsafe {
+            sys::guestfs_glob_expand(self.g, p.as_ptr())
+        })
+    }
+
+    pub fn ls(&self, dir: &str) -> Result<Vec<String>> {
+        let d = cstring("ls", dir)?;
+        self.strings("ls", unsafe { sys::guestfs_ls(self.g, d.as_ptr()) })
+    }
+
+    /// Every path below `dir`, relative to it.
+    pub fn find(&self, dir: &str) -> Result<Vec<String>> {
+        let d = cstring("find", dir)?;
+        self.strings("find", unsafe { sys::guestfs_find(self.g, d.as_ptr()) })
+    }
+
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        let p = cstring("exists", path)?;
+        self.flag("exists", unsafe { sys::guestfs_exists(self.g, p.as_ptr()) })
+    }
+
+    /// A regular file, not following symlinks.
+    pub fn is_file(&self, path: &str) -> Result<bool> {
+        let p = cstring("is_file", path)?;
+        let opts = sys::guestfs_is_file_opts_argv {
+            bitmask: 1 << sys::GUESTFS_IS_FILE_OPTS_FOLLOWSYMLINKS,
+            followsymlinks: 0,
+        };
+        self.flag("is_file", unsafe {
+            sys::guestfs_is_file_opts_argv(self.g, p.as_ptr(), &opts)
+        })
+    }
+
+    /// A directory, not following symlinks.
+    pub fn is_dir(&self, path: &str) -> Result<bool> {
+        let p = cstring("is_dir", path)?;
+        let opts = sys::guestfs_is_dir_opts_argv {
+            bitmask: 1 << sys::GUESTFS_IS_DIR_OPTS_FOLLOWSYMLINKS,
+            followsymlinks: 0,
+        };
+        self.flag("is_dir", unsafe {
+            sys::guestfs_is_dir_opts_argv(self.g, p.as_ptr(), &opts)
+        })
+    }
+
+    pub fn is_symlink(&self, path: &str) -> Result<bool> {
+        let p = cstring("is_symlink", path)?;
+        self.flag("is_symlink", unsafe {
+            sys::guestfs_is_symlink(self.g, p.as_ptr())
+        })
+    }
+
+    pub fn rm(&self, path: &str) -> Result<()> {
+        let p = cstring("rm", path)?;
+        self.check("rm", unsafe { sys::guestfs_rm(self.g, p.as_ptr()) })
+    }
+
+    /// Removes a file; a missing one is fine.
+    pub fn rm_f(&self, path: &str) -> Result<()> {
+        let p = cstring("rm_f", path)?;
+        self.check("rm_f", unsafe { sys::guestfs_rm_f(self.g, p.as_ptr()) })
+    }
+
+    pub fn rm_rf(&self, path: &str) -> Result<()> {
+        let p = cstring("rm_rf", path)?;
+        self.check("rm_rf", unsafe { sys::guestfs_rm_rf(self.g, p.as_ptr()) })
+    }
+
+    pub fn truncate(&self, path: &str) -> Result<()> {
+        let p = cstring("truncate", path)?;
+        self.check("truncate", unsafe {
+            sys::guestfs_truncate(self.g, p.as_ptr())
+        })
+    }
+
+    pub fn touch(&self, path: &str) -> Result<()> {
+        let p = cstring("touch", path)?;
+        self.check("touch", unsafe { sys::guestfs_touch(self.g, p.as_ptr()) })
+    }
+
+    pub fn mkdir_p(&self, path: &str) -> Result<()> {
+        let p = cstring("mkdir_p", path)?;
+        self.check("mkdir_p", unsafe {
+            sys::guestfs_mkdir_p(self.g, p.as_ptr())
+        })
+    }
+
+    pub fn chmod(&self, mode: u32, path: &str) -> Result<()> {
+        let p = cstring("chmod", path)?;
+        self.check("chmod", unsafe {
+            sys::guestfs_chmod(self.g, mode as c_int, p.as_ptr())
+        })
+    }
+
+    /// `ln -sf target link`.
+    pub fn ln_sf(&self, target: &str, link: &str) -> Result<()> {
+        let (t, l) = (cstring("ln_sf", target)?, cstring("ln_sf", link)?);
+        self.check("ln_sf", unsafe {
+            sys::guestfs_ln_sf(self.g, t.as_ptr(), l.as_ptr())
+        })
+    }
+
+    pub fn write(&self, path: &str, content: &[u8]) -> Result<()> {
+        let p = cstring("write", path)?;
+        self.check("write", unsafe {
+            sys::guestfs_write(
+                self.g,
+                p.as_ptr(),
+                content.as_ptr() as *const c_char,
+                content.len(),
+            )
+        })
+    }
+
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let p = cstring("read_file", path)?;
+        let mut size: usize = 0;
+        let ptr = unsafe { sys::guestfs_read_file(self.g, p.as_ptr(), &mut size) };
+        if ptr.is_null() {
+            return Err(self.error("read_file"));
+        }
+        let data = unsafe { std::slice::from_raw_parts(ptr as *const u8, size) }.to_vec();
+        unsafe { libc::free(ptr as *mut c_void) };
+        Ok(data)
+    }
+
+    pub fn read_string(&self, path: &str) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.read_file(path)?).into_owned())
+    }
+
+    /// Copies a host file into the guest at `remote`.
+    pub fn upload(&self, local: &Path, remote: &str) -> Result<()> {
+        let (l, r) = (
+            cstring("upload", &local.to_string_lossy())?,
+            cstring("upload", remote)?,
+        );
+        self.check("upload", unsafe {
+            sys::guestfs_upload(self.g, l.as_ptr(), r.as_ptr())
+        })
+    }
+
+    pub fn download(&self, remote: &str, local: &Path) -> Result<()> {
+        let (r, l) = (
+            cstring("download", remote)?,
+            cstring("download", &local.to_string_lossy())?,
+        );
+        self.check("download", unsafe {
+            sys::guestfs_download(self.g, r.as_ptr(), l.as_ptr())
+        })
+    }
+
+    /// Copies a host file or directory tree into the guest directory `remote_dir`.
+    pub fn copy_in(&self, local: &Path, remote_dir: &str) -> Result<()> {
+        let (l, r) = (
+            cstring("copy_in", &local.to_string_lossy())?,
+            cstring("copy_in", remote_dir)?,
+        );
+        self.check("copy_in", unsafe {
+            sys::guestfs_copy_in(self.g, l.as_ptr(), r.as_ptr())
+        })
+    }
+
+    /// Unpacks an uncompressed tar file from the host into the guest directory.
+    pub fn tar_in(&self, tarfile: &Path, dir: &str) -> Result<()> {
+        let (t, d) = (
+            cstring("tar_in", &tarfile.to_string_lossy())?,
+            cstring("tar_in", dir)?,
+        );
+        let opts: sys::guestfs_tar_in_opts_argv = unsafe { std::mem::zeroed() };
+        self.check("tar_in", unsafe {
+            sys::guestfs_tar_in_opts_argv(self.g, t.as_ptr(), d.as_ptr(), &opts)
+        })
+    }
+
+    // --- commands inside the guest ------------------------------------------------------
+
+    /// Runs `/bin/sh -c command` chrooted into the mounted guest; returns its stdout.
+    pub fn sh(&self, command: &str) -> Result<String> {
+        let c = cstring("sh", command)?;
+        self.string("sh", unsafe { sys::guestfs_sh(self.g, c.as_ptr()) })
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        unsafe { sys::guestfs_close(self.g) };
+        // The callback's StageLog is dropped after the handle that could call it.
+        self.log.take();
+    }
+}
+
+/// The string-valued inspection getters.
+#[derive(Debug, Clone, Copy)]
+pub enum InspectField {
+    Type,
+    Distro,
+    Arch,
+    PackageManagement,
+    PackageFormat,
+    Hostname,
+    ProductName,
+}
+
+impl InspectField {
+    fn call(self) -> &'static str {
+        match self {
+            InspectField::Type => "inspect_get_type",
+            InspectField::Distro => "inspect_get_distro",
+            InspectField::Arch => "inspect_get_arch",
+            InspectField::PackageManagement => "inspect_get_package_management",
+            InspectField::PackageFormat => "inspect_get_package_format",
+            InspectField::Hostname => "inspect_get_hostname",
+            InspectField::ProductName => "inspect_get_product_name",
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! A virt-builder repository in a directory: `index` and its clearsigned `index.asc`, xz
+//! images named `<name>-r<revision>.xz`, the public key `<name>.asc` and a sources file
+//! `<name>.conf` for clients. Updates are locked and atomic: files are written under
+//! temporary names and renamed into place, index.asc last, so a crash at any moment leaves
+//! the previous signed index valid and every file it names complete.
+
+pub mod index;
+pub mod serve;
+pub mod sign;
+
+use crate::bad_input;
+use anyhow::{bail, Context, Result};
+use index::{Entry, Index};
+use sha2::{Digest, Sha512};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+const KEY_FILE: &str = "signing-key.fpr";
+
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+/// An exclusive lock on a repository, released on drop.
+pub struct RepoLock {
+    _file: std::fs::File,
+}
+
+impl Repo {
+    pub fn open(dir: &Path) -> Result<Repo> {
+        if !dir.join("index.asc").exists() && !dir.join(KEY_FILE).exists() {
+            return Err(bad_input!(
+                "{} is not a repository (no index.asc); create it with `pipeline repo init {}`",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        Ok(Repo {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The repository's name: its directory's name, used for the key and .conf files.
+    pub fn name(&self) -> String {
+        std::fs::canonicalize(&self.dir)
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "repo".into())
+    }
+
+    /// Creates a repository (or completes a half-made one): the signing key (generated when
+    /// none is given), its public half, the .conf for clients and an empty signed index.
+    pub fn init(
+        dir: &Path,
+        sign_key: Option<&str>,
+        generate_name: Option<&str>,
+        uri: Option<&str>,
+    ) -> Result<(Repo, String)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let repo = Repo {
+            dir: dir.to_path_buf(),
+        };
+        let _lock = repo.lock()?;
+        let existing = std::fs::read_to_string(dir.join(KEY_FILE))
+            .ok()
+            .map(|s| s.trim().to_string());
+        let fingerprint = match (sign_key, existing) {
+            (Some(k), _) => {
+                if !sign::has_secret_key(k) {
+                    return Err(bad_input!("signing key {k}: no secret key with that fingerprint in the keyring (GNUPGHOME)"));
+                }
+                k.to_string()
+            }
+            (None, Some(k)) => k,
+            (None, None) => {
+                let name = generate_name
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{} repository signing key", repo.name()));
+                sign::generate_key(&name)?
+            }
+        };
+        write_atomic(&dir.join(KEY_FILE), format!("{fingerprint}\n").as_bytes())?;
+        let name = repo.name();
+        write_atomic(
+            &repo.public_key_path(),
+            &sign::export_public_key(&fingerprint)?,
+        )?;
+        let abs = std::fs::canonicalize(dir)?;
+        let uri = match uri {
+            Some(u) => format!("{}/index.asc", u.trim_end_matches('/')),
+            None => format!("file://{}/index.asc", abs.display()),
+        };
+        let conf = format!(
+            "[{name}]\nuri={uri}\ngpgkey=file://{}\n",
+            abs.join(format!("{name}.asc")).display()
+        );
+        write_atomic(&repo.conf_path(), conf.as_bytes())?;
+        if !dir.join("index.asc").exists() {
+            repo.write_index(&Index::default(), &fingerprint)?;
+        }
+        Ok((repo, fingerprint))
+    }
+
+    pub fn public_key_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.asc", self.name()))
+    }
+
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.conf", self.name()))
+    }
+
+    /// The fingerprint the repository signs with (or `override_key`).
+    pub fn signing_key(&self, override_key: Option<&str>) -> Result<String> {
+        if let Some(k) = override_key {
+            return Ok(k.to_string());
+        }
+        std::fs::read_to_string(self.dir.join(KEY_FILE))
+            .map(|s| s.trim().to_string())
+            .map_err(|_| {
+                bad_input!(
+                    "{}: no signing key configured; pass --sign-key or run `pipeline repo init`",
+                    self.dir.display()
+                )
+            })
+    }
+
+    pub fn lock(&self) -> Result<RepoLock> {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))
+            .with_context(|| format!("cannot lock {}", self.dir.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", self.dir.display()))?;
+        Ok(RepoLock { _file: file })
+    }
+
+    /// The index as last written (the unsigned copy; `verify` checks the signed one).
+    pub fn index(&self) -> Result<Index> {
+        match std::fs::read_to_string(self.dir.join("index")) {
+            Ok(text) => Index::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}/index: {e}", self.dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `index`, then `index.asc` signed by `fingerprint`, each atomically.
+    fn write_index(&self, index: &Index, fingerprint: &str) -> Result<()> {
+        let text = index.render();
+        let signed = sign::clearsign(fingerprint, text.as_bytes())?;
+        write_atomic(&self.dir.join("index"), text.as_bytes())?;
+        write_atomic(&self.dir.join("index.asc"), &signed)?;
+        Ok(())
+    }
+
+    /// Temporary path for an image being written into the repository.
+    pub fn temp_image_path(&self, name: &str) -> PathBuf {
+        self.dir
+            .join(format!(".tmp-{name}-{}.xz", std::process::id()))
+    }
+
+    /// Adds (or replaces, with the revision bumped) an entry whose compressed image is at
+    /// `temp`. `fields` are the index fields other than file, revision and checksum.
+    pub fn publish(
+        &self,
+        name: &str,
+        mut fields: Vec<(String, String)>,
+        temp: &Path,
+        checksum: &str,
+        sign_key: Option<&str>,
+    ) -> Result<Entry> {
+        let _lock = self.lock()?;
+        let fingerprint = self.signing_key(sign_key)?;
+        let mut index = self.index()?;
+        let revision = index
+            .entries
+            .iter()
+            .find(|e| e.id == name)
+            .map(|e| e.revision() + 1)
+            .unwrap_or(1);
+        let file = format!("{name}-r{revision}.xz");
+        std::fs::File::open(temp)?.sync_all()?;
+        std::fs::rename(temp, self.dir.join(&file))?;
+        fields.insert(0, ("file".into(), file));
+        fields.insert(1, ("revision".into(), revision.to_string()));
+        fields.insert(2, ("checksum[sha512]".into(), checksum.to_string()));
+        let entry = Entry {
+            id: name.to_string(),
+            fields,
+        };
+        index.upsert(entry.clone());
+        self.write_index(&index, &fingerprint)?;
+        Ok(entry)
+    }
+
+    pub fn remove(&self, name: &str, sign_key: Option<&str>) -> Result<Entry> {
+        let _lock = self.lock()?;
+        let fingerprint = self.signing_key(sign_key)?;
+        let mut index = self.index()?;
+        let entry = index
+            .remove(name)
+            .ok_or_else(|| bad_input!("{}: no entry `{name}`", self.dir.display()))?;
+        self.write_index(&index, &fingerprint)?;
+        if let Some(file) = entry.file() {
+            let _ = std::fs::remove_file(self.dir.join(file));
+        }
+        Ok(entry)
+    }
+
+    /// Deletes image files of older revisions beyond the newest `keep` per name (the index
+    /// names only the newest; older ones stay for rollback), and leftovers of crashed writes.
+    pub fn prune(&self, keep: usize) -> Result<Vec<PathBuf>> {
+        let _lock = self.lock()?;
+        let index = self.index()?;
+        let mut removed = Vec::new();
+        for entry in &index.entries {
+            let prefix = format!("{}-r", entry.id);
+            let mut revisions: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let rev = name
+                        .strip_prefix(&prefix)?
+                        .strip_suffix(".xz")?
+                        .parse()
+                        .ok()?;
+                    Some((rev, e.path()))
+                })
+                .collect();
+            revisions.sort_by(|a, b| b.0.cmp(&a.0));
+            for (_, path) in revisions.into_iter().skip(keep.max(1)) {
+                if Some(
+                    path.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .as_ref(),
+                ) != entry.file()
+                {
+                    std::fs::remove_file(&path)?;
+                    removed.push(path);
+                }
+            }
+        }
+        for e in std::fs::read_dir(&self.dir)? {
+            let path = e?.path();
+            if path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+            {
+                std::fs::remove_file(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every problem with the repository: signature, missing or altered files, sizes.
+    pub fn verify(&self, fingerprint: Option<&str>) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let signed = match std::fs::read(self.dir.join("index.asc")) {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![format!("index.asc: {e}")]),
+        };
+        let want = match fingerprint {
+            Some(f) => Some(f.to_string()),
+            None => self.signing_key(None).ok(),
+        };
+        let text = match sign::verify_clearsigned(&signed, want.as_deref()) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+            Err(e) => return Ok(vec![format!("index.asc: signature check failed: {e:#}")]),
+        };
+        let index = match Index::parse(&text) {
+            Ok(i) => i,
+            Err(e) => return Ok(vec![format!("index.asc: {e}")]),
+        };
+        if let Ok(plain) = std::fs::read_to_string(self.dir.join("index")) {
+            if plain.trim_end() != text.trim_end() {
+                problems.push("index: differs from the signed index.asc".to_string());
+            }
+        }
+        for entry in &index.entries {
+            let id = &entry.id;
+            let Some(file) = entry.file() else {
+                problems.push(format!("[{id}]: no file= line"));
+                continue;
+            };
+            if file.contains('/') && !file.starts_with("http") {
+                problems.push(format!("[{id}]: file {file} is outside the repository"));
+                continue;
+            }
+            let path = self.dir.join(file);
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(format!("[{id}]: {file}: {e}"));
+                    continue;
+                }
+            };
+            if let Some(cs) = entry
+                .get("compressed_size")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                if cs != meta.len() {
+                    problems.push(format!(
+                        "[{id}]: {file} is {} bytes, the index says compressed_size={cs}",
+                        meta.len()
+                    ));
+                }
+            }
+            match (entry.checksum(), sha512_file(&path)) {
+                (Some(want), Ok(got)) if want != got => problems.push(format!(
+                    "[{id}]: {file}: sha512 {got} does not match the index ({want})"
+                )),
+                (None, _) => problems.push(format!("[{id}]: no checksum[sha512] line")),
+                (_, Err(e)) => problems.push(format!("[{id}]: {file}: {e}")),
+                _ => {}
+            }
+            if entry
+                .get("size")
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_none()
+            {
+                problems.push(format!("[{id}]: no valid size= line"));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+pub fn sha512_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha512::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Writes a file under a temporary name in the same directory, syncs and renames it.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    // Repository files are served and read by clients: world-readable like any web content.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Checks that a name is safe as an index id and a file name.
+pub fn check_entry_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || name.starts_with('.')
+    {
+        bail!("`{name}` is not a usable entry name (letters, digits, - _ . only)");
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! `pipeline serve DIR`: the repository over HTTP for virt-builder clients. tower-http's
+//! ServeDir does GET/HEAD, Range and Last-Modified; around it, a guard keeps every request
+//! inside DIR (no `..`, no symlink leading out, no dot files such as the lock), an ETag is
+//! added, and each request is logged on one line. SIGTERM and Ctrl-C shut it down cleanly.
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tower_http::services::ServeDir;
+
+struct Root {
+    canonical: PathBuf,
+}
+
+pub fn router(dir: &Path) -> Result<Router> {
+    let canonical =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot serve {}", dir.display()))?;
+    let root = Arc::new(Root {
+        canonical: canonical.clone(),
+    });
+    Ok(Router::new()
+        .fallback_service(ServeDir::new(&canonical).append_index_html_on_directories(false))
+        .layer(middleware::from_fn_with_state(root, guard))
+        .layer(middleware::from_fn(log_request)))
+}
+
+/// Serves until SIGTERM or Ctrl-C.
+pub fn serve(dir: &Path, listen: &str) -> Result<()> {
+    let app = router(dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "serving {} on http://{addr}/ (virt-builder --source http://{addr}/index.asc)",
+            dir.display()
+        );
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        eprintln!("shut down");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let len = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    eprintln!(
+        "{method} {uri}{range} {} {len} {:.1}ms",
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    resp
+}
+
+async fn guard(State(root): State<Arc<Root>>, req: Request, next: Next) -> Response {
+    let path = percent_decode(req.uri().path());
+    let Some(file) = resolve_inside(&root.canonical, &path) else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let etag = std::fs::metadata(&file)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            format!(
+                "\"{:x}-{:x}\"",
+                m.len(),
+                m.mtime() as u64 * 1_000_000_000 + m.mtime_nsec() as u64
+            )
+        });
+    if let (Some(tag), Some(inm)) = (&etag, req.headers().get(header::IF_NONE_MATCH)) {
+        if inm
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+        {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            resp.headers_mut()
+                .insert(header::ETAG, HeaderValue::from_str(tag).expect("ascii"));
+            return resp;
+        }
+    }
+    let mut resp = next.run(req).await;
+    if let Some(tag) = etag {
+        if resp.status().is_success() {
+            resp.headers_mut()
+                .insert(header::ETAG, HeaderValue::from_str(&tag).expect("ascii"));
+        }
+    }
+    resp
+}
+
+/// The file a request path names, if it is inside the root after resolving symlinks and is
+/// not hidden. The root itself (a directory listing) is not served.
+fn resolve_inside(root: &Path, request_path: &str) -> Option<PathBuf> {
+    let rel = request_path.trim_start_matches('/');
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|part| part.is_empty() || part.starts_with('.'))
+    {
+        return None;
+    }
+    let real = std::fs::canonicalize(root.join(rel)).ok()?;
+    (real.starts_with(root) && real != root).then_some(real)
+}
+
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(root.join("index.asc"), "x").unwrap();
+        std::fs::write(root.join(".lock"), "").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+        assert!(resolve_inside(&root, "/index.asc").is_some());
+        assert!(resolve_inside(&root, "/../etc/passwd").is_none());
+        assert!(resolve_inside(&root, "/escape").is_none());
+        assert!(resolve_inside(&root, "/.lock").is_none());
+        assert!(resolve_inside(&root, "/").is_none());
+        assert_eq!(percent_decode("/a%2e%2e/b"), "/a../b");
+        assert_eq!(percent_decode("/%2e%2e/x"), "/../x");
+    }
+}

@@ -1,0 +1,383 @@
+//! `[stages.customize]`: offline changes in virt-customize's vocabulary, applied in the order
+//! written, in one appliance launch, without booting the guest.
+
+use crate::bad_input;
+use crate::engine::log::StageLog;
+use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::guest::inspect::Inspection;
+use crate::guest::{Drive, Guest};
+use crate::pipeline::{CustomizeConfig, CustomizeStep, Pipeline};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+pub struct CustomizeStage {
+    config: CustomizeConfig,
+    /// Host files named by copy-in, run, ssh-inject and root-password file:, resolved.
+    files: Vec<PathBuf>,
+    pipeline_dir: PathBuf,
+}
+
+impl CustomizeStage {
+    pub fn new(config: CustomizeConfig, pipeline: &Pipeline, at: &str) -> Result<CustomizeStage> {
+        let mut files = Vec::new();
+        for (i, step) in config.steps.iter().enumerate() {
+            let key = format!("{at}.steps[{i}]");
+            let host_file = match step {
+                CustomizeStep::CopyIn { source, .. } => Some(source.as_str()),
+                CustomizeStep::Run(script) => Some(script.as_str()),
+                CustomizeStep::RootPassword(spec) => spec.strip_prefix("file:"),
+                CustomizeStep::SshInject { key, .. }
+                    if !key.starts_with("ssh-") && !key.starts_with("ecdsa-") =>
+                {
+                    Some(key.as_str())
+                }
+                CustomizeStep::Chmod { mode, .. } => {
+                    u32::from_str_radix(mode, 8).map_err(|_| {
+                        bad_input!(
+                            "{}: {key}.chmod.mode: `{mode}` is not an octal mode such as 0644",
+                            pipeline.path.display()
+                        )
+                    })?;
+                    None
+                }
+                _ => None,
+            };
+            if let Some(f) = host_file {
+                let path = pipeline.resolve(f);
+                if !path.exists() {
+                    return Err(bad_input!(
+                        "{}: {key}: file {} does not exist",
+                        pipeline.path.display(),
+                        path.display()
+                    ));
+                }
+                files.push(path);
+            }
+            if let CustomizeStep::RootPassword(spec) = step {
+                check_password_spec(spec).map_err(|e| {
+                    bad_input!("{}: {key}.root_password: {e}", pipeline.path.display())
+                })?;
+            }
+        }
+        Ok(CustomizeStage {
+            config,
+            files,
+            pipeline_dir: pipeline.dir.clone(),
+        })
+    }
+
+    fn needs_network(&self) -> bool {
+        self.config.network.unwrap_or_else(|| {
+            self.config
+                .steps
+                .iter()
+                .any(|s| matches!(s, CustomizeStep::Install(_) | CustomizeStep::Uninstall(_)))
+        })
+    }
+}
+
+impl Stage for CustomizeStage {
+    fn kind(&self) -> &'static str {
+        "customize"
+    }
+
+    fn layer_kind(&self) -> LayerKind {
+        LayerKind::Overlay
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.files.clone()
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
+        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()))?;
+        g.set_network(self.needs_network())?;
+        g.add_drive(Drive {
+            path: &ctx.output,
+            format: "qcow2",
+            readonly: false,
+            discard: true,
+        })?;
+        ctx.bar.set_message("launching the appliance");
+        g.launch()?;
+        let os = g.inspect_and_mount(false)?;
+        ctx.log.line(format!("inspection: {}", os.summary()));
+        for (i, step) in self.config.steps.iter().enumerate() {
+            let name = step_name(step);
+            ctx.bar.set_message(name.to_string());
+            ctx.log.line(format!("step {i}: {name}"));
+            self.apply(&g, &os, step, &ctx.log)
+                .with_context(|| format!("customize step {i} ({name})"))?;
+        }
+        g.umount_all()?;
+        g.shutdown()?;
+        Ok(StageResult {
+            inspection: Some(serde_json::to_value(&os)?),
+            record: None,
+        })
+    }
+}
+
+fn step_name(step: &CustomizeStep) -> &'static str {
+    match step {
+        CustomizeStep::Hostname(_) => "hostname",
+        CustomizeStep::RootPassword(_) => "root-password",
+        CustomizeStep::Timezone(_) => "timezone",
+        CustomizeStep::Mkdir(_) => "mkdir",
+        CustomizeStep::Write { .. } => "write",
+        CustomizeStep::AppendLine { .. } => "append-line",
+        CustomizeStep::CopyIn { .. } => "copy-in",
+        CustomizeStep::Chmod { .. } => "chmod",
+        CustomizeStep::Delete(_) => "delete",
+        CustomizeStep::Link { .. } => "link",
+        CustomizeStep::RunCommand(_) => "run-command",
+        CustomizeStep::Run(_) => "run",
+        CustomizeStep::Install(_) => "install",
+        CustomizeStep::Uninstall(_) => "uninstall",
+        CustomizeStep::SshInject { .. } => "ssh-inject",
+    }
+}
+
+impl CustomizeStage {
+    fn apply(
+        &self,
+        g: &Guest,
+        os: &Inspection,
+        step: &CustomizeStep,
+        log: &StageLog,
+    ) -> Result<()> {
+        match step {
+            CustomizeStep::Hostname(name) => set_hostname(g, name)?,
+            CustomizeStep::RootPassword(spec) => {
+                set_root_password(g, spec, &self.pipeline_dir, log)?
+            }
+            CustomizeStep::Timezone(tz) => {
+                let zone = format!("/usr/share/zoneinfo/{tz}");
+                if !g.exists(&zone)? {
+                    bail!("timezone {tz}: the guest has no {zone}");
+                }
+                g.ln_sf(&zone, "/etc/localtime")?;
+                if os.is_debian_family() {
+                    g.write("/etc/timezone", format!("{tz}\n").as_bytes())?;
+                }
+            }
+            CustomizeStep::Mkdir(dir) => g.mkdir_p(dir)?,
+            CustomizeStep::Write { path, content } => g.write(path, content.as_bytes())?,
+            CustomizeStep::AppendLine { path, line } => {
+                let mut text = if g.exists(path)? {
+                    g.read_string(path)?
+                } else {
+                    String::new()
+                };
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(line);
+                text.push('\n');
+                g.write(path, text.as_bytes())?;
+            }
+            CustomizeStep::CopyIn { source, dest } => {
+                g.mkdir_p(dest)?;
+                g.copy_in(&resolve(&self.pipeline_dir, source), dest)?;
+            }
+            CustomizeStep::Chmod { mode, path } => g.chmod(u32::from_str_radix(mode, 8)?, path)?,
+            CustomizeStep::Delete(path) => g.rm_rf(path)?,
+            CustomizeStep::Link { target, link } => g.ln_sf(target, link)?,
+            CustomizeStep::RunCommand(cmd) => run_in_guest(g, cmd, log)?,
+            CustomizeStep::Run(script) => {
+                let remote = "/tmp/virt-pipeline-run.sh";
+                g.upload(&resolve(&self.pipeline_dir, script), remote)?;
+                g.chmod(0o755, remote)?;
+                let result = run_in_guest(g, remote, log);
+                g.rm_f(remote)?;
+                result?;
+            }
+            CustomizeStep::Install(pkgs) => {
+                run_in_guest(g, &package_command(os, "install", pkgs)?, log)?
+            }
+            CustomizeStep::Uninstall(pkgs) => {
+                run_in_guest(g, &package_command(os, "remove", pkgs)?, log)?
+            }
+            CustomizeStep::SshInject { user, key } => {
+                let key_text = if key.starts_with("ssh-") || key.starts_with("ecdsa-") {
+                    key.clone()
+                } else {
+                    std::fs::read_to_string(resolve(&self.pipeline_dir, key))?
+                };
+                inject_ssh_key(g, user, &key_text)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve(dir: &std::path::Path, path: &str) -> PathBuf {
+    let p = std::path::Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// Runs a shell command inside the guest; its output goes to the log, a failure carries the
+/// guest's own error text.
+fn run_in_guest(g: &Guest, cmd: &str, log: &StageLog) -> Result<()> {
+    log.line(format!("# {cmd}"));
+    let out = g.sh(cmd)?;
+    for line in out.lines() {
+        log.line(line);
+    }
+    Ok(())
+}
+
+fn package_command(os: &Inspection, action: &str, pkgs: &[String]) -> Result<String> {
+    let list = pkgs.join(" ");
+    Ok(match os.package_management.as_str() {
+        "apt" => format!("DEBIAN_FRONTEND=noninteractive apt-get -y -q update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get -y -q {action} {list}"),
+        "dnf" => format!("dnf -y {action} {list}"),
+        "yum" => format!("yum -y {action} {list}"),
+        "zypper" => format!("zypper -n {} {list}", if action == "install" { "install" } else { "remove" }),
+        other => bail!("cannot {action} packages: the guest's package manager is `{other}`"),
+    })
+}
+
+/// Sets /etc/hostname (and Debian's 127.0.1.1 alias), as virt-customize --hostname does.
+pub fn set_hostname(g: &Guest, name: &str) -> Result<()> {
+    let short = name.split('.').next().unwrap_or(name);
+    g.write("/etc/hostname", format!("{name}\n").as_bytes())?;
+    if g.is_file("/etc/hosts")? {
+        let hosts = g.read_string("/etc/hosts")?;
+        let alias = if short == name {
+            name.to_string()
+        } else {
+            format!("{name} {short}")
+        };
+        let mut found = false;
+        let mut lines: Vec<String> = hosts
+            .lines()
+            .map(|l| {
+                if l.starts_with("127.0.1.1") {
+                    found = true;
+                    format!("127.0.1.1\t{alias}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        if !found {
+            lines.push(format!("127.0.1.1\t{alias}"));
+        }
+        g.write("/etc/hosts", format!("{}\n", lines.join("\n")).as_bytes())?;
+    }
+    Ok(())
+}
+
+fn check_password_spec(spec: &str) -> std::result::Result<(), String> {
+    let ok = spec == "random"
+        || spec == "disabled"
+        || spec.starts_with("password:")
+        || spec.starts_with("file:")
+        || spec.starts_with("locked:");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{spec}` is not one of password:SECRET, file:PATH, random, disabled, locked:password:SECRET"))
+    }
+}
+
+/// virt-customize's --root-password: `password:S`, `file:PATH` (first line), `random`
+/// (printed to the log), `disabled`, `locked:...`. Stored as a SHA-512 crypt hash.
+pub fn set_root_password(
+    g: &Guest,
+    spec: &str,
+    dir: &std::path::Path,
+    log: &StageLog,
+) -> Result<()> {
+    let (locked, spec) = match spec.strip_prefix("locked:") {
+        Some(rest) => (true, rest),
+        None => (false, spec),
+    };
+    let field = if spec == "disabled" {
+        "*".to_string()
+    } else {
+        let password = if let Some(p) = spec.strip_prefix("password:") {
+            p.to_string()
+        } else if let Some(f) = spec.strip_prefix("file:") {
+            std::fs::read_to_string(resolve(dir, f))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else if spec == "random" {
+            use rand::distributions::{Alphanumeric, DistString};
+            let p = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 16);
+            log.line(format!("random root password: {p}"));
+            p
+        } else {
+            bail!("root password: unknown form `{spec}`");
+        };
+        let params = sha_crypt::Sha512Params::new(5000).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        sha_crypt::sha512_simple(&password, &params)
+            .map_err(|e| anyhow::anyhow!("cannot hash the password: {e:?}"))?
+    };
+    let field = if locked { format!("!{field}") } else { field };
+    let shadow = g
+        .read_string("/etc/shadow")
+        .context("the guest has no /etc/shadow")?;
+    let mut found = false;
+    let lines: Vec<String> = shadow
+        .lines()
+        .map(|l| {
+            let mut parts: Vec<&str> = l.split(':').collect();
+            if parts.first() == Some(&"root") && parts.len() > 2 {
+                found = true;
+                parts[1] = &field;
+                parts.join(":")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        bail!("root password: /etc/shadow has no root entry");
+    }
+    g.write("/etc/shadow", format!("{}\n", lines.join("\n")).as_bytes())?;
+    Ok(())
+}
+
+/// Appends a public key to the user's authorized_keys with the permissions sshd requires.
+pub fn inject_ssh_key(g: &Guest, user: &str, key: &str) -> Result<()> {
+    let home = if user == "root" {
+        "/root".to_string()
+    } else {
+        format!("/home/{user}")
+    };
+    if !g.is_dir(&home)? {
+        bail!("ssh-inject: user {user} has no home directory {home} in the guest");
+    }
+    let dir = format!("{home}/.ssh");
+    let file = format!("{dir}/authorized_keys");
+    g.mkdir_p(&dir)?;
+    g.chmod(0o700, &dir)?;
+    let mut text = if g.exists(&file)? {
+        g.read_string(&file)?
+    } else {
+        String::new()
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(key.trim());
+    text.push('\n');
+    g.write(&file, text.as_bytes())?;
+    g.chmod(0o600, &file)?;
+    if user != "root" {
+        g.sh(&format!("chown -R {user}: {dir}"))?;
+    }
+    Ok(())
+}

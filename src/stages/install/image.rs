@@ -1,0 +1,250 @@
+//! `method = "image"` (and `from = { image | repo }`): an existing disk image from a file, a
+//! URL, or a signed virt-builder repository entry, imported as the first layer.
+
+use crate::bad_input;
+use crate::download;
+use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::engine::ui::Ui;
+use crate::image::qemu_img;
+use crate::repo::{self, index::Index, sign};
+use anyhow::{bail, Context, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// A local file (hashed into the cache key) or a URL.
+    File(String),
+    /// An entry of a virt-builder repository: a directory or the URL of its index.asc.
+    Repo {
+        repo: String,
+        name: String,
+        fingerprint: Option<String>,
+    },
+}
+
+pub struct ImageStage {
+    source: ImageSource,
+    disk_size: Option<String>,
+    base_dir: PathBuf,
+}
+
+impl ImageStage {
+    pub fn new(
+        source: ImageSource,
+        disk_size: Option<String>,
+        base_dir: &Path,
+        where_: &str,
+    ) -> Result<ImageStage> {
+        if let ImageSource::File(f) = &source {
+            if !download::is_url(f) && !base_dir.join(f).exists() {
+                return Err(bad_input!(
+                    "{where_}: image {} does not exist",
+                    base_dir.join(f).display()
+                ));
+            }
+        }
+        if let Some(size) = &disk_size {
+            if qemu_img::parse_size(size).is_none() {
+                return Err(bad_input!(
+                    "{where_}: disk_size `{size}` is not a size such as 10G"
+                ));
+            }
+        }
+        Ok(ImageStage {
+            source,
+            disk_size,
+            base_dir: base_dir.to_path_buf(),
+        })
+    }
+
+    /// The repository's index as verified text, and where its files live.
+    fn repo_index(
+        &self,
+        repo: &str,
+        fingerprint: Option<&str>,
+        ctx_dirs: (&Path, bool, &Ui),
+    ) -> Result<(Index, String)> {
+        let (cache, offline, ui) = ctx_dirs;
+        let (index_src, base) = if download::is_url(repo) {
+            let base = repo
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or_default();
+            (repo.to_string(), base)
+        } else {
+            let dir = self.base_dir.join(repo);
+            let dir = if dir.is_dir() {
+                dir
+            } else {
+                dir.parent().map(Path::to_path_buf).unwrap_or_default()
+            };
+            (
+                dir.join("index.asc").to_string_lossy().into_owned(),
+                dir.to_string_lossy().into_owned(),
+            )
+        };
+        let signed = download::read_small(&index_src, &self.base_dir, cache, offline, ui)?;
+        // A local repository made by this tool names its own key; otherwise any good
+        // signature by a key in the keyring, or exactly the given fingerprint.
+        let local_key = (!download::is_url(repo))
+            .then(|| std::fs::read_to_string(Path::new(&base).join("signing-key.fpr")).ok())
+            .flatten()
+            .map(|s| s.trim().to_string());
+        let want = fingerprint.map(str::to_string).or(local_key);
+        let text = sign::verify_clearsigned(&signed, want.as_deref())
+            .with_context(|| format!("{index_src}: signature check failed"))?;
+        let index = Index::parse(&String::from_utf8_lossy(&text))
+            .map_err(|e| anyhow::anyhow!("{index_src}: {e}"))?;
+        Ok((index, base))
+    }
+}
+
+impl Stage for ImageStage {
+    fn kind(&self) -> &'static str {
+        "install"
+    }
+
+    fn layer_kind(&self) -> LayerKind {
+        LayerKind::Base
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let source = match &self.source {
+            ImageSource::File(f) => serde_json::json!({ "image": f }),
+            ImageSource::Repo {
+                repo,
+                name,
+                fingerprint,
+            } => {
+                // The entry's checksum makes a republished image a new layer.
+                let ui = Ui::new(false);
+                let checksum = self
+                    .repo_index(
+                        repo,
+                        fingerprint.as_deref(),
+                        (Path::new("/nonexistent"), false, &ui),
+                    )
+                    .ok()
+                    .and_then(|(idx, _)| {
+                        idx.get(name).and_then(|e| e.checksum().map(str::to_string))
+                    });
+                serde_json::json!({ "repo": repo, "name": name, "checksum": checksum })
+            }
+        };
+        serde_json::json!({ "method": "image", "source": source, "disk_size": self.disk_size })
+    }
+
+    fn inputs(&self) -> Vec<PathBuf> {
+        match &self.source {
+            ImageSource::File(f) if !download::is_url(f) => vec![self.base_dir.join(f)],
+            _ => vec![],
+        }
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
+        let cache = ctx.settings.work_dir.join("downloads");
+        let offline = ctx.settings.offline;
+        let local = match &self.source {
+            ImageSource::File(f) => {
+                download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?
+            }
+            ImageSource::Repo {
+                repo,
+                name,
+                fingerprint,
+            } => {
+                let (index, base) =
+                    self.repo_index(repo, fingerprint.as_deref(), (&cache, offline, ctx.ui))?;
+                let entry = index
+                    .get(name)
+                    .ok_or_else(|| bad_input!("repository {repo} has no entry `{name}`"))?;
+                let file = entry.file().context("the entry has no file=")?;
+                let src = if download::is_url(&base) {
+                    format!("{base}/{file}")
+                } else {
+                    format!("{base}/{file}")
+                };
+                let local =
+                    download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?;
+                ctx.bar.set_message("checking sha512");
+                let got = repo::sha512_file(&local)?;
+                if Some(got.as_str()) != entry.checksum() {
+                    if download::is_url(&src) {
+                        let _ = std::fs::remove_file(&local);
+                    }
+                    bail!(
+                        "{src}: sha512 {got} does not match the signed index; refusing the image"
+                    );
+                }
+                ctx.log
+                    .line(format!("{src}: sha512 matches the signed index"));
+                local
+            }
+        };
+        let decompressed = ctx.output.with_extension("raw.tmp");
+        let result = (|| -> Result<()> {
+            let src = if is_xz(&local)? {
+                ctx.bar.set_message("decompressing");
+                let mut dec = xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(
+                    std::fs::File::open(&local)?,
+                ));
+                let mut out = std::fs::File::create(&decompressed)?;
+                copy_sparse(&mut dec, &mut out)?;
+                decompressed.clone()
+            } else {
+                local.clone()
+            };
+            ctx.bar.set_message("importing");
+            ctx.log
+                .line(format!("importing {} as qcow2", src.display()));
+            qemu_img::convert(&src, &ctx.output, "qcow2")?;
+            if let Some(size) = &self.disk_size {
+                let want = qemu_img::parse_size(size).unwrap_or(0);
+                if want > qemu_img::info(&ctx.output)?.virtual_size {
+                    qemu_img::resize(&ctx.output, size)?;
+                }
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&decompressed);
+        result?;
+        Ok(StageResult::default())
+    }
+}
+
+fn is_xz(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 6];
+    let n = std::fs::File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .read(&mut magic)?;
+    Ok(n == 6 && magic == [0xFD, b'7', b'z', b'X', b'Z', 0])
+}
+
+/// Copies a stream to a file, seeking over zero blocks so the result stays sparse.
+fn copy_sparse(src: &mut impl Read, out: &mut std::fs::File) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = src.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if buf[..filled].iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(filled as i64))?;
+        } else {
+            out.write_all(&buf[..filled])?;
+        }
+        len += filled as u64;
+    }
+    out.set_len(len)?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `[stages.install]`: how the first layer is made, one module per method: an installer
+//! booted with an injected answers file (netboot, iso), debootstrap, or an existing image.
+
+pub mod image;
+
+use crate::bad_input;
+use crate::engine::stage::Stage;
+use crate::pipeline::{InstallConfig, Pipeline, Source};
+use anyhow::Result;
+use image::{ImageSource, ImageStage};
+
+pub fn build(config: &InstallConfig, pipeline: &Pipeline, at: &str) -> Result<Box<dyn Stage>> {
+    let where_ = format!("{}: {at}", pipeline.path.display());
+    Ok(match config {
+        InstallConfig::Image(c) => {
+            let source = match (&c.image, &c.repo, &c.name) {
+                (Some(img), None, None) => ImageSource::File(img.clone()),
+                (None, Some(repo), Some(name)) => ImageSource::Repo {
+                    repo: repo.clone(),
+                    name: name.clone(),
+                    fingerprint: c.fingerprint.clone(),
+                },
+                _ => {
+                    return Err(bad_input!(
+                        "{where_}: method image takes `image`, or `repo` with `name`"
+                    ))
+                }
+            };
+            Box::new(ImageStage::new(
+                source,
+                c.disk_size.clone(),
+                &pipeline.dir,
+                &where_,
+            )?)
+        }
+        InstallConfig::Debootstrap(_) | InstallConfig::Netboot(_) | InstallConfig::Iso(_) => {
+            return Err(bad_input!(
+                "{where_}: this install method is not available in this build"
+            ))
+        }
+    })
+}
+
+/// The first layer named by `from = { image | repo }`.
+pub fn from_source(from: &Source, pipeline: &Pipeline) -> Result<Box<dyn Stage>> {
+    let where_ = format!("{}: from", pipeline.path.display());
+    let source = match (&from.image, &from.repo, &from.name) {
+        (Some(img), _, _) => ImageSource::File(img.clone()),
+        (None, Some(repo), Some(name)) => ImageSource::Repo {
+            repo: repo.clone(),
+            name: name.clone(),
+            fingerprint: from.fingerprint.clone(),
+        },
+        _ => {
+            return Err(bad_input!(
+                "{where_}: give image, repo with name, or pipeline"
+            ))
+        }
+    };
+    Ok(Box::new(ImageStage::new(
+        source,
+        None,
+        &pipeline.dir,
+        &where_,
+    )?))
+}

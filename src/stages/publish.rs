@@ -1,0 +1,184 @@
+//! `[stages.publish]`: the layer chain, flattened and xz-compressed in 16 MiB blocks, into a
+//! signed virt-builder repository (created with a fresh signing key when it does not exist).
+
+use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::image::{chain, qemu_img, xz};
+use crate::pipeline::PublishConfig;
+use crate::repo::{self, Repo};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+pub struct PublishStage {
+    config: PublishConfig,
+    /// The repository directory, resolved against the working directory: it is output.
+    repo_dir: PathBuf,
+}
+
+impl PublishStage {
+    pub fn new(
+        config: PublishConfig,
+        pipeline_path: &std::path::Path,
+        at: &str,
+    ) -> Result<PublishStage> {
+        repo::check_entry_name(&config.name)
+            .map_err(|e| crate::bad_input!("{}: {at}.name: {e}", pipeline_path.display()))?;
+        if !matches!(config.format.as_str(), "raw" | "qcow2") {
+            return Err(crate::bad_input!(
+                "{}: {at}.format: `{}` is not raw or qcow2",
+                pipeline_path.display(),
+                config.format
+            ));
+        }
+        if config.repo.contains("://") {
+            return Err(crate::bad_input!(
+                "{}: {at}.repo: publish writes to a local directory, not {}",
+                pipeline_path.display(),
+                config.repo
+            ));
+        }
+        Ok(PublishStage {
+            repo_dir: PathBuf::from(&config.repo),
+            config,
+        })
+    }
+
+    fn fields(&self, size: u64, compressed: u64) -> Vec<(String, String)> {
+        let c = &self.config;
+        let mut f = vec![
+            (
+                "name".to_string(),
+                c.long_name.clone().unwrap_or_else(|| c.name.clone()),
+            ),
+            ("arch".into(), c.arch.clone()),
+            ("format".into(), c.format.clone()),
+            ("size".into(), size.to_string()),
+            ("compressed_size".into(), compressed.to_string()),
+        ];
+        if let Some(os) = &c.osinfo {
+            f.insert(1, ("osinfo".into(), os.clone()));
+        }
+        if let Some(e) = &c.expand {
+            f.push(("expand".into(), e.clone()));
+        }
+        if let Some(n) = &c.notes {
+            f.push(("notes".into(), n.trim_end().to_string()));
+        }
+        if !c.aliases.is_empty() {
+            f.push(("aliases".into(), c.aliases.join(" ")));
+        }
+        if c.hidden {
+            f.push(("hidden".into(), "true".into()));
+        }
+        f
+    }
+}
+
+impl Stage for PublishStage {
+    fn kind(&self) -> &'static str {
+        "publish"
+    }
+
+    fn layer_kind(&self) -> LayerKind {
+        LayerKind::Output
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
+        let layer = ctx.parent_path()?.to_path_buf();
+        let sign_key = ctx
+            .settings
+            .sign_key
+            .clone()
+            .or(self.config.sign_key.clone());
+        let repo = if self.repo_dir.join("index.asc").exists() {
+            Repo::open(&self.repo_dir)?
+        } else {
+            let (repo, fpr) = Repo::init(&self.repo_dir, sign_key.as_deref(), None, None)?;
+            ctx.ui.line(format!(
+                "created repository {} signed by key {fpr}; clients: copy {} to ~/.config/virt-builder/repos.d/",
+                self.repo_dir.display(),
+                repo.conf_path().display()
+            ));
+            repo
+        };
+        let temp = repo.temp_image_path(&self.config.name);
+        let result = (|| -> Result<(xz::Compressed, u64)> {
+            // qcow2 entries are converted first (a standalone file); raw ones are read
+            // straight from the chain.
+            let flat_qcow2 = temp.with_extension("qcow2");
+            let mut disk: Box<dyn chain::DiskRead> = if self.config.format == "qcow2" {
+                qemu_img::convert(&layer, &flat_qcow2, "qcow2")?;
+                Box::new(chain::RawDisk::open(&flat_qcow2)?)
+            } else {
+                Box::new(chain::Qcow2Chain::open(&layer)?)
+            };
+            let size = qemu_img::info(&layer)?.virtual_size;
+            let bar = ctx.ui.bytes("xz", disk.size());
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
+            let res = xz::compress(disk.as_mut(), &mut out, &xz::XzOptions::default(), &bar);
+            bar.finish_and_clear();
+            let _ = std::fs::remove_file(&flat_qcow2);
+            Ok((res?, size))
+        })();
+        let (compressed, size) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        ctx.log.line(format!(
+            "compressed {} bytes to {} ({} data blocks, {} zero blocks)",
+            compressed.uncompressed_size,
+            compressed.compressed_size,
+            compressed.data_blocks,
+            compressed.zero_blocks
+        ));
+        let fields = self.fields(size, compressed.compressed_size);
+        let entry = repo
+            .publish(
+                &self.config.name,
+                fields,
+                &temp,
+                &compressed.sha512,
+                sign_key.as_deref(),
+            )
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&temp);
+            })
+            .context("cannot publish into the repository")?;
+        ctx.ui.line(format!(
+            "published {} revision {} into {} ({} bytes)",
+            self.config.name,
+            entry.revision(),
+            self.repo_dir.display(),
+            compressed.compressed_size
+        ));
+        Ok(StageResult {
+            inspection: None,
+            record: Some(serde_json::json!({
+                "repo": std::fs::canonicalize(&self.repo_dir)?,
+                "name": self.config.name,
+                "checksum": compressed.sha512,
+            })),
+        })
+    }
+
+    /// Still current while the repository's index names this exact image.
+    fn output_current(&self, record: &serde_json::Value) -> bool {
+        let Ok(repo) = Repo::open(&self.repo_dir) else {
+            return false;
+        };
+        let Ok(index) = repo.index() else {
+            return false;
+        };
+        let entry = index.entries.iter().find(|e| e.id == self.config.name);
+        entry.is_some_and(|e| {
+            e.checksum() == record["checksum"].as_str()
+                && e.file().is_some_and(|f| self.repo_dir.join(f).exists())
+        })
+    }
+}

@@ -1,0 +1,233 @@
+//! `[stages.sysprep]`: virt-sysprep's operations, then zero-fill and fstrim, all in one
+//! appliance launch. Each operation is one small module in `operations/`, listed once in
+//! [`OPERATIONS`]; the stage is a loop over the selected ones (guestfs-tools' model).
+
+pub mod operations;
+
+use crate::bad_input;
+use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::guest::inspect::Inspection;
+use crate::guest::{Drive, Guest};
+use crate::pipeline::SysprepConfig;
+use anyhow::{Context, Result};
+pub use operations::OPERATIONS;
+
+/// One sysprep operation: a name, whether it runs by default, a one-line description
+/// (as `--list-operations` prints it) and the function doing it.
+pub struct Operation {
+    pub name: &'static str,
+    pub default: bool,
+    pub description: &'static str,
+    pub run: fn(&OpContext) -> crate::guest::Result<()>,
+    /// Works on block devices, so it runs before the filesystems are mounted.
+    pub on_devices: bool,
+}
+
+/// What an operation works with: the mounted guest and what inspection found.
+pub struct OpContext<'a> {
+    pub g: &'a Guest,
+    pub os: &'a Inspection,
+    pub config: &'a SysprepConfig,
+}
+
+impl OpContext<'_> {
+    /// Removes everything matching the globs, recursively (virt-sysprep's `rm_rf` of a glob).
+    pub fn rm_rf_globs(&self, globs: &[&str]) -> crate::guest::Result<()> {
+        for glob in globs {
+            for path in self.g.glob_expand(glob)? {
+                self.g.rm_rf(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the files matching the globs, skipping what cannot be removed (directories),
+    /// as virt-sysprep's `try g#rm file with _ -> ()` does.
+    pub fn rm_globs(&self, globs: &[&str]) -> crate::guest::Result<()> {
+        for glob in globs {
+            for path in self.g.glob_expand(glob)? {
+                let _ = self.g.rm(&path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the regular files and symlinks below `dir`, keeping the directories (and
+    /// files for which `keep` says so).
+    pub fn rm_files_below(
+        &self,
+        dir: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> crate::guest::Result<()> {
+        if !self.g.is_dir(dir)? {
+            return Ok(());
+        }
+        let dir = dir.trim_end_matches('/');
+        for rel in self.g.find(dir)? {
+            let path = format!("{dir}/{rel}");
+            if keep(&path) || self.g.is_dir(&path)? {
+                continue;
+            }
+            self.g.rm_f(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites a text file without the lines `drop` selects.
+    pub fn drop_lines(&self, path: &str, drop: impl Fn(&str) -> bool) -> crate::guest::Result<()> {
+        let text = self.g.read_string(path)?;
+        let kept: Vec<&str> = text.lines().filter(|l| !drop(l)).collect();
+        self.g
+            .write(path, format!("{}\n", kept.join("\n")).as_bytes())
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static Operation> {
+    OPERATIONS.iter().find(|op| op.name == name)
+}
+
+/// The operations a configuration selects, in table order.
+pub fn selected(config: &SysprepConfig) -> Result<Vec<&'static Operation>> {
+    let check = |names: &Vec<String>, key: &str| -> Result<()> {
+        for n in names {
+            if find(n).is_none() {
+                return Err(bad_input!(
+                    "sysprep.{key}: `{n}` is not a known operation; `pipeline sysprep --list-operations` lists them"
+                ));
+            }
+        }
+        Ok(())
+    };
+    match (&config.enable, &config.disable) {
+        (Some(_), Some(_)) => Err(bad_input!("sysprep: give `enable` (exactly these) or `disable` (the defaults less these), not both")),
+        (Some(enable), None) => {
+            check(enable, "enable")?;
+            Ok(OPERATIONS.iter().filter(|op| enable.iter().any(|n| n == op.name)).collect())
+        }
+        (None, disable) => {
+            let none = Vec::new();
+            let disable = disable.as_ref().unwrap_or(&none);
+            check(disable, "disable")?;
+            Ok(OPERATIONS.iter().filter(|op| op.default && !disable.iter().any(|n| n == op.name)).collect())
+        }
+    }
+}
+
+pub struct SysprepStage {
+    pub config: SysprepConfig,
+    operations: Vec<&'static Operation>,
+}
+
+impl SysprepStage {
+    pub fn new(config: SysprepConfig) -> Result<SysprepStage> {
+        let operations = selected(&config)?;
+        Ok(SysprepStage { config, operations })
+    }
+}
+
+impl Stage for SysprepStage {
+    fn kind(&self) -> &'static str {
+        "sysprep"
+    }
+
+    fn layer_kind(&self) -> LayerKind {
+        LayerKind::Overlay
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "operations": self.operations.iter().map(|op| op.name).collect::<Vec<_>>(),
+            "hostname": self.config.hostname,
+            "zero_free_space": self.config.zero_free_space,
+            "fstrim": self.config.fstrim,
+        })
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
+        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()))?;
+        g.add_drive(Drive {
+            path: &ctx.output,
+            format: "qcow2",
+            readonly: false,
+            discard: true,
+        })?;
+        ctx.bar.set_message("launching the appliance");
+        g.launch()?;
+        let os = g.inspect()?;
+        ctx.log.line(format!("inspection: {}", os.summary()));
+        let op_ctx = OpContext {
+            g: &g,
+            os: &os,
+            config: &self.config,
+        };
+        let (device_ops, fs_ops): (Vec<&&Operation>, Vec<&&Operation>) =
+            self.operations.iter().partition(|op| op.on_devices);
+        for (i, ops) in [device_ops, fs_ops].into_iter().enumerate() {
+            if i == 1 {
+                g.mount_inspected(&os, false)?;
+            }
+            for op in ops {
+                ctx.bar.set_message(format!("operation {}", op.name));
+                ctx.log.line(format!("operation: {}", op.name));
+                (op.run)(&op_ctx).with_context(|| format!("sysprep operation {}", op.name))?;
+            }
+        }
+        free_space(
+            &g,
+            &os,
+            self.config.zero_free_space,
+            self.config.fstrim,
+            ctx,
+        )?;
+        g.umount_all()?;
+        g.shutdown()?;
+        Ok(StageResult {
+            inspection: Some(serde_json::to_value(&os)?),
+            record: None,
+        })
+    }
+}
+
+/// Zero-fills and/or trims every mounted read-write filesystem, after the operations. With
+/// discard passed through, trimmed space becomes unallocated in the qcow2 layer.
+pub fn free_space(
+    g: &Guest,
+    os: &Inspection,
+    zero: bool,
+    trim: bool,
+    ctx: &StageContext,
+) -> Result<()> {
+    let fs_types: std::collections::HashMap<_, _> = os.filesystems.iter().cloned().collect();
+    for (mp, dev) in &os.mountpoints {
+        let fs = fs_types.get(dev).map(String::as_str).unwrap_or("");
+        if matches!(fs, "swap" | "unknown" | "") {
+            continue;
+        }
+        if zero {
+            ctx.bar.set_message(format!("zero-free-space {mp}"));
+            ctx.log.line(format!("zero-free-space {mp}"));
+            g.zero_free_space(mp)?;
+        }
+        if trim {
+            ctx.bar.set_message(format!("fstrim {mp}"));
+            ctx.log.line(format!("fstrim {mp}"));
+            g.fstrim(mp)?;
+        }
+    }
+    Ok(())
+}
+
+/// `pipeline sysprep --list-operations`: name, default marker, description, like virt-sysprep.
+pub fn list_operations() -> String {
+    OPERATIONS
+        .iter()
+        .map(|op| {
+            format!(
+                "{} {} {}\n",
+                op.name,
+                if op.default { "*" } else { " " },
+                op.description
+            )
+        })
+        .collect()
+}

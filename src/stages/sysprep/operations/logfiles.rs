@@ -1,0 +1,92 @@
+//! Remove many log files from the guest
+
+use crate::stages::sysprep::{OpContext, Operation};
+
+/// virt-sysprep's list: system and service logs, installer leftovers, caches that record use.
+const GLOBS: &[&str] = &[
+    "/var/log/*.log*",
+    "/var/log/audit/*",
+    "/var/log/btmp*",
+    "/var/log/cron*",
+    "/var/log/dmesg*",
+    "/var/log/lastlog*",
+    "/var/log/maillog*",
+    "/var/log/mail/*",
+    "/var/log/messages*",
+    "/var/log/secure*",
+    "/var/log/spooler*",
+    "/var/log/tallylog*",
+    "/var/log/wtmp*",
+    "/var/log/apache2/*_log",
+    "/var/log/apache2/*_log-*",
+    "/var/log/ntp",
+    "/var/log/tuned/tuned.log",
+    "/var/log/debug*",
+    "/var/log/syslog*",
+    "/var/log/faillog*",
+    "/var/log/firewalld*",
+    "/var/log/grubby*",
+    "/var/log/xferlog*",
+    "/var/log/BackupPC/LOG",
+    "/var/log/ceph/*.log",
+    "/var/log/chrony/*.log",
+    "/var/log/cups/*_log*",
+    "/var/log/glusterfs/*glusterd.vol.log",
+    "/var/log/glusterfs/glusterfs.log",
+    "/var/log/httpd/*log",
+    "/var/log/jetty/jetty-console.log",
+    "/var/log/libvirt/libxl/*.log",
+    "/var/log/libvirt/libvirtd.log",
+    "/var/log/libvirt/lxc/*.log",
+    "/var/log/libvirt/qemu/*.log",
+    "/var/log/libvirt/uml/*.log",
+    "/var/named/data/named.run",
+    "/var/log/ppp/connect-errors",
+    "/var/log/setroubleshoot/*.log",
+    "/var/log/squid/*.log",
+    "/var/lib/logrotate.status",
+    "/root/install.log",
+    "/root/install.log.syslog",
+    "/root/anaconda-ks.cfg",
+    "/root/anaconda-post.log",
+    "/root/initial-setup-ks.cfg",
+    "/root/original-ks.cfg",
+    "/var/log/anaconda.syslog",
+    "/var/log/anaconda/*",
+    "/var/log/installer/*",
+    "/var/cache/gdm/*",
+    "/var/lib/AccountService/users/*",
+    "/var/lib/fprint/*",
+    "/var/cache/fontconfig/*",
+    "/var/cache/man/*",
+    "/var/log/sa/*",
+    "/var/log/gdm/*",
+    "/var/log/lightdm/*",
+    "/var/log/ntpstats/*",
+    "/etc/Pegasus/*.cnf",
+    "/etc/Pegasus/*.crt",
+    "/etc/Pegasus/*.csr",
+    "/etc/Pegasus/*.pem",
+    "/etc/Pegasus/*.srl",
+    "/var/log/rhsm/*",
+    "/var/log/journal/*",
+    "/var/log/aptitude*",
+    "/var/log/apt/*",
+    "/var/log/exim4/*",
+    "/var/log/ConsoleKit/*",
+];
+
+pub const OPERATION: Operation = Operation {
+    name: "logfiles",
+    default: true,
+    description: "Remove many log files from the guest",
+    run,
+    on_devices: false,
+};
+
+fn run(c: &OpContext) -> crate::guest::Result<()> {
+    if !c.os.is_linux() {
+        return Ok(());
+    }
+    c.rm_rf_globs(GLOBS)
+}

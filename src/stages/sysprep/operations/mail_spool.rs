@@ -1,0 +1,15 @@
+//! Remove email from the local mail spool directory
+
+use crate::stages::sysprep::{OpContext, Operation};
+
+pub const OPERATION: Operation = Operation {
+    name: "mail-spool",
+    default: true,
+    description: "Remove email from the local mail spool directory",
+    run,
+    on_devices: false,
+};
+
+fn run(c: &OpContext) -> crate::guest::Result<()> {
+    c.rm_rf_globs(&["/var/spool/mail/*", "/var/mail/*"])
+}

@@ -1,0 +1,18 @@
+//! Remove udev persistent net rules
+
+use crate::stages::sysprep::{OpContext, Operation};
+
+pub const OPERATION: Operation = Operation {
+    name: "udev-persistent-net",
+    default: true,
+    description: "Remove udev persistent net rules",
+    run,
+    on_devices: false,
+};
+
+fn run(c: &OpContext) -> crate::guest::Result<()> {
+    if !c.os.is_linux() {
+        return Ok(());
+    }
+    c.g.rm_f("/etc/udev/rules.d/70-persistent-net.rules")
+}

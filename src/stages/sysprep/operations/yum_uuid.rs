@@ -1,0 +1,18 @@
+//! Remove the yum UUID
+
+use crate::stages::sysprep::{OpContext, Operation};
+
+pub const OPERATION: Operation = Operation {
+    name: "yum-uuid",
+    default: true,
+    description: "Remove the yum UUID",
+    run,
+    on_devices: false,
+};
+
+fn run(c: &OpContext) -> crate::guest::Result<()> {
+    if c.os.package_management != "yum" {
+        return Ok(());
+    }
+    c.g.rm_f("/var/lib/yum/uuid")
+}
