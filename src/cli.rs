@@ -20,12 +20,7 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Where layers, downloads and logs are kept.
-    #[arg(
-        long,
-        global = true,
-        env = "PIPELINE_WORK_DIR",
-        default_value = ".pipeline"
-    )]
+    #[arg(long, global = true, env = "PIPELINE_WORK_DIR", default_value = ".pipeline")]
     pub work_dir: PathBuf,
     /// Accelerator for every VM and appliance: auto picks KVM only where it works.
     #[arg(long, global = true, value_enum, default_value = "auto")]

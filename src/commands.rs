@@ -18,38 +18,20 @@ use std::path::Path;
 pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Run {
-            pipeline,
-            no_cache,
-            build_id,
-            log_dir,
-            output,
-            offline,
-            sign_key,
-        } => {
-            let options = EngineOptions {
-                no_cache,
-                build_id,
-                log_dir,
-            };
+        Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key } => {
+            let options = EngineOptions { no_cache, build_id, log_dir };
             run_command(g, &pipeline, options, output.as_deref(), offline, sign_key)
         }
         Command::Validate { pipeline } => {
             let p = load_checked(&pipeline.file, &pipeline.sets)?;
-            println!(
-                "{}: ok ({} stages)",
-                pipeline.file.display(),
-                p.file.stages.len()
-            );
+            println!("{}: ok ({} stages)", pipeline.file.display(), p.file.stages.len());
             Ok(())
         }
         Command::Plan { pipeline, build_id } => plan_command(g, &pipeline, build_id),
         Command::Inspect { image, json } => inspect_command(g, &image, json),
         Command::Sysprep { list_operations } => {
             if !list_operations {
-                return Err(bad_input!(
-                    "sysprep: use --list-operations (sysprep runs as a pipeline stage)"
-                ));
+                return Err(bad_input!("sysprep: use --list-operations (sysprep runs as a pipeline stage)"));
             }
             print!("{}", stages::sysprep::list_operations());
             Ok(())
@@ -77,31 +59,19 @@ fn load_checked(file: &Path, sets: &[String]) -> Result<Pipeline> {
 fn settings(g: &GlobalArgs, offline: bool, sign_key: Option<String>) -> Result<RunSettings> {
     let accel = Accel::choose(g.accel)?;
     accel.export_to_environment();
-    Ok(RunSettings {
-        accel,
-        work_dir: g.work_dir.clone(),
-        offline,
-        sign_key,
-    })
+    Ok(RunSettings { accel, work_dir: g.work_dir.clone(), offline, sign_key, verbose: g.verbose })
 }
 
 /// Runs a pipeline (first the one it starts `from`, if any) and returns its last layer.
 fn run_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Layer> {
     if depth > 8 {
-        return Err(bad_input!(
-            "{}: from = {{ pipeline }} nests more than 8 deep (a cycle?)",
-            p.path.display()
-        ));
+        return Err(bad_input!("{}: from = {{ pipeline }} nests more than 8 deep (a cycle?)", p.path.display()));
     }
     let stages = stages::build(p)?;
     let base = match p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
         Some(other) => {
             let other = pipeline::load(&p.resolve(other), &[])?;
-            engine.ui.line(format!(
-                "{}: starting from pipeline {}",
-                p.name(),
-                other.name()
-            ));
+            engine.ui.line(format!("{}: starting from pipeline {}", p.name(), other.name()));
             Some(run_pipeline(&other, engine, depth + 1)?)
         }
         None => None,
@@ -136,14 +106,7 @@ fn run_command(
 fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -> Result<()> {
     let p = load_checked(&args.file, &args.sets)?;
     let ui = Ui::new(g.verbose);
-    let engine = Engine::new(
-        settings(g, true, None)?,
-        EngineOptions {
-            build_id,
-            ..Default::default()
-        },
-        &ui,
-    )?;
+    let engine = Engine::new(settings(g, true, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
     let stages = stages::build(&p)?;
     if let Some(other) = p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
         println!("starts from pipeline {} (planned when run)", other);
@@ -161,11 +124,7 @@ fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -
             s.kind,
             &s.key[..16],
             status,
-            if inputs.is_empty() {
-                String::new()
-            } else {
-                format!("reads {}", inputs.join(", "))
-            }
+            if inputs.is_empty() { String::new() } else { format!("reads {}", inputs.join(", ")) }
         );
     }
     Ok(())
@@ -177,13 +136,8 @@ fn inspect_command(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {
     }
     let accel = Accel::choose(g.accel)?;
     let format = qemu_img::info(image)?.format;
-    let guest = Guest::new(accel, None)?;
-    guest.add_drive(Drive {
-        path: image,
-        format: &format,
-        readonly: true,
-        discard: false,
-    })?;
+    let guest = Guest::new(accel, None, false)?;
+    guest.add_drive(Drive { path: image, format: &format, readonly: true, discard: false })?;
     guest.launch()?;
     let os = guest.inspect()?;
     guest.shutdown()?;
@@ -193,16 +147,10 @@ fn inspect_command(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {
         println!("root:               {}", os.root);
         println!("type:               {}", os.os_type);
         println!("distro:             {}", os.distro);
-        println!(
-            "version:            {}.{}",
-            os.major_version, os.minor_version
-        );
+        println!("version:            {}.{}", os.major_version, os.minor_version);
         println!("product:            {}", os.product_name);
         println!("arch:               {}", os.arch);
-        println!(
-            "package management: {} ({})",
-            os.package_management, os.package_format
-        );
+        println!("package management: {} ({})", os.package_management, os.package_format);
         println!("hostname:           {}", os.hostname);
         for (mp, dev) in &os.mountpoints {
             println!("mountpoint:         {mp} {dev}");
@@ -243,18 +191,8 @@ fn cache_command(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
 
 fn repo_command(command: RepoCommand) -> Result<()> {
     match command {
-        RepoCommand::Init {
-            dir,
-            generate_key,
-            sign_key,
-            uri,
-        } => {
-            let (repo, fpr) = Repo::init(
-                &dir,
-                sign_key.as_deref(),
-                generate_key.as_deref(),
-                uri.as_deref(),
-            )?;
+        RepoCommand::Init { dir, generate_key, sign_key, uri } => {
+            let (repo, fpr) = Repo::init(&dir, sign_key.as_deref(), generate_key.as_deref(), uri.as_deref())?;
             println!("repository {} signed by {fpr}", dir.display());
             println!("public key: {}", repo.public_key_path().display());
             println!(
@@ -270,28 +208,19 @@ fn repo_command(command: RepoCommand) -> Result<()> {
                     e.revision(),
                     e.get("osinfo").unwrap_or("-"),
                     e.get("arch").unwrap_or("-"),
-                    e.get("compressed_size")
-                        .and_then(|s| s.parse().ok())
-                        .map(human_bytes)
-                        .unwrap_or_default()
+                    e.get("compressed_size").and_then(|s| s.parse().ok()).map(human_bytes).unwrap_or_default()
                 );
             }
         }
         RepoCommand::Show { dir, name } => {
             let index = Repo::open(&dir)?.index()?;
-            let e = index
-                .get(&name)
-                .ok_or_else(|| bad_input!("{}: no entry `{name}`", dir.display()))?;
+            let e = index.get(&name).ok_or_else(|| bad_input!("{}: no entry `{name}`", dir.display()))?;
             println!("[{}]", e.id);
             for (k, v) in &e.fields {
                 println!("{k}={}", v.replace('\n', "\n "));
             }
         }
-        RepoCommand::Remove {
-            dir,
-            name,
-            sign_key,
-        } => {
+        RepoCommand::Remove { dir, name, sign_key } => {
             let e = Repo::open(&dir)?.remove(&name, sign_key.as_deref())?;
             println!("removed {} (revision {})", e.id, e.revision());
         }
@@ -301,9 +230,7 @@ fn repo_command(command: RepoCommand) -> Result<()> {
             }
         }
         RepoCommand::Verify { dir, fingerprint } => {
-            let problems = Repo::open(&dir)?
-                .verify(fingerprint.as_deref())
-                .context("cannot verify")?;
+            let problems = Repo::open(&dir)?.verify(fingerprint.as_deref()).context("cannot verify")?;
             if problems.is_empty() {
                 println!("{}: ok", dir.display());
             } else {

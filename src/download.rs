@@ -15,20 +15,9 @@ pub fn is_url(s: &str) -> bool {
 /// `.xz` and the like stay recognisable).
 pub fn cache_path(cache_dir: &Path, url: &str) -> PathBuf {
     let hash = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
-    let base = url
-        .rsplit('/')
-        .find(|s| !s.is_empty())
-        .unwrap_or("download");
-    let base: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let base = url.rsplit('/').find(|s| !s.is_empty()).unwrap_or("download");
+    let base: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     cache_dir.join(format!("{hash}-{base}"))
 }
 
@@ -52,29 +41,22 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let mut resp = req
-        .send()
-        .with_context(|| format!("cannot download {url}"))?;
+    let mut resp = req.send().with_context(|| format!("cannot download {url}"))?;
     let status = resp.status();
     let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT;
     if !status.is_success() {
         bail!("cannot download {url}: HTTP {status}");
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(resumed)
-        .write(true)
-        .truncate(!resumed)
-        .open(&part)?;
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(resumed).write(true).truncate(!resumed).open(&part)?;
     let start = if resumed { have } else { 0 };
     let bar = ui.bytes("download", start + resp.content_length().unwrap_or(0));
     bar.set_position(start);
     bar.set_message(url.to_string());
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = resp
-            .read(&mut buf)
-            .with_context(|| format!("download of {url} was interrupted; run again to resume"))?;
+        let n =
+            resp.read(&mut buf).with_context(|| format!("download of {url} was interrupted; run again to resume"))?;
         if n == 0 {
             break;
         }
@@ -88,13 +70,7 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
 }
 
 /// A local path or URL as a local file; relative paths resolve against `base_dir`.
-pub fn local_or_fetch(
-    source: &str,
-    base_dir: &Path,
-    cache_dir: &Path,
-    offline: bool,
-    ui: &Ui,
-) -> Result<PathBuf> {
+pub fn local_or_fetch(source: &str, base_dir: &Path, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<PathBuf> {
     if is_url(source) {
         fetch(source, cache_dir, offline, ui)
     } else if let Some(p) = source.strip_prefix("file://") {
@@ -105,16 +81,9 @@ pub fn local_or_fetch(
 }
 
 /// Reads a small file from a path or URL (an index, a checksum list).
-pub fn read_small(
-    source: &str,
-    base_dir: &Path,
-    cache_dir: &Path,
-    offline: bool,
-    ui: &Ui,
-) -> Result<Vec<u8>> {
+pub fn read_small(source: &str, base_dir: &Path, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Vec<u8>> {
     if is_url(source) && !offline {
-        let resp =
-            reqwest::blocking::get(source).with_context(|| format!("cannot fetch {source}"))?;
+        let resp = reqwest::blocking::get(source).with_context(|| format!("cannot fetch {source}"))?;
         if !resp.status().is_success() {
             bail!("cannot fetch {source}: HTTP {}", resp.status());
         }

@@ -48,11 +48,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return 2;
         }
         if let Some(step) = cause.downcast_ref::<StepFailed>() {
-            return if step.exit_code > 0 {
-                step.exit_code
-            } else {
-                1
-            };
+            return if step.exit_code > 0 { step.exit_code } else { 1 };
         }
     }
     1

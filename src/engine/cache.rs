@@ -52,16 +52,12 @@ impl Cache {
 
     /// Where a stage writes its layer while it runs; removed if the stage fails.
     pub fn temp_path(&self, key: &str) -> PathBuf {
-        self.dir
-            .join(format!(".tmp-{key}-{}.qcow2", std::process::id()))
+        self.dir.join(format!(".tmp-{key}-{}.qcow2", std::process::id()))
     }
 
     pub fn get(&self, key: &str) -> Option<Layer> {
         let path = self.layer_path(key);
-        (path.exists() && self.meta_path(key).exists()).then(|| Layer {
-            key: key.to_string(),
-            path,
-        })
+        (path.exists() && self.meta_path(key).exists()).then(|| Layer { key: key.to_string(), path })
     }
 
     pub fn meta(&self, key: &str) -> Option<LayerMeta> {
@@ -70,10 +66,7 @@ impl Cache {
 
     /// Marks a cached layer as used now, so `gc` keeps what nightly runs still reuse.
     pub fn touch(&self, key: &str) {
-        if let Ok(f) = std::fs::File::options()
-            .append(true)
-            .open(self.meta_path(key))
-        {
+        if let Ok(f) = std::fs::File::options().append(true).open(self.meta_path(key)) {
             let _ = f.set_modified(SystemTime::now());
         }
     }
@@ -83,12 +76,8 @@ impl Cache {
     pub fn commit(&self, temp: &Path, meta: &LayerMeta) -> Result<Layer> {
         std::fs::write(self.meta_path(&meta.key), serde_json::to_vec_pretty(meta)?)?;
         let path = self.layer_path(&meta.key);
-        std::fs::rename(temp, &path)
-            .with_context(|| format!("cannot move layer into {}", path.display()))?;
-        Ok(Layer {
-            key: meta.key.clone(),
-            path,
-        })
+        std::fs::rename(temp, &path).with_context(|| format!("cannot move layer into {}", path.display()))?;
+        Ok(Layer { key: meta.key.clone(), path })
     }
 
     pub fn update_meta(&self, meta: &LayerMeta) -> Result<()> {
@@ -98,10 +87,7 @@ impl Cache {
 
     /// The record an output stage (publish) left for this key, if any.
     pub fn output_record(&self, key: &str) -> Option<serde_json::Value> {
-        serde_json::from_slice(
-            &std::fs::read(self.dir.join("outputs").join(format!("{key}.json"))).ok()?,
-        )
-        .ok()
+        serde_json::from_slice(&std::fs::read(self.dir.join("outputs").join(format!("{key}.json"))).ok()?).ok()
     }
 
     pub fn save_output_record(&self, key: &str, record: &serde_json::Value) -> Result<()> {
@@ -120,14 +106,8 @@ impl Cache {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let key = path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let (Some(meta), Ok(image)) =
-                (self.meta(&key), std::fs::metadata(self.layer_path(&key)))
-            else {
+            let key = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let (Some(meta), Ok(image)) = (self.meta(&key), std::fs::metadata(self.layer_path(&key))) else {
                 continue;
             };
             let used = std::fs::metadata(&path)?.modified()?;
@@ -148,10 +128,8 @@ impl Cache {
             .map(|(m, _, _)| m.key.clone())
             .collect();
         // Ancestors of kept layers stay: an overlay is useless without its backing file.
-        let parents: std::collections::HashMap<_, _> = layers
-            .iter()
-            .map(|(m, _, _)| (m.key.clone(), m.parent.clone()))
-            .collect();
+        let parents: std::collections::HashMap<_, _> =
+            layers.iter().map(|(m, _, _)| (m.key.clone(), m.parent.clone())).collect();
         for key in kept.clone() {
             let mut cur = parents.get(&key).cloned().flatten();
             while let Some(p) = cur {
@@ -210,8 +188,7 @@ impl KeyHasher {
 
     /// Hashes a file's contents, or a directory tree's names and contents in sorted order.
     pub fn path(&mut self, path: &Path) -> Result<()> {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         if meta.is_dir() {
             let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
             entries.sort_by_key(|e| e.file_name());
@@ -220,8 +197,7 @@ impl KeyHasher {
                 self.path(&e.path())?;
             }
         } else {
-            let mut f = std::fs::File::open(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
             let mut file_hash = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             loop {

@@ -22,16 +22,10 @@ const TAIL_LINES: usize = 25;
 impl StageLog {
     pub fn create(path: &Path) -> Result<StageLog> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create log directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create log directory {}", dir.display()))?;
         }
-        let file =
-            File::create(path).with_context(|| format!("cannot create log {}", path.display()))?;
-        Ok(StageLog {
-            path: path.to_path_buf(),
-            file: Arc::new(Mutex::new(file)),
-            tail: Default::default(),
-        })
+        let file = File::create(path).with_context(|| format!("cannot create log {}", path.display()))?;
+        Ok(StageLog { path: path.to_path_buf(), file: Arc::new(Mutex::new(file)), tail: Default::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -68,14 +62,8 @@ impl StageLog {
             .spawn()
             .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
         let readers: Vec<_> = [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()

@@ -45,30 +45,18 @@ pub struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     pub fn new(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine {
-            cache: Cache::open(&settings.work_dir)?,
-            settings,
-            options,
-            ui,
-        })
+        Ok(Engine { cache: Cache::open(&settings.work_dir)?, settings, options, ui })
     }
 
     /// Each stage's key and whether a run would reuse it.
-    pub fn plan(
-        &self,
-        stages: &[Box<dyn Stage>],
-        base: Option<&Layer>,
-    ) -> Result<Vec<PlannedStage>> {
+    pub fn plan(&self, stages: &[Box<dyn Stage>], base: Option<&Layer>) -> Result<Vec<PlannedStage>> {
         let mut parent_key = base.map(|l| l.key.clone());
         let mut planned = Vec::new();
         for (index, stage) in stages.iter().enumerate() {
             let key = self.key(stage.as_ref(), index, parent_key.as_deref())?;
             let cached = !self.options.no_cache
                 && match stage.layer_kind() {
-                    LayerKind::Output => self
-                        .cache
-                        .output_record(&key)
-                        .is_some_and(|r| stage.output_current(&r)),
+                    LayerKind::Output => self.cache.output_record(&key).is_some_and(|r| stage.output_current(&r)),
                     _ => self.cache.get(&key).is_some(),
                 };
             if stage.layer_kind() != LayerKind::Output {
@@ -78,11 +66,7 @@ impl<'a> Engine<'a> {
                 index,
                 kind: stage.kind(),
                 key,
-                status: if cached {
-                    Status::Cached
-                } else {
-                    Status::ToRun
-                },
+                status: if cached { Status::Cached } else { Status::ToRun },
                 inputs: stage.inputs(),
             });
         }
@@ -110,12 +94,7 @@ impl<'a> Engine<'a> {
 
     /// Runs the stages on top of `base` (or from nothing, when the first is an install) and
     /// returns the last layer.
-    pub fn run(
-        &self,
-        pipeline_name: &str,
-        stages: &[Box<dyn Stage>],
-        base: Option<Layer>,
-    ) -> Result<Layer> {
+    pub fn run(&self, pipeline_name: &str, stages: &[Box<dyn Stage>], base: Option<Layer>) -> Result<Layer> {
         let plan = self.plan(stages, base.as_ref())?;
         let log_dir = self.log_dir(pipeline_name);
         let total = stages.len();
@@ -134,35 +113,15 @@ impl<'a> Engine<'a> {
             }
             let log_path = log_dir.join(format!("{n:02}-{}.log", stage.kind()));
             let log = log::StageLog::create(&log_path)?;
-            log.line(format!(
-                "stage {n} of {total}: {} key {}",
-                stage.kind(),
-                planned.key
-            ));
-            log.line(format!(
-                "configuration: {}",
-                serde_json::to_string_pretty(&stage.config())?
-            ));
-            self.ui.line(format!(
-                "{label}: running ({short}), log {}",
-                log_path.display()
-            ));
+            log.line(format!("stage {n} of {total}: {} key {}", stage.kind(), planned.key));
+            log.line(format!("configuration: {}", serde_json::to_string_pretty(&stage.config())?));
+            self.ui.line(format!("{label}: running ({short}), log {}", log_path.display()));
             let started = std::time::Instant::now();
             let temp = self.cache.temp_path(&planned.key);
-            let outcome = self.run_one(
-                pipeline_name,
-                stage.as_ref(),
-                planned,
-                current.as_ref(),
-                &temp,
-                log.clone(),
-            );
+            let outcome = self.run_one(pipeline_name, stage.as_ref(), planned, current.as_ref(), &temp, log.clone());
             match outcome {
                 Ok(next) => {
-                    self.ui.line(format!(
-                        "{label}: done in {}",
-                        humantime::format_duration(round(started.elapsed()))
-                    ));
+                    self.ui.line(format!("{label}: done in {}", humantime::format_duration(round(started.elapsed()))));
                     if let Some(next) = next {
                         current = Some(next);
                     }
@@ -193,11 +152,9 @@ impl<'a> Engine<'a> {
         let _ = std::fs::remove_file(temp);
         if stage.layer_kind() == LayerKind::Overlay {
             let parent = parent.context("this stage needs a previous layer")?;
-            qemu_img::create_overlay(&parent.path, temp)?;
+            qemu_img::create_overlay(&parent.path, temp, stage.overlay_cluster_size())?;
         }
-        let bar = self
-            .ui
-            .spinner(&format!("{} {}", planned.index + 1, stage.kind()));
+        let bar = self.ui.spinner(&format!("{} {}", planned.index + 1, stage.kind()));
         let mut ctx = StageContext {
             index: planned.index,
             parent,
@@ -211,10 +168,7 @@ impl<'a> Engine<'a> {
         bar.finish_and_clear();
         let result = result?;
         if stage.layer_kind() == LayerKind::Output {
-            self.cache.save_output_record(
-                &planned.key,
-                &result.record.unwrap_or(serde_json::Value::Null),
-            )?;
+            self.cache.save_output_record(&planned.key, &result.record.unwrap_or(serde_json::Value::Null))?;
             return Ok(None);
         }
         let meta = LayerMeta {
@@ -230,17 +184,10 @@ impl<'a> Engine<'a> {
     }
 
     fn log_dir(&self, pipeline_name: &str) -> PathBuf {
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .replace(':', "");
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
         match &self.options.log_dir {
             Some(dir) => dir.join(pipeline_name).join(stamp),
-            None => self
-                .settings
-                .work_dir
-                .join("logs")
-                .join(pipeline_name)
-                .join(stamp),
+            None => self.settings.work_dir.join("logs").join(pipeline_name).join(stamp),
         }
     }
 }

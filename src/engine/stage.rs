@@ -30,6 +30,11 @@ pub trait Stage {
     fn inputs(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// For overlay stages: the qcow2 cluster size of the new layer, when the default (64 KiB)
+    /// does not suit (sysprep's discards need clusters as small as filesystem blocks).
+    fn overlay_cluster_size(&self) -> Option<u32> {
+        None
+    }
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult>;
     /// For output stages: is what an earlier run recorded still in place (the published
     /// entry still in its repository)? If not, the stage runs again.
@@ -54,6 +59,8 @@ pub struct RunSettings {
     pub work_dir: PathBuf,
     pub offline: bool,
     pub sign_key: Option<String>,
+    /// Appliance messages in the stage logs, more output on the terminal.
+    pub verbose: bool,
 }
 
 pub struct StageContext<'a> {

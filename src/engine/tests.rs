@@ -38,10 +38,7 @@ impl Stage for PatternStage {
         if self.base {
             qemu_img::create_blank(&ctx.output, "8M")?;
         }
-        qemu_io(
-            &ctx.output,
-            &format!("write -P {} {} 64k", self.pattern, offset(self.pattern)),
-        )?;
+        qemu_io(&ctx.output, &format!("write -P {} {} 64k", self.pattern, offset(self.pattern)))?;
         if self.fail {
             anyhow::bail!("the test stage fails on purpose");
         }
@@ -54,16 +51,9 @@ fn offset(pattern: u8) -> u64 {
 }
 
 fn qemu_io(path: &Path, cmd: &str) -> Result<()> {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", cmd])
-        .arg(path)
-        .output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    anyhow::ensure!(
-        out.status.success() && !text.contains("Pattern verification failed"),
-        "qemu-io {cmd}: {text}"
-    );
+    let out = Command::new("qemu-io").args(["-f", "qcow2", "-c", cmd]).arg(path).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success() && !text.contains("Pattern verification failed"), "qemu-io {cmd}: {text}");
     Ok(())
 }
 
@@ -74,10 +64,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        Fixture {
-            dir: tempfile::tempdir().unwrap(),
-            runs: (0..3).map(|_| Rc::new(Cell::new(0))).collect(),
-        }
+        Fixture { dir: tempfile::tempdir().unwrap(), runs: (0..3).map(|_| Rc::new(Cell::new(0))).collect() }
     }
     fn input(&self) -> PathBuf {
         self.dir.path().join("script.sh")
@@ -101,6 +88,7 @@ impl Fixture {
             work_dir: self.dir.path().join("work"),
             offline: true,
             sign_key: None,
+            verbose: false,
         };
         Engine::new(settings, options, ui).unwrap()
     }
@@ -122,15 +110,8 @@ fn stages_chain_and_a_second_run_reuses_every_layer() {
         qemu_io(&last.path, &format!("read -P {p} {} 64k", offset(p))).unwrap();
     }
     let info = qemu_img::info(&last.path).unwrap();
-    assert!(
-        info.backing_filename.is_some(),
-        "an overlay has a backing file"
-    );
-    assert!(engine
-        .plan(&f.stages(false), None)
-        .unwrap()
-        .iter()
-        .all(|p| p.status == Status::Cached));
+    assert!(info.backing_filename.is_some(), "an overlay has a backing file");
+    assert!(engine.plan(&f.stages(false), None).unwrap().iter().all(|p| p.status == Status::Cached));
     let again = engine.run("t", &f.stages(false), None).unwrap();
     assert_eq!(f.runs(), vec![1, 1, 1]);
     assert_eq!(again.key, last.key);
@@ -157,27 +138,15 @@ fn build_id_pins_keys_until_the_base_changes() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
     let ui = Ui::new(false);
-    let options = EngineOptions {
-        build_id: Some("nightly-1".into()),
-        ..Default::default()
-    };
+    let options = EngineOptions { build_id: Some("nightly-1".into()), ..Default::default() };
     let engine = f.engine(&ui, options);
     engine.run("t", &f.stages(false), None).unwrap();
     std::fs::write(f.input(), "echo two").unwrap();
     engine.run("t", &f.stages(false), None).unwrap();
-    assert_eq!(
-        f.runs(),
-        vec![1, 1, 1],
-        "the build ID stands in for the changed input"
-    );
+    assert_eq!(f.runs(), vec![1, 1, 1], "the build ID stands in for the changed input");
     // A different base layer invalidates everything on top of it, build ID or not.
-    let other_base = Layer {
-        key: "other".into(),
-        path: engine.cache.layer_path("x"),
-    };
-    let plan = engine
-        .plan(&f.stages(false)[1..], Some(&other_base))
-        .unwrap();
+    let other_base = Layer { key: "other".into(), path: engine.cache.layer_path("x") };
+    let plan = engine.plan(&f.stages(false)[1..], Some(&other_base)).unwrap();
     assert!(plan.iter().all(|p| p.status == Status::ToRun));
 }
 
@@ -186,16 +155,8 @@ fn no_cache_rebuilds_every_stage() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
     let ui = Ui::new(false);
-    f.engine(&ui, EngineOptions::default())
-        .run("t", &f.stages(false), None)
-        .unwrap();
-    let engine = f.engine(
-        &ui,
-        EngineOptions {
-            no_cache: true,
-            ..Default::default()
-        },
-    );
+    f.engine(&ui, EngineOptions::default()).run("t", &f.stages(false), None).unwrap();
+    let engine = f.engine(&ui, EngineOptions { no_cache: true, ..Default::default() });
     engine.run("t", &f.stages(false), None).unwrap();
     assert_eq!(f.runs(), vec![2, 2, 2]);
 }
@@ -209,10 +170,7 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
     let err = engine.run("t", &f.stages(true), None).unwrap_err();
     assert!(format!("{err:#}").contains("fails on purpose"));
     let plan = engine.plan(&f.stages(true), None).unwrap();
-    assert_eq!(
-        plan.iter().map(|p| p.status).collect::<Vec<_>>(),
-        vec![Status::Cached, Status::Cached, Status::ToRun]
-    );
+    assert_eq!(plan.iter().map(|p| p.status).collect::<Vec<_>>(), vec![Status::Cached, Status::Cached, Status::ToRun]);
     let leftovers: Vec<_> = std::fs::read_dir(&engine.cache.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -220,10 +178,6 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // gc keeps recent layers and their ancestors.
-    assert!(engine
-        .cache
-        .gc(std::time::Duration::from_secs(3600))
-        .unwrap()
-        .is_empty());
+    assert!(engine.cache.gc(std::time::Duration::from_secs(3600)).unwrap().is_empty());
     assert_eq!(engine.cache.gc(std::time::Duration::ZERO).unwrap().len(), 2);
 }

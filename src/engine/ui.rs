@@ -15,16 +15,8 @@ pub struct Ui {
 impl Ui {
     pub fn new(verbose: bool) -> Ui {
         let tty = std::io::stderr().is_terminal();
-        let target = if tty {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        Ui {
-            multi: MultiProgress::with_draw_target(target),
-            tty,
-            verbose,
-        }
+        let target = if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        Ui { multi: MultiProgress::with_draw_target(target), tty, verbose }
     }
 
     /// A line for the user, printed above any progress bars.
@@ -41,8 +33,7 @@ impl Ui {
     pub fn spinner(&self, prefix: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new_spinner());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {wide_msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {wide_msg}").expect("valid template"),
         );
         bar.set_prefix(prefix.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));

@@ -49,10 +49,7 @@ impl Inspection {
     }
 
     pub fn is_debian_family(&self) -> bool {
-        matches!(
-            self.distro.as_str(),
-            "debian" | "ubuntu" | "kalilinux" | "linuxmint"
-        )
+        matches!(self.distro.as_str(), "debian" | "ubuntu" | "kalilinux" | "linuxmint")
     }
 
     pub fn summary(&self) -> String {
@@ -81,11 +78,7 @@ impl Guest {
     /// Mounts the inspected system's filesystems where the guest mounts them.
     pub fn mount_inspected(&self, os: &Inspection, readonly: bool) -> Result<()> {
         for (mp, dev) in &os.mountpoints {
-            let result = if readonly {
-                self.mount_ro(dev, mp)
-            } else {
-                self.mount(dev, mp)
-            };
+            let result = if readonly { self.mount_ro(dev, mp) } else { self.mount(dev, mp) };
             // Be lenient below the root, as the virt-* tools are: an fstab entry may name
             // something this disk does not hold.
             if let Err(e) = result {
@@ -111,17 +104,11 @@ impl Guest {
             many => {
                 return Err(GuestError {
                     call: "inspect_os".into(),
-                    message: format!(
-                        "the disk holds several operating systems ({}); one is expected",
-                        many.join(", ")
-                    ),
+                    message: format!("the disk holds several operating systems ({}); one is expected", many.join(", ")),
                 })
             }
         };
-        let get = |f| {
-            self.inspect_get(f, &root)
-                .unwrap_or_else(|_| "unknown".into())
-        };
+        let get = |f| self.inspect_get(f, &root).unwrap_or_else(|_| "unknown".into());
         let (major_version, minor_version) = self.inspect_get_version(&root).unwrap_or((0, 0));
         let mut mountpoints = self.inspect_get_mountpoints(&root)?;
         mountpoints.sort_by_key(|(mp, _)| mp.len());

@@ -51,10 +51,8 @@ pub struct Guest {
     log: Option<Box<StageLog>>,
 }
 
-const LOGGED_EVENTS: u32 = sys::GUESTFS_EVENT_APPLIANCE
-    | sys::GUESTFS_EVENT_LIBRARY
-    | sys::GUESTFS_EVENT_WARNING
-    | sys::GUESTFS_EVENT_TRACE;
+const LOGGED_EVENTS: u32 =
+    sys::GUESTFS_EVENT_APPLIANCE | sys::GUESTFS_EVENT_LIBRARY | sys::GUESTFS_EVENT_WARNING | sys::GUESTFS_EVENT_TRACE;
 
 unsafe extern "C" fn log_event(
     _g: *mut sys::guestfs_h,
@@ -81,35 +79,27 @@ unsafe extern "C" fn log_event(
 }
 
 fn cstring(call: &str, s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| GuestError {
-        call: call.into(),
-        message: format!("argument contains a NUL byte: {s:?}"),
-    })
+    CString::new(s)
+        .map_err(|_| GuestError { call: call.into(), message: format!("argument contains a NUL byte: {s:?}") })
 }
 
 impl Guest {
-    /// A new handle with the accelerator applied; messages go to `log` when given.
-    pub fn new(accel: Accel, log: Option<StageLog>) -> Result<Guest> {
+    /// A new handle with the accelerator applied. With a log, every libguestfs call is
+    /// traced into it; `verbose` adds the appliance's own boot and daemon messages.
+    pub fn new(accel: Accel, log: Option<StageLog>, verbose: bool) -> Result<Guest> {
         let g = unsafe { sys::guestfs_create() };
         if g.is_null() {
-            return Err(GuestError {
-                call: "create".into(),
-                message: "cannot create a libguestfs handle".into(),
-            });
+            return Err(GuestError { call: "create".into(), message: "cannot create a libguestfs handle".into() });
         }
         // Errors are returned to the caller; without this libguestfs also prints them.
         unsafe { sys::guestfs_set_error_handler(g, None, std::ptr::null_mut()) };
-        let guest = Guest {
-            g,
-            log: log.map(Box::new),
-        };
+        let guest = Guest { g, log: log.map(Box::new) };
         if let Some(log) = &guest.log {
             let opaque = log.as_ref() as *const StageLog as *mut c_void;
-            let rc = unsafe {
-                sys::guestfs_set_event_callback(g, Some(log_event), LOGGED_EVENTS as u64, 0, opaque)
-            };
+            let rc = unsafe { sys::guestfs_set_event_callback(g, Some(log_event), LOGGED_EVENTS as u64, 0, opaque) };
             guest.check("set_event_callback", rc)?;
-            guest.set_verbose(true)?;
+            guest.check("set_trace", unsafe { sys::guestfs_set_trace(g, 1) })?;
+            guest.set_verbose(verbose)?;
         }
         let settings = accel.libguestfs_settings();
         if !settings.is_empty() {
@@ -123,14 +113,9 @@ impl Guest {
         let message = if msg.is_null() {
             "unknown error".to_string()
         } else {
-            unsafe { CStr::from_ptr(msg) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
         };
-        GuestError {
-            call: call.into(),
-            message,
-        }
+        GuestError { call: call.into(), message }
     }
 
     /// A call returning 0 on success, -1 on error.
@@ -152,9 +137,7 @@ impl Guest {
         if ptr.is_null() {
             return Err(self.error(call));
         }
-        let s = unsafe { CStr::from_ptr(ptr) }
-            .to_string_lossy()
-            .into_owned();
+        let s = unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned();
         unsafe { libc::free(ptr as *mut c_void) };
         Ok(s)
     }
@@ -171,11 +154,7 @@ impl Guest {
             if item.is_null() {
                 break;
             }
-            out.push(
-                unsafe { CStr::from_ptr(item) }
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            out.push(unsafe { CStr::from_ptr(item) }.to_string_lossy().into_owned());
             unsafe { libc::free(item as *mut c_void) };
             i += 1;
         }
@@ -186,37 +165,24 @@ impl Guest {
     /// A call returning a hash as a flat key, value, key, value list.
     fn pairs(&self, call: &str, ptr: *mut *mut c_char) -> Result<Vec<(String, String)>> {
         let flat = self.strings(call, ptr)?;
-        Ok(flat
-            .chunks(2)
-            .filter(|c| c.len() == 2)
-            .map(|c| (c[0].clone(), c[1].clone()))
-            .collect())
+        Ok(flat.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect())
     }
 
     // --- handle set-up -------------------------------------------------------------------
 
     pub fn set_verbose(&self, on: bool) -> Result<()> {
-        self.check("set_verbose", unsafe {
-            sys::guestfs_set_verbose(self.g, on as c_int)
-        })
+        self.check("set_verbose", unsafe { sys::guestfs_set_verbose(self.g, on as c_int) })
     }
 
     pub fn set_network(&self, on: bool) -> Result<()> {
-        self.check("set_network", unsafe {
-            sys::guestfs_set_network(self.g, on as c_int)
-        })
+        self.check("set_network", unsafe { sys::guestfs_set_network(self.g, on as c_int) })
     }
 
     pub fn set_backend_settings(&self, settings: &[&str]) -> Result<()> {
-        let owned: Vec<CString> = settings
-            .iter()
-            .map(|s| cstring("set_backend_settings", s))
-            .collect::<Result<_>>()?;
+        let owned: Vec<CString> = settings.iter().map(|s| cstring("set_backend_settings", s)).collect::<Result<_>>()?;
         let mut ptrs: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr() as *mut c_char).collect();
         ptrs.push(std::ptr::null_mut());
-        self.check("set_backend_settings", unsafe {
-            sys::guestfs_set_backend_settings(self.g, ptrs.as_ptr())
-        })
+        self.check("set_backend_settings", unsafe { sys::guestfs_set_backend_settings(self.g, ptrs.as_ptr()) })
     }
 
     pub fn add_drive(&self, drive: Drive) -> Result<()> {
@@ -224,17 +190,14 @@ impl Guest {
         let format = cstring("add_drive", drive.format)?;
         let discard = cstring("add_drive", "besteffort")?;
         let mut opts: sys::guestfs_add_drive_opts_argv = unsafe { std::mem::zeroed() };
-        opts.bitmask =
-            (1 << sys::GUESTFS_ADD_DRIVE_OPTS_READONLY) | (1 << sys::GUESTFS_ADD_DRIVE_OPTS_FORMAT);
+        opts.bitmask = (1 << sys::GUESTFS_ADD_DRIVE_OPTS_READONLY) | (1 << sys::GUESTFS_ADD_DRIVE_OPTS_FORMAT);
         opts.readonly = drive.readonly as c_int;
         opts.format = format.as_ptr();
         if drive.discard && !drive.readonly {
             opts.bitmask |= 1 << sys::GUESTFS_ADD_DRIVE_OPTS_DISCARD;
             opts.discard = discard.as_ptr();
         }
-        self.check("add_drive", unsafe {
-            sys::guestfs_add_drive_opts_argv(self.g, path.as_ptr(), &opts)
-        })
+        self.check("add_drive", unsafe { sys::guestfs_add_drive_opts_argv(self.g, path.as_ptr(), &opts) })
     }
 
     pub fn launch(&self) -> Result<()> {
@@ -261,9 +224,7 @@ impl Guest {
                 InspectField::Type => sys::guestfs_inspect_get_type(self.g, p),
                 InspectField::Distro => sys::guestfs_inspect_get_distro(self.g, p),
                 InspectField::Arch => sys::guestfs_inspect_get_arch(self.g, p),
-                InspectField::PackageManagement => {
-                    sys::guestfs_inspect_get_package_management(self.g, p)
-                }
+                InspectField::PackageManagement => sys::guestfs_inspect_get_package_management(self.g, p),
                 InspectField::PackageFormat => sys::guestfs_inspect_get_package_format(self.g, p),
                 InspectField::Hostname => sys::guestfs_inspect_get_hostname(self.g, p),
                 InspectField::ProductName => sys::guestfs_inspect_get_product_name(self.g, p),
@@ -283,21 +244,15 @@ impl Guest {
 
     pub fn inspect_get_mountpoints(&self, root: &str) -> Result<Vec<(String, String)>> {
         let r = cstring("inspect_get_mountpoints", root)?;
-        self.pairs("inspect_get_mountpoints", unsafe {
-            sys::guestfs_inspect_get_mountpoints(self.g, r.as_ptr())
-        })
+        self.pairs("inspect_get_mountpoints", unsafe { sys::guestfs_inspect_get_mountpoints(self.g, r.as_ptr()) })
     }
 
     pub fn list_filesystems(&self) -> Result<Vec<(String, String)>> {
-        self.pairs("list_filesystems", unsafe {
-            sys::guestfs_list_filesystems(self.g)
-        })
+        self.pairs("list_filesystems", unsafe { sys::guestfs_list_filesystems(self.g) })
     }
 
     pub fn list_partitions(&self) -> Result<Vec<String>> {
-        self.strings("list_partitions", unsafe {
-            sys::guestfs_list_partitions(self.g)
-        })
+        self.strings("list_partitions", unsafe { sys::guestfs_list_partitions(self.g) })
     }
 
     pub fn list_devices(&self) -> Result<Vec<String>> {
@@ -308,9 +263,7 @@ impl Guest {
 
     pub fn part_disk(&self, device: &str, table: &str) -> Result<()> {
         let (d, t) = (cstring("part_disk", device)?, cstring("part_disk", table)?);
-        self.check("part_disk", unsafe {
-            sys::guestfs_part_disk(self.g, d.as_ptr(), t.as_ptr())
-        })
+        self.check("part_disk", unsafe { sys::guestfs_part_disk(self.g, d.as_ptr(), t.as_ptr()) })
     }
 
     pub fn part_set_bootable(&self, device: &str, partnum: i32, bootable: bool) -> Result<()> {
@@ -322,33 +275,22 @@ impl Guest {
 
     pub fn mkfs(&self, fstype: &str, device: &str) -> Result<()> {
         let (f, d) = (cstring("mkfs", fstype)?, cstring("mkfs", device)?);
-        self.check("mkfs", unsafe {
-            sys::guestfs_mkfs(self.g, f.as_ptr(), d.as_ptr())
-        })
+        self.check("mkfs", unsafe { sys::guestfs_mkfs(self.g, f.as_ptr(), d.as_ptr()) })
     }
 
     pub fn vfs_uuid(&self, mountable: &str) -> Result<String> {
         let m = cstring("vfs_uuid", mountable)?;
-        self.string("vfs_uuid", unsafe {
-            sys::guestfs_vfs_uuid(self.g, m.as_ptr())
-        })
+        self.string("vfs_uuid", unsafe { sys::guestfs_vfs_uuid(self.g, m.as_ptr()) })
     }
 
     pub fn mount(&self, mountable: &str, mountpoint: &str) -> Result<()> {
         let (m, p) = (cstring("mount", mountable)?, cstring("mount", mountpoint)?);
-        self.check("mount", unsafe {
-            sys::guestfs_mount(self.g, m.as_ptr(), p.as_ptr())
-        })
+        self.check("mount", unsafe { sys::guestfs_mount(self.g, m.as_ptr(), p.as_ptr()) })
     }
 
     pub fn mount_ro(&self, mountable: &str, mountpoint: &str) -> Result<()> {
-        let (m, p) = (
-            cstring("mount_ro", mountable)?,
-            cstring("mount_ro", mountpoint)?,
-        );
-        self.check("mount_ro", unsafe {
-            sys::guestfs_mount_ro(self.g, m.as_ptr(), p.as_ptr())
-        })
+        let (m, p) = (cstring("mount_ro", mountable)?, cstring("mount_ro", mountpoint)?);
+        self.check("mount_ro", unsafe { sys::guestfs_mount_ro(self.g, m.as_ptr(), p.as_ptr()) })
     }
 
     pub fn umount_all(&self) -> Result<()> {
@@ -362,18 +304,14 @@ impl Guest {
     /// Fills the free space of the filesystem holding `dir` with zeros, then frees it.
     pub fn zero_free_space(&self, dir: &str) -> Result<()> {
         let d = cstring("zero_free_space", dir)?;
-        self.check("zero_free_space", unsafe {
-            sys::guestfs_zero_free_space(self.g, d.as_ptr())
-        })
+        self.check("zero_free_space", unsafe { sys::guestfs_zero_free_space(self.g, d.as_ptr()) })
     }
 
     /// Discards the free space of the filesystem mounted at `mountpoint`.
     pub fn fstrim(&self, mountpoint: &str) -> Result<()> {
         let m = cstring("fstrim", mountpoint)?;
         let opts: sys::guestfs_fstrim_argv = unsafe { std::mem::zeroed() };
-        self.check("fstrim", unsafe {
-            sys::guestfs_fstrim_argv(self.g, m.as_ptr(), &opts)
-        })
+        self.check("fstrim", unsafe { sys::guestfs_fstrim_argv(self.g, m.as_ptr(), &opts) })
     }
 
     // --- LVM ---------------------------------------------------------------------------
@@ -387,30 +325,22 @@ impl Guest {
     }
 
     pub fn vg_activate_all(&self, activate: bool) -> Result<()> {
-        self.check("vg_activate_all", unsafe {
-            sys::guestfs_vg_activate_all(self.g, activate as c_int)
-        })
+        self.check("vg_activate_all", unsafe { sys::guestfs_vg_activate_all(self.g, activate as c_int) })
     }
 
     pub fn pvchange_uuid_all(&self) -> Result<()> {
-        self.check("pvchange_uuid_all", unsafe {
-            sys::guestfs_pvchange_uuid_all(self.g)
-        })
+        self.check("pvchange_uuid_all", unsafe { sys::guestfs_pvchange_uuid_all(self.g) })
     }
 
     pub fn vgchange_uuid_all(&self) -> Result<()> {
-        self.check("vgchange_uuid_all", unsafe {
-            sys::guestfs_vgchange_uuid_all(self.g)
-        })
+        self.check("vgchange_uuid_all", unsafe { sys::guestfs_vgchange_uuid_all(self.g) })
     }
 
     // --- files -------------------------------------------------------------------------
 
     pub fn glob_expand(&self, pattern: &str) -> Result<Vec<String>> {
         let p = cstring("glob_expand", pattern)?;
-        self.strings("glob_expand", unsafe {
-            sys::guestfs_glob_expand(self.g, p.as_ptr())
-        })
+        self.strings("glob_expand", unsafe { sys::guestfs_glob_expand(self.g, p.as_ptr()) })
     }
 
     pub fn ls(&self, dir: &str) -> Result<Vec<String>> {
@@ -436,28 +366,32 @@ impl Guest {
             bitmask: 1 << sys::GUESTFS_IS_FILE_OPTS_FOLLOWSYMLINKS,
             followsymlinks: 0,
         };
-        self.flag("is_file", unsafe {
-            sys::guestfs_is_file_opts_argv(self.g, p.as_ptr(), &opts)
-        })
+        self.flag("is_file", unsafe { sys::guestfs_is_file_opts_argv(self.g, p.as_ptr(), &opts) })
     }
 
     /// A directory, not following symlinks.
     pub fn is_dir(&self, path: &str) -> Result<bool> {
         let p = cstring("is_dir", path)?;
-        let opts = sys::guestfs_is_dir_opts_argv {
-            bitmask: 1 << sys::GUESTFS_IS_DIR_OPTS_FOLLOWSYMLINKS,
-            followsymlinks: 0,
-        };
-        self.flag("is_dir", unsafe {
-            sys::guestfs_is_dir_opts_argv(self.g, p.as_ptr(), &opts)
-        })
+        let opts =
+            sys::guestfs_is_dir_opts_argv { bitmask: 1 << sys::GUESTFS_IS_DIR_OPTS_FOLLOWSYMLINKS, followsymlinks: 0 };
+        self.flag("is_dir", unsafe { sys::guestfs_is_dir_opts_argv(self.g, p.as_ptr(), &opts) })
     }
 
     pub fn is_symlink(&self, path: &str) -> Result<bool> {
         let p = cstring("is_symlink", path)?;
-        self.flag("is_symlink", unsafe {
-            sys::guestfs_is_symlink(self.g, p.as_ptr())
-        })
+        self.flag("is_symlink", unsafe { sys::guestfs_is_symlink(self.g, p.as_ptr()) })
+    }
+
+    /// The mode bits of a path (not following symlinks).
+    pub fn lstat_mode(&self, path: &str) -> Result<u32> {
+        let p = cstring("lstatns", path)?;
+        let st = unsafe { sys::guestfs_lstatns(self.g, p.as_ptr()) };
+        if st.is_null() {
+            return Err(self.error("lstatns"));
+        }
+        let mode = unsafe { (*st).st_mode } as u32;
+        unsafe { sys::guestfs_free_statns(st) };
+        Ok(mode)
     }
 
     pub fn rm(&self, path: &str) -> Result<()> {
@@ -478,9 +412,7 @@ impl Guest {
 
     pub fn truncate(&self, path: &str) -> Result<()> {
         let p = cstring("truncate", path)?;
-        self.check("truncate", unsafe {
-            sys::guestfs_truncate(self.g, p.as_ptr())
-        })
+        self.check("truncate", unsafe { sys::guestfs_truncate(self.g, p.as_ptr()) })
     }
 
     pub fn touch(&self, path: &str) -> Result<()> {
@@ -490,35 +422,24 @@ impl Guest {
 
     pub fn mkdir_p(&self, path: &str) -> Result<()> {
         let p = cstring("mkdir_p", path)?;
-        self.check("mkdir_p", unsafe {
-            sys::guestfs_mkdir_p(self.g, p.as_ptr())
-        })
+        self.check("mkdir_p", unsafe { sys::guestfs_mkdir_p(self.g, p.as_ptr()) })
     }
 
     pub fn chmod(&self, mode: u32, path: &str) -> Result<()> {
         let p = cstring("chmod", path)?;
-        self.check("chmod", unsafe {
-            sys::guestfs_chmod(self.g, mode as c_int, p.as_ptr())
-        })
+        self.check("chmod", unsafe { sys::guestfs_chmod(self.g, mode as c_int, p.as_ptr()) })
     }
 
     /// `ln -sf target link`.
     pub fn ln_sf(&self, target: &str, link: &str) -> Result<()> {
         let (t, l) = (cstring("ln_sf", target)?, cstring("ln_sf", link)?);
-        self.check("ln_sf", unsafe {
-            sys::guestfs_ln_sf(self.g, t.as_ptr(), l.as_ptr())
-        })
+        self.check("ln_sf", unsafe { sys::guestfs_ln_sf(self.g, t.as_ptr(), l.as_ptr()) })
     }
 
     pub fn write(&self, path: &str, content: &[u8]) -> Result<()> {
         let p = cstring("write", path)?;
         self.check("write", unsafe {
-            sys::guestfs_write(
-                self.g,
-                p.as_ptr(),
-                content.as_ptr() as *const c_char,
-                content.len(),
-            )
+            sys::guestfs_write(self.g, p.as_ptr(), content.as_ptr() as *const c_char, content.len())
         })
     }
 
@@ -540,46 +461,26 @@ impl Guest {
 
     /// Copies a host file into the guest at `remote`.
     pub fn upload(&self, local: &Path, remote: &str) -> Result<()> {
-        let (l, r) = (
-            cstring("upload", &local.to_string_lossy())?,
-            cstring("upload", remote)?,
-        );
-        self.check("upload", unsafe {
-            sys::guestfs_upload(self.g, l.as_ptr(), r.as_ptr())
-        })
+        let (l, r) = (cstring("upload", &local.to_string_lossy())?, cstring("upload", remote)?);
+        self.check("upload", unsafe { sys::guestfs_upload(self.g, l.as_ptr(), r.as_ptr()) })
     }
 
     pub fn download(&self, remote: &str, local: &Path) -> Result<()> {
-        let (r, l) = (
-            cstring("download", remote)?,
-            cstring("download", &local.to_string_lossy())?,
-        );
-        self.check("download", unsafe {
-            sys::guestfs_download(self.g, r.as_ptr(), l.as_ptr())
-        })
+        let (r, l) = (cstring("download", remote)?, cstring("download", &local.to_string_lossy())?);
+        self.check("download", unsafe { sys::guestfs_download(self.g, r.as_ptr(), l.as_ptr()) })
     }
 
     /// Copies a host file or directory tree into the guest directory `remote_dir`.
     pub fn copy_in(&self, local: &Path, remote_dir: &str) -> Result<()> {
-        let (l, r) = (
-            cstring("copy_in", &local.to_string_lossy())?,
-            cstring("copy_in", remote_dir)?,
-        );
-        self.check("copy_in", unsafe {
-            sys::guestfs_copy_in(self.g, l.as_ptr(), r.as_ptr())
-        })
+        let (l, r) = (cstring("copy_in", &local.to_string_lossy())?, cstring("copy_in", remote_dir)?);
+        self.check("copy_in", unsafe { sys::guestfs_copy_in(self.g, l.as_ptr(), r.as_ptr()) })
     }
 
     /// Unpacks an uncompressed tar file from the host into the guest directory.
     pub fn tar_in(&self, tarfile: &Path, dir: &str) -> Result<()> {
-        let (t, d) = (
-            cstring("tar_in", &tarfile.to_string_lossy())?,
-            cstring("tar_in", dir)?,
-        );
+        let (t, d) = (cstring("tar_in", &tarfile.to_string_lossy())?, cstring("tar_in", dir)?);
         let opts: sys::guestfs_tar_in_opts_argv = unsafe { std::mem::zeroed() };
-        self.check("tar_in", unsafe {
-            sys::guestfs_tar_in_opts_argv(self.g, t.as_ptr(), d.as_ptr(), &opts)
-        })
+        self.check("tar_in", unsafe { sys::guestfs_tar_in_opts_argv(self.g, t.as_ptr(), d.as_ptr(), &opts) })
     }
 
     // --- commands inside the guest ------------------------------------------------------

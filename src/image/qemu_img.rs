@@ -7,47 +7,23 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> Result<String> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .context("cannot run qemu-img (install qemu-utils)")?;
+    let out = Command::new("qemu-img").args(args).output().context("cannot run qemu-img (install qemu-utils)")?;
     if !out.status.success() {
-        bail!(
-            "qemu-img {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("qemu-img {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A qcow2 overlay at `out` whose backing file is `parent` (named relative to `out`'s
-/// directory when they share one, so the cache can move).
-pub fn create_overlay(parent: &Path, out: &Path) -> Result<()> {
-    let backing = if parent.parent() == out.parent() {
-        parent
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    } else {
-        std::fs::canonicalize(parent)?
-            .to_string_lossy()
-            .into_owned()
-    };
+/// A qcow2 overlay at `out` whose backing file is `parent`, named by its absolute path
+/// (qcow2-rs, which reads chains for publish, resolves names against the current directory).
+pub fn create_overlay(parent: &Path, out: &Path, cluster_size: Option<u32>) -> Result<()> {
+    let backing = std::fs::canonicalize(parent)?.to_string_lossy().into_owned();
     let fmt = info(parent)?.format;
-    run(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "lazy_refcounts=on",
-        "-F",
-        &fmt,
-        "-b",
-        &backing,
-        &out.to_string_lossy(),
-    ])?;
+    let opts = match cluster_size {
+        Some(size) => format!("lazy_refcounts=on,cluster_size={size}"),
+        None => "lazy_refcounts=on".to_string(),
+    };
+    run(&["create", "-q", "-f", "qcow2", "-o", &opts, "-F", &fmt, "-b", &backing, &out.to_string_lossy()])?;
     Ok(())
 }
 
@@ -59,14 +35,7 @@ pub fn create_blank(out: &Path, size: &str) -> Result<()> {
 
 /// Writes `src` (with its whole backing chain) as one standalone image of `format`.
 pub fn convert(src: &Path, dst: &Path, format: &str) -> Result<()> {
-    run(&[
-        "convert",
-        "-q",
-        "-O",
-        format,
-        &src.to_string_lossy(),
-        &dst.to_string_lossy(),
-    ])?;
+    run(&["convert", "-q", "-O", format, &src.to_string_lossy(), &dst.to_string_lossy()])?;
     Ok(())
 }
 
@@ -89,8 +58,7 @@ pub struct ImageInfo {
 
 pub fn info(path: &Path) -> Result<ImageInfo> {
     let json = run(&["info", "--output=json", "-U", &path.to_string_lossy()])?;
-    serde_json::from_str(&json)
-        .with_context(|| format!("cannot read qemu-img info for {}", path.display()))
+    serde_json::from_str(&json).with_context(|| format!("cannot read qemu-img info for {}", path.display()))
 }
 
 /// Parses a qemu-style size (4G, 512M, 1T, plain bytes).

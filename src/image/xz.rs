@@ -27,9 +27,7 @@ impl Default for XzOptions {
         XzOptions {
             preset: 9,
             block_size: BLOCK_SIZE,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }
     }
 }
@@ -50,8 +48,7 @@ pub fn compress_block(data: &[u8], opts: &XzOptions) -> Result<Vec<u8>> {
     lzma.dict_size(dict);
     let mut filters = Filters::new();
     filters.lzma2(&lzma);
-    let stream = Stream::new_stream_encoder(&filters, Check::Crc64)
-        .context("cannot start the xz encoder")?;
+    let stream = Stream::new_stream_encoder(&filters, Check::Crc64).context("cannot start the xz encoder")?;
     let mut enc = xz2::write::XzEncoder::new_stream(Vec::with_capacity(data.len() / 4), stream);
     enc.write_all(data)?;
     Ok(enc.finish()?)
@@ -72,9 +69,8 @@ pub fn compress(
     let size = disk.size();
     let blocks = size.div_ceil(opts.block_size as u64) as usize;
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(opts.threads * 2);
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<
-        Result<(usize, std::sync::Arc<Vec<u8>>, bool)>,
-    >(opts.threads * 2);
+    let (done_tx, done_rx) =
+        crossbeam_channel::bounded::<Result<(usize, std::sync::Arc<Vec<u8>>, bool)>>(opts.threads * 2);
     let zero_full = std::sync::Arc::new(compress_block(&vec![0u8; opts.block_size], opts)?);
     bar.set_length(size);
 
@@ -84,14 +80,11 @@ pub fn compress(
             scope.spawn(move || {
                 for job in job_rx {
                     let result = match job {
-                        Job::Zero(i, len) if len == opts.block_size => {
-                            Ok((i, zero_full.clone(), true))
+                        Job::Zero(i, len) if len == opts.block_size => Ok((i, zero_full.clone(), true)),
+                        Job::Zero(i, len) => {
+                            compress_block(&vec![0u8; len], opts).map(|c| (i, std::sync::Arc::new(c), true))
                         }
-                        Job::Zero(i, len) => compress_block(&vec![0u8; len], opts)
-                            .map(|c| (i, std::sync::Arc::new(c), true)),
-                        Job::Data(i, data) => {
-                            compress_block(&data, opts).map(|c| (i, std::sync::Arc::new(c), false))
-                        }
+                        Job::Data(i, data) => compress_block(&data, opts).map(|c| (i, std::sync::Arc::new(c), false)),
                     };
                     if done_tx.send(result).is_err() {
                         break;
@@ -122,10 +115,7 @@ pub fn compress(
                 }
             }
             out.flush()?;
-            anyhow::ensure!(
-                next == blocks,
-                "compression stopped after {next} of {blocks} blocks"
-            );
+            anyhow::ensure!(next == blocks, "compression stopped after {next} of {blocks} blocks");
             Ok(Compressed {
                 sha512: hex::encode(hash.finalize()),
                 compressed_size: written,
@@ -143,20 +133,14 @@ pub fn compress(
                 read_error = Some(e);
                 break;
             }
-            let job = if is_zero(&buf) {
-                Job::Zero(i, len)
-            } else {
-                Job::Data(i, buf)
-            };
+            let job = if is_zero(&buf) { Job::Zero(i, len) } else { Job::Data(i, buf) };
             if job_tx.send(job).is_err() {
                 break;
             }
             bar.inc(len as u64);
         }
         drop(job_tx);
-        let result = writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the xz writer thread panicked"))?;
+        let result = writer.join().map_err(|_| anyhow::anyhow!("the xz writer thread panicked"))?;
         match read_error {
             Some(e) => Err(e),
             None => result,
@@ -166,8 +150,7 @@ pub fn compress(
 
 fn is_zero(buf: &[u8]) -> bool {
     // An OR over each 4 KiB chunk vectorises; `all` on bytes alone would not.
-    buf.chunks(4096)
-        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    buf.chunks(4096).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 #[cfg(test)]
@@ -186,19 +169,9 @@ mod tests {
         }
         data[2 * 65536 + 5] = 7;
         std::fs::write(&raw, &data).unwrap();
-        let opts = XzOptions {
-            preset: 6,
-            block_size: 65536,
-            threads: 2,
-        };
+        let opts = XzOptions { preset: 6, block_size: 65536, threads: 2 };
         let mut out = Vec::new();
-        let res = compress(
-            &mut RawDisk::open(&raw).unwrap(),
-            &mut out,
-            &opts,
-            &ProgressBar::hidden(),
-        )
-        .unwrap();
+        let res = compress(&mut RawDisk::open(&raw).unwrap(), &mut out, &opts, &ProgressBar::hidden()).unwrap();
         assert_eq!((res.zero_blocks, res.data_blocks), (1, 2));
         assert_eq!(res.compressed_size, out.len() as u64);
         assert_eq!(res.sha512, hex::encode(Sha512::digest(&out)));

@@ -39,15 +39,10 @@ impl Pipeline {
 
 pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad_input!("cannot read pipeline file {shown}: {e}"))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| bad_input!("{shown}: {}", e.to_string().trim_end()))?;
-    let overrides = sets
-        .iter()
-        .map(|s| Override::parse(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_input!("{e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| bad_input!("cannot read pipeline file {shown}: {e}"))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| bad_input!("{shown}: {}", e.to_string().trim_end()))?;
+    let overrides =
+        sets.iter().map(|s| Override::parse(s)).collect::<Result<Vec<_>, _>>().map_err(|e| bad_input!("{e}"))?;
     // A --set whose text looked like a number or bool is retried as a string when the schema
     // wants a string there: values are typed by the schema, not by how they look.
     let mut as_string = vec![false; overrides.len()];
@@ -60,16 +55,8 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
         match serde_path_to_error::deserialize::<_, PipelineFile>(doc) {
             Ok(file) => {
                 let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                let dir = if dir.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    dir
-                };
-                let pipeline = Pipeline {
-                    path: path.to_path_buf(),
-                    dir,
-                    file,
-                };
+                let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+                let pipeline = Pipeline { path: path.to_path_buf(), dir, file };
                 check(&pipeline)?;
                 return Ok(pipeline);
             }
@@ -78,22 +65,17 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
                 let msg = err.inner().to_string();
                 let culprit = overrides.iter().position(|ov| ov.path_string() == at);
                 if let Some(i) = culprit {
-                    if !as_string[i]
-                        && msg.contains("invalid type")
-                        && msg.contains("expected a string")
-                    {
+                    if !as_string[i] && msg.contains("invalid type") && msg.contains("expected a string") {
                         as_string[i] = true;
                         continue;
                     }
                     if msg.contains("unknown field") || msg.contains("unknown variant") {
-                        return Err(bad_input!(
-                            "--set {at}: no such key in the pipeline schema: {msg}"
-                        ));
+                        return Err(bad_input!("--set {at}: no such key in the pipeline schema: {msg}"));
                     }
                 }
-                if let Some(ov) = overrides.iter().find(|ov| {
-                    at.starts_with(&ov.path_string()) || ov.path_string().starts_with(&at)
-                }) {
+                if let Some(ov) =
+                    overrides.iter().find(|ov| at.starts_with(&ov.path_string()) || ov.path_string().starts_with(&at))
+                {
                     if msg.contains("unknown field") || msg.contains("unknown variant") {
                         return Err(bad_input!(
                             "--set {}: no such key in the pipeline schema ({at}: {msg})",
@@ -101,11 +83,7 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
                         ));
                     }
                 }
-                let at = if at == "." {
-                    String::new()
-                } else {
-                    format!("{at}: ")
-                };
+                let at = if at == "." { String::new() } else { format!("{at}: ") };
                 return Err(bad_input!("{shown}: {at}{msg}{}", hint(&msg)));
             }
         }
@@ -127,15 +105,10 @@ fn check(p: &Pipeline) -> Result<()> {
     let shown = p.path.display();
     let f = &p.file;
     if f.version != 1 {
-        return Err(bad_input!(
-            "{shown}: version: this tool reads version 1 pipeline files, not {}",
-            f.version
-        ));
+        return Err(bad_input!("{shown}: version: this tool reads version 1 pipeline files, not {}", f.version));
     }
     if f.stages.is_empty() {
-        return Err(bad_input!(
-            "{shown}: stages: a pipeline needs at least one [[stages]] entry"
-        ));
+        return Err(bad_input!("{shown}: stages: a pipeline needs at least one [[stages]] entry"));
     }
     let starts_with_install = matches!(f.stages[0], StageConfig::Install(_));
     match (&f.from, starts_with_install) {
@@ -149,26 +122,13 @@ fn check(p: &Pipeline) -> Result<()> {
         }
         _ => {}
     }
-    if let Some(i) = f
-        .stages
-        .iter()
-        .skip(1)
-        .position(|s| matches!(s, StageConfig::Install(_)))
-    {
-        return Err(bad_input!(
-            "{shown}: stages[{}]: install can only be the first stage",
-            i + 1
-        ));
+    if let Some(i) = f.stages.iter().skip(1).position(|s| matches!(s, StageConfig::Install(_))) {
+        return Err(bad_input!("{shown}: stages[{}]: install can only be the first stage", i + 1));
     }
     if let Some(from) = &f.from {
-        let given = [&from.image, &from.repo, &from.pipeline]
-            .iter()
-            .filter(|v| v.is_some())
-            .count();
+        let given = [&from.image, &from.repo, &from.pipeline].iter().filter(|v| v.is_some()).count();
         if given != 1 {
-            return Err(bad_input!(
-                "{shown}: from: give exactly one of image, repo (with name) or pipeline"
-            ));
+            return Err(bad_input!("{shown}: from: give exactly one of image, repo (with name) or pipeline"));
         }
         if from.repo.is_some() != from.name.is_some() {
             return Err(bad_input!("{shown}: from: repo and name go together"));
@@ -202,14 +162,7 @@ mod tests {
     fn loads_renders_and_overrides() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), BASE);
-        let pl = load(
-            &p,
-            &[
-                "values.Host=web1".into(),
-                "stages[0].sysprep.fstrim=false".into(),
-            ],
-        )
-        .unwrap();
+        let pl = load(&p, &["values.Host=web1".into(), "stages[0].sysprep.fstrim=false".into()]).unwrap();
         match &pl.file.stages[0] {
             StageConfig::Sysprep(s) => {
                 assert_eq!(s.hostname, "web1");
@@ -233,37 +186,25 @@ mod tests {
         let e = err(&BASE.replace("[stages.sysprep]", "[stages.sysprap]"), &[]);
         assert!(e.contains("stages[0]") && e.contains("sysprap"), "{e}");
         let e = err(&BASE.replace("fstrim = true", "fstrin = true"), &[]);
-        assert!(
-            e.contains("stages[0].sysprep") && e.contains("fstrin"),
-            "{e}"
-        );
+        assert!(e.contains("stages[0].sysprep") && e.contains("fstrin"), "{e}");
     }
 
     #[test]
     fn wrong_types_name_the_key() {
         let e = err(&BASE.replace("fstrim = true", "fstrim = \"yes\""), &[]);
-        assert!(
-            e.contains("stages[0].sysprep.fstrim") && e.contains("boolean"),
-            "{e}"
-        );
+        assert!(e.contains("stages[0].sysprep.fstrim") && e.contains("boolean"), "{e}");
     }
 
     #[test]
     fn undefined_template_names_are_errors() {
         let e = err(&BASE.replace("{{ Host }}", "{{ Hots }}"), &[]);
-        assert!(
-            e.contains("`Hots`") && e.contains("stages[0].sysprep.hostname"),
-            "{e}"
-        );
+        assert!(e.contains("`Hots`") && e.contains("stages[0].sysprep.hostname"), "{e}");
     }
 
     #[test]
     fn set_paths_outside_the_schema_are_errors() {
         let e = err(BASE, &["stages[0].sysprep.nonsense=1"]);
-        assert!(
-            e.contains("--set stages[0].sysprep.nonsense") && e.contains("no such key"),
-            "{e}"
-        );
+        assert!(e.contains("--set stages[0].sysprep.nonsense") && e.contains("no such key"), "{e}");
         let e = err(BASE, &["stages[0].sysprep.fstrim=perhaps"]);
         assert!(e.contains("expected true or false"), "{e}");
     }

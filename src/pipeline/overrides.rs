@@ -19,13 +19,10 @@ pub struct Override {
 
 impl Override {
     pub fn parse(text: &str) -> Result<Override, String> {
-        let (path, raw) = text.split_once('=').ok_or_else(|| {
-            format!("--set {text}: expected KEY=VALUE, e.g. values.Hostname=web1")
-        })?;
-        Ok(Override {
-            path: parse_path(path).map_err(|e| format!("--set {text}: {e}"))?,
-            raw: raw.to_string(),
-        })
+        let (path, raw) = text
+            .split_once('=')
+            .ok_or_else(|| format!("--set {text}: expected KEY=VALUE, e.g. values.Hostname=web1"))?;
+        Ok(Override { path: parse_path(path).map_err(|e| format!("--set {text}: {e}"))?, raw: raw.to_string() })
     }
 
     /// The path as serde_path_to_error prints it, so errors can be matched to their --set.
@@ -62,15 +59,10 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
         }
         segments.push(Segment::Key(name.to_string()));
         while !rest.is_empty() {
-            let close = rest
-                .find(']')
-                .ok_or_else(|| format!("unclosed `[` in path `{path}`"))?;
-            let index = rest[1..close].parse::<usize>().map_err(|_| {
-                format!(
-                    "`{}` is not an array index in path `{path}`",
-                    &rest[1..close]
-                )
-            })?;
+            let close = rest.find(']').ok_or_else(|| format!("unclosed `[` in path `{path}`"))?;
+            let index = rest[1..close]
+                .parse::<usize>()
+                .map_err(|_| format!("`{}` is not an array index in path `{path}`", &rest[1..close]))?;
             segments.push(Segment::Index(index));
             rest = &rest[close + 1..];
             if !rest.is_empty() && !rest.starts_with('[') {
@@ -105,21 +97,20 @@ pub fn apply(doc: &mut Value, ov: &Override, as_string: bool) -> Result<(), Stri
         };
         node = match seg {
             Segment::Key(k) => {
-                let table = node.as_table_mut().ok_or_else(|| {
-                    format!("--set {shown}: `{k}` is inside a value that is not a table")
-                })?;
+                let table = node
+                    .as_table_mut()
+                    .ok_or_else(|| format!("--set {shown}: `{k}` is inside a value that is not a table"))?;
                 if last {
-                    let new = typed(table.get(k), &ov.raw, as_string)
-                        .map_err(|e| format!("--set {shown}: {e}"))?;
+                    let new = typed(table.get(k), &ov.raw, as_string).map_err(|e| format!("--set {shown}: {e}"))?;
                     table.insert(k.clone(), new);
                     return Ok(());
                 }
                 table.entry(k.clone()).or_insert_with(empty)
             }
             Segment::Index(idx) => {
-                let array = node.as_array_mut().ok_or_else(|| {
-                    format!("--set {shown}: [{idx}] indexes a value that is not an array")
-                })?;
+                let array = node
+                    .as_array_mut()
+                    .ok_or_else(|| format!("--set {shown}: [{idx}] indexes a value that is not an array"))?;
                 if *idx > array.len() {
                     return Err(format!(
                         "--set {shown}: index {idx} is out of range (the array has {} entries; the next new one is [{}])",
@@ -128,15 +119,11 @@ pub fn apply(doc: &mut Value, ov: &Override, as_string: bool) -> Result<(), Stri
                     ));
                 }
                 if *idx == array.len() {
-                    array.push(if last {
-                        Value::String(String::new())
-                    } else {
-                        empty()
-                    });
+                    array.push(if last { Value::String(String::new()) } else { empty() });
                 }
                 if last {
-                    let new = typed(Some(&array[*idx]), &ov.raw, as_string)
-                        .map_err(|e| format!("--set {shown}: {e}"))?;
+                    let new =
+                        typed(Some(&array[*idx]), &ov.raw, as_string).map_err(|e| format!("--set {shown}: {e}"))?;
                     array[*idx] = new;
                     return Ok(());
                 }
@@ -160,21 +147,14 @@ fn typed(existing: Option<&Value>, raw: &str, as_string: bool) -> Result<Value, 
             "false" => false,
             _ => return Err(format!("expected true or false, got `{raw}`")),
         }),
-        Some(Value::Integer(_)) => Value::Integer(
-            raw.parse()
-                .map_err(|_| format!("expected a whole number, got `{raw}`"))?,
-        ),
-        Some(Value::Float(_)) => Value::Float(
-            raw.parse()
-                .map_err(|_| format!("expected a number, got `{raw}`"))?,
-        ),
+        Some(Value::Integer(_)) => {
+            Value::Integer(raw.parse().map_err(|_| format!("expected a whole number, got `{raw}`"))?)
+        }
+        Some(Value::Float(_)) => Value::Float(raw.parse().map_err(|_| format!("expected a number, got `{raw}`"))?),
         Some(Value::Array(_)) => match literal(raw) {
             v @ Value::Array(_) => v,
             _ => Value::Array(
-                raw.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Value::String(s.trim().to_string()))
-                    .collect(),
+                raw.split(',').filter(|s| !s.is_empty()).map(|s| Value::String(s.trim().to_string())).collect(),
             ),
         },
         Some(Value::Table(_)) => return Err("is a table; set one of its keys instead".into()),
@@ -209,33 +189,14 @@ mod tests {
 
     #[test]
     fn values_take_the_existing_type() {
-        let mut d =
-            doc("[[stages]]\n[stages.sysprep]\nfstrim = true\nenable = [\"a\"]\n[values]\nN = 3\n");
-        apply(
-            &mut d,
-            &Override::parse("stages[0].sysprep.fstrim=false").unwrap(),
-            false,
-        )
-        .unwrap();
-        apply(
-            &mut d,
-            &Override::parse("stages[0].sysprep.enable=x,y").unwrap(),
-            false,
-        )
-        .unwrap();
+        let mut d = doc("[[stages]]\n[stages.sysprep]\nfstrim = true\nenable = [\"a\"]\n[values]\nN = 3\n");
+        apply(&mut d, &Override::parse("stages[0].sysprep.fstrim=false").unwrap(), false).unwrap();
+        apply(&mut d, &Override::parse("stages[0].sysprep.enable=x,y").unwrap(), false).unwrap();
         apply(&mut d, &Override::parse("values.N=4").unwrap(), false).unwrap();
         assert_eq!(d["stages"][0]["sysprep"]["fstrim"], Value::Boolean(false));
-        assert_eq!(
-            d["stages"][0]["sysprep"]["enable"],
-            Value::Array(vec!["x".into(), "y".into()])
-        );
+        assert_eq!(d["stages"][0]["sysprep"]["enable"], Value::Array(vec!["x".into(), "y".into()]));
         assert_eq!(d["values"]["N"], Value::Integer(4));
-        let err = apply(
-            &mut d,
-            &Override::parse("stages[0].sysprep.fstrim=maybe").unwrap(),
-            false,
-        )
-        .unwrap_err();
+        let err = apply(&mut d, &Override::parse("stages[0].sysprep.fstrim=maybe").unwrap(), false).unwrap_err();
         assert!(err.contains("expected true or false"), "{err}");
     }
 
@@ -243,20 +204,10 @@ mod tests {
     fn new_keys_and_a_next_array_entry_are_created() {
         let mut d = doc("version = 1\n");
         apply(&mut d, &Override::parse("env.foo=bar").unwrap(), false).unwrap();
-        apply(
-            &mut d,
-            &Override::parse("stages[0].sysprep.fstrim=true").unwrap(),
-            false,
-        )
-        .unwrap();
+        apply(&mut d, &Override::parse("stages[0].sysprep.fstrim=true").unwrap(), false).unwrap();
         assert_eq!(d["env"]["foo"], Value::String("bar".into()));
         assert_eq!(d["stages"][0]["sysprep"]["fstrim"], Value::Boolean(true));
-        let err = apply(
-            &mut d,
-            &Override::parse("stages[5].sysprep.fstrim=true").unwrap(),
-            false,
-        )
-        .unwrap_err();
+        let err = apply(&mut d, &Override::parse("stages[5].sysprep.fstrim=true").unwrap(), false).unwrap_err();
         assert!(err.contains("out of range"), "{err}");
     }
 }

@@ -201,6 +201,12 @@ pub struct SysprepConfig {
     /// The name the `hostname` operation writes.
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// Steps for the `customize` operation, in the customize stage's vocabulary.
+    #[serde(default)]
+    pub customize: Vec<CustomizeStep>,
+    /// Host scripts the `script` operation runs inside the guest.
+    #[serde(default)]
+    pub scripts: Vec<String>,
     #[serde(default)]
     pub zero_free_space: bool,
     #[serde(default)]

@@ -7,14 +7,8 @@ use toml::Value;
 /// Renders every string of the document in place, except inside `[values]` itself.
 pub fn render_document(doc: &mut Value) -> Result<(), String> {
     let table = doc.as_table().ok_or("the document is not a table")?;
-    let values = table
-        .get("values")
-        .cloned()
-        .unwrap_or(Value::Table(Default::default()));
-    let env = table
-        .get("env")
-        .cloned()
-        .unwrap_or(Value::Table(Default::default()));
+    let values = table.get("values").cloned().unwrap_or(Value::Table(Default::default()));
+    let env = table.get("env").cloned().unwrap_or(Value::Table(Default::default()));
     let context = Context::new(&values, &env);
     let keys: Vec<String> = table.keys().filter(|k| *k != "values").cloned().collect();
     let table = doc.as_table_mut().expect("checked above");
@@ -37,34 +31,17 @@ impl Context {
         let mut jinja = Environment::new();
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
         jinja.set_syntax(
-            minijinja::syntax::SyntaxConfig::builder()
-                .keep_trailing_newline(true)
-                .build()
-                .expect("default delimiters"),
+            minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build().expect("default delimiters"),
         );
         let mut map = std::collections::BTreeMap::new();
         let values_table = values.as_table().cloned().unwrap_or_default();
         for (k, v) in &values_table {
-            map.insert(
-                k.clone(),
-                minijinja::Value::from(minijinja::value::Serde(v)),
-            );
+            map.insert(k.clone(), minijinja::Value::from(minijinja::value::Serde(v)));
         }
-        map.insert(
-            "values".to_string(),
-            minijinja::Value::from(minijinja::value::Serde(values)),
-        );
-        map.insert(
-            "env".to_string(),
-            minijinja::Value::from(minijinja::value::Serde(env)),
-        );
+        map.insert("values".to_string(), minijinja::Value::from(minijinja::value::Serde(values)));
+        map.insert("env".to_string(), minijinja::Value::from(minijinja::value::Serde(env)));
         let names = map.keys().cloned().collect();
-        Context {
-            env: jinja,
-            data: minijinja::Value::from(map),
-            names,
-            values: values_table,
-        }
+        Context { env: jinja, data: minijinja::Value::from(map), names, values: values_table }
     }
 
     /// Renders one template; `at` names the key it came from, for the error.
@@ -72,20 +49,14 @@ impl Context {
         if !(text.contains("{{") || text.contains("{%") || text.contains("{#")) {
             return Ok(text.to_string());
         }
-        let tmpl = self
-            .env
-            .template_from_str(text)
-            .map_err(|e| format!("{at}: template error: {e:#}"))?;
+        let tmpl = self.env.template_from_str(text).map_err(|e| format!("{at}: template error: {e:#}"))?;
         for name in tmpl.undeclared_variables(true) {
             let mut parts = name.splitn(2, '.');
             let top = parts.next().unwrap_or_default();
             let missing = if !self.names.iter().any(|n| n == top) {
                 Some(top.to_string())
             } else if top == "values" {
-                parts
-                    .next()
-                    .filter(|sub| !self.values.contains_key(*sub))
-                    .map(|sub| format!("values.{sub}"))
+                parts.next().filter(|sub| !self.values.contains_key(*sub)).map(|sub| format!("values.{sub}"))
             } else {
                 None
             };
@@ -98,8 +69,7 @@ impl Context {
                 ));
             }
         }
-        tmpl.render(&self.data)
-            .map_err(|e| format!("{at}: template error: {e:#}"))
+        tmpl.render(&self.data).map_err(|e| format!("{at}: template error: {e:#}"))
     }
 }
 
@@ -141,10 +111,7 @@ mod tests {
     fn undefined_names_are_named_with_their_key() {
         let mut d = doc("[values]\nHost = \"web\"\n[[stages]]\n[stages.x]\ns = \"{{ Hots }}\"\n");
         let err = render_document(&mut d).unwrap_err();
-        assert!(
-            err.contains("stages[0].x.s") && err.contains("`Hots`") && err.contains("Host"),
-            "{err}"
-        );
+        assert!(err.contains("stages[0].x.s") && err.contains("`Hots`") && err.contains("Host"), "{err}");
         let mut d = doc("[values]\nHost = \"web\"\n[a]\ns = \"{{ values.Nope }}\"\n");
         let err = render_document(&mut d).unwrap_err();
         assert!(err.contains("values.Nope"), "{err}");
@@ -154,9 +121,6 @@ mod tests {
     fn go_template_syntax_is_a_clear_error() {
         let mut d = doc("[values]\nImage = \"x\"\n[a]\ns = \"{{.Image}}\"\n");
         let err = render_document(&mut d).unwrap_err();
-        assert!(
-            err.contains("a.s") && err.contains("template error"),
-            "{err}"
-        );
+        assert!(err.contains("a.s") && err.contains("template error"), "{err}");
     }
 }

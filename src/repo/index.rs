@@ -12,10 +12,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
@@ -27,9 +24,7 @@ impl Entry {
     }
 
     pub fn revision(&self) -> u64 {
-        self.get("revision")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(1)
+        self.get("revision").and_then(|r| r.parse().ok()).unwrap_or(1)
     }
 
     pub fn file(&self) -> Option<&str> {
@@ -37,8 +32,7 @@ impl Entry {
     }
 
     pub fn checksum(&self) -> Option<&str> {
-        self.get("checksum[sha512]")
-            .or_else(|| self.get("checksum"))
+        self.get("checksum[sha512]").or_else(|| self.get("checksum"))
     }
 }
 
@@ -56,27 +50,18 @@ impl Index {
                 continue;
             }
             if let Some(id) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                entries.push(Entry {
-                    id: id.to_string(),
-                    fields: Vec::new(),
-                });
+                entries.push(Entry { id: id.to_string(), fields: Vec::new() });
                 continue;
             }
-            let entry = entries
-                .last_mut()
-                .ok_or_else(|| format!("line {n}: a field before any [section]"))?;
+            let entry = entries.last_mut().ok_or_else(|| format!("line {n}: a field before any [section]"))?;
             if let Some(more) = line.strip_prefix(' ') {
-                let last = entry
-                    .fields
-                    .last_mut()
-                    .ok_or_else(|| format!("line {n}: a continuation line with no field"))?;
+                let last =
+                    entry.fields.last_mut().ok_or_else(|| format!("line {n}: a continuation line with no field"))?;
                 last.1.push('\n');
                 last.1.push_str(more);
                 continue;
             }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| format!("line {n}: expected key=value, got `{line}`"))?;
+            let (k, v) = line.split_once('=').ok_or_else(|| format!("line {n}: expected key=value, got `{line}`"))?;
             entry.fields.push((k.to_string(), v.to_string()));
         }
         Ok(Index { entries })
@@ -97,11 +82,9 @@ impl Index {
     }
 
     pub fn get(&self, id: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| {
-            e.id == id
-                || e.get("aliases")
-                    .is_some_and(|a| a.split_whitespace().any(|x| x == id))
-        })
+        self.entries
+            .iter()
+            .find(|e| e.id == id || e.get("aliases").is_some_and(|a| a.split_whitespace().any(|x| x == id)))
     }
 
     /// Adds the entry, or replaces the one with the same id in place.

@@ -35,9 +35,7 @@ impl Repo {
                 dir.display()
             ));
         }
-        Ok(Repo {
-            dir: dir.to_path_buf(),
-        })
+        Ok(Repo { dir: dir.to_path_buf() })
     }
 
     /// The repository's name: its directory's name, used for the key and .conf files.
@@ -57,17 +55,15 @@ impl Repo {
         uri: Option<&str>,
     ) -> Result<(Repo, String)> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let repo = Repo {
-            dir: dir.to_path_buf(),
-        };
+        let repo = Repo { dir: dir.to_path_buf() };
         let _lock = repo.lock()?;
-        let existing = std::fs::read_to_string(dir.join(KEY_FILE))
-            .ok()
-            .map(|s| s.trim().to_string());
+        let existing = std::fs::read_to_string(dir.join(KEY_FILE)).ok().map(|s| s.trim().to_string());
         let fingerprint = match (sign_key, existing) {
             (Some(k), _) => {
                 if !sign::has_secret_key(k) {
-                    return Err(bad_input!("signing key {k}: no secret key with that fingerprint in the keyring (GNUPGHOME)"));
+                    return Err(bad_input!(
+                        "signing key {k}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
+                    ));
                 }
                 k.to_string()
             }
@@ -81,19 +77,13 @@ impl Repo {
         };
         write_atomic(&dir.join(KEY_FILE), format!("{fingerprint}\n").as_bytes())?;
         let name = repo.name();
-        write_atomic(
-            &repo.public_key_path(),
-            &sign::export_public_key(&fingerprint)?,
-        )?;
+        write_atomic(&repo.public_key_path(), &sign::export_public_key(&fingerprint)?)?;
         let abs = std::fs::canonicalize(dir)?;
         let uri = match uri {
             Some(u) => format!("{}/index.asc", u.trim_end_matches('/')),
             None => format!("file://{}/index.asc", abs.display()),
         };
-        let conf = format!(
-            "[{name}]\nuri={uri}\ngpgkey=file://{}\n",
-            abs.join(format!("{name}.asc")).display()
-        );
+        let conf = format!("[{name}]\nuri={uri}\ngpgkey=file://{}\n", abs.join(format!("{name}.asc")).display());
         write_atomic(&repo.conf_path(), conf.as_bytes())?;
         if !dir.join("index.asc").exists() {
             repo.write_index(&Index::default(), &fingerprint)?;
@@ -114,14 +104,9 @@ impl Repo {
         if let Some(k) = override_key {
             return Ok(k.to_string());
         }
-        std::fs::read_to_string(self.dir.join(KEY_FILE))
-            .map(|s| s.trim().to_string())
-            .map_err(|_| {
-                bad_input!(
-                    "{}: no signing key configured; pass --sign-key or run `pipeline repo init`",
-                    self.dir.display()
-                )
-            })
+        std::fs::read_to_string(self.dir.join(KEY_FILE)).map(|s| s.trim().to_string()).map_err(|_| {
+            bad_input!("{}: no signing key configured; pass --sign-key or run `pipeline repo init`", self.dir.display())
+        })
     }
 
     pub fn lock(&self) -> Result<RepoLock> {
@@ -131,16 +116,14 @@ impl Repo {
             .write(true)
             .open(self.dir.join(".lock"))
             .with_context(|| format!("cannot lock {}", self.dir.display()))?;
-        file.lock()
-            .with_context(|| format!("cannot lock {}", self.dir.display()))?;
+        file.lock().with_context(|| format!("cannot lock {}", self.dir.display()))?;
         Ok(RepoLock { _file: file })
     }
 
     /// The index as last written (the unsigned copy; `verify` checks the signed one).
     pub fn index(&self) -> Result<Index> {
         match std::fs::read_to_string(self.dir.join("index")) {
-            Ok(text) => Index::parse(&text)
-                .map_err(|e| anyhow::anyhow!("{}/index: {e}", self.dir.display())),
+            Ok(text) => Index::parse(&text).map_err(|e| anyhow::anyhow!("{}/index: {e}", self.dir.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
             Err(e) => Err(e.into()),
         }
@@ -157,8 +140,7 @@ impl Repo {
 
     /// Temporary path for an image being written into the repository.
     pub fn temp_image_path(&self, name: &str) -> PathBuf {
-        self.dir
-            .join(format!(".tmp-{name}-{}.xz", std::process::id()))
+        self.dir.join(format!(".tmp-{name}-{}.xz", std::process::id()))
     }
 
     /// Adds (or replaces, with the revision bumped) an entry whose compressed image is at
@@ -174,22 +156,14 @@ impl Repo {
         let _lock = self.lock()?;
         let fingerprint = self.signing_key(sign_key)?;
         let mut index = self.index()?;
-        let revision = index
-            .entries
-            .iter()
-            .find(|e| e.id == name)
-            .map(|e| e.revision() + 1)
-            .unwrap_or(1);
+        let revision = index.entries.iter().find(|e| e.id == name).map(|e| e.revision() + 1).unwrap_or(1);
         let file = format!("{name}-r{revision}.xz");
         std::fs::File::open(temp)?.sync_all()?;
         std::fs::rename(temp, self.dir.join(&file))?;
         fields.insert(0, ("file".into(), file));
         fields.insert(1, ("revision".into(), revision.to_string()));
         fields.insert(2, ("checksum[sha512]".into(), checksum.to_string()));
-        let entry = Entry {
-            id: name.to_string(),
-            fields,
-        };
+        let entry = Entry { id: name.to_string(), fields };
         index.upsert(entry.clone());
         self.write_index(&index, &fingerprint)?;
         Ok(entry)
@@ -199,9 +173,7 @@ impl Repo {
         let _lock = self.lock()?;
         let fingerprint = self.signing_key(sign_key)?;
         let mut index = self.index()?;
-        let entry = index
-            .remove(name)
-            .ok_or_else(|| bad_input!("{}: no entry `{name}`", self.dir.display()))?;
+        let entry = index.remove(name).ok_or_else(|| bad_input!("{}: no entry `{name}`", self.dir.display()))?;
         self.write_index(&index, &fingerprint)?;
         if let Some(file) = entry.file() {
             let _ = std::fs::remove_file(self.dir.join(file));
@@ -221,23 +193,13 @@ impl Repo {
                 .filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let rev = name
-                        .strip_prefix(&prefix)?
-                        .strip_suffix(".xz")?
-                        .parse()
-                        .ok()?;
+                    let rev = name.strip_prefix(&prefix)?.strip_suffix(".xz")?.parse().ok()?;
                     Some((rev, e.path()))
                 })
                 .collect();
             revisions.sort_by(|a, b| b.0.cmp(&a.0));
             for (_, path) in revisions.into_iter().skip(keep.max(1)) {
-                if Some(
-                    path.file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .as_ref(),
-                ) != entry.file()
-                {
+                if Some(path.file_name().unwrap_or_default().to_string_lossy().as_ref()) != entry.file() {
                     std::fs::remove_file(&path)?;
                     removed.push(path);
                 }
@@ -245,12 +207,7 @@ impl Repo {
         }
         for e in std::fs::read_dir(&self.dir)? {
             let path = e?.path();
-            if path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .starts_with(".tmp-")
-            {
+            if path.file_name().unwrap_or_default().to_string_lossy().starts_with(".tmp-") {
                 std::fs::remove_file(&path)?;
                 removed.push(path);
             }
@@ -300,30 +257,21 @@ impl Repo {
                     continue;
                 }
             };
-            if let Some(cs) = entry
-                .get("compressed_size")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(cs) = entry.get("compressed_size").and_then(|s| s.parse::<u64>().ok()) {
                 if cs != meta.len() {
-                    problems.push(format!(
-                        "[{id}]: {file} is {} bytes, the index says compressed_size={cs}",
-                        meta.len()
-                    ));
+                    problems
+                        .push(format!("[{id}]: {file} is {} bytes, the index says compressed_size={cs}", meta.len()));
                 }
             }
             match (entry.checksum(), sha512_file(&path)) {
-                (Some(want), Ok(got)) if want != got => problems.push(format!(
-                    "[{id}]: {file}: sha512 {got} does not match the index ({want})"
-                )),
+                (Some(want), Ok(got)) if want != got => {
+                    problems.push(format!("[{id}]: {file}: sha512 {got} does not match the index ({want})"))
+                }
                 (None, _) => problems.push(format!("[{id}]: no checksum[sha512] line")),
                 (_, Err(e)) => problems.push(format!("[{id}]: {file}: {e}")),
                 _ => {}
             }
-            if entry
-                .get("size")
-                .and_then(|s| s.parse::<u64>().ok())
-                .is_none()
-            {
+            if entry.get("size").and_then(|s| s.parse::<u64>().ok()).is_none() {
                 problems.push(format!("[{id}]: no valid size= line"));
             }
         }
@@ -352,22 +300,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::io::Write::write_all(&mut tmp, data)?;
     // Repository files are served and read by clients: world-readable like any web content.
     use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 /// Checks that a name is safe as an index id and a file name.
 pub fn check_entry_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        || name.starts_with('.')
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.')
     {
         bail!("`{name}` is not a usable entry name (letters, digits, - _ . only)");
     }

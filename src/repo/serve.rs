@@ -19,11 +19,8 @@ struct Root {
 }
 
 pub fn router(dir: &Path) -> Result<Router> {
-    let canonical =
-        std::fs::canonicalize(dir).with_context(|| format!("cannot serve {}", dir.display()))?;
-    let root = Arc::new(Root {
-        canonical: canonical.clone(),
-    });
+    let canonical = std::fs::canonicalize(dir).with_context(|| format!("cannot serve {}", dir.display()))?;
+    let root = Arc::new(Root { canonical: canonical.clone() });
     Ok(Router::new()
         .fallback_service(ServeDir::new(&canonical).append_index_html_on_directories(false))
         .layer(middleware::from_fn_with_state(root, guard))
@@ -33,29 +30,20 @@ pub fn router(dir: &Path) -> Result<Router> {
 /// Serves until SIGTERM or Ctrl-C.
 pub fn serve(dir: &Path, listen: &str) -> Result<()> {
     let app = router(dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        eprintln!(
-            "serving {} on http://{addr}/ (virt-builder --source http://{addr}/index.asc)",
-            dir.display()
-        );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        eprintln!("serving {} on http://{addr}/ (virt-builder --source http://{addr}/index.asc)", dir.display());
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         eprintln!("shut down");
         Ok(())
     })
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
@@ -64,20 +52,11 @@ async fn shutdown_signal() {
 
 async fn log_request(req: Request, next: Next) -> Response {
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let range = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|r| format!(" {r}"))
-        .unwrap_or_default();
+    let range =
+        req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(|r| format!(" {r}")).unwrap_or_default();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    let len = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let len = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
     eprintln!(
         "{method} {uri}{range} {} {len} {:.1}ms",
         resp.status().as_u16(),
@@ -91,34 +70,22 @@ async fn guard(State(root): State<Arc<Root>>, req: Request, next: Next) -> Respo
     let Some(file) = resolve_inside(&root.canonical, &path) else {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
-    let etag = std::fs::metadata(&file)
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            format!(
-                "\"{:x}-{:x}\"",
-                m.len(),
-                m.mtime() as u64 * 1_000_000_000 + m.mtime_nsec() as u64
-            )
-        });
+    let etag = std::fs::metadata(&file).ok().filter(|m| m.is_file()).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        format!("\"{:x}-{:x}\"", m.len(), m.mtime() as u64 * 1_000_000_000 + m.mtime_nsec() as u64)
+    });
     if let (Some(tag), Some(inm)) = (&etag, req.headers().get(header::IF_NONE_MATCH)) {
-        if inm
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
-        {
+        if inm.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*")) {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            resp.headers_mut()
-                .insert(header::ETAG, HeaderValue::from_str(tag).expect("ascii"));
+            resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(tag).expect("ascii"));
             return resp;
         }
     }
     let mut resp = next.run(req).await;
     if let Some(tag) = etag {
         if resp.status().is_success() {
-            resp.headers_mut()
-                .insert(header::ETAG, HeaderValue::from_str(&tag).expect("ascii"));
+            resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&tag).expect("ascii"));
         }
     }
     resp
@@ -128,11 +95,7 @@ async fn guard(State(root): State<Arc<Root>>, req: Request, next: Next) -> Respo
 /// not hidden. The root itself (a directory listing) is not served.
 fn resolve_inside(root: &Path, request_path: &str) -> Option<PathBuf> {
     let rel = request_path.trim_start_matches('/');
-    if rel.is_empty()
-        || rel
-            .split('/')
-            .any(|part| part.is_empty() || part.starts_with('.'))
-    {
+    if rel.is_empty() || rel.split('/').any(|part| part.is_empty() || part.starts_with('.')) {
         return None;
     }
     let real = std::fs::canonicalize(root.join(rel)).ok()?;

@@ -5,8 +5,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use gpgme::{Context, CreateKeyFlags, ExportMode, Protocol};
 
 fn context() -> Result<Context> {
-    let mut ctx = Context::from_protocol(Protocol::OpenPgp)
-        .context("cannot start gpgme (is gnupg installed?)")?;
+    let mut ctx = Context::from_protocol(Protocol::OpenPgp).context("cannot start gpgme (is gnupg installed?)")?;
     ctx.set_armor(true);
     Ok(ctx)
 }
@@ -18,25 +17,18 @@ pub fn generate_key(user_id: &str) -> Result<String> {
     let result = ctx
         .create_key_with_flags(user_id, "default", std::time::Duration::ZERO, flags)
         .with_context(|| format!("cannot generate a signing key for `{user_id}`"))?;
-    Ok(result
-        .fingerprint()
-        .map_err(|_| anyhow!("gpg returned no fingerprint for the new key"))?
-        .to_string())
+    Ok(result.fingerprint().map_err(|_| anyhow!("gpg returned no fingerprint for the new key"))?.to_string())
 }
 
 /// True when the keyring has a secret key with this fingerprint.
 pub fn has_secret_key(fingerprint: &str) -> bool {
-    context()
-        .and_then(|mut c| c.get_secret_key(fingerprint).map_err(Into::into))
-        .is_ok()
+    context().and_then(|mut c| c.get_secret_key(fingerprint).map_err(Into::into)).is_ok()
 }
 
 /// The armored public key.
 pub fn export_public_key(fingerprint: &str) -> Result<Vec<u8>> {
     let mut ctx = context()?;
-    let key = ctx
-        .get_key(fingerprint)
-        .with_context(|| format!("no key {fingerprint} in the keyring"))?;
+    let key = ctx.get_key(fingerprint).with_context(|| format!("no key {fingerprint} in the keyring"))?;
     let mut out = Vec::new();
     ctx.export_keys(&[key], ExportMode::empty(), &mut out)?;
     if out.is_empty() {
@@ -48,13 +40,12 @@ pub fn export_public_key(fingerprint: &str) -> Result<Vec<u8>> {
 /// A clearsigned copy of `text`, signed by the key `fingerprint`.
 pub fn clearsign(fingerprint: &str, text: &[u8]) -> Result<Vec<u8>> {
     let mut ctx = context()?;
-    let key = ctx
-        .get_secret_key(fingerprint)
-        .with_context(|| format!("no secret key {fingerprint} in the keyring (GNUPGHOME); pass --sign-key or set sign_key"))?;
+    let key = ctx.get_secret_key(fingerprint).with_context(|| {
+        format!("no secret key {fingerprint} in the keyring (GNUPGHOME); pass --sign-key or set sign_key")
+    })?;
     ctx.add_signer(&key)?;
     let mut out = Vec::new();
-    ctx.sign_clear(text, &mut out)
-        .with_context(|| format!("cannot sign with key {fingerprint}"))?;
+    ctx.sign_clear(text, &mut out).with_context(|| format!("cannot sign with key {fingerprint}"))?;
     Ok(out)
 }
 
@@ -63,9 +54,7 @@ pub fn clearsign(fingerprint: &str, text: &[u8]) -> Result<Vec<u8>> {
 pub fn verify_clearsigned(signed: &[u8], fingerprint: Option<&str>) -> Result<Vec<u8>> {
     let mut ctx = context()?;
     let mut plain = Vec::new();
-    let result = ctx
-        .verify_opaque(signed, &mut plain)
-        .context("cannot read the signature")?;
+    let result = ctx.verify_opaque(signed, &mut plain).context("cannot read the signature")?;
     let mut signers = Vec::new();
     for sig in result.signatures() {
         let fpr = sig.fingerprint().unwrap_or("").to_string();
@@ -81,10 +70,7 @@ pub fn verify_clearsigned(signed: &[u8], fingerprint: Option<&str>) -> Result<Ve
     if let Some(want) = fingerprint {
         let want = want.replace(' ', "").to_uppercase();
         if !signers.iter().any(|s| s.to_uppercase().ends_with(&want)) {
-            bail!(
-                "signed by {} and not by the expected key {want}",
-                signers.join(", ")
-            );
+            bail!("signed by {} and not by the expected key {want}", signers.join(", "));
         }
     }
     Ok(plain)

@@ -19,61 +19,53 @@ pub struct CustomizeStage {
 
 impl CustomizeStage {
     pub fn new(config: CustomizeConfig, pipeline: &Pipeline, at: &str) -> Result<CustomizeStage> {
-        let mut files = Vec::new();
-        for (i, step) in config.steps.iter().enumerate() {
-            let key = format!("{at}.steps[{i}]");
-            let host_file = match step {
-                CustomizeStep::CopyIn { source, .. } => Some(source.as_str()),
-                CustomizeStep::Run(script) => Some(script.as_str()),
-                CustomizeStep::RootPassword(spec) => spec.strip_prefix("file:"),
-                CustomizeStep::SshInject { key, .. }
-                    if !key.starts_with("ssh-") && !key.starts_with("ecdsa-") =>
-                {
-                    Some(key.as_str())
-                }
-                CustomizeStep::Chmod { mode, .. } => {
-                    u32::from_str_radix(mode, 8).map_err(|_| {
-                        bad_input!(
-                            "{}: {key}.chmod.mode: `{mode}` is not an octal mode such as 0644",
-                            pipeline.path.display()
-                        )
-                    })?;
-                    None
-                }
-                _ => None,
-            };
-            if let Some(f) = host_file {
-                let path = pipeline.resolve(f);
-                if !path.exists() {
-                    return Err(bad_input!(
-                        "{}: {key}: file {} does not exist",
-                        pipeline.path.display(),
-                        path.display()
-                    ));
-                }
-                files.push(path);
-            }
-            if let CustomizeStep::RootPassword(spec) = step {
-                check_password_spec(spec).map_err(|e| {
-                    bad_input!("{}: {key}.root_password: {e}", pipeline.path.display())
-                })?;
-            }
-        }
-        Ok(CustomizeStage {
-            config,
-            files,
-            pipeline_dir: pipeline.dir.clone(),
-        })
+        let files = check_steps(&config.steps, pipeline, &format!("{at}.steps"))?;
+        Ok(CustomizeStage { config, files, pipeline_dir: pipeline.dir.clone() })
     }
 
     fn needs_network(&self) -> bool {
         self.config.network.unwrap_or_else(|| {
-            self.config
-                .steps
-                .iter()
-                .any(|s| matches!(s, CustomizeStep::Install(_) | CustomizeStep::Uninstall(_)))
+            self.config.steps.iter().any(|s| matches!(s, CustomizeStep::Install(_) | CustomizeStep::Uninstall(_)))
         })
     }
+}
+
+/// Checks steps before anything runs; returns the host files they read (for the cache key).
+pub fn check_steps(steps: &[CustomizeStep], pipeline: &Pipeline, at: &str) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let key = format!("{at}[{i}]");
+        let host_file = match step {
+            CustomizeStep::CopyIn { source, .. } => Some(source.as_str()),
+            CustomizeStep::Run(script) => Some(script.as_str()),
+            CustomizeStep::RootPassword(spec) => spec.strip_prefix("file:"),
+            CustomizeStep::SshInject { key, .. } if !key.starts_with("ssh-") && !key.starts_with("ecdsa-") => {
+                Some(key.as_str())
+            }
+            CustomizeStep::Chmod { mode, .. } => {
+                u32::from_str_radix(mode, 8).map_err(|_| {
+                    bad_input!(
+                        "{}: {key}.chmod.mode: `{mode}` is not an octal mode such as 0644",
+                        pipeline.path.display()
+                    )
+                })?;
+                None
+            }
+            _ => None,
+        };
+        if let Some(f) = host_file {
+            let path = pipeline.resolve(f);
+            if !path.exists() {
+                return Err(bad_input!("{}: {key}: file {} does not exist", pipeline.path.display(), path.display()));
+            }
+            files.push(path);
+        }
+        if let CustomizeStep::RootPassword(spec) = step {
+            check_password_spec(spec)
+                .map_err(|e| bad_input!("{}: {key}.root_password: {e}", pipeline.path.display()))?;
+        }
+    }
+    Ok(files)
 }
 
 impl Stage for CustomizeStage {
@@ -94,14 +86,9 @@ impl Stage for CustomizeStage {
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
-        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()))?;
+        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
         g.set_network(self.needs_network())?;
-        g.add_drive(Drive {
-            path: &ctx.output,
-            format: "qcow2",
-            readonly: false,
-            discard: true,
-        })?;
+        g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: true })?;
         ctx.bar.set_message("launching the appliance");
         g.launch()?;
         let os = g.inspect_and_mount(false)?;
@@ -110,15 +97,12 @@ impl Stage for CustomizeStage {
             let name = step_name(step);
             ctx.bar.set_message(name.to_string());
             ctx.log.line(format!("step {i}: {name}"));
-            self.apply(&g, &os, step, &ctx.log)
+            apply_step(&g, &os, step, &self.pipeline_dir, &ctx.log)
                 .with_context(|| format!("customize step {i} ({name})"))?;
         }
         g.umount_all()?;
         g.shutdown()?;
-        Ok(StageResult {
-            inspection: Some(serde_json::to_value(&os)?),
-            record: None,
-        })
+        Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None })
     }
 }
 
@@ -142,19 +126,18 @@ fn step_name(step: &CustomizeStep) -> &'static str {
     }
 }
 
-impl CustomizeStage {
-    fn apply(
-        &self,
-        g: &Guest,
-        os: &Inspection,
-        step: &CustomizeStep,
-        log: &StageLog,
-    ) -> Result<()> {
+/// Applies one step to the mounted guest; host paths resolve against `dir`.
+pub fn apply_step(
+    g: &Guest,
+    os: &Inspection,
+    step: &CustomizeStep,
+    dir: &std::path::Path,
+    log: &StageLog,
+) -> Result<()> {
+    {
         match step {
             CustomizeStep::Hostname(name) => set_hostname(g, name)?,
-            CustomizeStep::RootPassword(spec) => {
-                set_root_password(g, spec, &self.pipeline_dir, log)?
-            }
+            CustomizeStep::RootPassword(spec) => set_root_password(g, spec, dir, log)?,
             CustomizeStep::Timezone(tz) => {
                 let zone = format!("/usr/share/zoneinfo/{tz}");
                 if !g.exists(&zone)? {
@@ -168,11 +151,7 @@ impl CustomizeStage {
             CustomizeStep::Mkdir(dir) => g.mkdir_p(dir)?,
             CustomizeStep::Write { path, content } => g.write(path, content.as_bytes())?,
             CustomizeStep::AppendLine { path, line } => {
-                let mut text = if g.exists(path)? {
-                    g.read_string(path)?
-                } else {
-                    String::new()
-                };
+                let mut text = if g.exists(path)? { g.read_string(path)? } else { String::new() };
                 if !text.is_empty() && !text.ends_with('\n') {
                     text.push('\n');
                 }
@@ -182,7 +161,7 @@ impl CustomizeStage {
             }
             CustomizeStep::CopyIn { source, dest } => {
                 g.mkdir_p(dest)?;
-                g.copy_in(&resolve(&self.pipeline_dir, source), dest)?;
+                g.copy_in(&resolve(dir, source), dest)?;
             }
             CustomizeStep::Chmod { mode, path } => g.chmod(u32::from_str_radix(mode, 8)?, path)?,
             CustomizeStep::Delete(path) => g.rm_rf(path)?,
@@ -190,23 +169,19 @@ impl CustomizeStage {
             CustomizeStep::RunCommand(cmd) => run_in_guest(g, cmd, log)?,
             CustomizeStep::Run(script) => {
                 let remote = "/tmp/virt-pipeline-run.sh";
-                g.upload(&resolve(&self.pipeline_dir, script), remote)?;
+                g.upload(&resolve(dir, script), remote)?;
                 g.chmod(0o755, remote)?;
                 let result = run_in_guest(g, remote, log);
                 g.rm_f(remote)?;
                 result?;
             }
-            CustomizeStep::Install(pkgs) => {
-                run_in_guest(g, &package_command(os, "install", pkgs)?, log)?
-            }
-            CustomizeStep::Uninstall(pkgs) => {
-                run_in_guest(g, &package_command(os, "remove", pkgs)?, log)?
-            }
+            CustomizeStep::Install(pkgs) => run_in_guest(g, &package_command(os, "install", pkgs)?, log)?,
+            CustomizeStep::Uninstall(pkgs) => run_in_guest(g, &package_command(os, "remove", pkgs)?, log)?,
             CustomizeStep::SshInject { user, key } => {
                 let key_text = if key.starts_with("ssh-") || key.starts_with("ecdsa-") {
                     key.clone()
                 } else {
-                    std::fs::read_to_string(resolve(&self.pipeline_dir, key))?
+                    std::fs::read_to_string(resolve(dir, key))?
                 };
                 inject_ssh_key(g, user, &key_text)?;
             }
@@ -252,11 +227,7 @@ pub fn set_hostname(g: &Guest, name: &str) -> Result<()> {
     g.write("/etc/hostname", format!("{name}\n").as_bytes())?;
     if g.is_file("/etc/hosts")? {
         let hosts = g.read_string("/etc/hosts")?;
-        let alias = if short == name {
-            name.to_string()
-        } else {
-            format!("{name} {short}")
-        };
+        let alias = if short == name { name.to_string() } else { format!("{name} {short}") };
         let mut found = false;
         let mut lines: Vec<String> = hosts
             .lines()
@@ -292,12 +263,7 @@ fn check_password_spec(spec: &str) -> std::result::Result<(), String> {
 
 /// virt-customize's --root-password: `password:S`, `file:PATH` (first line), `random`
 /// (printed to the log), `disabled`, `locked:...`. Stored as a SHA-512 crypt hash.
-pub fn set_root_password(
-    g: &Guest,
-    spec: &str,
-    dir: &std::path::Path,
-    log: &StageLog,
-) -> Result<()> {
+pub fn set_root_password(g: &Guest, spec: &str, dir: &std::path::Path, log: &StageLog) -> Result<()> {
     let (locked, spec) = match spec.strip_prefix("locked:") {
         Some(rest) => (true, rest),
         None => (false, spec),
@@ -308,11 +274,7 @@ pub fn set_root_password(
         let password = if let Some(p) = spec.strip_prefix("password:") {
             p.to_string()
         } else if let Some(f) = spec.strip_prefix("file:") {
-            std::fs::read_to_string(resolve(dir, f))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string()
+            std::fs::read_to_string(resolve(dir, f))?.lines().next().unwrap_or_default().to_string()
         } else if spec == "random" {
             use rand::distributions::{Alphanumeric, DistString};
             let p = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 16);
@@ -322,13 +284,10 @@ pub fn set_root_password(
             bail!("root password: unknown form `{spec}`");
         };
         let params = sha_crypt::Sha512Params::new(5000).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        sha_crypt::sha512_simple(&password, &params)
-            .map_err(|e| anyhow::anyhow!("cannot hash the password: {e:?}"))?
+        sha_crypt::sha512_simple(&password, &params).map_err(|e| anyhow::anyhow!("cannot hash the password: {e:?}"))?
     };
     let field = if locked { format!("!{field}") } else { field };
-    let shadow = g
-        .read_string("/etc/shadow")
-        .context("the guest has no /etc/shadow")?;
+    let shadow = g.read_string("/etc/shadow").context("the guest has no /etc/shadow")?;
     let mut found = false;
     let lines: Vec<String> = shadow
         .lines()
@@ -352,11 +311,7 @@ pub fn set_root_password(
 
 /// Appends a public key to the user's authorized_keys with the permissions sshd requires.
 pub fn inject_ssh_key(g: &Guest, user: &str, key: &str) -> Result<()> {
-    let home = if user == "root" {
-        "/root".to_string()
-    } else {
-        format!("/home/{user}")
-    };
+    let home = if user == "root" { "/root".to_string() } else { format!("/home/{user}") };
     if !g.is_dir(&home)? {
         bail!("ssh-inject: user {user} has no home directory {home} in the guest");
     }
@@ -364,11 +319,7 @@ pub fn inject_ssh_key(g: &Guest, user: &str, key: &str) -> Result<()> {
     let file = format!("{dir}/authorized_keys");
     g.mkdir_p(&dir)?;
     g.chmod(0o700, &dir)?;
-    let mut text = if g.exists(&file)? {
-        g.read_string(&file)?
-    } else {
-        String::new()
-    };
+    let mut text = if g.exists(&file)? { g.read_string(&file)? } else { String::new() };
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }

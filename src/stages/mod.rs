@@ -7,14 +7,12 @@ pub mod install;
 pub mod publish;
 pub mod sysprep;
 
-use crate::bad_input;
 use crate::engine::stage::Stage;
 use crate::pipeline::{Pipeline, StageConfig};
 use anyhow::Result;
 
 pub fn build(pipeline: &Pipeline) -> Result<Vec<Box<dyn Stage>>> {
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
-    let shown = pipeline.path.display().to_string();
     if let Some(from) = &pipeline.file.from {
         if from.pipeline.is_none() {
             stages.push(install::from_source(from, pipeline)?);
@@ -24,16 +22,9 @@ pub fn build(pipeline: &Pipeline) -> Result<Vec<Box<dyn Stage>>> {
         let at = format!("stages[{i}].{}", config.kind());
         let stage: Box<dyn Stage> = match config {
             StageConfig::Install(c) => install::build(c, pipeline, &at)?,
-            StageConfig::Customize(c) => {
-                Box::new(customize::CustomizeStage::new(c.clone(), pipeline, &at)?)
-            }
-            StageConfig::Sysprep(c) => Box::new(
-                sysprep::SysprepStage::new(c.clone())
-                    .map_err(|e| bad_input!("{shown}: {at}: {e}"))?,
-            ),
-            StageConfig::Publish(c) => {
-                Box::new(publish::PublishStage::new(c.clone(), &pipeline.path, &at)?)
-            }
+            StageConfig::Customize(c) => Box::new(customize::CustomizeStage::new(c.clone(), pipeline, &at)?),
+            StageConfig::Sysprep(c) => Box::new(sysprep::SysprepStage::new(c.clone(), pipeline, &at)?),
+            StageConfig::Publish(c) => Box::new(publish::PublishStage::new(c.clone(), &pipeline.path, &at)?),
         };
         stages.push(stage);
     }

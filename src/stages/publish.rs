@@ -15,11 +15,7 @@ pub struct PublishStage {
 }
 
 impl PublishStage {
-    pub fn new(
-        config: PublishConfig,
-        pipeline_path: &std::path::Path,
-        at: &str,
-    ) -> Result<PublishStage> {
+    pub fn new(config: PublishConfig, pipeline_path: &std::path::Path, at: &str) -> Result<PublishStage> {
         repo::check_entry_name(&config.name)
             .map_err(|e| crate::bad_input!("{}: {at}.name: {e}", pipeline_path.display()))?;
         if !matches!(config.format.as_str(), "raw" | "qcow2") {
@@ -36,19 +32,13 @@ impl PublishStage {
                 config.repo
             ));
         }
-        Ok(PublishStage {
-            repo_dir: PathBuf::from(&config.repo),
-            config,
-        })
+        Ok(PublishStage { repo_dir: PathBuf::from(&config.repo), config })
     }
 
     fn fields(&self, size: u64, compressed: u64) -> Vec<(String, String)> {
         let c = &self.config;
         let mut f = vec![
-            (
-                "name".to_string(),
-                c.long_name.clone().unwrap_or_else(|| c.name.clone()),
-            ),
+            ("name".to_string(), c.long_name.clone().unwrap_or_else(|| c.name.clone())),
             ("arch".into(), c.arch.clone()),
             ("format".into(), c.format.clone()),
             ("size".into(), size.to_string()),
@@ -88,11 +78,7 @@ impl Stage for PublishStage {
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
         let layer = ctx.parent_path()?.to_path_buf();
-        let sign_key = ctx
-            .settings
-            .sign_key
-            .clone()
-            .or(self.config.sign_key.clone());
+        let sign_key = ctx.settings.sign_key.clone().or(self.config.sign_key.clone());
         let repo = if self.repo_dir.join("index.asc").exists() {
             Repo::open(&self.repo_dir)?
         } else {
@@ -132,20 +118,11 @@ impl Stage for PublishStage {
         };
         ctx.log.line(format!(
             "compressed {} bytes to {} ({} data blocks, {} zero blocks)",
-            compressed.uncompressed_size,
-            compressed.compressed_size,
-            compressed.data_blocks,
-            compressed.zero_blocks
+            compressed.uncompressed_size, compressed.compressed_size, compressed.data_blocks, compressed.zero_blocks
         ));
         let fields = self.fields(size, compressed.compressed_size);
         let entry = repo
-            .publish(
-                &self.config.name,
-                fields,
-                &temp,
-                &compressed.sha512,
-                sign_key.as_deref(),
-            )
+            .publish(&self.config.name, fields, &temp, &compressed.sha512, sign_key.as_deref())
             .inspect_err(|_| {
                 let _ = std::fs::remove_file(&temp);
             })
@@ -177,8 +154,7 @@ impl Stage for PublishStage {
         };
         let entry = index.entries.iter().find(|e| e.id == self.config.name);
         entry.is_some_and(|e| {
-            e.checksum() == record["checksum"].as_str()
-                && e.file().is_some_and(|f| self.repo_dir.join(f).exists())
+            e.checksum() == record["checksum"].as_str() && e.file().is_some_and(|f| self.repo_dir.join(f).exists())
         })
     }
 }

@@ -16,11 +16,7 @@ pub enum ImageSource {
     /// A local file (hashed into the cache key) or a URL.
     File(String),
     /// An entry of a virt-builder repository: a directory or the URL of its index.asc.
-    Repo {
-        repo: String,
-        name: String,
-        fingerprint: Option<String>,
-    },
+    Repo { repo: String, name: String, fingerprint: Option<String> },
 }
 
 pub struct ImageStage {
@@ -30,32 +26,18 @@ pub struct ImageStage {
 }
 
 impl ImageStage {
-    pub fn new(
-        source: ImageSource,
-        disk_size: Option<String>,
-        base_dir: &Path,
-        where_: &str,
-    ) -> Result<ImageStage> {
+    pub fn new(source: ImageSource, disk_size: Option<String>, base_dir: &Path, where_: &str) -> Result<ImageStage> {
         if let ImageSource::File(f) = &source {
             if !download::is_url(f) && !base_dir.join(f).exists() {
-                return Err(bad_input!(
-                    "{where_}: image {} does not exist",
-                    base_dir.join(f).display()
-                ));
+                return Err(bad_input!("{where_}: image {} does not exist", base_dir.join(f).display()));
             }
         }
         if let Some(size) = &disk_size {
             if qemu_img::parse_size(size).is_none() {
-                return Err(bad_input!(
-                    "{where_}: disk_size `{size}` is not a size such as 10G"
-                ));
+                return Err(bad_input!("{where_}: disk_size `{size}` is not a size such as 10G"));
             }
         }
-        Ok(ImageStage {
-            source,
-            disk_size,
-            base_dir: base_dir.to_path_buf(),
-        })
+        Ok(ImageStage { source, disk_size, base_dir: base_dir.to_path_buf() })
     }
 
     /// The repository's index as verified text, and where its files live.
@@ -67,22 +49,12 @@ impl ImageStage {
     ) -> Result<(Index, String)> {
         let (cache, offline, ui) = ctx_dirs;
         let (index_src, base) = if download::is_url(repo) {
-            let base = repo
-                .rsplit_once('/')
-                .map(|(b, _)| b.to_string())
-                .unwrap_or_default();
+            let base = repo.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or_default();
             (repo.to_string(), base)
         } else {
             let dir = self.base_dir.join(repo);
-            let dir = if dir.is_dir() {
-                dir
-            } else {
-                dir.parent().map(Path::to_path_buf).unwrap_or_default()
-            };
-            (
-                dir.join("index.asc").to_string_lossy().into_owned(),
-                dir.to_string_lossy().into_owned(),
-            )
+            let dir = if dir.is_dir() { dir } else { dir.parent().map(Path::to_path_buf).unwrap_or_default() };
+            (dir.join("index.asc").to_string_lossy().into_owned(), dir.to_string_lossy().into_owned())
         };
         let signed = download::read_small(&index_src, &self.base_dir, cache, offline, ui)?;
         // A local repository made by this tool names its own key; otherwise any good
@@ -94,8 +66,7 @@ impl ImageStage {
         let want = fingerprint.map(str::to_string).or(local_key);
         let text = sign::verify_clearsigned(&signed, want.as_deref())
             .with_context(|| format!("{index_src}: signature check failed"))?;
-        let index = Index::parse(&String::from_utf8_lossy(&text))
-            .map_err(|e| anyhow::anyhow!("{index_src}: {e}"))?;
+        let index = Index::parse(&String::from_utf8_lossy(&text)).map_err(|e| anyhow::anyhow!("{index_src}: {e}"))?;
         Ok((index, base))
     }
 }
@@ -112,23 +83,13 @@ impl Stage for ImageStage {
     fn config(&self) -> serde_json::Value {
         let source = match &self.source {
             ImageSource::File(f) => serde_json::json!({ "image": f }),
-            ImageSource::Repo {
-                repo,
-                name,
-                fingerprint,
-            } => {
+            ImageSource::Repo { repo, name, fingerprint } => {
                 // The entry's checksum makes a republished image a new layer.
                 let ui = Ui::new(false);
                 let checksum = self
-                    .repo_index(
-                        repo,
-                        fingerprint.as_deref(),
-                        (Path::new("/nonexistent"), false, &ui),
-                    )
+                    .repo_index(repo, fingerprint.as_deref(), (Path::new("/nonexistent"), false, &ui))
                     .ok()
-                    .and_then(|(idx, _)| {
-                        idx.get(name).and_then(|e| e.checksum().map(str::to_string))
-                    });
+                    .and_then(|(idx, _)| idx.get(name).and_then(|e| e.checksum().map(str::to_string)));
                 serde_json::json!({ "repo": repo, "name": name, "checksum": checksum })
             }
         };
@@ -146,39 +107,22 @@ impl Stage for ImageStage {
         let cache = ctx.settings.work_dir.join("downloads");
         let offline = ctx.settings.offline;
         let local = match &self.source {
-            ImageSource::File(f) => {
-                download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?
-            }
-            ImageSource::Repo {
-                repo,
-                name,
-                fingerprint,
-            } => {
-                let (index, base) =
-                    self.repo_index(repo, fingerprint.as_deref(), (&cache, offline, ctx.ui))?;
-                let entry = index
-                    .get(name)
-                    .ok_or_else(|| bad_input!("repository {repo} has no entry `{name}`"))?;
+            ImageSource::File(f) => download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?,
+            ImageSource::Repo { repo, name, fingerprint } => {
+                let (index, base) = self.repo_index(repo, fingerprint.as_deref(), (&cache, offline, ctx.ui))?;
+                let entry = index.get(name).ok_or_else(|| bad_input!("repository {repo} has no entry `{name}`"))?;
                 let file = entry.file().context("the entry has no file=")?;
-                let src = if download::is_url(&base) {
-                    format!("{base}/{file}")
-                } else {
-                    format!("{base}/{file}")
-                };
-                let local =
-                    download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?;
+                let src = if download::is_url(&base) { format!("{base}/{file}") } else { format!("{base}/{file}") };
+                let local = download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?;
                 ctx.bar.set_message("checking sha512");
                 let got = repo::sha512_file(&local)?;
                 if Some(got.as_str()) != entry.checksum() {
                     if download::is_url(&src) {
                         let _ = std::fs::remove_file(&local);
                     }
-                    bail!(
-                        "{src}: sha512 {got} does not match the signed index; refusing the image"
-                    );
+                    bail!("{src}: sha512 {got} does not match the signed index; refusing the image");
                 }
-                ctx.log
-                    .line(format!("{src}: sha512 matches the signed index"));
+                ctx.log.line(format!("{src}: sha512 matches the signed index"));
                 local
             }
         };
@@ -186,9 +130,8 @@ impl Stage for ImageStage {
         let result = (|| -> Result<()> {
             let src = if is_xz(&local)? {
                 ctx.bar.set_message("decompressing");
-                let mut dec = xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(
-                    std::fs::File::open(&local)?,
-                ));
+                let mut dec =
+                    xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(std::fs::File::open(&local)?));
                 let mut out = std::fs::File::create(&decompressed)?;
                 copy_sparse(&mut dec, &mut out)?;
                 decompressed.clone()
@@ -196,8 +139,7 @@ impl Stage for ImageStage {
                 local.clone()
             };
             ctx.bar.set_message("importing");
-            ctx.log
-                .line(format!("importing {} as qcow2", src.display()));
+            ctx.log.line(format!("importing {} as qcow2", src.display()));
             qemu_img::convert(&src, &ctx.output, "qcow2")?;
             if let Some(size) = &self.disk_size {
                 let want = qemu_img::parse_size(size).unwrap_or(0);
@@ -215,9 +157,7 @@ impl Stage for ImageStage {
 
 fn is_xz(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 6];
-    let n = std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .read(&mut magic)?;
+    let n = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?.read(&mut magic)?;
     Ok(n == 6 && magic == [0xFD, b'7', b'z', b'X', b'Z', 0])
 }
 

@@ -1,6 +1,7 @@
 //! `[stages.install]`: how the first layer is made, one module per method: an installer
 //! booted with an injected answers file (netboot, iso), debootstrap, or an existing image.
 
+pub mod debootstrap;
 pub mod image;
 
 use crate::bad_input;
@@ -15,28 +16,18 @@ pub fn build(config: &InstallConfig, pipeline: &Pipeline, at: &str) -> Result<Bo
         InstallConfig::Image(c) => {
             let source = match (&c.image, &c.repo, &c.name) {
                 (Some(img), None, None) => ImageSource::File(img.clone()),
-                (None, Some(repo), Some(name)) => ImageSource::Repo {
-                    repo: repo.clone(),
-                    name: name.clone(),
-                    fingerprint: c.fingerprint.clone(),
-                },
-                _ => {
-                    return Err(bad_input!(
-                        "{where_}: method image takes `image`, or `repo` with `name`"
-                    ))
+                (None, Some(repo), Some(name)) => {
+                    ImageSource::Repo { repo: repo.clone(), name: name.clone(), fingerprint: c.fingerprint.clone() }
                 }
+                _ => return Err(bad_input!("{where_}: method image takes `image`, or `repo` with `name`")),
             };
-            Box::new(ImageStage::new(
-                source,
-                c.disk_size.clone(),
-                &pipeline.dir,
-                &where_,
-            )?)
+            Box::new(ImageStage::new(source, c.disk_size.clone(), &pipeline.dir, &where_)?)
         }
-        InstallConfig::Debootstrap(_) | InstallConfig::Netboot(_) | InstallConfig::Iso(_) => {
-            return Err(bad_input!(
-                "{where_}: this install method is not available in this build"
-            ))
+        InstallConfig::Debootstrap(c) => {
+            Box::new(debootstrap::DebootstrapStage::new(c.clone(), &pipeline.dir, &where_)?)
+        }
+        InstallConfig::Netboot(_) | InstallConfig::Iso(_) => {
+            return Err(bad_input!("{where_}: this install method is not available in this build"))
         }
     })
 }
@@ -46,21 +37,10 @@ pub fn from_source(from: &Source, pipeline: &Pipeline) -> Result<Box<dyn Stage>>
     let where_ = format!("{}: from", pipeline.path.display());
     let source = match (&from.image, &from.repo, &from.name) {
         (Some(img), _, _) => ImageSource::File(img.clone()),
-        (None, Some(repo), Some(name)) => ImageSource::Repo {
-            repo: repo.clone(),
-            name: name.clone(),
-            fingerprint: from.fingerprint.clone(),
-        },
-        _ => {
-            return Err(bad_input!(
-                "{where_}: give image, repo with name, or pipeline"
-            ))
+        (None, Some(repo), Some(name)) => {
+            ImageSource::Repo { repo: repo.clone(), name: name.clone(), fingerprint: from.fingerprint.clone() }
         }
+        _ => return Err(bad_input!("{where_}: give image, repo with name, or pipeline")),
     };
-    Ok(Box::new(ImageStage::new(
-        source,
-        None,
-        &pipeline.dir,
-        &where_,
-    )?))
+    Ok(Box::new(ImageStage::new(source, None, &pipeline.dir, &where_)?))
 }

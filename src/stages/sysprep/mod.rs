@@ -8,7 +8,7 @@ use crate::bad_input;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::guest::inspect::Inspection;
 use crate::guest::{Drive, Guest};
-use crate::pipeline::SysprepConfig;
+use crate::pipeline::{Pipeline, SysprepConfig};
 use anyhow::{Context, Result};
 pub use operations::OPERATIONS;
 
@@ -18,7 +18,7 @@ pub struct Operation {
     pub name: &'static str,
     pub default: bool,
     pub description: &'static str,
-    pub run: fn(&OpContext) -> crate::guest::Result<()>,
+    pub run: fn(&OpContext) -> anyhow::Result<()>,
     /// Works on block devices, so it runs before the filesystems are mounted.
     pub on_devices: bool,
 }
@@ -28,6 +28,9 @@ pub struct OpContext<'a> {
     pub g: &'a Guest,
     pub os: &'a Inspection,
     pub config: &'a SysprepConfig,
+    /// The pipeline file's directory: host paths in the configuration resolve against it.
+    pub dir: &'a std::path::Path,
+    pub log: &'a crate::engine::log::StageLog,
 }
 
 impl OpContext<'_> {
@@ -54,11 +57,7 @@ impl OpContext<'_> {
 
     /// Removes the regular files and symlinks below `dir`, keeping the directories (and
     /// files for which `keep` says so).
-    pub fn rm_files_below(
-        &self,
-        dir: &str,
-        keep: impl Fn(&str) -> bool,
-    ) -> crate::guest::Result<()> {
+    pub fn rm_files_below(&self, dir: &str, keep: impl Fn(&str) -> bool) -> crate::guest::Result<()> {
         if !self.g.is_dir(dir)? {
             return Ok(());
         }
@@ -77,8 +76,7 @@ impl OpContext<'_> {
     pub fn drop_lines(&self, path: &str, drop: impl Fn(&str) -> bool) -> crate::guest::Result<()> {
         let text = self.g.read_string(path)?;
         let kept: Vec<&str> = text.lines().filter(|l| !drop(l)).collect();
-        self.g
-            .write(path, format!("{}\n", kept.join("\n")).as_bytes())
+        self.g.write(path, format!("{}\n", kept.join("\n")).as_bytes())
     }
 }
 
@@ -99,7 +97,9 @@ pub fn selected(config: &SysprepConfig) -> Result<Vec<&'static Operation>> {
         Ok(())
     };
     match (&config.enable, &config.disable) {
-        (Some(_), Some(_)) => Err(bad_input!("sysprep: give `enable` (exactly these) or `disable` (the defaults less these), not both")),
+        (Some(_), Some(_)) => {
+            Err(bad_input!("sysprep: give `enable` (exactly these) or `disable` (the defaults less these), not both"))
+        }
         (Some(enable), None) => {
             check(enable, "enable")?;
             Ok(OPERATIONS.iter().filter(|op| enable.iter().any(|n| n == op.name)).collect())
@@ -116,12 +116,24 @@ pub fn selected(config: &SysprepConfig) -> Result<Vec<&'static Operation>> {
 pub struct SysprepStage {
     pub config: SysprepConfig,
     operations: Vec<&'static Operation>,
+    /// Host files the customize and script operations read.
+    files: Vec<std::path::PathBuf>,
+    dir: std::path::PathBuf,
 }
 
 impl SysprepStage {
-    pub fn new(config: SysprepConfig) -> Result<SysprepStage> {
-        let operations = selected(&config)?;
-        Ok(SysprepStage { config, operations })
+    pub fn new(config: SysprepConfig, pipeline: &Pipeline, at: &str) -> Result<SysprepStage> {
+        let shown = pipeline.path.display();
+        let operations = selected(&config).map_err(|e| bad_input!("{shown}: {at}: {e}"))?;
+        let mut files = crate::stages::customize::check_steps(&config.customize, pipeline, &format!("{at}.customize"))?;
+        for (i, script) in config.scripts.iter().enumerate() {
+            let path = pipeline.resolve(script);
+            if !path.is_file() {
+                return Err(bad_input!("{shown}: {at}.scripts[{i}]: {} does not exist", path.display()));
+            }
+            files.push(path);
+        }
+        Ok(SysprepStage { config, operations, files, dir: pipeline.dir.clone() })
     }
 }
 
@@ -140,26 +152,35 @@ impl Stage for SysprepStage {
             "hostname": self.config.hostname,
             "zero_free_space": self.config.zero_free_space,
             "fstrim": self.config.fstrim,
+            "customize": self.config.customize,
+            "scripts": self.config.scripts,
         })
     }
 
+    fn inputs(&self) -> Vec<std::path::PathBuf> {
+        self.files.clone()
+    }
+
+    /// 4 KiB clusters, the size of a filesystem block: every block fstrim discards becomes a
+    /// zero cluster of the layer (qemu drops discards smaller than a cluster).
+    fn overlay_cluster_size(&self) -> Option<u32> {
+        self.config.fstrim.then_some(4096)
+    }
+
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
-        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()))?;
-        g.add_drive(Drive {
-            path: &ctx.output,
-            format: "qcow2",
-            readonly: false,
-            discard: true,
-        })?;
+        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
+        // Package installs in customize steps need the appliance network.
+        let network = self.operations.iter().any(|op| op.name == "customize")
+            && self.config.customize.iter().any(|s| {
+                matches!(s, crate::pipeline::CustomizeStep::Install(_) | crate::pipeline::CustomizeStep::Uninstall(_))
+            });
+        g.set_network(network)?;
+        g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: true })?;
         ctx.bar.set_message("launching the appliance");
         g.launch()?;
         let os = g.inspect()?;
         ctx.log.line(format!("inspection: {}", os.summary()));
-        let op_ctx = OpContext {
-            g: &g,
-            os: &os,
-            config: &self.config,
-        };
+        let op_ctx = OpContext { g: &g, os: &os, config: &self.config, dir: &self.dir, log: &ctx.log };
         let (device_ops, fs_ops): (Vec<&&Operation>, Vec<&&Operation>) =
             self.operations.iter().partition(|op| op.on_devices);
         for (i, ops) in [device_ops, fs_ops].into_iter().enumerate() {
@@ -172,46 +193,45 @@ impl Stage for SysprepStage {
                 (op.run)(&op_ctx).with_context(|| format!("sysprep operation {}", op.name))?;
             }
         }
-        free_space(
-            &g,
-            &os,
-            self.config.zero_free_space,
-            self.config.fstrim,
-            ctx,
-        )?;
+        free_space(&g, &os, self.config.zero_free_space, self.config.fstrim, ctx)?;
         g.umount_all()?;
         g.shutdown()?;
-        Ok(StageResult {
-            inspection: Some(serde_json::to_value(&os)?),
-            record: None,
-        })
+        Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None })
     }
 }
 
-/// Zero-fills and/or trims every mounted read-write filesystem, after the operations. With
-/// discard passed through, trimmed space becomes unallocated in the qcow2 layer.
-pub fn free_space(
-    g: &Guest,
-    os: &Inspection,
-    zero: bool,
-    trim: bool,
-    ctx: &StageContext,
-) -> Result<()> {
+/// Zero-fills and/or trims every mounted filesystem, after the operations.
+///
+/// With both on, the fstrim alone does the zero-fill's work: discards reach the layer (a
+/// qcow2 overlay with 4 KiB clusters), where each discarded block becomes a zero cluster
+/// that reads as zeros and takes no space, so every free block reads as zeros, exactly what
+/// zero-free-space guarantees, without writing gigabytes of zeros through the appliance.
+/// A filesystem that cannot discard (fstrim fails) is zero-filled the classic way.
+pub fn free_space(g: &Guest, os: &Inspection, zero: bool, trim: bool, ctx: &StageContext) -> Result<()> {
     let fs_types: std::collections::HashMap<_, _> = os.filesystems.iter().cloned().collect();
     for (mp, dev) in &os.mountpoints {
         let fs = fs_types.get(dev).map(String::as_str).unwrap_or("");
         if matches!(fs, "swap" | "unknown" | "") {
             continue;
         }
-        if zero {
+        let trimmed = if trim {
+            ctx.bar.set_message(format!("fstrim {mp}"));
+            ctx.log.line(format!("fstrim {mp}"));
+            match g.fstrim(mp) {
+                Ok(()) => true,
+                Err(e) if zero => {
+                    ctx.log.line(format!("fstrim {mp} failed ({e}); zero-filling instead"));
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            false
+        };
+        if zero && !trimmed {
             ctx.bar.set_message(format!("zero-free-space {mp}"));
             ctx.log.line(format!("zero-free-space {mp}"));
             g.zero_free_space(mp)?;
-        }
-        if trim {
-            ctx.bar.set_message(format!("fstrim {mp}"));
-            ctx.log.line(format!("fstrim {mp}"));
-            g.fstrim(mp)?;
         }
     }
     Ok(())
@@ -221,13 +241,6 @@ pub fn free_space(
 pub fn list_operations() -> String {
     OPERATIONS
         .iter()
-        .map(|op| {
-            format!(
-                "{} {} {}\n",
-                op.name,
-                if op.default { "*" } else { " " },
-                op.description
-            )
-        })
+        .map(|op| format!("{} {} {}\n", op.name, if op.default { "*" } else { " " }, op.description))
         .collect()
 }

@@ -10,12 +10,8 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
-    let roots: &[&str] = if c.os.is_unix_like() {
-        &["/etc", "/root", "/srv", "/tmp", "/var"]
-    } else {
-        &["/"]
-    };
+fn run(c: &OpContext) -> anyhow::Result<()> {
+    let roots: &[&str] = if c.os.is_unix_like() { &["/etc", "/root", "/srv", "/tmp", "/var"] } else { &["/"] };
     for root in roots {
         if !c.g.is_dir(root)? {
             continue;

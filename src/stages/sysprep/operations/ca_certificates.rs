@@ -10,14 +10,11 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_unix_like() {
         return Ok(());
     }
-    const KEEP: [&str; 2] = [
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/pki/tls/certs/ca-bundle.trust.crt",
-    ];
+    const KEEP: [&str; 2] = ["/etc/pki/tls/certs/ca-bundle.crt", "/etc/pki/tls/certs/ca-bundle.trust.crt"];
     for glob in [
         "/etc/pki/CA/certs/*.crt",
         "/etc/pki/CA/crl/*.crt",

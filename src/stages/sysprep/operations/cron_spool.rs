@@ -10,7 +10,7 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     let is_seq = |p: &str| p.ends_with("/.SEQ");
     // .SEQ holds the next job number; reset in place rather than removed, as virt-sysprep does.
     let reset = |f: &str| -> crate::guest::Result<()> {
@@ -25,5 +25,5 @@ fn run(c: &OpContext) -> crate::guest::Result<()> {
     reset("/var/spool/atjobs/.SEQ")?;
     c.rm_globs(&["/var/spool/atspool/*"])?;
     c.rm_files_below("/var/spool/at", is_seq)?;
-    reset("/var/spool/at/.SEQ")
+    Ok(reset("/var/spool/at/.SEQ")?)
 }

@@ -10,6 +10,6 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
-    c.rm_rf_globs(&["/var/lib/dhcpd/*"])
+fn run(c: &OpContext) -> anyhow::Result<()> {
+    Ok(c.rm_rf_globs(&["/var/lib/dhcpd/*"])?)
 }

@@ -10,7 +10,7 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_linux() {
         return Ok(());
     }
@@ -21,20 +21,10 @@ fn run(c: &OpContext) -> crate::guest::Result<()> {
     if c.g.is_file("/etc/hosts")? {
         let hosts = c.g.read_string("/etc/hosts")?;
         if hosts.lines().any(|l| l.starts_with("127.0.1.1")) {
-            let alias = if short == name {
-                name.to_string()
-            } else {
-                format!("{name} {short}")
-            };
+            let alias = if short == name { name.to_string() } else { format!("{name} {short}") };
             let new: Vec<String> = hosts
                 .lines()
-                .map(|l| {
-                    if l.starts_with("127.0.1.1") {
-                        format!("127.0.1.1\t{alias}")
-                    } else {
-                        l.to_string()
-                    }
-                })
+                .map(|l| if l.starts_with("127.0.1.1") { format!("127.0.1.1\t{alias}") } else { l.to_string() })
                 .collect();
             c.g.write("/etc/hosts", format!("{}\n", new.join("\n")).as_bytes())?;
         }
@@ -43,10 +33,7 @@ fn run(c: &OpContext) -> crate::guest::Result<()> {
     if c.g.is_file("/etc/sysconfig/network")? {
         c.drop_lines("/etc/sysconfig/network", |l| l.starts_with("HOSTNAME="))?;
         let text = c.g.read_string("/etc/sysconfig/network")?;
-        c.g.write(
-            "/etc/sysconfig/network",
-            format!("{text}HOSTNAME={name}\n").as_bytes(),
-        )?;
+        c.g.write("/etc/sysconfig/network", format!("{text}HOSTNAME={name}\n").as_bytes())?;
     }
     Ok(())
 }

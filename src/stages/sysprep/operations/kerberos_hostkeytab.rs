@@ -10,9 +10,9 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_unix_like() {
         return Ok(());
     }
-    c.g.rm_f("/etc/krb5.keytab")
+    Ok(c.g.rm_f("/etc/krb5.keytab")?)
 }

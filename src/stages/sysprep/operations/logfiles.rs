@@ -84,9 +84,9 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_linux() {
         return Ok(());
     }
-    c.rm_rf_globs(GLOBS)
+    Ok(c.rm_rf_globs(GLOBS)?)
 }

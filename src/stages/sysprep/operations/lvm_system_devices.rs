@@ -10,9 +10,9 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_linux() {
         return Ok(());
     }
-    c.g.rm_f("/etc/lvm/devices/system.devices")
+    Ok(c.g.rm_f("/etc/lvm/devices/system.devices")?)
 }

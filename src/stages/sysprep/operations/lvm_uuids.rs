@@ -2,15 +2,10 @@
 
 use crate::stages::sysprep::{OpContext, Operation};
 
-pub const OPERATION: Operation = Operation {
-    name: "lvm-uuids",
-    default: true,
-    description: "Change LVM2 PV and VG UUIDs",
-    run,
-    on_devices: true,
-};
+pub const OPERATION: Operation =
+    Operation { name: "lvm-uuids", default: true, description: "Change LVM2 PV and VG UUIDs", run, on_devices: true };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_linux() {
         return Ok(());
     }
@@ -26,5 +21,5 @@ fn run(c: &OpContext) -> crate::guest::Result<()> {
     if !vgs.is_empty() {
         c.g.vgchange_uuid_all()?;
     }
-    c.g.vg_activate_all(true)
+    Ok(c.g.vg_activate_all(true)?)
 }

@@ -8,6 +8,7 @@ mod blkid_tab;
 mod ca_certificates;
 mod crash_data;
 mod cron_spool;
+mod customize;
 mod dhcp_client_state;
 mod dhcp_server_state;
 mod dovecot_data;
@@ -35,6 +36,7 @@ mod rh_subscription_manager;
 mod rhn_systemid;
 mod rpm_db;
 mod samba_db_log;
+mod script;
 mod smolt_uuid;
 mod ssh_hostkeys;
 mod ssh_userdir;
@@ -55,6 +57,7 @@ pub const OPERATIONS: &[Operation] = &[
     blkid_tab::OPERATION,
     ca_certificates::OPERATION,
     crash_data::OPERATION,
+    customize::OPERATION,
     cron_spool::OPERATION,
     dhcp_client_state::OPERATION,
     dhcp_server_state::OPERATION,
@@ -83,6 +86,7 @@ pub const OPERATIONS: &[Operation] = &[
     rhn_systemid::OPERATION,
     rpm_db::OPERATION,
     samba_db_log::OPERATION,
+    script::OPERATION,
     smolt_uuid::OPERATION,
     ssh_hostkeys::OPERATION,
     ssh_userdir::OPERATION,

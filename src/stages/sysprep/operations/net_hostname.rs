@@ -10,14 +10,12 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !(c.os.is_linux() && c.os.is_redhat_family()) {
         return Ok(());
     }
     for file in c.g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-*")? {
-        c.drop_lines(&file, |l| {
-            l.starts_with("HOSTNAME=") || l.starts_with("DHCP_HOSTNAME=")
-        })?;
+        c.drop_lines(&file, |l| l.starts_with("HOSTNAME=") || l.starts_with("DHCP_HOSTNAME="))?;
     }
     Ok(())
 }

@@ -10,13 +10,11 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !(c.os.is_linux() && c.os.is_redhat_family()) {
         return Ok(());
     }
-    for file in
-        c.g.glob_expand("/etc/NetworkManager/system-connections/*.nmconnection")?
-    {
+    for file in c.g.glob_expand("/etc/NetworkManager/system-connections/*.nmconnection")? {
         c.g.rm_f(&file)?;
     }
     Ok(())

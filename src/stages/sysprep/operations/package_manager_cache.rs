@@ -10,7 +10,7 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     let dirs: Vec<String> = match c.os.package_management.as_str() {
         "apt" => vec!["/var/cache/apt/archives".into()],
         "dnf" => vec!["/var/cache/dnf".into()],

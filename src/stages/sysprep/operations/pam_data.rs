@@ -10,13 +10,9 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_unix_like() {
         return Ok(());
     }
-    c.rm_globs(&[
-        "/var/run/console/*",
-        "/var/run/faillock/*",
-        "/var/run/sepermit/*",
-    ])
+    Ok(c.rm_globs(&["/var/run/console/*", "/var/run/faillock/*", "/var/run/sepermit/*"])?)
 }

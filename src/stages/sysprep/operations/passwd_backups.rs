@@ -10,18 +10,11 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_linux() {
         return Ok(());
     }
-    for file in [
-        "/etc/group-",
-        "/etc/gshadow-",
-        "/etc/passwd-",
-        "/etc/shadow-",
-        "/etc/subgid-",
-        "/etc/subuid-",
-    ] {
+    for file in ["/etc/group-", "/etc/gshadow-", "/etc/passwd-", "/etc/shadow-", "/etc/subgid-", "/etc/subuid-"] {
         c.g.rm_f(file)?;
     }
     Ok(())

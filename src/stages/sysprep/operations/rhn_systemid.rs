@@ -2,18 +2,13 @@
 
 use crate::stages::sysprep::{OpContext, Operation};
 
-pub const OPERATION: Operation = Operation {
-    name: "rhn-systemid",
-    default: true,
-    description: "Remove the RHN system ID",
-    run,
-    on_devices: false,
-};
+pub const OPERATION: Operation =
+    Operation { name: "rhn-systemid", default: true, description: "Remove the RHN system ID", run, on_devices: false };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !(c.os.is_linux() && c.os.distro == "rhel") {
         return Ok(());
     }
     c.g.rm_f("/etc/sysconfig/rhn/systemid")?;
-    c.g.rm_f("/etc/sysconfig/rhn/osad-auth.conf")
+    Ok(c.g.rm_f("/etc/sysconfig/rhn/osad-auth.conf")?)
 }

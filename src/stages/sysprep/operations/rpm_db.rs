@@ -10,9 +10,9 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if c.os.package_format != "rpm" {
         return Ok(());
     }
-    c.rm_globs(&["/var/lib/rpm/__db.*"])
+    Ok(c.rm_globs(&["/var/lib/rpm/__db.*"])?)
 }

@@ -10,14 +10,9 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_unix_like() {
         return Ok(());
     }
-    c.rm_globs(&[
-        "/var/log/samba/old/*",
-        "/var/log/samba/*",
-        "/var/lib/samba/*/*",
-        "/var/lib/samba/*",
-    ])
+    Ok(c.rm_globs(&["/var/log/samba/old/*", "/var/log/samba/*", "/var/lib/samba/*/*", "/var/lib/samba/*"])?)
 }

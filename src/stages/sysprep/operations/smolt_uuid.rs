@@ -10,15 +10,11 @@ pub const OPERATION: Operation = Operation {
     on_devices: false,
 };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_linux() {
         return Ok(());
     }
-    for file in [
-        "/etc/sysconfig/hw-uuid",
-        "/etc/smolt/uuid",
-        "/etc/smolt/hw-uuid",
-    ] {
+    for file in ["/etc/sysconfig/hw-uuid", "/etc/smolt/uuid", "/etc/smolt/hw-uuid"] {
         c.g.rm_f(file)?;
     }
     Ok(())

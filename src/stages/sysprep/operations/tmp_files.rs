@@ -2,15 +2,10 @@
 
 use crate::stages::sysprep::{OpContext, Operation};
 
-pub const OPERATION: Operation = Operation {
-    name: "tmp-files",
-    default: true,
-    description: "Remove temporary files",
-    run,
-    on_devices: false,
-};
+pub const OPERATION: Operation =
+    Operation { name: "tmp-files", default: true, description: "Remove temporary files", run, on_devices: false };
 
-fn run(c: &OpContext) -> crate::guest::Result<()> {
+fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_unix_like() {
         return Ok(());
     }

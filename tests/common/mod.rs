@@ -1,0 +1,237 @@
+//! Shared helpers for the integration tests: the `pipeline` binary, a private GnuPG home,
+//! and small disk images built once per test run with real libguestfs (a fake Debian and a
+//! fake Fedora tree that inspection recognises).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use virt_pipeline::guest::{Drive, Guest};
+use virt_pipeline::vm::{Accel, AccelChoice};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pipeline"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fixtures shared by every test binary of one `cargo test` run (and reused by later runs
+/// in the same target directory).
+pub fn fixture_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn accel() -> Accel {
+    let a = Accel::choose(AccelChoice::Auto).unwrap();
+    a.export_to_environment();
+    a
+}
+
+/// A GnuPG home of the test's own, with the permissions gpg insists on.
+pub fn gnupg_home(dir: &Path) -> PathBuf {
+    let home = dir.join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    home
+}
+
+/// Runs `pipeline ARGS` in `cwd` with a GnuPG home and returns its output.
+pub fn pipeline(cwd: &Path, gnupg: &Path, args: &[&str]) -> Output {
+    let out = Command::new(bin()).args(args).current_dir(cwd).env("GNUPGHOME", gnupg).output().expect("run pipeline");
+    eprintln!(
+        "$ pipeline {}\n--- stdout\n{}--- stderr\n{}--- exit {:?}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Files of the fake Debian tree: (path, content). Directories are made as needed.
+pub const DEBIAN_FILES: &[(&str, &str)] = &[
+    ("/etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION=\"12 (bookworm)\"\nID=debian\n"),
+    ("/etc/debian_version", "12.5\n"),
+    ("/etc/fstab", "/dev/sda1 / ext4 defaults 0 1\n"),
+    ("/etc/hostname", "old-name\n"),
+    ("/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\told-name\n"),
+    ("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n"),
+    ("/etc/passwd-", "root:x:0:0:root:/root:/bin/sh\n"),
+    ("/etc/shadow", "root:*:19000:0:99999:7:::\nu:*:19000:0:99999:7:::\n"),
+    ("/etc/group", "root:x:0:\n"),
+    ("/etc/foo.conf.bak", "backup\n"),
+    ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+    ("/etc/blkid.tab", "tab\n"),
+    ("/etc/ssh/sshd_config", "PermitRootLogin no\n"),
+    ("/etc/ssh/ssh_host_rsa_key", "private\n"),
+    ("/etc/ssh/ssh_host_rsa_key.pub", "public\n"),
+    ("/etc/ssh/ssh_host_ed25519_key", "private\n"),
+    ("/etc/udev/rules.d/70-persistent-net.rules", "rules\n"),
+    ("/etc/systemd/system/.keep", ""),
+    ("/root/.bash_history", "rm -rf /\n"),
+    ("/root/.ssh/authorized_keys", "ssh-ed25519 AAAA test\n"),
+    ("/home/u/.bash_history", "ls\n"),
+    ("/home/u/.profile", "PATH=/bin\n"),
+    ("/var/spool/abrt/crash1", "x\n"),
+    ("/var/crash/core.1", "x\n"),
+    ("/var/spool/cron/crontabs/root", "* * * * * true\n"),
+    ("/var/spool/cron/atjobs/.SEQ", "00042\n"),
+    ("/var/lib/dhcp/dhclient.leases", "lease\n"),
+    ("/var/lib/dpkg/status", "Package: base-files\nStatus: install ok installed\nVersion: 12.4\nArchitecture: amd64\n\n"),
+    ("/var/log/syslog", "log\n"),
+    ("/var/log/apt/history.log", "log\n"),
+    ("/var/log/journal/abc/system.journal", "journal\n"),
+    ("/var/log/account/pacct", "acct\n"),
+    ("/var/log/puppet/puppet.log", "log\n"),
+    ("/var/mail/root", "mail\n"),
+    ("/var/cache/apt/archives/foo_1.0_amd64.deb", "deb\n"),
+    ("/var/cache/apt/archives/partial/.keep", ""),
+    ("/var/lib/systemd/random-seed", ""),
+    ("/var/run/utmp", "utmp\n"),
+    ("/tmp/t", "t\n"),
+    ("/tmp/.hidden", "h\n"),
+    ("/var/tmp/v", "v\n"),
+];
+
+pub const FEDORA_FILES: &[(&str, &str)] = &[
+    ("/etc/os-release", "NAME=\"Fedora Linux\"\nVERSION=\"39 (Server Edition)\"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME=\"Fedora Linux 39 (Server Edition)\"\n"),
+    ("/etc/fedora-release", "Fedora release 39 (Thirty Nine)\n"),
+    ("/etc/redhat-release", "Fedora release 39 (Thirty Nine)\n"),
+    ("/etc/fstab", "/dev/sda1 / ext4 defaults 0 1\n"),
+    ("/etc/hostname", "old-name\n"),
+    ("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+    ("/etc/passwd-", "root:x:0:0:root:/root:/bin/sh\n"),
+    ("/etc/shadow", "root:*:19000:0:99999:7:::\n"),
+    ("/etc/shadow-", "root:*:19000:0:99999:7:::\n"),
+    ("/etc/foo.conf.bak", "backup\n"),
+    ("/etc/sysconfig/network-scripts/ifcfg-eth0", "DEVICE=eth0\nHWADDR=52:54:00:12:34:56\nHOSTNAME=old\nDHCP_HOSTNAME=old\nBOOTPROTO=dhcp\nONBOOT=yes\n"),
+    ("/etc/NetworkManager/system-connections/eth0.nmconnection", "[connection]\n"),
+    ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+    ("/root/.ssh/authorized_keys", "ssh-ed25519 AAAA test\n"),
+    ("/var/lib/rpm/__db.001", "db\n"),
+    ("/var/lib/rpm/rpmdb.sqlite", "rpmdb\n"),
+    ("/var/account/pacct", "acct\n"),
+    ("/var/cache/dnf/metadata.solv", "cache\n"),
+    ("/var/log/messages", "log\n"),
+    ("/tmp/t", "t\n"),
+];
+
+/// One 4 KiB block of the marker data in /big: a deleted file's blocks are found on the
+/// raw disk by comparing 4 KiB-aligned blocks with it.
+pub fn marker_block() -> Vec<u8> {
+    b"VIRT-PIPELINE-DELETED-DATA-MARKER\n".iter().cycle().take(4096).copied().collect()
+}
+
+/// Writes a tree into a fresh 256 MiB qcow2 disk (MBR, one ext4 partition), plus
+/// `marker_mb` MiB of marker blocks in /big, through an already launched handle's drive.
+fn fill_disk(g: &Guest, device: &str, files: &[(&str, &str)], marker_mb: usize) {
+    g.part_disk(device, "mbr").unwrap();
+    let part = format!("{device}1");
+    g.mkfs("ext4", &part).unwrap();
+    g.mount(&part, "/").unwrap();
+    for dir in ["/bin", "/usr/bin", "/etc", "/root", "/tmp", "/var/tmp"] {
+        g.mkdir_p(dir).unwrap();
+    }
+    for (path, content) in files {
+        let dir = &path[..path.rfind('/').unwrap()];
+        if !dir.is_empty() {
+            g.mkdir_p(dir).unwrap();
+        }
+        g.write(path, content.as_bytes()).unwrap();
+    }
+    if marker_mb > 0 {
+        let data: Vec<u8> = marker_block().iter().cycle().take(marker_mb << 20).copied().collect();
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), &data).unwrap();
+        g.upload(tmp.path(), "/big").unwrap();
+    }
+    g.umount_all().unwrap();
+}
+
+pub struct FakeImages {
+    pub debian: PathBuf,
+    pub fedora: PathBuf,
+}
+
+/// The fake Debian (with 64 MiB of marker blocks in /big) and Fedora disks, built in one
+/// appliance launch the first time any test asks.
+pub fn fake_images() -> &'static FakeImages {
+    static IMAGES: OnceLock<FakeImages> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = fixture_dir();
+        let images = FakeImages { debian: dir.join("fake-debian.qcow2"), fedora: dir.join("fake-fedora.qcow2") };
+        let done = dir.join("fake-images.done");
+        if done.exists() && images.debian.exists() && images.fedora.exists() {
+            return images;
+        }
+        for p in [&images.debian, &images.fedora] {
+            let st =
+                Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg("256M").status().unwrap();
+            assert!(st.success());
+        }
+        let g = Guest::new(accel(), None, false).unwrap();
+        for p in [&images.debian, &images.fedora] {
+            g.add_drive(Drive { path: p, format: "qcow2", readonly: false, discard: false }).unwrap();
+        }
+        g.launch().unwrap();
+        let devices = g.list_devices().unwrap();
+        fill_disk(&g, &devices[0], DEBIAN_FILES, 64);
+        fill_disk(&g, &devices[1], FEDORA_FILES, 0);
+        g.shutdown().unwrap();
+        std::fs::write(done, "").unwrap();
+        images
+    })
+}
+
+/// Opens disk images read-only in one appliance, mounted by inspection, to check results.
+pub fn open_readonly(images: &[&Path]) -> Guest {
+    let g = Guest::new(accel(), None, false).unwrap();
+    for p in images {
+        g.add_drive(Drive { path: p, format: "qcow2", readonly: true, discard: false }).unwrap();
+    }
+    g.launch().unwrap();
+    g
+}
+
+/// Mounts the filesystem of one of several disks at / (after unmounting whatever was).
+pub fn mount_disk(g: &Guest, index: usize) {
+    g.umount_all().unwrap();
+    let parts = g.list_partitions().unwrap();
+    g.mount_ro(&parts[index], "/").unwrap();
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Bytes allocated in a qcow2 chain (what a conversion would need to store).
+pub fn required_bytes(image: &Path) -> u64 {
+    let out = Command::new("qemu-img").args(["measure", "--output=json", "-O", "qcow2"]).arg(image).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["required"].as_u64().unwrap()
+}
+
+/// Whether any 4 KiB-aligned block of the image's guest data is a marker block.
+pub fn holds_marker(image: &Path) -> bool {
+    let raw = tempfile::NamedTempFile::new().unwrap();
+    let st = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(raw.path()).status().unwrap();
+    assert!(st.success());
+    let data = std::fs::read(raw.path()).unwrap();
+    let marker = marker_block();
+    data.chunks(4096).any(|c| c == marker.as_slice())
+}

@@ -1,0 +1,212 @@
+//! The customize and sysprep stages on small disks with fake Debian and Fedora trees, with
+//! real libguestfs: what each operation removes and keeps, zero-fill/fstrim freeing space,
+//! and `pipeline inspect`. Appliance launches are grouped; tests run one at a time.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const SEED_OPERATIONS: &str = "[\"abrt-data\", \"bash-history\", \"blkid-tab\", \"crash-data\", \"cron-spool\", \"dhcp-client-state\", \"hostname\", \"logfiles\", \"machine-id\", \"mail-spool\", \"net-hostname\", \"net-hwaddr\", \"pacct-log\", \"package-manager-cache\", \"puppet-data-log\", \"random-seed\", \"rpm-db\", \"ssh-hostkeys\", \"tmp-files\", \"udev-persistent-net\", \"utmp\", \"yum-uuid\"]";
+
+fn run_ok(dir: &Path, gnupg: &Path, args: &[&str]) -> String {
+    let out = pipeline(dir, gnupg, args);
+    assert!(out.status.success(), "pipeline {args:?} failed:\n{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn sysprep_and_customize_on_fake_debian_and_fedora() {
+    let images = fake_images();
+    let dir = tempfile::tempdir().unwrap();
+    let gnupg = gnupg_home(dir.path());
+    let work = dir.path().join("work");
+    let work = work.to_str().unwrap();
+
+    // Debian: customize (delete the 64 MiB file, write, append, mkdir, link, chmod,
+    // run-command, root password), then the seed's operation list with zero-fill and fstrim.
+    let debian = write_file(
+        dir.path(),
+        "debian.toml",
+        &format!(
+            r#"version = 1
+from = {{ image = "{}" }}
+[pipeline]
+name = "fake-debian"
+[values]
+Host = "web1.example.net"
+[[stages]]
+[stages.customize]
+steps = [
+  {{ delete = "/big" }},
+  {{ mkdir = "/opt/app" }},
+  {{ write = {{ path = "/opt/app/motd", content = "hello {{{{ Host }}}}\n" }} }},
+  {{ append_line = {{ path = "/etc/hosts", line = "10.0.0.1 db" }} }},
+  {{ link = {{ target = "/opt/app/motd", link = "/etc/motd" }} }},
+  {{ chmod = {{ mode = "0600", path = "/opt/app/motd" }} }},
+  {{ root_password = "password:s3cret" }},
+]
+[[stages]]
+[stages.sysprep]
+enable = {SEED_OPERATIONS}
+hostname = "{{{{ Host }}}}"
+zero_free_space = true
+fstrim = true
+"#,
+            images.debian.display()
+        ),
+    );
+    let debian_layer = run_ok(dir.path(), &gnupg, &["--work-dir", work, "run", debian.to_str().unwrap()]);
+
+    // Fedora: the default operation set.
+    let fedora = write_file(
+        dir.path(),
+        "fedora.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"fake-fedora\"\n[[stages]]\n[stages.sysprep]\n",
+            images.fedora.display()
+        ),
+    );
+    let fedora_layer = run_ok(dir.path(), &gnupg, &["--work-dir", work, "run", fedora.to_str().unwrap()]);
+
+    // The customize layer still holds /big's blocks; after sysprep's zero-fill + fstrim they
+    // read as zeros and take no space.
+    let plan = run_ok(dir.path(), &gnupg, &["--work-dir", work, "plan", debian.to_str().unwrap()]);
+    assert!(plan.lines().all(|l| l.contains("cached")), "{plan}");
+    let customize_key = plan.lines().nth(1).unwrap().split_whitespace().nth(2).unwrap().to_string();
+    let customize_layer = std::fs::read_dir(Path::new(work).join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with(&customize_key) && p.extension().unwrap() == "qcow2"
+        })
+        .unwrap();
+    let before = required_bytes(&customize_layer);
+    let after = required_bytes(Path::new(&debian_layer));
+    assert!(after + (48 << 20) < before, "zero-fill+fstrim should free the deleted 64 MiB: {before} -> {after}");
+    assert!(holds_marker(&customize_layer), "the deleted file's data is still on disk before sysprep");
+    assert!(!holds_marker(Path::new(&debian_layer)), "zero-free-space left deleted data readable");
+
+    let g = open_readonly(&[Path::new(&debian_layer), Path::new(&fedora_layer)]);
+    mount_disk(&g, 0);
+    let exists = |p: &str| g.exists(p).unwrap();
+    let read = |p: &str| g.read_string(p).unwrap();
+    for gone in [
+        "/big",
+        "/var/spool/abrt/crash1",
+        "/root/.bash_history",
+        "/home/u/.bash_history",
+        "/etc/blkid.tab",
+        "/var/crash/core.1",
+        "/var/spool/cron/crontabs/root",
+        "/var/lib/dhcp/dhclient.leases",
+        "/var/log/syslog",
+        "/var/log/apt/history.log",
+        "/var/log/journal/abc",
+        "/var/mail/root",
+        "/var/log/puppet/puppet.log",
+        "/var/cache/apt/archives/foo_1.0_amd64.deb",
+        "/etc/ssh/ssh_host_rsa_key",
+        "/etc/ssh/ssh_host_rsa_key.pub",
+        "/etc/ssh/ssh_host_ed25519_key",
+        "/etc/udev/rules.d/70-persistent-net.rules",
+        "/var/run/utmp",
+        "/tmp/t",
+        "/tmp/.hidden",
+        "/var/tmp/v",
+    ] {
+        assert!(!exists(gone), "{gone} should have been removed");
+    }
+    // Kept: what the seed's list does not name, and what the operations must not touch.
+    for kept in [
+        "/etc/passwd",
+        "/etc/passwd-",
+        "/etc/foo.conf.bak",
+        "/etc/ssh/sshd_config",
+        "/home/u/.profile",
+        "/root/.ssh/authorized_keys",
+        "/var/cache/apt/archives/partial",
+        "/var/log/apt",
+        "/tmp",
+    ] {
+        assert!(exists(kept), "{kept} should have been kept");
+    }
+    assert_eq!(read("/var/spool/cron/atjobs/.SEQ"), "00000\n");
+    assert_eq!(read("/var/log/account/pacct"), "", "pacct is emptied, not removed");
+    assert_eq!(read("/etc/machine-id"), "", "machine-id stays empty so clones differ");
+    assert_eq!(read("/etc/hostname"), "web1.example.net\n");
+    assert!(read("/etc/hosts").contains("127.0.1.1\tweb1.example.net web1"), "{}", read("/etc/hosts"));
+    let seed = g.read_file("/var/lib/systemd/random-seed").unwrap();
+    assert_eq!(seed.len(), 512);
+    assert!(seed.iter().any(|&b| b != 0));
+    assert!(read("/etc/systemd/system/regenerate-ssh-host-keys.service").contains("ssh-keygen -A"));
+    assert!(g.is_symlink("/etc/systemd/system/multi-user.target.wants/regenerate-ssh-host-keys.service").unwrap());
+    // The customize steps, in order.
+    assert_eq!(read("/opt/app/motd"), "hello web1.example.net\n");
+    assert!(read("/etc/hosts").ends_with("10.0.0.1 db\n"));
+    assert!(g.is_symlink("/etc/motd").unwrap());
+    assert_eq!(g.lstat_mode("/opt/app/motd").unwrap() & 0o777, 0o600);
+    let root = read("/etc/shadow").lines().next().unwrap().to_string();
+    assert!(root.starts_with("root:$6$"), "{root}");
+
+    // Fedora with the default set.
+    mount_disk(&g, 1);
+    let ifcfg = g.read_string("/etc/sysconfig/network-scripts/ifcfg-eth0").unwrap();
+    assert!(!ifcfg.contains("HWADDR") && !ifcfg.contains("HOSTNAME"), "{ifcfg}");
+    assert!(ifcfg.contains("BOOTPROTO=dhcp") && ifcfg.contains("DEVICE=eth0"), "{ifcfg}");
+    for gone in [
+        "/etc/NetworkManager/system-connections/eth0.nmconnection",
+        "/var/lib/rpm/__db.001",
+        "/root/.ssh",
+        "/etc/passwd-",
+        "/etc/shadow-",
+        "/etc/foo.conf.bak",
+        "/var/cache/dnf/metadata.solv",
+        "/var/log/messages",
+        "/tmp/t",
+    ] {
+        assert!(!g.exists(gone).unwrap(), "fedora: {gone} should have been removed");
+    }
+    for kept in ["/var/lib/rpm/rpmdb.sqlite", "/etc/passwd", "/etc/shadow"] {
+        assert!(g.exists(kept).unwrap(), "fedora: {kept} should have been kept");
+    }
+    assert_eq!(g.read_string("/etc/machine-id").unwrap(), "");
+    assert_eq!(g.read_string("/var/account/pacct").unwrap(), "");
+    assert_eq!(g.read_string("/etc/hostname").unwrap(), "localhost.localdomain\n");
+    g.shutdown().unwrap();
+}
+
+#[test]
+fn inspect_reports_the_distribution() {
+    let images = fake_images();
+    let dir = tempfile::tempdir().unwrap();
+    let gnupg = gnupg_home(dir.path());
+    let out = run_ok(dir.path(), &gnupg, &["inspect", "--json", images.fedora.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["distro"], "fedora");
+    assert_eq!(v["major_version"], 39);
+    assert_eq!(v["package_format"], "rpm");
+    assert_eq!(v["mountpoints"][0][0], "/");
+}
+
+#[test]
+fn list_operations_covers_virt_sysprep_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_ok(dir.path(), dir.path(), &["sysprep", "--list-operations"]);
+    // virt-sysprep --list-operations is the reference where it is installed.
+    let reference = std::process::Command::new("virt-sysprep").arg("--list-operations").output();
+    let reference = match reference {
+        Ok(r) if r.status.success() => String::from_utf8_lossy(&r.stdout).into_owned(),
+        _ => panic!("virt-sysprep is needed as the reference (scripts/install-deps installs it)"),
+    };
+    for line in reference.lines() {
+        let mut parts = line.split_whitespace();
+        let (name, marker) = (parts.next().unwrap(), parts.next().unwrap());
+        if marker == "*" && name != "customize" && name != "script" {
+            assert!(out.lines().any(|l| l.starts_with(&format!("{name} *"))), "default operation {name} is missing");
+        }
+    }
+    for seed_only in ["hostname *", "random-seed *"] {
+        assert!(out.contains(seed_only), "{seed_only}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Publish into a signed repository, serve it, and let the real virt-builder judge it:
+//! `--list`, a download with signature and sha512 checks, virt-index-validate; tampering
+//! makes both `pipeline repo verify` and virt-builder refuse.
+
+mod common;
+
+use common::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the server must shut down cleanly on it.
+        unsafe_free_kill(self.0.id());
+        let _ = self.0.wait();
+    }
+}
+
+fn unsafe_free_kill(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+fn serve(dir: &Path) -> (Server, String) {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(bin())
+        .args(["serve", dir.to_str().unwrap(), "--listen", &addr])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (Server(child), format!("http://{addr}"))
+}
+
+/// virt-builder isolated from the system's repositories (unreachable here) and caches.
+fn virt_builder(home: &Path, gnupg: &Path, args: &[&str]) -> std::process::Output {
+    let empty = home.join("vb-empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    accel();
+    let out = Command::new("virt-builder")
+        .args(args)
+        .env("VIRT_BUILDER_DIRS", &empty)
+        .env("XDG_CACHE_HOME", home.join("vb-cache"))
+        .env("XDG_CONFIG_HOME", home.join("vb-config"))
+        .env("GNUPGHOME", gnupg)
+        .output()
+        .unwrap();
+    eprintln!("$ virt-builder {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn publish_pipeline(dir: &Path, image: &Path, repo: &Path) -> PathBuf {
+    write_file(
+        dir,
+        "publish.toml",
+        &format!(
+            r#"version = 1
+from = {{ image = "{}" }}
+[pipeline]
+name = "fake-debian-publish"
+[[stages]]
+[stages.publish]
+repo = "{}"
+name = "fake-debian"
+long_name = "Fake Debian 12"
+osinfo = "debian12"
+expand = "/dev/sda1"
+notes = """Test image.
+Second line of notes."""
+"#,
+            image.display(),
+            repo.display()
+        ),
+    )
+}
+
+#[test]
+fn published_repository_served_and_accepted_by_virt_builder() {
+    let images = fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let repo = dir.join("repo");
+    let work = dir.join("work");
+    let file = publish_pipeline(dir, &images.debian, &repo);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--work-dir", work.to_str().unwrap(), "run", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        pipeline(dir, &gnupg, &args)
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fpr = std::fs::read_to_string(repo.join("signing-key.fpr")).unwrap().trim().to_string();
+    assert!(repo.join("repo.asc").exists() && repo.join("repo.conf").exists());
+    let conf = std::fs::read_to_string(repo.join("repo.conf")).unwrap();
+    assert!(conf.contains("uri=file://") && conf.contains("gpgkey=file://"), "{conf}");
+
+    // Nothing changed: the publish stage is reused and the revision stays.
+    let plan = pipeline(dir, &gnupg, &["--work-dir", work.to_str().unwrap(), "plan", file.to_str().unwrap()]);
+    assert!(stdout(&plan).lines().all(|l| l.contains("cached")), "{}", stdout(&plan));
+    let verify = pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let index = std::fs::read_to_string(repo.join("index")).unwrap();
+    assert!(index.contains("revision=1") && index.contains("file=fake-debian-r1.xz"), "{index}");
+    assert!(index.contains("notes=Test image.\n Second line of notes."), "{index}");
+
+    // The xz file is made of 16 MiB blocks xz itself reads.
+    let st = Command::new("xz").args(["-t"]).arg(repo.join("fake-debian-r1.xz")).status().unwrap();
+    assert!(st.success());
+    let validate = Command::new("virt-index-validate").arg(repo.join("index")).output().unwrap();
+    assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
+
+    let (_server, url) = serve(&repo);
+    let index_url = format!("{url}/index.asc");
+    let http = reqwest::blocking::Client::new();
+    let resp = http.get(&index_url).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let etag = resp.headers()["etag"].to_str().unwrap().to_string();
+    assert!(resp.headers().contains_key("last-modified"));
+    let len: usize = resp.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    assert_eq!(len, resp.bytes().unwrap().len());
+    let ranged = http.get(&index_url).header("Range", "bytes=0-9").send().unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(ranged.bytes().unwrap().len(), 10);
+    let cached = http.get(&index_url).header("If-None-Match", &etag).send().unwrap();
+    assert_eq!(cached.status(), 304);
+    assert_eq!(http.head(&index_url).send().unwrap().status(), 200);
+    for hidden in ["/.lock", "/../repo/index", "/%2e%2e/work", "/"] {
+        assert_eq!(http.get(format!("{url}{hidden}")).send().unwrap().status(), 404, "{hidden}");
+    }
+
+    let vb_home = dir.join("vb");
+    let list = virt_builder(&vb_home, &gnupg, &["--source", &index_url, "--fingerprint", &fpr, "--list"]);
+    assert!(list.status.success());
+    assert!(String::from_utf8_lossy(&list.stdout).contains("fake-debian"), "the entry is listed");
+    let out_img = dir.join("out.img");
+    let build = virt_builder(
+        &vb_home,
+        &gnupg,
+        &["--source", &index_url, "--fingerprint", &fpr, "--no-cache", "fake-debian", "-o", out_img.to_str().unwrap(), "--format", "raw"],
+    );
+    assert!(build.status.success(), "virt-builder accepts signature, checksum and xz");
+    assert_eq!(std::fs::metadata(&out_img).unwrap().len(), 256 << 20);
+
+    // Tampered image: one byte changed.
+    let image_file = repo.join("fake-debian-r1.xz");
+    let original = std::fs::read(&image_file).unwrap();
+    let mut bad = original.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&image_file, &bad).unwrap();
+    let verify = pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(stderr(&verify).contains("sha512"), "{}", stderr(&verify));
+    let refused = virt_builder(
+        &vb_home,
+        &gnupg,
+        &["--source", &index_url, "--fingerprint", &fpr, "--no-cache", "fake-debian", "-o", dir.join("bad.img").to_str().unwrap()],
+    );
+    assert!(!refused.status.success(), "virt-builder must refuse a tampered image");
+    std::fs::write(&image_file, &original).unwrap();
+
+    // Tampered index: the signed text changed.
+    let asc = std::fs::read_to_string(repo.join("index.asc")).unwrap();
+    std::fs::write(repo.join("index.asc"), asc.replace("revision=1", "revision=7")).unwrap();
+    let verify = pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    assert!(!verify.status.success() && stderr(&verify).contains("signature"), "{}", stderr(&verify));
+    let refused = virt_builder(&vb_home, &gnupg, &["--source", &index_url, "--fingerprint", &fpr, "--list"]);
+    assert!(!refused.status.success(), "virt-builder must refuse a tampered index");
+    std::fs::write(repo.join("index.asc"), asc).unwrap();
+
+    // Missing file.
+    std::fs::rename(&image_file, dir.join("moved.xz")).unwrap();
+    let verify = pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    assert!(!verify.status.success() && stderr(&verify).contains("fake-debian-r1.xz"), "{}", stderr(&verify));
+    std::fs::rename(dir.join("moved.xz"), &image_file).unwrap();
+
+    // Republishing bumps the revision and keeps the old file until pruned.
+    let out = run(&["--no-cache"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let index = std::fs::read_to_string(repo.join("index")).unwrap();
+    assert!(index.contains("revision=2"), "{index}");
+    assert!(repo.join("fake-debian-r1.xz").exists());
+    let prune = pipeline(dir, &gnupg, &["repo", "prune", repo.to_str().unwrap(), "--keep", "1"]);
+    assert!(prune.status.success());
+    assert!(!repo.join("fake-debian-r1.xz").exists() && repo.join("fake-debian-r2.xz").exists());
+    let list = pipeline(dir, &gnupg, &["repo", "list", repo.to_str().unwrap()]);
+    assert!(stdout(&list).contains("fake-debian") && stdout(&list).contains("r2"));
+    let remove = pipeline(dir, &gnupg, &["repo", "remove", repo.to_str().unwrap(), "fake-debian"]);
+    assert!(remove.status.success());
+    assert!(!repo.join("fake-debian-r2.xz").exists());
+    let verify = pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    assert!(verify.status.success(), "an empty signed index verifies");
+}
+
+#[test]
+fn bad_publish_input_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let img = dir.join("x.qcow2");
+    Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg("16M").status().unwrap();
+    let file = write_file(
+        dir,
+        "p.toml",
+        &format!("version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"../evil\"\n", img.display()),
+    );
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("stages[0].publish.name"), "{}", stderr(&out));
+    assert!(!dir.join("repo").exists(), "no repository was created");
+    assert!(!dir.join("work/layers").exists() || std::fs::read_dir(dir.join("work/layers")).unwrap().count() <= 1);
+}
