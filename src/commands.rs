@@ -88,6 +88,8 @@ fn run_command(
     sign_key: Option<String>,
 ) -> Result<()> {
     let p = load_checked(&args.file, &args.sets)?;
+    // Ctrl-C and SIGTERM stop VMs and remove temporary layers instead of killing us mid-write.
+    crate::interrupt::install_handler();
     let ui = Ui::new(g.verbose);
     let engine = Engine::new(settings(g, offline, sign_key)?, options, &ui)?;
     let layer = run_pipeline(&p, &engine, 0)?;

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod guest;
 pub mod image;
+pub mod interrupt;
 pub mod pipeline;
 pub mod repo;
 pub mod stages;

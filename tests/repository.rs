@@ -53,7 +53,12 @@ fn virt_builder(home: &Path, gnupg: &Path, args: &[&str]) -> std::process::Outpu
         .env("GNUPGHOME", gnupg)
         .output()
         .unwrap();
-    eprintln!("$ virt-builder {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "$ virt-builder {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -145,7 +150,18 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let build = virt_builder(
         &vb_home,
         &gnupg,
-        &["--source", &index_url, "--fingerprint", &fpr, "--no-cache", "fake-debian", "-o", out_img.to_str().unwrap(), "--format", "raw"],
+        &[
+            "--source",
+            &index_url,
+            "--fingerprint",
+            &fpr,
+            "--no-cache",
+            "fake-debian",
+            "-o",
+            out_img.to_str().unwrap(),
+            "--format",
+            "raw",
+        ],
     );
     assert!(build.status.success(), "virt-builder accepts signature, checksum and xz");
     assert_eq!(std::fs::metadata(&out_img).unwrap().len(), 256 << 20);
@@ -163,7 +179,16 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let refused = virt_builder(
         &vb_home,
         &gnupg,
-        &["--source", &index_url, "--fingerprint", &fpr, "--no-cache", "fake-debian", "-o", dir.join("bad.img").to_str().unwrap()],
+        &[
+            "--source",
+            &index_url,
+            "--fingerprint",
+            &fpr,
+            "--no-cache",
+            "fake-debian",
+            "-o",
+            dir.join("bad.img").to_str().unwrap(),
+        ],
     );
     assert!(!refused.status.success(), "virt-builder must refuse a tampered image");
     std::fs::write(&image_file, &original).unwrap();

@@ -35,6 +35,19 @@ impl Pipeline {
             self.dir.join(p)
         }
     }
+
+    /// A file the pipeline names (a preseed, a kickstart), rendered through the templates
+    /// like every string of the pipeline file. `at` names the key, for errors.
+    pub fn render_file(&self, path: &str, at: &str) -> Result<String> {
+        let full = self.resolve(path);
+        let text = std::fs::read_to_string(&full)
+            .map_err(|e| bad_input!("{}: {at}: cannot read {}: {e}", self.path.display(), full.display()))?;
+        let values = toml::Value::Table(self.file.values.clone());
+        let env = toml::Value::try_from(&self.file.env).unwrap_or(toml::Value::Table(Default::default()));
+        template::Context::new(&values, &env)
+            .render(&text, &format!("{at} ({})", full.display()))
+            .map_err(|e| bad_input!("{}: {e}", self.path.display()))
+    }
 }
 
 pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {

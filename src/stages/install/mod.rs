@@ -3,6 +3,8 @@
 
 pub mod debootstrap;
 pub mod image;
+pub mod netboot;
+pub mod stall;
 
 use crate::bad_input;
 use crate::engine::stage::Stage;
@@ -26,9 +28,8 @@ pub fn build(config: &InstallConfig, pipeline: &Pipeline, at: &str) -> Result<Bo
         InstallConfig::Debootstrap(c) => {
             Box::new(debootstrap::DebootstrapStage::new(c.clone(), &pipeline.dir, &where_)?)
         }
-        InstallConfig::Netboot(_) | InstallConfig::Iso(_) => {
-            return Err(bad_input!("{where_}: this install method is not available in this build"))
-        }
+        InstallConfig::Netboot(c) => Box::new(netboot::NetbootStage::new(c.clone(), false, pipeline, at)?),
+        InstallConfig::Iso(c) => Box::new(netboot::NetbootStage::new(c.clone(), true, pipeline, at)?),
     })
 }
 

@@ -1,0 +1,376 @@
+//! `method = "netboot"` and `method = "iso"`: the distribution's installer booted with its
+//! answers file (preseed or kickstart) injected into the initrd, the serial console captured
+//! to the stage log, until the installer powers the VM off. An installer stuck at a question
+//! is stopped after `stall_timeout` with the question in the error.
+
+use super::stall;
+use crate::bad_input;
+use crate::download;
+use crate::engine::log::StageLog;
+use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::image::{initrd, qemu_img};
+use crate::pipeline::{NetbootConfig, Pipeline};
+use crate::vm::qemu::{Vm, VmConfig};
+use anyhow::{bail, Context, Result};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Where installer trees keep kernel and initrd, relative to `location`, in the order tried.
+const TREE_LAYOUTS: &[(&str, &str)] = &[
+    ("linux", "initrd.gz"),
+    ("current/images/netboot/debian-installer/amd64/linux", "current/images/netboot/debian-installer/amd64/initrd.gz"),
+    ("current/images/netboot/ubuntu-installer/amd64/linux", "current/images/netboot/ubuntu-installer/amd64/initrd.gz"),
+    ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img"),
+];
+
+/// Kernel and initrd inside installer ISOs, per distribution family, in the order tried.
+const ISO_LAYOUTS: &[(&str, &str)] = &[
+    ("/install.amd/vmlinuz", "/install.amd/initrd.gz"),
+    ("/install/vmlinuz", "/install/initrd.gz"),
+    ("/casper/vmlinuz", "/casper/initrd"),
+    ("/images/pxeboot/vmlinuz", "/images/pxeboot/initrd.img"),
+    ("/isolinux/vmlinuz", "/isolinux/initrd.img"),
+];
+
+/// Checksum lists an installer tree may carry: (path relative to the tree, algorithm).
+const CHECKSUM_FILES: &[(&str, &str)] =
+    &[("current/images/SHA256SUMS", "sha256"), ("current/images/MD5SUMS", "md5"), ("SHA256SUMS", "sha256")];
+
+pub struct NetbootStage {
+    config: NetbootConfig,
+    iso: bool,
+    /// The answers file, rendered: (name in the initrd, content).
+    answers: Option<(String, String)>,
+    injected: Vec<PathBuf>,
+    base_dir: PathBuf,
+    cmdline: String,
+}
+
+impl NetbootStage {
+    pub fn new(config: NetbootConfig, iso: bool, pipeline: &Pipeline, at: &str) -> Result<NetbootStage> {
+        let shown = pipeline.path.display();
+        let answers = match (&config.preseed, &config.kickstart) {
+            (Some(_), Some(_)) => return Err(bad_input!("{shown}: {at}: give preseed or kickstart, not both")),
+            (Some(p), None) => Some(("preseed.cfg".to_string(), pipeline.render_file(p, &format!("{at}.preseed"))?)),
+            (None, Some(k)) => Some(("ks.cfg".to_string(), pipeline.render_file(k, &format!("{at}.kickstart"))?)),
+            (None, None) => None,
+        };
+        match (iso, &config.location, &config.iso, &config.kernel, &config.initrd) {
+            (false, None, _, None, _) | (false, None, _, _, None) => {
+                return Err(bad_input!("{shown}: {at}: netboot needs `location`, or `kernel` and `initrd`"))
+            }
+            (true, _, None, _, _) => return Err(bad_input!("{shown}: {at}: method iso needs `iso`")),
+            _ => {}
+        }
+        for (key, value) in [
+            ("kernel", &config.kernel),
+            ("initrd", &config.initrd),
+            ("iso", &config.iso),
+            ("location", &config.location),
+        ] {
+            if let Some(v) = value {
+                let inside_iso = iso && (key == "kernel" || key == "initrd");
+                if !download::is_url(v) && !inside_iso && !pipeline.resolve(v).exists() {
+                    return Err(bad_input!("{shown}: {at}.{key}: {} does not exist", pipeline.resolve(v).display()));
+                }
+            }
+        }
+        let mut injected = Vec::new();
+        for (i, f) in config.inject.iter().enumerate() {
+            let p = pipeline.resolve(f);
+            if !p.is_file() {
+                return Err(bad_input!("{shown}: {at}.inject[{i}]: {} does not exist", p.display()));
+            }
+            injected.push(p);
+        }
+        for (key, value) in [("disk_size", &config.disk_size), ("memory", &config.memory)] {
+            if qemu_img::parse_size(value).is_none() {
+                return Err(bad_input!("{shown}: {at}.{key}: `{value}` is not a size such as 4G"));
+            }
+        }
+        for (key, value) in [("timeout", &config.timeout), ("stall_timeout", &config.stall_timeout)] {
+            humantime::parse_duration(value)
+                .map_err(|e| bad_input!("{shown}: {at}.{key}: `{value}` is not a duration such as 5m: {e}"))?;
+        }
+        let cmdline = kernel_cmdline(&config.extra_args, config.kickstart.is_some());
+        Ok(NetbootStage { config, iso, answers, injected, base_dir: pipeline.dir.clone(), cmdline })
+    }
+
+    fn local_inputs(&self) -> Vec<PathBuf> {
+        let mut files = self.injected.clone();
+        for v in [&self.config.kernel, &self.config.initrd, &self.config.iso].into_iter().flatten() {
+            let p = self.base_dir.join(v);
+            if !download::is_url(v) && p.is_file() {
+                files.push(p);
+            }
+        }
+        if let Some(loc) = &self.config.location {
+            if !download::is_url(loc) {
+                if let Ok((k, i)) = find_in_tree_dir(&self.base_dir.join(loc)) {
+                    files.extend([k, i]);
+                }
+            }
+        }
+        files
+    }
+
+    /// Kernel and initrd as local files.
+    fn boot_files(&self, ctx: &StageContext, scratch: &Path) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
+        let cache = ctx.settings.work_dir.join("downloads");
+        let fetch = |s: &str| download::local_or_fetch(s, &self.base_dir, &cache, ctx.settings.offline, ctx.ui);
+        if self.iso {
+            let iso = fetch(self.config.iso.as_deref().expect("checked in new"))?;
+            let (k, i) = extract_from_iso(
+                &iso,
+                self.config.kernel.as_deref(),
+                self.config.initrd.as_deref(),
+                scratch,
+                &ctx.log,
+            )?;
+            return Ok((k, i, Some(iso)));
+        }
+        if let (Some(k), Some(i)) = (&self.config.kernel, &self.config.initrd) {
+            return Ok((fetch(k)?, fetch(i)?, None));
+        }
+        let location = self.config.location.as_deref().expect("checked in new");
+        if !download::is_url(location) {
+            let (k, i) = find_in_tree_dir(&self.base_dir.join(location))?;
+            return Ok((k, i, None));
+        }
+        let base = location.trim_end_matches('/');
+        for (k, i) in TREE_LAYOUTS {
+            let (ku, iu) = (format!("{base}/{k}"), format!("{base}/{i}"));
+            let Ok(kernel) = fetch(&ku) else { continue };
+            let initrd = fetch(&iu)?;
+            verify_tree_checksums(base, &[(k, &kernel), (i, &initrd)], ctx)?;
+            return Ok((kernel, initrd, None));
+        }
+        bail!(
+            "{location}: no installer kernel found (tried {})",
+            TREE_LAYOUTS.iter().map(|l| l.0).collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+/// The kernel command line: `extra_args`, plus the kickstart location and a serial console
+/// (the stage watches it) when they are missing.
+pub fn kernel_cmdline(extra_args: &str, kickstart: bool) -> String {
+    let mut args = extra_args.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    if kickstart && !args.iter().any(|a| a.starts_with("inst.ks=") || a.starts_with("ks=")) {
+        args.push("inst.ks=file:/ks.cfg".into());
+    }
+    if !args.iter().any(|a| a.starts_with("console=ttyS0")) {
+        args.push("console=ttyS0,115200".into());
+    }
+    args.join(" ")
+}
+
+fn find_in_tree_dir(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    for (k, i) in TREE_LAYOUTS {
+        let (k, i) = (dir.join(k), dir.join(i));
+        if k.is_file() && i.is_file() {
+            return Ok((k, i));
+        }
+    }
+    bail!(
+        "{}: no installer kernel and initrd found (looked for linux + initrd.gz and the usual tree layouts)",
+        dir.display()
+    )
+}
+
+/// Checks downloaded files against the tree's SHA256SUMS or MD5SUMS where it has one.
+fn verify_tree_checksums(base: &str, files: &[(&&str, &PathBuf)], ctx: &StageContext) -> Result<()> {
+    for (list, algo) in CHECKSUM_FILES {
+        let url = format!("{base}/{list}");
+        let Ok(text) = download::read_small(
+            &url,
+            Path::new("."),
+            &ctx.settings.work_dir.join("downloads"),
+            ctx.settings.offline,
+            ctx.ui,
+        ) else {
+            continue;
+        };
+        let list_dir = list.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        for (rel, path) in files {
+            let rel = rel.strip_prefix(list_dir.as_str()).unwrap_or(rel);
+            let Some(want) = text.lines().find_map(|l| {
+                let (sum, name) = l.split_once(char::is_whitespace)?;
+                (name.trim().trim_start_matches("./") == rel).then(|| sum.to_string())
+            }) else {
+                bail!("{url} does not list {rel}; refusing an unverified installer");
+            };
+            let data = std::fs::read(path)?;
+            let got =
+                if *algo == "sha256" { hex::encode(Sha256::digest(&data)) } else { hex::encode(Md5::digest(&data)) };
+            if got != want {
+                let _ = std::fs::remove_file(path);
+                bail!("{rel}: {algo} {got} does not match {url} ({want})");
+            }
+            ctx.log.line(format!("{rel}: {algo} matches {url}"));
+        }
+        return Ok(());
+    }
+    ctx.log.line(format!("{base}: no checksum list found; files not verified"));
+    Ok(())
+}
+
+/// Kernel and initrd copied out of an installer ISO: the named ones, or the first of the
+/// well-known locations the ISO has.
+pub fn extract_from_iso(
+    iso: &Path,
+    kernel: Option<&str>,
+    initrd: Option<&str>,
+    scratch: &Path,
+    log: &StageLog,
+) -> Result<(PathBuf, PathBuf)> {
+    let candidates: Vec<(&str, &str)> = match (kernel, initrd) {
+        (Some(k), Some(i)) => vec![(k, i)],
+        _ => ISO_LAYOUTS.to_vec(),
+    };
+    for (k, i) in candidates {
+        let (kout, iout) = (scratch.join("iso-kernel"), scratch.join("iso-initrd"));
+        let ok = Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(iso)
+            .args(["-extract", k])
+            .arg(&kout)
+            .args(["-extract", i])
+            .arg(&iout)
+            .output()
+            .context("cannot run xorriso (install xorriso)")?
+            .status
+            .success();
+        if ok && kout.is_file() && iout.is_file() {
+            log.line(format!("{}: kernel {k}, initrd {i}", iso.display()));
+            return Ok((kout, iout));
+        }
+    }
+    bail!("{}: no installer kernel found on the ISO; name it with `kernel` and `initrd`", iso.display())
+}
+
+impl Stage for NetbootStage {
+    fn kind(&self) -> &'static str {
+        "install"
+    }
+
+    fn layer_kind(&self) -> LayerKind {
+        LayerKind::Base
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "method": if self.iso { "iso" } else { "netboot" },
+            "config": self.config,
+            "answers": self.answers,
+            "cmdline": self.cmdline,
+        })
+    }
+
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.local_inputs()
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
+        let scratch = tempfile::Builder::new().prefix("netboot-").tempdir_in(&ctx.settings.work_dir)?;
+        ctx.bar.set_message("fetching the installer");
+        let (kernel, original_initrd, cdrom) = self.boot_files(ctx, scratch.path())?;
+        let mut members = Vec::new();
+        if let Some((name, content)) = &self.answers {
+            members.push(initrd::Member { name: name.clone(), data: content.clone().into_bytes() });
+        }
+        for f in &self.injected {
+            let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            members.push(initrd::Member { name, data: std::fs::read(f)? });
+        }
+        let initrd_path = scratch.path().join("initrd");
+        initrd::append_members(&original_initrd, &members, &initrd_path)?;
+        ctx.log.line(format!("initrd: {} + {} injected file(s)", original_initrd.display(), members.len()));
+        ctx.log.line(format!("kernel command line: {}", self.cmdline));
+
+        qemu_img::create_blank(&ctx.output, &self.config.disk_size)?;
+        let mut vm_config = VmConfig::new(ctx.settings.accel);
+        vm_config.memory = self.config.memory.clone();
+        vm_config.cpus = self.config.cpus;
+        vm_config.disks.push((ctx.output.clone(), "qcow2".into()));
+        vm_config.cdrom = cdrom;
+        vm_config.kernel = Some((kernel, initrd_path, self.cmdline.clone()));
+        vm_config.no_reboot = true;
+        let console = scratch.path().join("console.log");
+        let mut vm = Vm::start(&vm_config, &console)?;
+        let timeout = humantime::parse_duration(&self.config.timeout)?;
+        let stall = humantime::parse_duration(&self.config.stall_timeout)?;
+        watch(&mut vm, timeout, stall, ctx)
+    }
+}
+
+/// Follows the installer until it powers off, copying its console into the log.
+fn watch(vm: &mut Vm, timeout: Duration, stall: Duration, ctx: &StageContext) -> Result<StageResult> {
+    let mut logged = 0usize;
+    // The question on screen and since when: the clock in d-i's status bar keeps the
+    // console changing, so the stall is measured on the question itself.
+    let mut waiting: Option<(String, Instant)> = None;
+    loop {
+        crate::interrupt::check()?;
+        let text = vm.console_text();
+        if text.len() > logged {
+            let new = stall::strip_escapes(&text[logged..]);
+            // Log whole lines only; the rest waits for its newline.
+            if let Some(end) = new.rfind('\n') {
+                for line in new[..end].lines().filter(|l| !l.trim().is_empty()) {
+                    ctx.log.line(format!("console: {line}"));
+                    ctx.bar.set_message(line.trim().to_string());
+                }
+                logged += text[logged..].rfind('\n').map(|i| i + 1).unwrap_or(0);
+            }
+        }
+        if let Some(status) = vm.try_exit()? {
+            if status.success() {
+                ctx.log.line("the installer powered the VM off");
+                return Ok(StageResult::default());
+            }
+            bail!("qemu failed ({status}): {}", vm.stderr().trim());
+        }
+        waiting = match (stall::waiting_question(&text), waiting.take()) {
+            (Some(q), Some((prev, since))) if q == prev => {
+                if since.elapsed() >= stall {
+                    vm.kill();
+                    ctx.log.line(format!("console (waiting at a question): {q}"));
+                    bail!("installer is waiting for an answer (no progress for {}s):\n{q}", stall.as_secs());
+                }
+                Some((prev, since))
+            }
+            (Some(q), _) => Some((q, Instant::now())),
+            (None, _) => None,
+        };
+        if vm.started.elapsed() >= timeout {
+            vm.kill();
+            bail!(
+                "the install did not finish within {}; last console lines:\n{}",
+                humantime::format_duration(timeout),
+                crate::vm::qemu::tail(&stall::strip_escapes(&text), 15)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_gets_console_and_kickstart() {
+        assert_eq!(
+            kernel_cmdline("auto url=file:///preseed.cfg", false),
+            "auto url=file:///preseed.cfg console=ttyS0,115200"
+        );
+        assert_eq!(kernel_cmdline("console=ttyS0,115200 quiet", false), "console=ttyS0,115200 quiet");
+        assert_eq!(kernel_cmdline("inst.text", true), "inst.text inst.ks=file:/ks.cfg console=ttyS0,115200");
+        assert_eq!(kernel_cmdline("inst.ks=http://x/ks.cfg", true), "inst.ks=http://x/ks.cfg console=ttyS0,115200");
+    }
+}
