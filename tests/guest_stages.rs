@@ -58,16 +58,27 @@ fstrim = true
     );
     let debian_layer = run_ok(dir.path(), &gnupg, &["--work-dir", work, "run", debian.to_str().unwrap()]);
 
-    // Fedora: the default operation set.
+    // Fedora: the default operation set; its 1 KiB-block filesystem is zero-filled the
+    // classic way before the trim.
     let fedora = write_file(
         dir.path(),
         "fedora.toml",
         &format!(
-            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"fake-fedora\"\n[[stages]]\n[stages.sysprep]\n",
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"fake-fedora\"\n[[stages]]\n[stages.sysprep]\nzero_free_space = true\nfstrim = true\n",
             images.fedora.display()
         ),
     );
-    let fedora_layer = run_ok(dir.path(), &gnupg, &["--work-dir", work, "run", fedora.to_str().unwrap()]);
+    let logs = dir.path().join("logs");
+    let fedora_layer = run_ok(
+        dir.path(),
+        &gnupg,
+        &["--work-dir", work, "run", fedora.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()],
+    );
+    let fedora_log =
+        std::fs::read_dir(logs.join("fake-fedora")).unwrap().next().unwrap().unwrap().path().join("02-sysprep.log");
+    let fedora_log = std::fs::read_to_string(fedora_log).unwrap();
+    assert!(fedora_log.contains("zero-free-space / (ext4, 1024-byte blocks)"), "small blocks are zero-filled");
+    assert!(fedora_log.contains("fstrim / (ext4, 1024-byte blocks)"));
 
     // The customize layer still holds /big's blocks; after sysprep's zero-fill + fstrim they
     // read as zeros and take no space.

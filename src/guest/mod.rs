@@ -274,8 +274,30 @@ impl Guest {
     }
 
     pub fn mkfs(&self, fstype: &str, device: &str) -> Result<()> {
+        self.mkfs_with_block_size(fstype, device, None)
+    }
+
+    /// mkfs with an explicit block size (mke2fs picks 1 KiB blocks for small filesystems).
+    pub fn mkfs_with_block_size(&self, fstype: &str, device: &str, block_size: Option<u32>) -> Result<()> {
         let (f, d) = (cstring("mkfs", fstype)?, cstring("mkfs", device)?);
-        self.check("mkfs", unsafe { sys::guestfs_mkfs(self.g, f.as_ptr(), d.as_ptr()) })
+        let mut opts: sys::guestfs_mkfs_opts_argv = unsafe { std::mem::zeroed() };
+        if let Some(bs) = block_size {
+            opts.bitmask = 1 << sys::GUESTFS_MKFS_OPTS_BLOCKSIZE;
+            opts.blocksize = bs as c_int;
+        }
+        self.check("mkfs", unsafe { sys::guestfs_mkfs_opts_argv(self.g, f.as_ptr(), d.as_ptr(), &opts) })
+    }
+
+    /// The block size of the filesystem mounted at `path`.
+    pub fn block_size(&self, path: &str) -> Result<u64> {
+        let p = cstring("statvfs", path)?;
+        let st = unsafe { sys::guestfs_statvfs(self.g, p.as_ptr()) };
+        if st.is_null() {
+            return Err(self.error("statvfs"));
+        }
+        let bsize = unsafe { (*st).bsize } as u64;
+        unsafe { sys::guestfs_free_statvfs(st) };
+        Ok(bsize)
     }
 
     pub fn vfs_uuid(&self, mountable: &str) -> Result<String> {

@@ -121,6 +121,7 @@ pub const FEDORA_FILES: &[(&str, &str)] = &[
     ("/etc/NetworkManager/system-connections/eth0.nmconnection", "[connection]\n"),
     ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
     ("/root/.ssh/authorized_keys", "ssh-ed25519 AAAA test\n"),
+    ("/usr/bin/dnf", "#!/usr/bin/python3\n"),
     ("/var/lib/rpm/__db.001", "db\n"),
     ("/var/lib/rpm/rpmdb.sqlite", "rpmdb\n"),
     ("/var/account/pacct", "acct\n"),
@@ -137,10 +138,10 @@ pub fn marker_block() -> Vec<u8> {
 
 /// Writes a tree into a fresh 256 MiB qcow2 disk (MBR, one ext4 partition), plus
 /// `marker_mb` MiB of marker blocks in /big, through an already launched handle's drive.
-fn fill_disk(g: &Guest, device: &str, files: &[(&str, &str)], marker_mb: usize) {
+fn fill_disk(g: &Guest, device: &str, files: &[(&str, &str)], marker_mb: usize, block_size: Option<u32>) {
     g.part_disk(device, "mbr").unwrap();
     let part = format!("{device}1");
-    g.mkfs("ext4", &part).unwrap();
+    g.mkfs_with_block_size("ext4", &part, block_size).unwrap();
     g.mount(&part, "/").unwrap();
     for dir in ["/bin", "/usr/bin", "/etc", "/root", "/tmp", "/var/tmp"] {
         g.mkdir_p(dir).unwrap();
@@ -188,8 +189,10 @@ pub fn fake_images() -> &'static FakeImages {
         }
         g.launch().unwrap();
         let devices = g.list_devices().unwrap();
-        fill_disk(&g, &devices[0], DEBIAN_FILES, 64);
-        fill_disk(&g, &devices[1], FEDORA_FILES, 0);
+        // Debian: 4 KiB blocks as on real systems; Fedora: the 1 KiB blocks mke2fs picks for
+        // a disk this small, so both of sysprep's zero-fill paths are exercised.
+        fill_disk(&g, &devices[0], DEBIAN_FILES, 64, Some(4096));
+        fill_disk(&g, &devices[1], FEDORA_FILES, 0, None);
         g.shutdown().unwrap();
         std::fs::write(done, "").unwrap();
         images
@@ -226,12 +229,14 @@ pub fn required_bytes(image: &Path) -> u64 {
     v["required"].as_u64().unwrap()
 }
 
-/// Whether any 4 KiB-aligned block of the image's guest data is a marker block.
+/// Whether any 1 KiB-aligned piece of the image's guest data is marker data.
 pub fn holds_marker(image: &Path) -> bool {
     let raw = tempfile::NamedTempFile::new().unwrap();
     let st = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(raw.path()).status().unwrap();
     assert!(st.success());
     let data = std::fs::read(raw.path()).unwrap();
+    // Filesystem blocks may be 1 KiB: compare 1 KiB-aligned pieces with the marker's.
     let marker = marker_block();
-    data.chunks(4096).any(|c| c == marker.as_slice())
+    let pieces: Vec<&[u8]> = marker.chunks(1024).collect();
+    data.chunks(1024).any(|c| pieces.contains(&c))
 }

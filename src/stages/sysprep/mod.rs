@@ -164,7 +164,7 @@ impl Stage for SysprepStage {
     /// 4 KiB clusters, the size of a filesystem block: every block fstrim discards becomes a
     /// zero cluster of the layer (qemu drops discards smaller than a cluster).
     fn overlay_cluster_size(&self) -> Option<u32> {
-        self.config.fstrim.then_some(4096)
+        self.config.fstrim.then_some(TRIM_CLUSTER as u32)
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
@@ -200,13 +200,17 @@ impl Stage for SysprepStage {
     }
 }
 
+/// The cluster size of a sysprep layer that trims: the size of a filesystem block.
+pub const TRIM_CLUSTER: u64 = 4096;
+
 /// Zero-fills and/or trims every mounted filesystem, after the operations.
 ///
-/// With both on, the fstrim alone does the zero-fill's work: discards reach the layer (a
-/// qcow2 overlay with 4 KiB clusters), where each discarded block becomes a zero cluster
-/// that reads as zeros and takes no space, so every free block reads as zeros, exactly what
-/// zero-free-space guarantees, without writing gigabytes of zeros through the appliance.
-/// A filesystem that cannot discard (fstrim fails) is zero-filled the classic way.
+/// With both on, fstrim alone does the zero-fill's work on filesystems with blocks of at
+/// least 4 KiB: discards reach the layer (a qcow2 overlay with 4 KiB clusters), where each
+/// discarded block becomes a zero cluster that reads as zeros and takes no space. So every
+/// free block reads as zeros, what zero-free-space guarantees, without writing gigabytes of
+/// zeros through the appliance. Filesystems with smaller blocks (qemu ignores discards
+/// smaller than a cluster) are zero-filled first, the classic way.
 pub fn free_space(g: &Guest, os: &Inspection, zero: bool, trim: bool, ctx: &StageContext) -> Result<()> {
     let fs_types: std::collections::HashMap<_, _> = os.filesystems.iter().cloned().collect();
     for (mp, dev) in &os.mountpoints {
@@ -214,24 +218,26 @@ pub fn free_space(g: &Guest, os: &Inspection, zero: bool, trim: bool, ctx: &Stag
         if matches!(fs, "swap" | "unknown" | "") {
             continue;
         }
-        let trimmed = if trim {
-            ctx.bar.set_message(format!("fstrim {mp}"));
-            ctx.log.line(format!("fstrim {mp}"));
-            match g.fstrim(mp) {
-                Ok(()) => true,
-                Err(e) if zero => {
-                    ctx.log.line(format!("fstrim {mp} failed ({e}); zero-filling instead"));
-                    false
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            false
-        };
-        if zero && !trimmed {
+        let block = g.block_size(mp)?;
+        if zero && !(trim && block >= TRIM_CLUSTER) {
             ctx.bar.set_message(format!("zero-free-space {mp}"));
-            ctx.log.line(format!("zero-free-space {mp}"));
+            ctx.log.line(format!("zero-free-space {mp} ({fs}, {block}-byte blocks)"));
             g.zero_free_space(mp)?;
+        }
+        if trim {
+            ctx.bar.set_message(format!("fstrim {mp}"));
+            ctx.log.line(format!("fstrim {mp} ({fs}, {block}-byte blocks)"));
+            if let Err(e) = g.fstrim(mp) {
+                if !zero || block >= TRIM_CLUSTER {
+                    // Without working discards the zero-fill above did not happen.
+                    ctx.log.line(format!("fstrim {mp} failed: {e}"));
+                    if zero {
+                        g.zero_free_space(mp)?;
+                    } else {
+                        return Err(e.into());
+                    }
+                }
+            }
         }
     }
     Ok(())
