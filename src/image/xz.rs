@@ -1,19 +1,29 @@
-//! xz compression in independent 16 MiB blocks on all cores, the layout `xz -T0
-//! --block-size=16777216` writes and virt-builder decompresses in parallel. Each block is
-//! one xz stream (the format allows streams to be concatenated), which lets a block that is
-//! all zeros skip the encoder: its compressed form is the same every time, made once.
-//! Preset 9's dictionary (64 MiB) is capped at the block size: a block never refers beyond
-//! itself, so the output is the same and each encoder needs a quarter of the memory.
+//! xz compression in independent 16 MiB blocks on all cores: one xz stream of many blocks,
+//! the layout `xz -T0 --block-size=16777216` writes and virt-builder (pxzcat) decompresses
+//! in parallel.
+//!
+//! Each block is compressed by liblzma (xz2) as a complete single-block stream; its block is
+//! then lifted out and placed into one shared stream, whose header, index and footer are
+//! written here (xz file format 1.0.4). xz2 offers no block-level encoder, and this is what
+//! lets a block that is all zeros skip the encoder: its compressed form is the same every
+//! time, made once. Preset 9's dictionary (64 MiB) is capped at the block size: a block never
+//! refers beyond itself, so the data compresses the same and each encoder needs less memory.
 
 use super::chain::DiskRead;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha512};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use xz2::stream::{Check, Filters, LzmaOptions, Stream};
 
 pub const BLOCK_SIZE: usize = 16 << 20;
+
+const HEADER_MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
+const FOOTER_MAGIC: [u8; 2] = [b'Y', b'Z'];
+/// Stream flags: no reserved bits, check type 0x04 (CRC64), as liblzma's blocks use.
+const STREAM_FLAGS: [u8; 2] = [0x00, 0x04];
 
 #[derive(Debug, Clone)]
 pub struct XzOptions {
@@ -41,23 +51,103 @@ pub struct Compressed {
     pub data_blocks: u64,
 }
 
-/// One block compressed as a complete xz stream.
-pub fn compress_block(data: &[u8], opts: &XzOptions) -> Result<Vec<u8>> {
+/// One compressed xz block (header, data, padding, check) and its index record.
+#[derive(Debug)]
+pub struct Block {
+    pub bytes: Vec<u8>,
+    pub unpadded_size: u64,
+    pub uncompressed_size: u64,
+}
+
+/// Compresses one block's data with liblzma and lifts the block out of the stream it made.
+pub fn compress_block(data: &[u8], opts: &XzOptions) -> Result<Block> {
     let mut lzma = LzmaOptions::new_preset(opts.preset).context("invalid xz preset")?;
-    let dict = (opts.block_size as u32).clamp(4096, 64 << 20);
-    lzma.dict_size(dict);
+    lzma.dict_size((opts.block_size as u32).clamp(4096, 64 << 20));
     let mut filters = Filters::new();
     filters.lzma2(&lzma);
     let stream = Stream::new_stream_encoder(&filters, Check::Crc64).context("cannot start the xz encoder")?;
-    let mut enc = xz2::write::XzEncoder::new_stream(Vec::with_capacity(data.len() / 4), stream);
+    let mut enc = xz2::write::XzEncoder::new_stream(Vec::with_capacity(data.len() / 4 + 4096), stream);
     enc.write_all(data)?;
-    Ok(enc.finish()?)
+    let stream = enc.finish()?;
+    extract_block(&stream, data.len() as u64)
+}
+
+/// The single block of a one-block xz stream: [header 12][block][index][footer 12].
+fn extract_block(stream: &[u8], uncompressed: u64) -> Result<Block> {
+    let n = stream.len();
+    if n < 32 || stream[..6] != HEADER_MAGIC || stream[n - 2..] != FOOTER_MAGIC {
+        bail!("liblzma produced an unexpected stream");
+    }
+    let backward = u32::from_le_bytes(stream[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
+    let index_size = (backward + 1) * 4;
+    let index = &stream[n - 12 - index_size..n - 12];
+    // Index: indicator 0x00, record count, then (unpadded size, uncompressed size).
+    let mut pos = 1;
+    let records = read_varint(index, &mut pos)?;
+    let unpadded_size = read_varint(index, &mut pos)?;
+    let recorded = read_varint(index, &mut pos)?;
+    if index[0] != 0 || records != 1 || recorded != uncompressed {
+        bail!("liblzma produced an unexpected index");
+    }
+    Ok(Block { bytes: stream[12..n - 12 - index_size].to_vec(), unpadded_size, uncompressed_size: uncompressed })
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
+    let mut value = 0u64;
+    for shift in (0..63).step_by(7) {
+        let byte = *buf.get(*pos).context("truncated xz index")?;
+        *pos += 1;
+        value |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    bail!("xz varint too long")
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn stream_header() -> Vec<u8> {
+    let mut h = HEADER_MAGIC.to_vec();
+    h.extend_from_slice(&STREAM_FLAGS);
+    h.extend_from_slice(&crc32fast::hash(&STREAM_FLAGS).to_le_bytes());
+    h
+}
+
+/// The index of all blocks and the stream footer.
+fn stream_tail(records: &[(u64, u64)]) -> Vec<u8> {
+    let mut index = vec![0u8];
+    write_varint(&mut index, records.len() as u64);
+    for (unpadded, uncompressed) in records {
+        write_varint(&mut index, *unpadded);
+        write_varint(&mut index, *uncompressed);
+    }
+    while index.len() % 4 != 0 {
+        index.push(0);
+    }
+    index.extend_from_slice(&crc32fast::hash(&index).to_le_bytes());
+    let backward = (index.len() / 4 - 1) as u32;
+    let mut footer_body = backward.to_le_bytes().to_vec();
+    footer_body.extend_from_slice(&STREAM_FLAGS);
+    let mut tail = index;
+    tail.extend_from_slice(&crc32fast::hash(&footer_body).to_le_bytes());
+    tail.extend_from_slice(&footer_body);
+    tail.extend_from_slice(&FOOTER_MAGIC);
+    tail
 }
 
 enum Job {
     Zero(usize, usize),
     Data(usize, Vec<u8>),
 }
+
+type Done = Result<(usize, Arc<Block>, bool)>;
 
 /// Compresses the whole disk into `out`, returning the output's checksum and sizes.
 pub fn compress(
@@ -69,9 +159,8 @@ pub fn compress(
     let size = disk.size();
     let blocks = size.div_ceil(opts.block_size as u64) as usize;
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(opts.threads * 2);
-    let (done_tx, done_rx) =
-        crossbeam_channel::bounded::<Result<(usize, std::sync::Arc<Vec<u8>>, bool)>>(opts.threads * 2);
-    let zero_full = std::sync::Arc::new(compress_block(&vec![0u8; opts.block_size], opts)?);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<Done>(opts.threads * 2);
+    let zero_full = Arc::new(compress_block(&vec![0u8; opts.block_size], opts)?);
     bar.set_length(size);
 
     std::thread::scope(|scope| -> Result<Compressed> {
@@ -81,10 +170,8 @@ pub fn compress(
                 for job in job_rx {
                     let result = match job {
                         Job::Zero(i, len) if len == opts.block_size => Ok((i, zero_full.clone(), true)),
-                        Job::Zero(i, len) => {
-                            compress_block(&vec![0u8; len], opts).map(|c| (i, std::sync::Arc::new(c), true))
-                        }
-                        Job::Data(i, data) => compress_block(&data, opts).map(|c| (i, std::sync::Arc::new(c), false)),
+                        Job::Zero(i, len) => compress_block(&vec![0u8; len], opts).map(|b| (i, Arc::new(b), true)),
+                        Job::Data(i, data) => compress_block(&data, opts).map(|b| (i, Arc::new(b), false)),
                     };
                     if done_tx.send(result).is_err() {
                         break;
@@ -93,19 +180,28 @@ pub fn compress(
             });
         }
         drop(done_tx);
-        // The writer puts blocks back in order and hashes what it writes.
+        // The writer puts blocks back in order, hashes what it writes, and ends the stream
+        // with the index of every block.
         let writer = scope.spawn(move || -> Result<Compressed> {
-            let mut pending = BTreeMap::new();
-            let mut next = 0usize;
             let mut hash = Sha512::new();
-            let (mut written, mut zero_blocks, mut data_blocks) = (0u64, 0u64, 0u64);
+            let mut emit = |bytes: &[u8], out: &mut (dyn Write + Send)| -> Result<()> {
+                out.write_all(bytes)?;
+                hash.update(bytes);
+                Ok(())
+            };
+            let header = stream_header();
+            emit(&header, out)?;
+            let mut written = header.len() as u64;
+            let (mut pending, mut next) = (BTreeMap::new(), 0usize);
+            let mut records = Vec::with_capacity(blocks);
+            let (mut zero_blocks, mut data_blocks) = (0u64, 0u64);
             for result in done_rx {
-                let (i, data, zero) = result?;
-                pending.insert(i, (data, zero));
-                while let Some((data, zero)) = pending.remove(&next) {
-                    out.write_all(&data)?;
-                    hash.update(&*data);
-                    written += data.len() as u64;
+                let (i, block, zero) = result?;
+                pending.insert(i, (block, zero));
+                while let Some((block, zero)) = pending.remove(&next) {
+                    emit(&block.bytes, out)?;
+                    written += block.bytes.len() as u64;
+                    records.push((block.unpadded_size, block.uncompressed_size));
                     if zero {
                         zero_blocks += 1;
                     } else {
@@ -114,8 +210,11 @@ pub fn compress(
                     next += 1;
                 }
             }
-            out.flush()?;
             anyhow::ensure!(next == blocks, "compression stopped after {next} of {blocks} blocks");
+            let tail = stream_tail(&records);
+            emit(&tail, out)?;
+            written += tail.len() as u64;
+            out.flush()?;
             Ok(Compressed {
                 sha512: hex::encode(hash.finalize()),
                 compressed_size: written,
@@ -126,6 +225,10 @@ pub fn compress(
         });
         let mut read_error = None;
         for i in 0..blocks {
+            if let Err(e) = crate::interrupt::check() {
+                read_error = Some(e);
+                break;
+            }
             let offset = (i * opts.block_size) as u64;
             let len = (size - offset).min(opts.block_size as u64) as usize;
             let mut buf = vec![0u8; len];
@@ -159,7 +262,7 @@ mod tests {
     use crate::image::chain::RawDisk;
 
     #[test]
-    fn blocks_decompress_to_the_input_and_zero_blocks_are_shared() {
+    fn one_stream_of_blocks_that_xz_decodes_and_lists() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
         // Three 64 KiB blocks: data, zeros, data (short last block).
@@ -175,10 +278,15 @@ mod tests {
         assert_eq!((res.zero_blocks, res.data_blocks), (1, 2));
         assert_eq!(res.compressed_size, out.len() as u64);
         assert_eq!(res.sha512, hex::encode(Sha512::digest(&out)));
-        // Concatenated streams decode back to the input, as xz -d does.
-        let mut dec = xz2::read::XzDecoder::new_multi_decoder(&out[..]);
+        // A single-stream decoder (not the multi-stream one) reads it all back.
         let mut back = Vec::new();
-        std::io::Read::read_to_end(&mut dec, &mut back).unwrap();
+        std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(&out[..]), &mut back).unwrap();
         assert_eq!(back, data);
+        // xz itself sees one stream of three blocks.
+        let file = dir.path().join("disk.raw.xz");
+        std::fs::write(&file, &out).unwrap();
+        let list = std::process::Command::new("xz").args(["--robot", "--list"]).arg(&file).output().unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        assert!(list.lines().any(|l| l.starts_with("file\t1\t3\t")), "{list}");
     }
 }
