@@ -1,0 +1,198 @@
+//! Bad input through the real CLI: each case exits 2 with a message naming the file and the
+//! key, and writes nothing (no work directory, no layer, no repository). Also: every example
+//! pipeline validates, `--set` with indexes reaches the stages, and exit codes.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const GOOD: &str = r#"version = 1
+from = { image = "base.qcow2" }
+
+[pipeline]
+name = "t"
+
+[values]
+Host = "web1"
+
+[[stages]]
+[stages.sysprep]
+hostname = "{{ Host }}"
+fstrim = true
+
+[[stages]]
+[stages.publish]
+repo = "repo"
+name = "t"
+"#;
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dir.path().join("base.qcow2"))
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    dir
+}
+
+/// Runs `pipeline run` on `text` with `sets`; asserts exit 2, nothing written, and that
+/// the message contains every `expect`ed piece.
+fn rejected(text: &str, sets: &[&str], expect: &[&str]) {
+    let dir = setup();
+    let file = write_file(dir.path(), "p.toml", text);
+    let mut args = vec!["--work-dir", "work", "run", file.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let out = pipeline(dir.path(), dir.path(), &args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for piece in expect {
+        assert!(err.contains(piece), "expected `{piece}` in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("work").exists(), "the work directory was created");
+    assert!(!dir.path().join("repo").exists(), "a repository was created");
+}
+
+#[test]
+fn toml_syntax_error_names_line_and_column() {
+    rejected(&GOOD.replace("[pipeline]", "[pipeline"), &[], &["p.toml", "line 4", "column"]);
+}
+
+#[test]
+fn unknown_stage_kind() {
+    rejected(
+        &GOOD.replace("[stages.sysprep]", "[stages.sysprap]"),
+        &[],
+        &["p.toml", "stages[0]", "sysprap", "sysprep"],
+    );
+}
+
+#[test]
+fn unknown_key() {
+    rejected(&GOOD.replace("fstrim = true", "fstrin = true"), &[], &["p.toml", "stages[0].sysprep", "fstrin"]);
+}
+
+#[test]
+fn wrong_type() {
+    rejected(
+        &GOOD.replace("fstrim = true", "fstrim = \"yes\""),
+        &[],
+        &["p.toml", "stages[0].sysprep.fstrim", "boolean"],
+    );
+}
+
+#[test]
+fn undefined_template_name() {
+    rejected(
+        &GOOD.replace("{{ Host }}", "{{ Hots }}"),
+        &[],
+        &["p.toml", "stages[0].sysprep.hostname", "`Hots`", "--set values.Hots"],
+    );
+}
+
+#[test]
+fn set_path_outside_the_schema() {
+    rejected(GOOD, &["stages[0].sysprep.nonsense=1"], &["--set stages[0].sysprep.nonsense", "no such key"]);
+    rejected(GOOD, &["stages[7].sysprep.fstrim=true"], &["--set stages[7].sysprep.fstrim", "out of range"]);
+    rejected(GOOD, &["stages[0].sysprep.fstrim=perhaps"], &["expected true or false"]);
+}
+
+#[test]
+fn missing_files() {
+    rejected(&GOOD.replace("base.qcow2", "missing.qcow2"), &[], &["p.toml", "from", "missing.qcow2", "does not exist"]);
+    let netboot = r#"version = 1
+[pipeline]
+name = "n"
+[[stages]]
+[stages.install]
+method = "netboot"
+kernel = "vmlinuz"
+initrd = "initrd.gz"
+preseed = "nope.cfg"
+"#;
+    rejected(netboot, &[], &["p.toml", "stages[0].install.preseed", "nope.cfg"]);
+    let customize = GOOD.replace(
+        "[stages.sysprep]\nhostname = \"{{ Host }}\"\nfstrim = true",
+        "[stages.customize]\nsteps = [{ copy_in = { source = \"tree\", dest = \"/opt\" } }]",
+    );
+    rejected(&customize, &[], &["p.toml", "stages[0].customize.steps[0]", "tree", "does not exist"]);
+}
+
+#[test]
+fn unknown_sysprep_operation_and_bad_values() {
+    rejected(
+        &GOOD.replace("fstrim = true", "enable = [\"tmp-files\", \"hostnam\"]"),
+        &[],
+        &["stages[0].sysprep", "`hostnam` is not a known operation"],
+    );
+    rejected(&GOOD.replace("name = \"t\"\n", "name = \"t/../x\"\n"), &[], &["stages[1].publish.name"]);
+}
+
+#[test]
+fn first_layer_must_come_from_somewhere() {
+    rejected(&GOOD.replace("from = { image = \"base.qcow2\" }\n", ""), &[], &["stages[0]", "install", "from"]);
+}
+
+#[test]
+fn nonexistent_pipeline_file() {
+    let dir = setup();
+    let out = pipeline(dir.path(), dir.path(), &["--work-dir", "work", "run", "nope.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nope.toml"));
+    assert!(!dir.path().join("work").exists());
+}
+
+#[test]
+fn set_with_indexes_reaches_the_stage_and_types_follow_the_schema() {
+    let dir = setup();
+    let file = write_file(dir.path(), "p.toml", GOOD);
+    let plan = |sets: &[&str]| {
+        let mut args = vec!["--work-dir", "work", "plan", file.to_str().unwrap()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        stdout(&pipeline(dir.path(), dir.path(), &args))
+    };
+    let key = |text: &str, n: usize| text.lines().nth(n).unwrap().split_whitespace().nth(2).unwrap().to_string();
+    let base = plan(&[]);
+    let changed = plan(&["stages[0].sysprep.fstrim=false"]);
+    let renamed = plan(&["values.Host=web2"]);
+    assert_eq!(key(&base, 0), key(&changed, 0), "the import is unchanged");
+    assert_ne!(key(&base, 1), key(&changed, 1), "the sysprep key follows its configuration");
+    assert_ne!(key(&base, 1), key(&renamed, 1), "values reach the templates");
+    // A number-looking value for a string key is a string.
+    assert!(!plan(&["stages[0].sysprep.hostname=1234"]).is_empty());
+}
+
+#[test]
+fn example_pipelines_validate() {
+    let dir = repo_root().join("pipelines");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = pipeline(Path::new("."), Path::new("/tmp"), &["validate", path.to_str().unwrap()]);
+            assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "the four example pipelines");
+}
+
+#[test]
+fn preseed_is_rendered_through_the_templates() {
+    let p = virt_pipeline::pipeline::load(
+        &repo_root().join("pipelines/debian-bookworm-netinst.toml"),
+        &["values.Hostname=db1.lab.example.org".into()],
+    )
+    .unwrap();
+    let text = p.render_file("preseed/debian-bookworm.cfg", "preseed").unwrap();
+    assert!(text.contains("d-i netcfg/get_hostname string db1\n"), "{text}");
+    assert!(text.contains("d-i netcfg/get_domain string lab.example.org\n"), "{text}");
+}
