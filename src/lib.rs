@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod digest;
 pub mod download;
 pub mod engine;
 pub mod error;

@@ -47,7 +47,12 @@ fn debian_bookworm_pipeline_publishes_a_bootable_image() {
     let mut vm = Vm::start(&config, &console).unwrap();
     let text = vm.wait_for_console("login:", Duration::from_secs(480)).unwrap_or_else(|e| panic!("{e:#}"));
     vm.kill();
-    assert!(text.contains("base-image.example.net login:"), "the hostname is set:\n{}", tail(&text));
+    assert!(text.contains("Debian GNU/Linux 12 base-image.example.net ttyS0"), "the hostname is set:\n{}", tail(&text));
+    assert!(text.contains("base-image login:"), "{}", tail(&text));
+    assert!(
+        text.contains("Regenerate SSH host keys") || text.contains("regenerate-ssh-ho"),
+        "host keys are made on first boot"
+    );
     assert!(text.contains("OpenBSD Secure Shell server"), "sshd starts:\n{}", tail(&text));
     assert!(!text.contains("Failed to start ssh"), "sshd must have host keys:\n{}", tail(&text));
 }

@@ -126,3 +126,106 @@ fn full_debian_installer_run() {
     let verify = pipeline(dir, &gnupg, &["repo", "verify", "repo-index"]);
     assert!(verify.status.success());
 }
+
+/// An installer tree over HTTP whose SHA256SUMS disagrees with its kernel: the download is
+/// refused before anything boots, and the bad file is not kept in the download cache.
+#[test]
+fn netboot_downloads_are_checked_against_the_tree_checksums() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d_i = std::path::Path::new("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64");
+    let tree = dir.join("tree");
+    let netboot = tree.join("current/images/netboot/debian-installer/amd64");
+    std::fs::create_dir_all(&netboot).unwrap();
+    std::fs::copy(d_i.join("linux"), netboot.join("linux")).unwrap();
+    std::fs::copy(d_i.join("initrd.gz"), netboot.join("initrd.gz")).unwrap();
+    let initrd_sum = virt_pipeline::digest::file_hex::<sha2::Sha256>(&netboot.join("initrd.gz")).unwrap();
+    std::fs::write(
+        tree.join("current/images/SHA256SUMS"),
+        format!(
+            "{}  ./netboot/debian-installer/amd64/linux\n{initrd_sum}  ./netboot/debian-installer/amd64/initrd.gz\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let router = virt_pipeline::repo::serve::router(&tree).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    write_file(dir, "preseed.cfg", "d-i debian-installer/locale string en_US\n");
+    let file = write_file(
+        dir,
+        "p.toml",
+        &format!("version = 1\n[pipeline]\nname = \"n\"\n[[stages]]\n[stages.install]\nmethod = \"netboot\"\nlocation = \"http://{addr}/\"\npreseed = \"preseed.cfg\"\n"),
+    );
+    let gnupg = gnupg_home(dir);
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sha256") && err.contains("does not match"), "{err}");
+    let cached: Vec<_> = std::fs::read_dir(dir.join("work/downloads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!cached.iter().any(|n| n.ends_with("-linux")), "the bad kernel was kept: {cached:?}");
+    assert!(cached.iter().any(|n| n.ends_with("-initrd.gz")), "{cached:?}");
+}
+
+/// Ctrl-C while the installer runs: qemu is stopped, the temporary disk and scratch files are
+/// removed, and the run exits non-zero.
+#[test]
+fn interrupting_an_install_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let file = repo_root().join("pipelines/debian-bookworm-netinst.toml");
+    let work = dir.join("work");
+    let mut child = std::process::Command::new(bin())
+        .args(["--work-dir", work.to_str().unwrap(), "run", file.to_str().unwrap()])
+        .current_dir(dir)
+        .env("GNUPGHOME", &gnupg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until qemu runs (a temporary layer exists), then interrupt.
+    let started = std::time::Instant::now();
+    loop {
+        let temp = std::fs::read_dir(work.join("layers"))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-")))
+            .unwrap_or(false);
+        if temp || started.elapsed().as_secs() > 60 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(work.join("layers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "outputs")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("netboot-")));
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &format!("qemu-system-x86_64.*{}", work.display())])
+        .output()
+        .unwrap();
+    assert!(ps.stdout.is_empty(), "qemu was left running");
+}

@@ -244,3 +244,70 @@ fn bad_publish_input_writes_nothing() {
     assert!(!dir.join("repo").exists(), "no repository was created");
     assert!(!dir.join("work/layers").exists() || std::fs::read_dir(dir.join("work/layers")).unwrap().count() <= 1);
 }
+
+#[test]
+fn a_published_entry_is_a_verified_starting_point_and_concurrent_publishers_both_land() {
+    let images = fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let repo = dir.join("repo");
+    let file = publish_pipeline(dir, &images.debian, &repo);
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // from = { repo, name }: signature and sha512 checked, xz decompressed, imported; the
+    // image written out with --output is the published disk.
+    let second = write_file(
+        dir,
+        "from-repo.toml",
+        &format!(
+            "version = 1\nfrom = {{ repo = \"{}\", name = \"fake-debian\" }}\n[pipeline]\nname = \"from-repo\"\n[[stages]]\n[stages.publish]\nrepo = \"{}\"\nname = \"copy\"\n",
+            repo.display(),
+            dir.join("repo2").display()
+        ),
+    );
+    let raw = dir.join("copy.raw");
+    let out = pipeline(
+        dir,
+        &gnupg,
+        &["--work-dir", "work", "run", second.to_str().unwrap(), "--output", raw.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let original = dir.join("original.raw");
+    let st =
+        Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&images.debian).arg(&original).status().unwrap();
+    assert!(st.success());
+    assert!(std::fs::read(&raw).unwrap() == std::fs::read(&original).unwrap(), "the round trip changed the disk");
+
+    // A tampered image in the source repository is refused before anything is imported.
+    let xz = repo.join("fake-debian-r1.xz");
+    let mut bytes = std::fs::read(&xz).unwrap();
+    let n = bytes.len() / 3;
+    bytes[n] ^= 1;
+    std::fs::write(&xz, &bytes).unwrap();
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work2", "run", second.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not match the signed index"), "{}", stderr(&out));
+
+    // Two publishers at once: the repository lock serialises them and both entries land.
+    let a = dir.join("a.xz");
+    let b = dir.join("b.xz");
+    std::fs::write(&a, b"not really xz a").unwrap();
+    std::fs::write(&b, b"not really xz b").unwrap();
+    std::env::set_var("GNUPGHOME", &gnupg);
+    let r = virt_pipeline::repo::Repo::open(&repo).unwrap();
+    std::thread::scope(|s| {
+        for (name, f) in [("alpha", &a), ("beta", &b)] {
+            let r = &r;
+            s.spawn(move || {
+                let tmp = r.temp_image_path(name).with_extension(format!("{name}.xz"));
+                std::fs::copy(f, &tmp).unwrap();
+                let sum = virt_pipeline::repo::sha512_file(&tmp).unwrap();
+                r.publish(name, vec![("size".into(), "1".into())], &tmp, &sum, None).unwrap();
+            });
+        }
+    });
+    let index = r.index().unwrap();
+    assert!(index.get("alpha").is_some() && index.get("beta").is_some() && index.get("fake-debian").is_some());
+}

@@ -5,7 +5,6 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -39,7 +38,8 @@ impl Cache {
         let dir = work_dir.join("layers");
         std::fs::create_dir_all(dir.join("outputs"))
             .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
-        Ok(Cache { dir })
+        // Absolute, so printed layer paths and backing files work from any directory.
+        Ok(Cache { dir: std::fs::canonicalize(&dir)? })
     }
 
     pub fn layer_path(&self, key: &str) -> PathBuf {
@@ -197,17 +197,7 @@ impl KeyHasher {
                 self.path(&e.path())?;
             }
         } else {
-            let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let mut file_hash = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                file_hash.update(&buf[..n]);
-            }
-            self.part("file", &file_hash.finalize());
+            self.part("file", crate::digest::file_hex::<Sha256>(path)?.as_bytes());
         }
         Ok(())
     }

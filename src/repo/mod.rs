@@ -11,8 +11,7 @@ pub mod sign;
 use crate::bad_input;
 use anyhow::{bail, Context, Result};
 use index::{Entry, Index};
-use sha2::{Digest, Sha512};
-use std::io::Read;
+use sha2::Sha512;
 use std::path::{Path, PathBuf};
 
 const KEY_FILE: &str = "signing-key.fpr";
@@ -279,18 +278,9 @@ impl Repo {
     }
 }
 
+/// The hex SHA-512 of a file, as the index's `checksum[sha512]` holds it.
 pub fn sha512_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha512::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::digest::file_hex::<Sha512>(path)
 }
 
 /// Writes a file under a temporary name in the same directory, syncs and renames it.

@@ -13,7 +13,7 @@ use crate::pipeline::{NetbootConfig, Pipeline};
 use crate::vm::qemu::{Vm, VmConfig};
 use anyhow::{bail, Context, Result};
 use md5::Md5;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -204,9 +204,11 @@ fn verify_tree_checksums(base: &str, files: &[(&&str, &PathBuf)], ctx: &StageCon
             }) else {
                 bail!("{url} does not list {rel}; refusing an unverified installer");
             };
-            let data = std::fs::read(path)?;
-            let got =
-                if *algo == "sha256" { hex::encode(Sha256::digest(&data)) } else { hex::encode(Md5::digest(&data)) };
+            let got = if *algo == "sha256" {
+                crate::digest::file_hex::<Sha256>(path)?
+            } else {
+                crate::digest::file_hex::<Md5>(path)?
+            };
             if got != want {
                 let _ = std::fs::remove_file(path);
                 bail!("{rel}: {algo} {got} does not match {url} ({want})");
