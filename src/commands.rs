@@ -109,27 +109,46 @@ fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -
     let p = load_checked(&args.file, &args.sets)?;
     let ui = Ui::new(g.verbose);
     let engine = Engine::new(settings(g, true, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
-    let stages = stages::build(&p)?;
-    if let Some(other) = p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
-        println!("starts from pipeline {} (planned when run)", other);
+    plan_pipeline(&p, &engine, 0)?;
+    Ok(())
+}
+
+/// Prints a pipeline's plan (after the plan of the pipeline it starts from) and returns the
+/// key of its last layer, the base of a pipeline that starts from it.
+fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Option<String>> {
+    if depth > 8 {
+        return Err(bad_input!("{}: from = {{ pipeline }} nests more than 8 deep (a cycle?)", p.path.display()));
     }
-    let planned = engine.plan(&stages, None)?;
-    for s in &planned {
+    let base = match p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
+        Some(other) => {
+            let other = pipeline::load(&p.resolve(other), &[])?;
+            plan_pipeline(&other, engine, depth + 1)?.map(|key| Layer { path: engine.cache.layer_path(&key), key })
+        }
+        None => None,
+    };
+    let stages = stages::build(p)?;
+    let planned = engine.plan(&stages, base.as_ref())?;
+    let mut last = base.map(|l| l.key);
+    for (s, stage) in planned.iter().zip(&stages) {
         let status = match s.status {
             Status::Cached => "cached",
             Status::ToRun => "to run",
         };
         let inputs: Vec<String> = s.inputs.iter().map(|i| i.display().to_string()).collect();
+        let name = if depth > 0 { format!("{}:", p.name()) } else { String::new() };
         println!(
-            "{:>2}  {:<10} {}  {:<7} {}",
+            "{name}{:>2}  {:<10} {}  {:<7} {}",
             s.index + 1,
             s.kind,
             &s.key[..16],
             status,
             if inputs.is_empty() { String::new() } else { format!("reads {}", inputs.join(", ")) }
         );
+        if stage.layer_kind() != crate::engine::stage::LayerKind::Output {
+            last = Some(s.key.clone());
+        }
     }
-    Ok(())
+    Ok(last)
 }
 
 fn inspect_command(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {

@@ -1,5 +1,5 @@
 //! The two kinds of failure the CLI distinguishes: bad input (exit 2, nothing written) and a
-//! stage that failed while running (exit 1, or the failing step's own exit code).
+//! stage that failed while running (exit 1).
 
 use std::fmt;
 
@@ -16,22 +16,6 @@ impl fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
-/// A command or step inside a stage exited non-zero; its code becomes the tool's exit code,
-/// as Virter does for provisioning steps.
-#[derive(Debug)]
-pub struct StepFailed {
-    pub message: String,
-    pub exit_code: i32,
-}
-
-impl fmt::Display for StepFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for StepFailed {}
-
 /// Shorthand for returning a [`BadInput`] error with a formatted message.
 #[macro_export]
 macro_rules! bad_input {
@@ -40,16 +24,11 @@ macro_rules! bad_input {
     };
 }
 
-/// The process exit code for an error: 2 for bad input, the step's code for a failed step,
-/// 1 for anything else.
+/// The process exit code for an error: 2 for bad input, 1 for anything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        if cause.downcast_ref::<BadInput>().is_some() {
-            return 2;
-        }
-        if let Some(step) = cause.downcast_ref::<StepFailed>() {
-            return if step.exit_code > 0 { step.exit_code } else { 1 };
-        }
+    if err.chain().any(|cause| cause.downcast_ref::<BadInput>().is_some()) {
+        2
+    } else {
+        1
     }
-    1
 }

@@ -1,5 +1,5 @@
 //! `pipeline`: parse the command line, run the command, turn errors into exit codes
-//! (2 bad input, 1 a failed stage, or a failed step's own code).
+//! (2 bad input, 1 a failed stage).
 
 use clap::Parser;
 

@@ -311,3 +311,40 @@ fn a_published_entry_is_a_verified_starting_point_and_concurrent_publishers_both
     let index = r.index().unwrap();
     assert!(index.get("alpha").is_some() && index.get("beta").is_some() && index.get("fake-debian").is_some());
 }
+
+/// `from = { pipeline = "base.toml" }`: the base pipeline runs first and its last layer is the
+/// starting point; `plan` shows both, and a second run reuses everything.
+#[test]
+fn a_pipeline_starts_from_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dir.join("blank.qcow2"))
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    write_file(
+        dir,
+        "base.toml",
+        "version = 1\nfrom = { image = \"blank.qcow2\" }\n[pipeline]\nname = \"base\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"base\"\n",
+    );
+    let top = write_file(
+        dir,
+        "top.toml",
+        "version = 1\nfrom = { pipeline = \"base.toml\" }\n[pipeline]\nname = \"top\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"top\"\n",
+    );
+    let plan = stdout(&pipeline(dir, &gnupg, &["--work-dir", "work", "plan", top.to_str().unwrap()]));
+    assert!(
+        plan.contains("base: 1  install") && plan.contains("base: 2  publish") && plan.contains(" 1  publish"),
+        "{plan}"
+    );
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", top.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let index = std::fs::read_to_string(dir.join("repo/index")).unwrap();
+    assert!(index.contains("[base]") && index.contains("[top]"), "{index}");
+    let plan = stdout(&pipeline(dir, &gnupg, &["--work-dir", "work", "plan", top.to_str().unwrap()]));
+    assert_eq!(plan.lines().filter(|l| l.contains("cached")).count(), 3, "{plan}");
+}

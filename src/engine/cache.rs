@@ -80,11 +80,6 @@ impl Cache {
         Ok(Layer { key: meta.key.clone(), path })
     }
 
-    pub fn update_meta(&self, meta: &LayerMeta) -> Result<()> {
-        std::fs::write(self.meta_path(&meta.key), serde_json::to_vec_pretty(meta)?)?;
-        Ok(())
-    }
-
     /// The record an output stage (publish) left for this key, if any.
     pub fn output_record(&self, key: &str) -> Option<serde_json::Value> {
         serde_json::from_slice(&std::fs::read(self.dir.join("outputs").join(format!("{key}.json"))).ok()?).ok()

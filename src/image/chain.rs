@@ -12,24 +12,72 @@ pub trait DiskRead {
     fn size(&self) -> u64;
     /// Fills `buf` from `offset`; reads past the end are zeros.
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// False when the range is known to read as zeros (unallocated or zero clusters, holes),
+    /// so it need not be read at all.
+    fn may_hold_data(&self, _offset: u64, _len: u64) -> bool {
+        true
+    }
+}
+
+/// The ranges of an image (with its backing chain) that hold data, sorted: `qemu-img map`
+/// knows qcow2 allocation and zero clusters, and a raw file's holes (SEEK_DATA).
+#[derive(Debug, Default)]
+pub struct DataMap {
+    extents: Vec<(u64, u64)>,
+}
+
+impl DataMap {
+    pub fn of(path: &Path) -> Result<DataMap> {
+        #[derive(serde::Deserialize)]
+        struct Extent {
+            start: u64,
+            length: u64,
+            data: bool,
+            zero: bool,
+        }
+        let out = std::process::Command::new("qemu-img")
+            .args(["map", "--output=json", "-U"])
+            .arg(path)
+            .output()
+            .context("cannot run qemu-img map")?;
+        if !out.status.success() {
+            bail!("qemu-img map {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let map: Vec<Extent> = serde_json::from_slice(&out.stdout).context("cannot read qemu-img map's output")?;
+        Ok(DataMap {
+            extents: map.into_iter().filter(|e| e.data && !e.zero).map(|e| (e.start, e.start + e.length)).collect(),
+        })
+    }
+
+    pub fn overlaps(&self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        // The first extent ending after `offset` decides.
+        let i = self.extents.partition_point(|&(_, e)| e <= offset);
+        self.extents.get(i).is_some_and(|&(s, _)| s < end)
+    }
 }
 
 pub struct RawDisk {
     file: std::fs::File,
     size: u64,
+    map: DataMap,
 }
 
 impl RawDisk {
     pub fn open(path: &Path) -> Result<RawDisk> {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let size = file.metadata()?.len();
-        Ok(RawDisk { file, size })
+        Ok(RawDisk { file, size, map: DataMap::of(path)? })
     }
 }
 
 impl DiskRead for RawDisk {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn may_hold_data(&self, offset: u64, len: u64) -> bool {
+        self.map.overlaps(offset, len)
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -49,6 +97,7 @@ impl DiskRead for RawDisk {
 pub struct Qcow2Chain {
     dev: Qcow2Dev<Qcow2IoSync>,
     size: u64,
+    map: DataMap,
 }
 
 impl Qcow2Chain {
@@ -76,13 +125,17 @@ impl Qcow2Chain {
         futures::executor::block_on(dev.qcow2_prep_io())
             .map_err(|e| anyhow::anyhow!("cannot read qcow2 chain {}: {e:?}", path.display()))?;
         let size = dev.info.virtual_size();
-        Ok(Qcow2Chain { dev, size })
+        Ok(Qcow2Chain { dev, size, map: DataMap::of(path)? })
     }
 }
 
 impl DiskRead for Qcow2Chain {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn may_hold_data(&self, offset: u64, len: u64) -> bool {
+        self.map.overlaps(offset, len)
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -153,5 +206,10 @@ mod tests {
             chain.read_at(piece, (i * 300_000) as u64).unwrap();
         }
         assert!(got == want, "qcow2-rs and qemu-img disagree");
+        // The map knows the written, discarded and never-written ranges.
+        assert!(chain.may_hold_data(0, 4096));
+        assert!(chain.may_hold_data(512 << 10, 4096));
+        assert!(!chain.may_hold_data(3 << 20, 64 << 10), "discarded: reads as zeros");
+        assert!(!chain.may_hold_data(5 << 20, 1 << 20), "never written");
     }
 }

@@ -231,6 +231,14 @@ pub fn compress(
             }
             let offset = (i * opts.block_size) as u64;
             let len = (size - offset).min(opts.block_size as u64) as usize;
+            if !disk.may_hold_data(offset, len as u64) {
+                // Unallocated or zero clusters, holes: not even read.
+                if job_tx.send(Job::Zero(i, len)).is_err() {
+                    break;
+                }
+                bar.inc(len as u64);
+                continue;
+            }
             let mut buf = vec![0u8; len];
             if let Err(e) = disk.read_at(&mut buf, offset) {
                 read_error = Some(e);
