@@ -80,14 +80,19 @@ pub fn local_or_fetch(source: &str, base_dir: &Path, cache_dir: &Path, offline: 
     }
 }
 
-/// Reads a small file from a path or URL (an index, a checksum list).
+/// Reads a small file from a path or URL (an index, a checksum list). Online, a URL is always
+/// fetched fresh (an index changes) and the copy kept for later `--offline` runs.
 pub fn read_small(source: &str, base_dir: &Path, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Vec<u8>> {
     if is_url(source) && !offline {
         let resp = reqwest::blocking::get(source).with_context(|| format!("cannot fetch {source}"))?;
         if !resp.status().is_success() {
             bail!("cannot fetch {source}: HTTP {}", resp.status());
         }
-        return Ok(resp.bytes()?.to_vec());
+        let bytes = resp.bytes()?.to_vec();
+        if std::fs::create_dir_all(cache_dir).is_ok() {
+            let _ = crate::repo::write_atomic(&cache_path(cache_dir, source), &bytes);
+        }
+        return Ok(bytes);
     }
     let path = local_or_fetch(source, base_dir, cache_dir, offline, ui)?;
     std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
