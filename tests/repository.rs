@@ -14,12 +14,12 @@ struct Server(Child);
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM: the server must shut down cleanly on it.
-        unsafe_free_kill(self.0.id());
+        terminate(self.0.id());
         let _ = self.0.wait();
     }
 }
 
-fn unsafe_free_kill(pid: u32) {
+fn terminate(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
 
