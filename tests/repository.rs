@@ -143,26 +143,18 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     }
 
     let vb_home = dir.join("vb");
+    // Downloads the entry into `out` with virt-builder, checking signature and sha512.
+    let vb_download = |out: &Path| {
+        let out = out.to_str().unwrap();
+        let args =
+            ["--source", &index_url, "--fingerprint", &fpr, "--no-cache", "fake-debian", "-o", out, "--format", "raw"];
+        virt_builder(&vb_home, &gnupg, &args)
+    };
     let list = virt_builder(&vb_home, &gnupg, &["--source", &index_url, "--fingerprint", &fpr, "--list"]);
     assert!(list.status.success());
     assert!(String::from_utf8_lossy(&list.stdout).contains("fake-debian"), "the entry is listed");
     let out_img = dir.join("out.img");
-    let build = virt_builder(
-        &vb_home,
-        &gnupg,
-        &[
-            "--source",
-            &index_url,
-            "--fingerprint",
-            &fpr,
-            "--no-cache",
-            "fake-debian",
-            "-o",
-            out_img.to_str().unwrap(),
-            "--format",
-            "raw",
-        ],
-    );
+    let build = vb_download(&out_img);
     assert!(build.status.success(), "virt-builder accepts signature, checksum and xz");
     assert_eq!(std::fs::metadata(&out_img).unwrap().len(), 256 << 20);
 
@@ -176,20 +168,7 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let verify = pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
     assert_eq!(verify.status.code(), Some(1));
     assert!(stderr(&verify).contains("sha512"), "{}", stderr(&verify));
-    let refused = virt_builder(
-        &vb_home,
-        &gnupg,
-        &[
-            "--source",
-            &index_url,
-            "--fingerprint",
-            &fpr,
-            "--no-cache",
-            "fake-debian",
-            "-o",
-            dir.join("bad.img").to_str().unwrap(),
-        ],
-    );
+    let refused = vb_download(&dir.join("bad.img"));
     assert!(!refused.status.success(), "virt-builder must refuse a tampered image");
     std::fs::write(&image_file, &original).unwrap();
 

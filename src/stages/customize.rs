@@ -136,7 +136,7 @@ pub fn apply_step(
 ) -> Result<()> {
     {
         match step {
-            CustomizeStep::Hostname(name) => set_hostname(g, name)?,
+            CustomizeStep::Hostname(name) => set_hostname(g, name, os.is_debian_family())?,
             CustomizeStep::RootPassword(spec) => set_root_password(g, spec, dir, log)?,
             CustomizeStep::Timezone(tz) => {
                 let zone = format!("/usr/share/zoneinfo/{tz}");
@@ -221,29 +221,29 @@ fn package_command(os: &Inspection, action: &str, pkgs: &[String]) -> Result<Str
     })
 }
 
-/// Sets /etc/hostname (and Debian's 127.0.1.1 alias), as virt-customize --hostname does.
-pub fn set_hostname(g: &Guest, name: &str) -> Result<()> {
+/// Sets the hostname as virt-customize --hostname does: /etc/hostname, the `127.0.1.1`
+/// alias in /etc/hosts (replaced, or added on Debian-family guests where `debian_alias`),
+/// and HOSTNAME= in /etc/sysconfig/network on older Red Hat releases.
+pub fn set_hostname(g: &Guest, name: &str, debian_alias: bool) -> Result<()> {
     let short = name.split('.').next().unwrap_or(name);
     g.write("/etc/hostname", format!("{name}\n").as_bytes())?;
     if g.is_file("/etc/hosts")? {
         let hosts = g.read_string("/etc/hosts")?;
-        let alias = if short == name { name.to_string() } else { format!("{name} {short}") };
-        let mut found = false;
-        let mut lines: Vec<String> = hosts
-            .lines()
-            .map(|l| {
-                if l.starts_with("127.0.1.1") {
-                    found = true;
-                    format!("127.0.1.1\t{alias}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect();
-        if !found {
-            lines.push(format!("127.0.1.1\t{alias}"));
+        let alias = if short == name { format!("127.0.1.1\t{name}") } else { format!("127.0.1.1\t{name} {short}") };
+        let mut lines: Vec<String> = hosts.lines().map(str::to_string).collect();
+        match lines.iter_mut().find(|l| l.starts_with("127.0.1.1")) {
+            Some(line) => *line = alias,
+            None if debian_alias => lines.push(alias),
+            None => {}
         }
         g.write("/etc/hosts", format!("{}\n", lines.join("\n")).as_bytes())?;
+    }
+    if g.is_file("/etc/sysconfig/network")? {
+        let text = g.read_string("/etc/sysconfig/network")?;
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("HOSTNAME=")).collect();
+        let entry = format!("HOSTNAME={name}");
+        lines.push(&entry);
+        g.write("/etc/sysconfig/network", format!("{}\n", lines.join("\n")).as_bytes())?;
     }
     Ok(())
 }

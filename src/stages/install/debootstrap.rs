@@ -122,7 +122,7 @@ impl Stage for DebootstrapStage {
         ctx.bar.set_message("configuring");
         let uuid = g.vfs_uuid(&root)?;
         g.write("/etc/fstab", format!("UUID={uuid} / ext4 errors=remount-ro 0 1\n").as_bytes())?;
-        customize::set_hostname(&g, &c.hostname)?;
+        customize::set_hostname(&g, &c.hostname, true)?;
         g.mkdir_p("/etc/systemd/network")?;
         g.write("/etc/systemd/network/80-dhcp.network", DHCP_NETWORK.as_bytes())?;
         g.sh("systemctl enable systemd-networkd.service >/dev/null 2>&1")?;
