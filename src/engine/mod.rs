@@ -52,15 +52,20 @@ impl<'a> Engine<'a> {
     pub fn plan(&self, stages: &[Box<dyn Stage>], base: Option<&Layer>) -> Result<Vec<PlannedStage>> {
         let mut parent_key = base.map(|l| l.key.clone());
         let mut planned = Vec::new();
+        // Once a layer is rebuilt, everything above it is too: an overlay made on the old
+        // layer must not be stacked on a new one, even under the same key.
+        let mut rebuilt_below = false;
         for (index, stage) in stages.iter().enumerate() {
             let key = self.key(stage.as_ref(), index, parent_key.as_deref())?;
             let cached = !self.options.no_cache
+                && !rebuilt_below
                 && match stage.layer_kind() {
                     LayerKind::Output => self.cache.output_record(&key).is_some_and(|r| stage.output_current(&r)),
                     _ => self.cache.get(&key).is_some(),
                 };
             if stage.layer_kind() != LayerKind::Output {
                 parent_key = Some(key.clone());
+                rebuilt_below |= !cached;
             }
             planned.push(PlannedStage {
                 index,

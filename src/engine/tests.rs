@@ -181,3 +181,19 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
     assert!(engine.cache.gc(std::time::Duration::from_secs(3600)).unwrap().is_empty());
     assert_eq!(engine.cache.gc(std::time::Duration::ZERO).unwrap().len(), 2);
 }
+
+#[test]
+fn layers_above_a_rebuilt_one_are_rebuilt_too() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new(false);
+    let engine = f.engine(&ui, EngineOptions::default());
+    engine.run("t", &f.stages(false), None).unwrap();
+    // The middle layer disappears (deleted by hand); the top one is still in the cache.
+    let plan = engine.plan(&f.stages(false), None).unwrap();
+    std::fs::remove_file(engine.cache.layer_path(&plan[1].key)).unwrap();
+    let plan = engine.plan(&f.stages(false), None).unwrap();
+    assert_eq!(plan.iter().map(|p| p.status).collect::<Vec<_>>(), vec![Status::Cached, Status::ToRun, Status::ToRun]);
+    engine.run("t", &f.stages(false), None).unwrap();
+    assert_eq!(f.runs(), vec![1, 2, 2]);
+}
