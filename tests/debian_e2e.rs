@@ -45,7 +45,11 @@ fn debian_bookworm_pipeline_publishes_a_bootable_image() {
     config.disks.push((disk, "qcow2".into()));
     let console = scratch.path().join("console.log");
     let mut vm = Vm::start(&config, &console).unwrap();
-    let text = vm.wait_for_console("login:", Duration::from_secs(480)).unwrap_or_else(|e| panic!("{e:#}"));
+    vm.wait_for_console("login:", Duration::from_secs(480)).unwrap_or_else(|e| panic!("{e:#}"));
+    // Boot messages are not ordered: sshd may report after the login prompt.
+    let text = vm
+        .wait_for_console("OpenBSD Secure Shell server", Duration::from_secs(540))
+        .unwrap_or_else(|e| panic!("sshd: {e:#}"));
     vm.kill();
     assert!(text.contains("Debian GNU/Linux 12 base-image.example.net ttyS0"), "the hostname is set:\n{}", tail(&text));
     assert!(text.contains("base-image login:"), "{}", tail(&text));
