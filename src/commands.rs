@@ -90,7 +90,7 @@ fn run_command(
     let p = load_checked(&args.file, &args.sets)?;
     // Ctrl-C and SIGTERM stop VMs and remove temporary layers instead of killing us mid-write.
     crate::interrupt::install_handler();
-    let ui = Ui::new(g.verbose);
+    let ui = Ui::new();
     let engine = Engine::new(settings(g, offline, sign_key)?, options, &ui)?;
     let layer = run_pipeline(&p, &engine, 0)?;
     if let Some(out) = output {
@@ -107,7 +107,7 @@ fn run_command(
 
 fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -> Result<()> {
     let p = load_checked(&args.file, &args.sets)?;
-    let ui = Ui::new(g.verbose);
+    let ui = Ui::new();
     let engine = Engine::new(settings(g, true, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
     plan_pipeline(&p, &engine, 0)?;
     Ok(())

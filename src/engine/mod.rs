@@ -161,7 +161,6 @@ impl<'a> Engine<'a> {
         }
         let bar = self.ui.spinner(&format!("{} {}", planned.index + 1, stage.kind()));
         let mut ctx = StageContext {
-            index: planned.index,
             parent,
             output: temp.to_path_buf(),
             log,

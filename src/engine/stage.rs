@@ -64,7 +64,6 @@ pub struct RunSettings {
 }
 
 pub struct StageContext<'a> {
-    pub index: usize,
     pub parent: Option<&'a Layer>,
     /// Where Base and Overlay stages write their layer (a temporary name).
     pub output: PathBuf,

@@ -101,7 +101,7 @@ impl Fixture {
 fn stages_chain_and_a_second_run_reuses_every_layer() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
-    let ui = Ui::new(false);
+    let ui = Ui::new();
     let engine = f.engine(&ui, EngineOptions::default());
     let last = engine.run("t", &f.stages(false), None).unwrap();
     assert_eq!(f.runs(), vec![1, 1, 1]);
@@ -121,7 +121,7 @@ fn stages_chain_and_a_second_run_reuses_every_layer() {
 fn a_changed_input_file_reruns_its_stage_and_those_after() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
-    let ui = Ui::new(false);
+    let ui = Ui::new();
     let engine = f.engine(&ui, EngineOptions::default());
     let first = engine.run("t", &f.stages(false), None).unwrap();
     std::fs::write(f.input(), "echo two").unwrap();
@@ -137,7 +137,7 @@ fn a_changed_input_file_reruns_its_stage_and_those_after() {
 fn build_id_pins_keys_until_the_base_changes() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
-    let ui = Ui::new(false);
+    let ui = Ui::new();
     let options = EngineOptions { build_id: Some("nightly-1".into()), ..Default::default() };
     let engine = f.engine(&ui, options);
     engine.run("t", &f.stages(false), None).unwrap();
@@ -154,7 +154,7 @@ fn build_id_pins_keys_until_the_base_changes() {
 fn no_cache_rebuilds_every_stage() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
-    let ui = Ui::new(false);
+    let ui = Ui::new();
     f.engine(&ui, EngineOptions::default()).run("t", &f.stages(false), None).unwrap();
     let engine = f.engine(&ui, EngineOptions { no_cache: true, ..Default::default() });
     engine.run("t", &f.stages(false), None).unwrap();
@@ -165,7 +165,7 @@ fn no_cache_rebuilds_every_stage() {
 fn a_failed_stage_leaves_nothing_in_the_cache() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
-    let ui = Ui::new(false);
+    let ui = Ui::new();
     let engine = f.engine(&ui, EngineOptions::default());
     let err = engine.run("t", &f.stages(true), None).unwrap_err();
     assert!(format!("{err:#}").contains("fails on purpose"));
@@ -186,7 +186,7 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
 fn layers_above_a_rebuilt_one_are_rebuilt_too() {
     let f = Fixture::new();
     std::fs::write(f.input(), "echo one").unwrap();
-    let ui = Ui::new(false);
+    let ui = Ui::new();
     let engine = f.engine(&ui, EngineOptions::default());
     engine.run("t", &f.stages(false), None).unwrap();
     // The middle layer disappears (deleted by hand); the top one is still in the cache.

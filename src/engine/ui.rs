@@ -9,14 +9,13 @@ use std::time::Duration;
 pub struct Ui {
     multi: MultiProgress,
     tty: bool,
-    pub verbose: bool,
 }
 
 impl Ui {
-    pub fn new(verbose: bool) -> Ui {
+    pub fn new() -> Ui {
         let tty = std::io::stderr().is_terminal();
         let target = if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Ui { multi: MultiProgress::with_draw_target(target), tty, verbose }
+        Ui { multi: MultiProgress::with_draw_target(target), tty }
     }
 
     /// A line for the user, printed above any progress bars.

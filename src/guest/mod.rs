@@ -319,10 +319,6 @@ impl Guest {
         self.check("umount_all", unsafe { sys::guestfs_umount_all(self.g) })
     }
 
-    pub fn sync(&self) -> Result<()> {
-        self.check("sync", unsafe { sys::guestfs_sync(self.g) })
-    }
-
     /// Fills the free space of the filesystem holding `dir` with zeros, then frees it.
     pub fn zero_free_space(&self, dir: &str) -> Result<()> {
         let d = cstring("zero_free_space", dir)?;
@@ -485,11 +481,6 @@ impl Guest {
     pub fn upload(&self, local: &Path, remote: &str) -> Result<()> {
         let (l, r) = (cstring("upload", &local.to_string_lossy())?, cstring("upload", remote)?);
         self.check("upload", unsafe { sys::guestfs_upload(self.g, l.as_ptr(), r.as_ptr()) })
-    }
-
-    pub fn download(&self, remote: &str, local: &Path) -> Result<()> {
-        let (r, l) = (cstring("download", remote)?, cstring("download", &local.to_string_lossy())?);
-        self.check("download", unsafe { sys::guestfs_download(self.g, r.as_ptr(), l.as_ptr()) })
     }
 
     /// Copies a host file or directory tree into the guest directory `remote_dir`.

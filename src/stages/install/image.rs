@@ -85,7 +85,7 @@ impl Stage for ImageStage {
             ImageSource::File(f) => serde_json::json!({ "image": f }),
             ImageSource::Repo { repo, name, fingerprint } => {
                 // The entry's checksum makes a republished image a new layer.
-                let ui = Ui::new(false);
+                let ui = Ui::new();
                 let checksum = self
                     .repo_index(repo, fingerprint.as_deref(), (Path::new("/nonexistent"), false, &ui))
                     .ok()

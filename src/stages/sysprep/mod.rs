@@ -72,6 +72,18 @@ impl OpContext<'_> {
         Ok(())
     }
 
+    /// Drops the selected lines from every ifcfg file of a Red Hat-family guest (the
+    /// net-hostname and net-hwaddr operations); other guests have none.
+    pub fn drop_ifcfg_lines(&self, drop: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        if !(self.os.is_linux() && self.os.is_redhat_family()) {
+            return Ok(());
+        }
+        for file in self.g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-*")? {
+            self.drop_lines(&file, &drop)?;
+        }
+        Ok(())
+    }
+
     /// Rewrites a text file without the lines `drop` selects.
     pub fn drop_lines(&self, path: &str, drop: impl Fn(&str) -> bool) -> crate::guest::Result<()> {
         let text = self.g.read_string(path)?;

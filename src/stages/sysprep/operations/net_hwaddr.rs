@@ -11,11 +11,5 @@ pub const OPERATION: Operation = Operation {
 };
 
 fn run(c: &OpContext) -> anyhow::Result<()> {
-    if !(c.os.is_linux() && c.os.is_redhat_family()) {
-        return Ok(());
-    }
-    for file in c.g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-*")? {
-        c.drop_lines(&file, |l| l.starts_with("HWADDR="))?;
-    }
-    Ok(())
+    c.drop_ifcfg_lines(|l| l.starts_with("HWADDR="))
 }
