@@ -21,6 +21,8 @@ pub struct VmConfig {
     /// Exit instead of rebooting (an installer's last reboot ends the run).
     pub no_reboot: bool,
     pub network: bool,
+    /// TCP ports forwarded from 127.0.0.1 on the host to the guest: (host, guest).
+    pub forwards: Vec<(u16, u16)>,
 }
 
 impl VmConfig {
@@ -34,6 +36,7 @@ impl VmConfig {
             kernel: None,
             no_reboot: false,
             network: true,
+            forwards: Vec::new(),
         }
     }
 
@@ -64,7 +67,10 @@ impl VmConfig {
             cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
         }
         if self.network {
-            cmd.args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]);
+            let forwards: String =
+                self.forwards.iter().map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}")).collect();
+            cmd.arg("-netdev").arg(format!("user,id=net0{forwards}"));
+            cmd.args(["-device", "virtio-net-pci,netdev=net0"]);
         }
         if self.no_reboot {
             cmd.arg("-no-reboot");
