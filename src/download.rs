@@ -55,6 +55,8 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
     bar.set_message(url.to_string());
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        // An interrupt keeps the partial file: the next run resumes from it.
+        crate::interrupt::check()?;
         let n =
             resp.read(&mut buf).with_context(|| format!("download of {url} was interrupted; run again to resume"))?;
         if n == 0 {

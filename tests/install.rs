@@ -229,3 +229,93 @@ fn interrupting_an_install_cleans_up() {
         .unwrap();
     assert!(ps.stdout.is_empty(), "qemu was left running");
 }
+
+/// A download cut off mid-file fails the run and keeps the partial file; the next run asks
+/// the server only for the rest (HTTP Range) and the layer is the whole image.
+#[test]
+fn an_interrupted_image_download_resumes() {
+    use axum::body::{Body, Bytes};
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let served = dir.join("served");
+    std::fs::create_dir(&served).unwrap();
+    let image = served.join("disk.qcow2");
+    let run = |args: &[&str]| assert!(std::process::Command::new(args[0]).args(&args[1..]).status().unwrap().success());
+    run(&["qemu-img", "create", "-q", "-f", "qcow2", image.to_str().unwrap(), "64M"]);
+    run(&["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 6M", "-c", "write -P 0xa5 40M 2M", image.to_str().unwrap()]);
+    let image_bytes = std::fs::read(&image).unwrap();
+    const CUT: usize = 3 << 20;
+
+    // The first request gets the full Content-Length but only CUT bytes before the
+    // connection breaks; later ones are served normally. Every Range header is recorded.
+    let ranges: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = ranges.clone();
+    let router = virt_pipeline::repo::serve::router(&served).unwrap().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            let image_bytes = image_bytes.clone();
+            async move {
+                let range = req.headers().get("range").map(|v| v.to_str().unwrap().to_string());
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(range);
+                    seen.len() == 1
+                };
+                if !first {
+                    return next.run(req).await;
+                }
+                let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                    Ok(Bytes::copy_from_slice(&image_bytes[..CUT])),
+                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut")),
+                ];
+                axum::response::Response::builder()
+                    .header("content-length", image_bytes.len())
+                    .body(Body::from_stream(futures::stream::iter(chunks)))
+                    .unwrap()
+            }
+        },
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    let url = format!("http://{addr}/disk.qcow2");
+    let file = write_file(
+        dir,
+        "p.toml",
+        &format!("version = 1\n[pipeline]\nname = \"r\"\n[[stages]]\n[stages.install]\nmethod = \"image\"\nimage = \"{url}\"\n"),
+    );
+    let gnupg = gnupg_home(dir);
+    let args = ["--work-dir", "work", "run", file.to_str().unwrap()];
+
+    let cut = pipeline(dir, &gnupg, &args);
+    assert_eq!(cut.status.code(), Some(1), "{}", stderr(&cut));
+    assert!(stderr(&cut).contains("run again to resume"), "{}", stderr(&cut));
+    let part = virt_pipeline::download::cache_path(&dir.join("work/downloads"), &url).with_extension("part");
+    let kept = std::fs::metadata(&part).expect("the partial download is kept").len();
+    assert!(kept > 0 && kept <= CUT as u64, "{kept}");
+    assert!(!dir.join("work/layers").exists() || layer_files(&dir.join("work/layers")).is_empty());
+
+    let resumed = pipeline(dir, &gnupg, &args);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(*ranges.lock().unwrap(), vec![None, Some(format!("bytes={kept}-"))]);
+    let layer = stdout(&resumed).trim().to_string();
+    let same = std::process::Command::new("qemu-img").args(["compare", "-q"]).arg(&image).arg(&layer).status().unwrap();
+    assert!(same.success(), "the layer holds the whole image");
+    assert!(!part.exists());
+}
+
+fn layer_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "qcow2"))
+        .collect()
+}

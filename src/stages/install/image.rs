@@ -112,7 +112,7 @@ impl Stage for ImageStage {
                 let (index, base) = self.repo_index(repo, fingerprint.as_deref(), (&cache, offline, ctx.ui))?;
                 let entry = index.get(name).ok_or_else(|| bad_input!("repository {repo} has no entry `{name}`"))?;
                 let file = entry.file().context("the entry has no file=")?;
-                let src = if download::is_url(&base) { format!("{base}/{file}") } else { format!("{base}/{file}") };
+                let src = format!("{base}/{file}");
                 let local = download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?;
                 ctx.bar.set_message("checking sha512");
                 let got = repo::sha512_file(&local)?;
