@@ -1,7 +1,8 @@
 //! The README's main job end to end: `pipeline run pipelines/debian-bookworm.toml` debootstraps
 //! Debian 12, syspreps it and publishes it into repo-index/; the result boots under qemu to a
 //! login prompt with sshd answering with a host key made on first boot (not the one the
-//! install layer had), and a second run reuses every layer. The work directory is a shared
+//! install layer had), a second run reuses every layer, and a pipeline built on it installs and
+//! removes packages with the guest's apt. The work directory is a shared
 //! fixture, so the debootstrap runs once per test run.
 
 mod common;
@@ -37,16 +38,38 @@ fn debian_bookworm_pipeline_publishes_a_bootable_image() {
     let index = std::fs::read_to_string(base.join("repo-index/index")).unwrap();
     assert!(index.contains("[debian-bookworm]") && index.contains("osinfo=debian12"), "{index}");
 
-    // Offline: the install layer had host keys; sysprep removed them and left machine-id empty.
+    // A derived image: packages installed and removed by the guest's apt, through the
+    // appliance's network, on top of the published pipeline's last layer.
+    let derived = write_file(
+        &base,
+        "derived.toml",
+        &format!(
+            "version = 1\nfrom = {{ pipeline = \"{file}\" }}\n[pipeline]\nname = \"derived\"\n\
+             [[stages]]\n[stages.customize]\nsteps = [\n  {{ install = [\"tree\", \"less\"] }},\n  \
+             {{ uninstall = [\"less\"] }},\n]\n"
+        ),
+    );
+    let out = pipeline(&base, &gnupg, &["--work-dir", "work", "run", derived.to_str().unwrap()]);
+    assert!(out.status.success(), "the derived image failed:\n{}", stderr(&out));
+    let derived_layer = stdout(&out).trim().to_string();
+
+    // Offline: the install layer had host keys; sysprep removed them and left machine-id
+    // empty; the derived layer has `tree` and not `less`.
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(Path::new(&layer).with_extension("json")).unwrap()).unwrap();
     let install_layer = Path::new(&layer).with_file_name(format!("{}.qcow2", record["parent"].as_str().unwrap()));
-    let g = open_readonly(&[&install_layer, Path::new(&layer)]);
+    let g = open_readonly(&[&install_layer, Path::new(&layer), Path::new(&derived_layer)]);
     mount_disk(&g, 0);
     let installed_key = g.read_string("/etc/ssh/ssh_host_ed25519_key.pub").unwrap();
     mount_disk(&g, 1);
     assert!(g.glob_expand("/etc/ssh/ssh_host_*").unwrap().is_empty(), "sysprep removes the host keys");
     assert_eq!(g.read_string("/etc/machine-id").unwrap(), "", "machine-id is left empty");
+    assert!(!g.exists("/usr/bin/tree").unwrap());
+    mount_disk(&g, 2);
+    assert!(g.is_file("/usr/bin/tree").unwrap(), "install put tree into the guest");
+    assert!(!g.exists("/usr/bin/less").unwrap(), "uninstall removed less");
+    let status = g.read_string("/var/lib/dpkg/status").unwrap();
+    assert!(status.contains("Package: tree\nStatus: install ok installed"), "dpkg knows tree");
     g.shutdown().unwrap();
     drop(g);
 

@@ -93,12 +93,12 @@ impl Stage for CustomizeStage {
         g.launch()?;
         let os = g.inspect_and_mount(false)?;
         ctx.log.line(format!("inspection: {}", os.summary()));
+        let runner = StepRunner::new(&g, &os, &self.pipeline_dir, &ctx.log);
         for (i, step) in self.config.steps.iter().enumerate() {
             let name = step_name(step);
             ctx.bar.set_message(name.to_string());
             ctx.log.line(format!("step {i}: {name}"));
-            apply_step(&g, &os, step, &self.pipeline_dir, &ctx.log)
-                .with_context(|| format!("customize step {i} ({name})"))?;
+            runner.apply(step).with_context(|| format!("customize step {i} ({name})"))?;
         }
         g.umount_all()?;
         g.shutdown()?;
@@ -126,15 +126,24 @@ fn step_name(step: &CustomizeStep) -> &'static str {
     }
 }
 
-/// Applies one step to the mounted guest; host paths resolve against `dir`.
-pub fn apply_step(
-    g: &Guest,
-    os: &Inspection,
-    step: &CustomizeStep,
-    dir: &std::path::Path,
-    log: &StageLog,
-) -> Result<()> {
-    {
+/// Applies steps to a mounted guest, in one appliance launch; host paths resolve against
+/// `dir`. It remembers whether the package lists were refreshed, so several install steps
+/// download the lists once.
+pub struct StepRunner<'a> {
+    g: &'a Guest,
+    os: &'a Inspection,
+    dir: &'a std::path::Path,
+    log: &'a StageLog,
+    lists_refreshed: std::cell::Cell<bool>,
+}
+
+impl<'a> StepRunner<'a> {
+    pub fn new(g: &'a Guest, os: &'a Inspection, dir: &'a std::path::Path, log: &'a StageLog) -> StepRunner<'a> {
+        StepRunner { g, os, dir, log, lists_refreshed: std::cell::Cell::new(false) }
+    }
+
+    pub fn apply(&self, step: &CustomizeStep) -> Result<()> {
+        let (g, os, dir, log) = (self.g, self.os, self.dir, self.log);
         match step {
             CustomizeStep::Hostname(name) => set_hostname(g, name, os.is_debian_family())?,
             CustomizeStep::RootPassword(spec) => set_root_password(g, spec, dir, log)?,
@@ -175,7 +184,15 @@ pub fn apply_step(
                 g.rm_f(remote)?;
                 result?;
             }
-            CustomizeStep::Install(pkgs) => run_in_guest(g, &package_command(os, "install", pkgs)?, log)?,
+            CustomizeStep::Install(pkgs) => {
+                if !self.lists_refreshed.get() {
+                    if let Some(cmd) = refresh_command(os)? {
+                        run_in_guest(g, &cmd, log)?;
+                    }
+                    self.lists_refreshed.set(true);
+                }
+                run_in_guest(g, &package_command(os, "install", pkgs)?, log)?
+            }
             CustomizeStep::Uninstall(pkgs) => run_in_guest(g, &package_command(os, "remove", pkgs)?, log)?,
             CustomizeStep::SshInject { user, key } => {
                 let key_text = if key.starts_with("ssh-") || key.starts_with("ecdsa-") {
@@ -210,10 +227,19 @@ fn run_in_guest(g: &Guest, cmd: &str, log: &StageLog) -> Result<()> {
     Ok(())
 }
 
+/// The command that refreshes the guest's package lists before installs, where the package
+/// manager needs one (dnf, yum and zypper refresh by themselves).
+fn refresh_command(os: &Inspection) -> Result<Option<String>> {
+    Ok(match os.package_management.as_str() {
+        "apt" => Some("DEBIAN_FRONTEND=noninteractive apt-get -y -q update".into()),
+        _ => None,
+    })
+}
+
 fn package_command(os: &Inspection, action: &str, pkgs: &[String]) -> Result<String> {
     let list = pkgs.join(" ");
     Ok(match os.package_management.as_str() {
-        "apt" => format!("DEBIAN_FRONTEND=noninteractive apt-get -y -q update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get -y -q {action} {list}"),
+        "apt" => format!("DEBIAN_FRONTEND=noninteractive apt-get -y -q {action} {list}"),
         "dnf" => format!("dnf -y {action} {list}"),
         "yum" => format!("yum -y {action} {list}"),
         "zypper" => format!("zypper -n {} {list}", if action == "install" { "install" } else { "remove" }),

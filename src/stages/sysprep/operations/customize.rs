@@ -1,15 +1,16 @@
 //! Apply the stage's `customize` steps (the customize stage's vocabulary) in the same
 //! appliance launch, as virt-sysprep's customize operation applies its customize options.
 
-use crate::stages::customize::apply_step;
+use crate::stages::customize::StepRunner;
 use crate::stages::sysprep::{OpContext, Operation};
 
 pub const OPERATION: Operation =
     Operation { name: "customize", default: true, description: "Customize the guest", run, on_devices: false };
 
 fn run(c: &OpContext) -> anyhow::Result<()> {
+    let runner = StepRunner::new(c.g, c.os, c.dir, c.log);
     for step in &c.config.customize {
-        apply_step(c.g, c.os, step, c.dir, c.log)?;
+        runner.apply(step)?;
     }
     Ok(())
 }
