@@ -135,6 +135,22 @@ fn unknown_sysprep_operation_and_bad_values() {
 }
 
 #[test]
+fn image_expand_needs_a_partition_and_a_size() {
+    let install = |keys: &str| {
+        GOOD.replace(
+            "from = { image = \"base.qcow2\" }\n",
+            "",
+        )
+        .replace(
+            "[[stages]]\n[stages.sysprep]",
+            &format!("[[stages]]\n[stages.install]\nmethod = \"image\"\nimage = \"base.qcow2\"\n{keys}\n[[stages]]\n[stages.sysprep]"),
+        )
+    };
+    rejected(&install("expand = \"/dev/sda1\""), &[], &["stages[0]", "expand needs disk_size"]);
+    rejected(&install("disk_size = \"2G\"\nexpand = \"sda1\""), &[], &["stages[0]", "`sda1` is not a partition"]);
+}
+
+#[test]
 fn first_layer_must_come_from_somewhere() {
     rejected(&GOOD.replace("from = { image = \"base.qcow2\" }\n", ""), &[], &["stages[0]", "install", "from"]);
 }

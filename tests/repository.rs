@@ -259,6 +259,30 @@ fn a_published_entry_is_a_verified_starting_point_and_concurrent_publishers_both
     assert!(st.success());
     assert!(std::fs::read(&raw).unwrap() == std::fs::read(&original).unwrap(), "the round trip changed the disk");
 
+    // The entry grown to a bigger disk: its `expand=` partition and the ext4 in it fill the
+    // new size (virt-builder --size), and the files are still there.
+    let grown = write_file(
+        dir,
+        "grown.toml",
+        &format!(
+            "version = 1\n[pipeline]\nname = \"grown\"\n[[stages]]\n[stages.install]\nmethod = \"image\"\nrepo = \"{}\"\nname = \"fake-debian\"\ndisk_size = \"1G\"\n",
+            repo.display()
+        ),
+    );
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", grown.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = stdout(&out).trim().to_string();
+    let g = open_readonly(&[Path::new(&layer)]);
+    let partition = g.blockdev_getsize64("/dev/sda1").unwrap();
+    assert!(partition > 1000 << 20, "the partition fills the 1 GiB disk: {partition}");
+    mount_disk(&g, 0);
+    let fs = g.filesystem_size("/").unwrap();
+    // statvfs leaves out ext4's own metadata (inode tables): a few per cent.
+    assert!(fs > 900 << 20, "the filesystem fills the partition: {fs} of {partition}");
+    assert!(g.is_file("/etc/debian_version").unwrap());
+    g.shutdown().unwrap();
+    drop(g);
+
     // A tampered image in the source repository is refused before anything is imported.
     let xz = repo.join("fake-debian-r1.xz");
     let mut bytes = std::fs::read(&xz).unwrap();

@@ -290,14 +290,25 @@ impl Guest {
 
     /// The block size of the filesystem mounted at `path`.
     pub fn block_size(&self, path: &str) -> Result<u64> {
+        Ok(self.statvfs(path)?.0)
+    }
+
+    /// The size in bytes of the filesystem mounted at `path`.
+    pub fn filesystem_size(&self, path: &str) -> Result<u64> {
+        let (_, fragment, blocks) = self.statvfs(path)?;
+        Ok(fragment * blocks)
+    }
+
+    /// statvfs: (block size, fragment size, size in fragments).
+    fn statvfs(&self, path: &str) -> Result<(u64, u64, u64)> {
         let p = cstring("statvfs", path)?;
         let st = unsafe { sys::guestfs_statvfs(self.g, p.as_ptr()) };
         if st.is_null() {
             return Err(self.error("statvfs"));
         }
-        let bsize = unsafe { (*st).bsize } as u64;
+        let values = unsafe { ((*st).bsize as u64, (*st).frsize as u64, (*st).blocks as u64) };
         unsafe { sys::guestfs_free_statvfs(st) };
-        Ok(bsize)
+        Ok(values)
     }
 
     pub fn vfs_uuid(&self, mountable: &str) -> Result<String> {
@@ -330,6 +341,113 @@ impl Guest {
         let m = cstring("fstrim", mountpoint)?;
         let opts: sys::guestfs_fstrim_argv = unsafe { std::mem::zeroed() };
         self.check("fstrim", unsafe { sys::guestfs_fstrim_argv(self.g, m.as_ptr(), &opts) })
+    }
+
+    // --- growing a partition and what it holds ------------------------------------------
+
+    /// The partitions of a disk: (number, first byte, last byte), in disk order.
+    pub fn part_list(&self, device: &str) -> Result<Vec<(i32, u64, u64)>> {
+        let d = cstring("part_list", device)?;
+        let list = unsafe { sys::guestfs_part_list(self.g, d.as_ptr()) };
+        if list.is_null() {
+            return Err(self.error("part_list"));
+        }
+        let parts = unsafe { std::slice::from_raw_parts((*list).val, (*list).len as usize) }
+            .iter()
+            .map(|p| (p.part_num, p.part_start, p.part_end))
+            .collect();
+        unsafe { sys::guestfs_free_partition_list(list) };
+        Ok(parts)
+    }
+
+    /// `/dev/sda1` → `/dev/sda`.
+    pub fn part_to_dev(&self, partition: &str) -> Result<String> {
+        let p = cstring("part_to_dev", partition)?;
+        self.string("part_to_dev", unsafe { sys::guestfs_part_to_dev(self.g, p.as_ptr()) })
+    }
+
+    pub fn part_to_partnum(&self, partition: &str) -> Result<i32> {
+        let p = cstring("part_to_partnum", partition)?;
+        let n = unsafe { sys::guestfs_part_to_partnum(self.g, p.as_ptr()) };
+        self.check("part_to_partnum", n)?;
+        Ok(n)
+    }
+
+    /// `msdos` or `gpt`.
+    pub fn part_get_parttype(&self, device: &str) -> Result<String> {
+        let d = cstring("part_get_parttype", device)?;
+        self.string("part_get_parttype", unsafe { sys::guestfs_part_get_parttype(self.g, d.as_ptr()) })
+    }
+
+    /// Moves a GPT's backup header to the end of a grown disk.
+    pub fn part_expand_gpt(&self, device: &str) -> Result<()> {
+        let d = cstring("part_expand_gpt", device)?;
+        self.check("part_expand_gpt", unsafe { sys::guestfs_part_expand_gpt(self.g, d.as_ptr()) })
+    }
+
+    /// Size of a block device in bytes.
+    pub fn blockdev_getsize64(&self, device: &str) -> Result<u64> {
+        let d = cstring("blockdev_getsize64", device)?;
+        let n = unsafe { sys::guestfs_blockdev_getsize64(self.g, d.as_ptr()) };
+        if n < 0 {
+            return Err(self.error("blockdev_getsize64"));
+        }
+        Ok(n as u64)
+    }
+
+    /// Logical sector size of a block device (the unit of partition tables).
+    pub fn blockdev_getss(&self, device: &str) -> Result<u64> {
+        let d = cstring("blockdev_getss", device)?;
+        let n = unsafe { sys::guestfs_blockdev_getss(self.g, d.as_ptr()) };
+        self.check("blockdev_getss", n)?;
+        Ok(n as u64)
+    }
+
+    /// Moves the end of partition `partnum` to sector `end_sector` (its start stays).
+    pub fn part_resize(&self, device: &str, partnum: i32, end_sector: i64) -> Result<()> {
+        let d = cstring("part_resize", device)?;
+        self.check("part_resize", unsafe { sys::guestfs_part_resize(self.g, d.as_ptr(), partnum, end_sector) })
+    }
+
+    pub fn vfs_type(&self, mountable: &str) -> Result<String> {
+        let m = cstring("vfs_type", mountable)?;
+        self.string("vfs_type", unsafe { sys::guestfs_vfs_type(self.g, m.as_ptr()) })
+    }
+
+    /// Forced e2fsck, which resize2fs requires first.
+    pub fn e2fsck_f(&self, device: &str) -> Result<()> {
+        let d = cstring("e2fsck_f", device)?;
+        self.check("e2fsck_f", unsafe { sys::guestfs_e2fsck_f(self.g, d.as_ptr()) })
+    }
+
+    /// Grows an ext2/3/4 filesystem to fill its device.
+    pub fn resize2fs(&self, device: &str) -> Result<()> {
+        let d = cstring("resize2fs", device)?;
+        self.check("resize2fs", unsafe { sys::guestfs_resize2fs(self.g, d.as_ptr()) })
+    }
+
+    /// Grows a mounted XFS filesystem's data section to fill its device.
+    pub fn xfs_growfs(&self, mountpoint: &str) -> Result<()> {
+        let m = cstring("xfs_growfs", mountpoint)?;
+        let mut opts: sys::guestfs_xfs_growfs_argv = unsafe { std::mem::zeroed() };
+        opts.bitmask = 1 << sys::GUESTFS_XFS_GROWFS_DATASEC;
+        opts.datasec = 1;
+        self.check("xfs_growfs", unsafe { sys::guestfs_xfs_growfs_argv(self.g, m.as_ptr(), &opts) })
+    }
+
+    /// Grows a mounted btrfs filesystem to fill its device.
+    pub fn btrfs_filesystem_resize(&self, mountpoint: &str) -> Result<()> {
+        let m = cstring("btrfs_filesystem_resize", mountpoint)?;
+        let opts: sys::guestfs_btrfs_filesystem_resize_argv = unsafe { std::mem::zeroed() };
+        self.check("btrfs_filesystem_resize", unsafe {
+            sys::guestfs_btrfs_filesystem_resize_argv(self.g, m.as_ptr(), &opts)
+        })
+    }
+
+    /// Grows an LVM physical volume to fill its device.
+    pub fn pvresize(&self, device: &str) -> Result<()> {
+        let d = cstring("pvresize", device)?;
+        self.check("pvresize", unsafe { sys::guestfs_pvresize(self.g, d.as_ptr()) })
     }
 
     // --- LVM ---------------------------------------------------------------------------

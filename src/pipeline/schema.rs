@@ -155,6 +155,10 @@ pub struct ImageConfig {
     /// Grow the disk to this size.
     #[serde(default)]
     pub disk_size: Option<String>,
+    /// The partition to grow into the added space (`/dev/sda1`), with its filesystem; a
+    /// repository entry's own `expand=` is used when this is not given.
+    #[serde(default)]
+    pub expand: Option<String>,
 }
 
 /// `[stages.customize]`: offline edits, applied in order, in one appliance launch.

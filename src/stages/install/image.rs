@@ -1,10 +1,12 @@
 //! `method = "image"` (and `from = { image | repo }`): an existing disk image from a file, a
 //! URL, or a signed virt-builder repository entry, imported as the first layer.
 
+use super::expand;
 use crate::bad_input;
 use crate::download;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::engine::ui::Ui;
+use crate::guest::{Drive, Guest};
 use crate::image::qemu_img;
 use crate::repo::{self, index::Index, sign};
 use anyhow::{bail, Context, Result};
@@ -22,11 +24,18 @@ pub enum ImageSource {
 pub struct ImageStage {
     source: ImageSource,
     disk_size: Option<String>,
+    expand: Option<String>,
     base_dir: PathBuf,
 }
 
 impl ImageStage {
-    pub fn new(source: ImageSource, disk_size: Option<String>, base_dir: &Path, where_: &str) -> Result<ImageStage> {
+    pub fn new(
+        source: ImageSource,
+        disk_size: Option<String>,
+        expand: Option<String>,
+        base_dir: &Path,
+        where_: &str,
+    ) -> Result<ImageStage> {
         if let ImageSource::File(f) = &source {
             if !download::is_url(f) && !base_dir.join(f).exists() {
                 return Err(bad_input!("{where_}: image {} does not exist", base_dir.join(f).display()));
@@ -37,7 +46,15 @@ impl ImageStage {
                 return Err(bad_input!("{where_}: disk_size `{size}` is not a size such as 10G"));
             }
         }
-        Ok(ImageStage { source, disk_size, base_dir: base_dir.to_path_buf() })
+        if let Some(part) = &expand {
+            if !part.starts_with("/dev/") {
+                return Err(bad_input!("{where_}: expand `{part}` is not a partition such as /dev/sda1"));
+            }
+            if disk_size.is_none() {
+                return Err(bad_input!("{where_}: expand needs disk_size, the size to grow the disk to"));
+            }
+        }
+        Ok(ImageStage { source, disk_size, expand, base_dir: base_dir.to_path_buf() })
     }
 
     /// The repository's index as verified text, and where its files live.
@@ -93,7 +110,7 @@ impl Stage for ImageStage {
                 serde_json::json!({ "repo": repo, "name": name, "checksum": checksum })
             }
         };
-        serde_json::json!({ "method": "image", "source": source, "disk_size": self.disk_size })
+        serde_json::json!({ "method": "image", "source": source, "disk_size": self.disk_size, "expand": self.expand })
     }
 
     fn inputs(&self) -> Vec<PathBuf> {
@@ -106,6 +123,7 @@ impl Stage for ImageStage {
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
         let cache = ctx.settings.work_dir.join("downloads");
         let offline = ctx.settings.offline;
+        let mut expand = self.expand.clone();
         let local = match &self.source {
             ImageSource::File(f) => download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?,
             ImageSource::Repo { repo, name, fingerprint } => {
@@ -123,6 +141,7 @@ impl Stage for ImageStage {
                     bail!("{src}: sha512 {got} does not match the signed index; refusing the image");
                 }
                 ctx.log.line(format!("{src}: sha512 matches the signed index"));
+                expand = expand.or_else(|| entry.get("expand").map(str::to_string));
                 local
             }
         };
@@ -145,6 +164,14 @@ impl Stage for ImageStage {
                 let want = qemu_img::parse_size(size).unwrap_or(0);
                 if want > qemu_img::info(&ctx.output)?.virtual_size {
                     qemu_img::resize(&ctx.output, size)?;
+                    if let Some(partition) = &expand {
+                        ctx.bar.set_message(format!("expanding {partition}"));
+                        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
+                        g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: true })?;
+                        g.launch()?;
+                        expand::expand_partition(&g, partition, &ctx.log)?;
+                        g.shutdown()?;
+                    }
                 }
             }
             Ok(())

@@ -2,6 +2,7 @@
 //! booted with an injected answers file (netboot, iso), debootstrap, or an existing image.
 
 pub mod debootstrap;
+pub mod expand;
 pub mod image;
 pub mod netboot;
 pub mod stall;
@@ -23,7 +24,7 @@ pub fn build(config: &InstallConfig, pipeline: &Pipeline, at: &str) -> Result<Bo
                 }
                 _ => return Err(bad_input!("{where_}: method image takes `image`, or `repo` with `name`")),
             };
-            Box::new(ImageStage::new(source, c.disk_size.clone(), &pipeline.dir, &where_)?)
+            Box::new(ImageStage::new(source, c.disk_size.clone(), c.expand.clone(), &pipeline.dir, &where_)?)
         }
         InstallConfig::Debootstrap(c) => {
             Box::new(debootstrap::DebootstrapStage::new(c.clone(), &pipeline.dir, &where_)?)
@@ -43,5 +44,5 @@ pub fn from_source(from: &Source, pipeline: &Pipeline) -> Result<Box<dyn Stage>>
         }
         _ => return Err(bad_input!("{where_}: give image, repo with name, or pipeline")),
     };
-    Ok(Box::new(ImageStage::new(source, None, &pipeline.dir, &where_)?))
+    Ok(Box::new(ImageStage::new(source, None, None, &pipeline.dir, &where_)?))
 }
