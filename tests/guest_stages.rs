@@ -80,6 +80,17 @@ fstrim = true
     assert!(fedora_log.contains("zero-free-space / (ext4, 1024-byte blocks)"), "small blocks are zero-filled");
     assert!(fedora_log.contains("fstrim / (ext4, 1024-byte blocks)"));
 
+    // RHEL 7: the default set, for the operations that act on RHEL or yum only.
+    let rhel = write_file(
+        dir.path(),
+        "rhel.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"fake-rhel\"\n[[stages]]\n[stages.sysprep]\n",
+            images.rhel.display()
+        ),
+    );
+    let rhel_layer = run_ok(dir.path(), &gnupg, &["--work-dir", work, "run", rhel.to_str().unwrap()]);
+
     // The customize layer still holds /big's blocks; after sysprep's zero-fill + fstrim they
     // read as zeros and take no space.
     let plan = run_ok(dir.path(), &gnupg, &["--work-dir", work, "plan", debian.to_str().unwrap()]);
@@ -98,7 +109,7 @@ fstrim = true
     assert!(holds_marker(&customize_layer), "the deleted file's data is still on disk before sysprep");
     assert!(!holds_marker(Path::new(&debian_layer)), "zero-free-space left deleted data readable");
 
-    let g = open_readonly(&[Path::new(&debian_layer), Path::new(&fedora_layer)]);
+    let g = open_readonly(&[Path::new(&debian_layer), Path::new(&fedora_layer), Path::new(&rhel_layer)]);
     mount_disk(&g, 0);
     let exists = |p: &str| g.exists(p).unwrap();
     let read = |p: &str| g.read_string(p).unwrap();
@@ -174,16 +185,65 @@ fstrim = true
         "/etc/foo.conf.bak",
         "/var/cache/dnf/metadata.solv",
         "/var/log/messages",
+        "/var/log/audit/audit.log",
+        "/var/log/anaconda/anaconda.log",
+        "/root/anaconda-ks.cfg",
         "/tmp/t",
+        "/etc/pki/consumer/cert.pem",
+        "/etc/pki/entitlement/1.pem",
+        "/etc/sysconfig/rhn/systemid",
+        "/etc/sysconfig/rhn/osad-auth.conf",
+        "/var/lib/yum/uuid",
+        "/etc/smolt/uuid",
+        "/var/log/sssd/sssd.log",
+        "/var/lib/sss/db/cache_example.ldb",
+        "/etc/ipa/default.conf",
+        "/var/lib/ipa-client/sysrestore/sysrestore.index",
+        "/etc/pki/ca-trust/source/anchors/ipa-ca.crt",
+        "/etc/krb5.keytab",
+        "/var/log/samba/log.smbd",
+        "/var/lib/samba/private/secrets.tdb",
+        "/var/lib/dovecot/instances",
+        "/var/lib/dhcpd/dhcpd.leases",
+        "/var/lib/dhclient/dhclient-eth0.leases",
+        "/var/run/faillock/root",
+        "/etc/lvm/devices/system.devices",
+        "/var/spool/abrt/ccpp-1",
+        "/var/spool/mail/root",
     ] {
         assert!(!g.exists(gone).unwrap(), "fedora: {gone} should have been removed");
     }
-    for kept in ["/var/lib/rpm/rpmdb.sqlite", "/etc/passwd", "/etc/shadow"] {
+    for kept in [
+        "/var/lib/rpm/rpmdb.sqlite",
+        "/etc/passwd",
+        "/etc/shadow",
+        "/etc/krb5.conf",
+        "/var/lib/samba/private",
+        "/var/log/audit",
+    ] {
         assert!(g.exists(kept).unwrap(), "fedora: {kept} should have been kept");
     }
     assert_eq!(g.read_string("/etc/machine-id").unwrap(), "");
     assert_eq!(g.read_string("/var/account/pacct").unwrap(), "");
     assert_eq!(g.read_string("/etc/hostname").unwrap(), "localhost.localdomain\n");
+
+    // RHEL 7 with the default set.
+    mount_disk(&g, 2);
+    for gone in [
+        "/etc/pki/consumer/cert.pem",
+        "/etc/pki/entitlement/1.pem",
+        "/etc/sysconfig/rhn/systemid",
+        "/etc/sysconfig/rhn/osad-auth.conf",
+        "/var/lib/yum/uuid",
+        "/var/cache/yum/x86_64/7/base/repomd.xml",
+    ] {
+        assert!(!g.exists(gone).unwrap(), "rhel: {gone} should have been removed");
+    }
+    for kept in
+        ["/etc/pki/consumer", "/etc/pki/entitlement", "/etc/sysconfig/rhn/up2date", "/var/cache/yum/x86_64/7/base"]
+    {
+        assert!(g.exists(kept).unwrap(), "rhel: {kept} should have been kept");
+    }
     g.shutdown().unwrap();
 }
 

@@ -3,6 +3,7 @@
 //! fake Fedora tree that inspection recognises).
 #![allow(dead_code)]
 
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -106,6 +107,24 @@ pub const DEBIAN_FILES: &[(&str, &str)] = &[
     ("/var/tmp/v", "v\n"),
 ];
 
+/// A RHEL 7 tree for the operations that act on RHEL or yum only.
+pub const RHEL_FILES: &[(&str, &str)] = &[
+    ("/etc/os-release", "NAME=\"Red Hat Enterprise Linux Server\"\nVERSION=\"7.9 (Maipo)\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"7.9\"\nPRETTY_NAME=\"Red Hat Enterprise Linux Server 7.9 (Maipo)\"\n"),
+    ("/etc/redhat-release", "Red Hat Enterprise Linux Server release 7.9 (Maipo)\n"),
+    ("/etc/fstab", "/dev/sda1 / ext4 defaults 0 1\n"),
+    ("/etc/hostname", "old-name\n"),
+    ("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+    ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+    ("/usr/bin/yum", "#!/usr/bin/python\n"),
+    ("/etc/pki/consumer/cert.pem", "cert\n"),
+    ("/etc/pki/entitlement/1.pem", "ent\n"),
+    ("/etc/sysconfig/rhn/systemid", "id\n"),
+    ("/etc/sysconfig/rhn/osad-auth.conf", "auth\n"),
+    ("/etc/sysconfig/rhn/up2date", "serverURL=https://rhn.example.net/XMLRPC\n"),
+    ("/var/lib/yum/uuid", "uuid\n"),
+    ("/var/cache/yum/x86_64/7/base/repomd.xml", "cache\n"),
+];
+
 pub const FEDORA_FILES: &[(&str, &str)] = &[
     ("/etc/os-release", "NAME=\"Fedora Linux\"\nVERSION=\"39 (Server Edition)\"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME=\"Fedora Linux 39 (Server Edition)\"\n"),
     ("/etc/fedora-release", "Fedora release 39 (Thirty Nine)\n"),
@@ -127,7 +146,28 @@ pub const FEDORA_FILES: &[(&str, &str)] = &[
     ("/var/account/pacct", "acct\n"),
     ("/var/cache/dnf/metadata.solv", "cache\n"),
     ("/var/log/messages", "log\n"),
+    ("/var/log/audit/audit.log", "log\n"),
+    ("/var/log/anaconda/anaconda.log", "log\n"),
+    ("/root/anaconda-ks.cfg", "ks\n"),
     ("/tmp/t", "t\n"),
+    // What the Red Hat-family operations of the default set remove.
+    ("/etc/smolt/uuid", "uuid\n"),
+    ("/var/log/sssd/sssd.log", "log\n"),
+    ("/var/lib/sss/db/cache_example.ldb", "db\n"),
+    ("/etc/ipa/default.conf", "ipa\n"),
+    ("/var/lib/ipa-client/sysrestore/sysrestore.index", "ipa\n"),
+    ("/etc/pki/ca-trust/source/anchors/ipa-ca.crt", "ca\n"),
+    ("/etc/krb5.keytab", "keytab\n"),
+    ("/etc/krb5.conf", "[libdefaults]\n"),
+    ("/var/log/samba/log.smbd", "log\n"),
+    ("/var/lib/samba/private/secrets.tdb", "tdb\n"),
+    ("/var/lib/dovecot/instances", "x\n"),
+    ("/var/lib/dhcpd/dhcpd.leases", "lease\n"),
+    ("/var/lib/dhclient/dhclient-eth0.leases", "lease\n"),
+    ("/var/run/faillock/root", "x\n"),
+    ("/etc/lvm/devices/system.devices", "devices\n"),
+    ("/var/spool/abrt/ccpp-1/coredump", "core\n"),
+    ("/var/spool/mail/root", "mail\n"),
 ];
 
 /// One 4 KiB block of the marker data in /big: a deleted file's blocks are found on the
@@ -165,26 +205,34 @@ fn fill_disk(g: &Guest, device: &str, files: &[(&str, &str)], marker_mb: usize, 
 pub struct FakeImages {
     pub debian: PathBuf,
     pub fedora: PathBuf,
+    pub rhel: PathBuf,
 }
 
-/// The fake Debian (with 64 MiB of marker blocks in /big) and Fedora disks, built in one
+/// The fake Debian (with 64 MiB of marker blocks in /big), Fedora and RHEL disks, built in one
 /// appliance launch the first time any test asks.
 pub fn fake_images() -> &'static FakeImages {
     static IMAGES: OnceLock<FakeImages> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let dir = fixture_dir();
-        let images = FakeImages { debian: dir.join("fake-debian.qcow2"), fedora: dir.join("fake-fedora.qcow2") };
+        let images = FakeImages {
+            debian: dir.join("fake-debian.qcow2"),
+            fedora: dir.join("fake-fedora.qcow2"),
+            rhel: dir.join("fake-rhel.qcow2"),
+        };
+        let disks = [&images.debian, &images.fedora, &images.rhel];
+        // The marker holds a digest of the trees, so changing them rebuilds the disks.
         let done = dir.join("fake-images.done");
-        if done.exists() && images.debian.exists() && images.fedora.exists() {
+        let trees = hex::encode(Sha256::digest(format!("{DEBIAN_FILES:?}{FEDORA_FILES:?}{RHEL_FILES:?}").as_bytes()));
+        if std::fs::read_to_string(&done).is_ok_and(|d| d == trees) && disks.iter().all(|p| p.exists()) {
             return images;
         }
-        for p in [&images.debian, &images.fedora] {
+        for p in disks {
             let st =
                 Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg("256M").status().unwrap();
             assert!(st.success());
         }
         let g = Guest::new(accel(), None, false).unwrap();
-        for p in [&images.debian, &images.fedora] {
+        for p in disks {
             g.add_drive(Drive { path: p, format: "qcow2", readonly: false, discard: false }).unwrap();
         }
         g.launch().unwrap();
@@ -193,8 +241,9 @@ pub fn fake_images() -> &'static FakeImages {
         // a disk this small, so both of sysprep's zero-fill paths are exercised.
         fill_disk(&g, &devices[0], DEBIAN_FILES, 64, Some(4096));
         fill_disk(&g, &devices[1], FEDORA_FILES, 0, None);
+        fill_disk(&g, &devices[2], RHEL_FILES, 0, None);
         g.shutdown().unwrap();
-        std::fs::write(done, "").unwrap();
+        std::fs::write(done, trees).unwrap();
         images
     })
 }
