@@ -71,6 +71,11 @@ fn unknown_stage_kind() {
         &[],
         &["p.toml", "stages[0]", "sysprap", "sysprep"],
     );
+    rejected(
+        &GOOD.replace("[stages.sysprep]\nhostname = \"{{ Host }}\"\nfstrim = true", "[stages.provision]\nsteps = []"),
+        &[],
+        &["stages[0]", "`provision`", "not available in this version"],
+    );
 }
 
 #[test]

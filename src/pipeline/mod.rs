@@ -75,7 +75,9 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
             }
             Err(err) => {
                 let at = err.path().to_string();
+                // toml's messages end with a line saying where, which the path already says.
                 let msg = err.inner().to_string();
+                let msg = msg.split("\nin `").next().unwrap_or(&msg).trim_end().to_string();
                 let culprit = overrides.iter().position(|ov| ov.path_string() == at);
                 if let Some(i) = culprit {
                     if !as_string[i] && msg.contains("invalid type") && msg.contains("expected a string") {
@@ -104,7 +106,10 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
 }
 
 fn hint(msg: &str) -> &'static str {
-    if msg.contains("unknown variant") && msg.contains("install") {
+    let planned = ["firstboot", "provision", "export"].iter().any(|k| msg.contains(&format!("variant `{k}`")));
+    if msg.contains("unknown variant") && planned {
+        "; this stage kind of the design is not available in this version (README: Not yet available)"
+    } else if msg.contains("unknown variant") && msg.contains("install") {
         "; each [[stages]] entry holds exactly one stage table such as [stages.sysprep]"
     } else if msg.contains("unknown field") {
         "; check the spelling against the README's key reference"
