@@ -16,7 +16,7 @@ fn run_ok(dir: &Path, gnupg: &Path, args: &[&str]) -> String {
 }
 
 #[test]
-fn sysprep_and_customize_on_fake_debian_and_fedora() {
+fn sysprep_and_customize_on_fake_debian_fedora_and_rhel() {
     let images = fake_images();
     let dir = tempfile::tempdir().unwrap();
     let gnupg = gnupg_home(dir.path());
@@ -227,8 +227,12 @@ fstrim = true
     assert_eq!(g.read_string("/var/account/pacct").unwrap(), "");
     assert_eq!(g.read_string("/etc/hostname").unwrap(), "localhost.localdomain\n");
 
-    // RHEL 7 with the default set.
-    mount_disk(&g, 2);
+    // RHEL 7 with the default set; its root is on LVM, whose UUIDs are new.
+    let (pv_uuid, vg_uuid) = &images.rhel_lvm_uuids;
+    assert_ne!(&g.pvuuid("/dev/sdc1").unwrap(), pv_uuid, "lvm-uuids gives the PV a new UUID");
+    assert_ne!(&g.vguuid("rhel").unwrap(), vg_uuid, "lvm-uuids gives the VG a new UUID");
+    g.umount_all().unwrap();
+    g.mount_ro("/dev/rhel/root", "/").unwrap();
     for gone in [
         "/etc/pki/consumer/cert.pem",
         "/etc/pki/entitlement/1.pem",

@@ -83,6 +83,17 @@ fn cstring(call: &str, s: &str) -> Result<CString> {
         .map_err(|_| GuestError { call: call.into(), message: format!("argument contains a NUL byte: {s:?}") })
 }
 
+fn cstrings(call: &str, strings: &[&str]) -> Result<Vec<CString>> {
+    strings.iter().map(|s| cstring(call, s)).collect()
+}
+
+/// The NULL-terminated `char **` libguestfs takes for string lists; valid while `owned` lives.
+fn null_terminated(owned: &[CString]) -> Vec<*mut c_char> {
+    let mut ptrs: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr() as *mut c_char).collect();
+    ptrs.push(std::ptr::null_mut());
+    ptrs
+}
+
 impl Guest {
     /// A new handle with the accelerator applied. With a log, every libguestfs call is
     /// traced into it; `verbose` adds the appliance's own boot and daemon messages.
@@ -179,9 +190,8 @@ impl Guest {
     }
 
     pub fn set_backend_settings(&self, settings: &[&str]) -> Result<()> {
-        let owned: Vec<CString> = settings.iter().map(|s| cstring("set_backend_settings", s)).collect::<Result<_>>()?;
-        let mut ptrs: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr() as *mut c_char).collect();
-        ptrs.push(std::ptr::null_mut());
+        let owned = cstrings("set_backend_settings", settings)?;
+        let ptrs = null_terminated(&owned);
         self.check("set_backend_settings", unsafe { sys::guestfs_set_backend_settings(self.g, ptrs.as_ptr()) })
     }
 
@@ -458,6 +468,34 @@ impl Guest {
 
     pub fn vgs(&self) -> Result<Vec<String>> {
         self.strings("vgs", unsafe { sys::guestfs_vgs(self.g) })
+    }
+
+    pub fn pvcreate(&self, device: &str) -> Result<()> {
+        let d = cstring("pvcreate", device)?;
+        self.check("pvcreate", unsafe { sys::guestfs_pvcreate(self.g, d.as_ptr()) })
+    }
+
+    pub fn vgcreate(&self, name: &str, pvs: &[&str]) -> Result<()> {
+        let n = cstring("vgcreate", name)?;
+        let owned = cstrings("vgcreate", pvs)?;
+        let ptrs = null_terminated(&owned);
+        self.check("vgcreate", unsafe { sys::guestfs_vgcreate(self.g, n.as_ptr(), ptrs.as_ptr()) })
+    }
+
+    /// A logical volume taking `percent` of the group's free space.
+    pub fn lvcreate_free(&self, name: &str, vg: &str, percent: i32) -> Result<()> {
+        let (n, v) = (cstring("lvcreate_free", name)?, cstring("lvcreate_free", vg)?);
+        self.check("lvcreate_free", unsafe { sys::guestfs_lvcreate_free(self.g, n.as_ptr(), v.as_ptr(), percent) })
+    }
+
+    pub fn pvuuid(&self, device: &str) -> Result<String> {
+        let d = cstring("pvuuid", device)?;
+        self.string("pvuuid", unsafe { sys::guestfs_pvuuid(self.g, d.as_ptr()) })
+    }
+
+    pub fn vguuid(&self, vg: &str) -> Result<String> {
+        let v = cstring("vguuid", vg)?;
+        self.string("vguuid", unsafe { sys::guestfs_vguuid(self.g, v.as_ptr()) })
     }
 
     pub fn vg_activate_all(&self, activate: bool) -> Result<()> {

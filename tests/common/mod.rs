@@ -111,7 +111,7 @@ pub const DEBIAN_FILES: &[(&str, &str)] = &[
 pub const RHEL_FILES: &[(&str, &str)] = &[
     ("/etc/os-release", "NAME=\"Red Hat Enterprise Linux Server\"\nVERSION=\"7.9 (Maipo)\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"7.9\"\nPRETTY_NAME=\"Red Hat Enterprise Linux Server 7.9 (Maipo)\"\n"),
     ("/etc/redhat-release", "Red Hat Enterprise Linux Server release 7.9 (Maipo)\n"),
-    ("/etc/fstab", "/dev/sda1 / ext4 defaults 0 1\n"),
+    ("/etc/fstab", "/dev/mapper/rhel-root / ext4 defaults 0 0\n"),
     ("/etc/hostname", "old-name\n"),
     ("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
     ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
@@ -180,9 +180,23 @@ pub fn marker_block() -> Vec<u8> {
 /// `marker_mb` MiB of marker blocks in /big, through an already launched handle's drive.
 fn fill_disk(g: &Guest, device: &str, files: &[(&str, &str)], marker_mb: usize, block_size: Option<u32>) {
     g.part_disk(device, "mbr").unwrap();
-    let part = format!("{device}1");
-    g.mkfs_with_block_size("ext4", &part, block_size).unwrap();
-    g.mount(&part, "/").unwrap();
+    write_tree(g, &format!("{device}1"), files, marker_mb, block_size);
+}
+
+/// As `fill_disk`, with the root filesystem on a logical volume `VG/root` filling the disk,
+/// as RHEL installs it.
+fn fill_lvm_disk(g: &Guest, device: &str, vg: &str, files: &[(&str, &str)]) {
+    g.part_disk(device, "mbr").unwrap();
+    let pv = format!("{device}1");
+    g.pvcreate(&pv).unwrap();
+    g.vgcreate(vg, &[&pv]).unwrap();
+    g.lvcreate_free("root", vg, 100).unwrap();
+    write_tree(g, &format!("/dev/{vg}/root"), files, 0, None);
+}
+
+fn write_tree(g: &Guest, root: &str, files: &[(&str, &str)], marker_mb: usize, block_size: Option<u32>) {
+    g.mkfs_with_block_size("ext4", root, block_size).unwrap();
+    g.mount(root, "/").unwrap();
     for dir in ["/bin", "/usr/bin", "/etc", "/root", "/tmp", "/var/tmp"] {
         g.mkdir_p(dir).unwrap();
     }
@@ -205,7 +219,9 @@ fn fill_disk(g: &Guest, device: &str, files: &[(&str, &str)], marker_mb: usize, 
 pub struct FakeImages {
     pub debian: PathBuf,
     pub fedora: PathBuf,
+    /// Root on LVM: the volume group `rhel`, whose PV and VG UUIDs are `rhel_lvm_uuids`.
     pub rhel: PathBuf,
+    pub rhel_lvm_uuids: (String, String),
 }
 
 /// The fake Debian (with 64 MiB of marker blocks in /big), Fedora and RHEL disks, built in one
@@ -218,13 +234,21 @@ pub fn fake_images() -> &'static FakeImages {
             debian: dir.join("fake-debian.qcow2"),
             fedora: dir.join("fake-fedora.qcow2"),
             rhel: dir.join("fake-rhel.qcow2"),
+            rhel_lvm_uuids: Default::default(),
+        };
+        let uuids_file = dir.join("fake-rhel.lvm-uuids");
+        let with_uuids = |mut images: FakeImages| {
+            let text = std::fs::read_to_string(&uuids_file).unwrap();
+            let (pv, vg) = text.trim().split_once(' ').unwrap();
+            images.rhel_lvm_uuids = (pv.to_string(), vg.to_string());
+            images
         };
         let disks = [&images.debian, &images.fedora, &images.rhel];
         // The marker holds a digest of the trees, so changing them rebuilds the disks.
         let done = dir.join("fake-images.done");
         let trees = hex::encode(Sha256::digest(format!("{DEBIAN_FILES:?}{FEDORA_FILES:?}{RHEL_FILES:?}").as_bytes()));
         if std::fs::read_to_string(&done).is_ok_and(|d| d == trees) && disks.iter().all(|p| p.exists()) {
-            return images;
+            return with_uuids(images);
         }
         for p in disks {
             let st =
@@ -241,10 +265,12 @@ pub fn fake_images() -> &'static FakeImages {
         // a disk this small, so both of sysprep's zero-fill paths are exercised.
         fill_disk(&g, &devices[0], DEBIAN_FILES, 64, Some(4096));
         fill_disk(&g, &devices[1], FEDORA_FILES, 0, None);
-        fill_disk(&g, &devices[2], RHEL_FILES, 0, None);
+        fill_lvm_disk(&g, &devices[2], "rhel", RHEL_FILES);
+        let uuids = format!("{} {}", g.pvuuid(&format!("{}1", devices[2])).unwrap(), g.vguuid("rhel").unwrap());
         g.shutdown().unwrap();
+        std::fs::write(&uuids_file, uuids).unwrap();
         std::fs::write(done, trees).unwrap();
-        images
+        with_uuids(images)
     })
 }
 
