@@ -1,9 +1,9 @@
 //! The README's main job end to end: `pipeline run pipelines/debian-bookworm.toml` debootstraps
 //! Debian 12, syspreps it and publishes it into repo-index/; the result boots under qemu to a
 //! login prompt with sshd answering with a host key made on first boot (not the one the
-//! install layer had), a second run reuses every layer, and a pipeline built on it installs and
-//! removes packages with the guest's apt. The work directory is a shared
-//! fixture, so the debootstrap runs once per test run.
+//! install layer had), and a second run reuses every layer. A pipeline built on it applies
+//! every customize action that needs a real guest (packages, run-command, run, timezone,
+//! ssh-inject). The work directory is a shared fixture, so the debootstrap runs once per run.
 
 mod common;
 
@@ -38,15 +38,41 @@ fn debian_bookworm_pipeline_publishes_a_bootable_image() {
     let index = std::fs::read_to_string(base.join("repo-index/index")).unwrap();
     assert!(index.contains("[debian-bookworm]") && index.contains("osinfo=debian12"), "{index}");
 
-    // A derived image: packages installed and removed by the guest's apt, through the
-    // appliance's network, on top of the published pipeline's last layer.
+    // A derived image made with every customize action that needs a real guest: the
+    // guest's apt through the appliance's network, its shell for run-command and run, its
+    // zoneinfo and accounts.
+    std::fs::create_dir_all(base.join("files/app/bin")).unwrap();
+    std::fs::create_dir_all(base.join("keys")).unwrap();
+    std::fs::write(base.join("files/app/bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+    std::fs::write(base.join("keys/admin.pub"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2e admin@example\n").unwrap();
+    std::fs::write(
+        base.join("setup.sh"),
+        "#!/bin/sh\nset -e\ndpkg-query -W -f='${Version}' openssh-server > /etc/openssh-version\n",
+    )
+    .unwrap();
     let derived = write_file(
         &base,
         "derived.toml",
         &format!(
-            "version = 1\nfrom = {{ pipeline = \"{file}\" }}\n[pipeline]\nname = \"derived\"\n\
-             [[stages]]\n[stages.customize]\nsteps = [\n  {{ install = [\"tree\", \"less\"] }},\n  \
-             {{ uninstall = [\"less\"] }},\n]\n"
+            r#"version = 1
+from = {{ pipeline = "{file}" }}
+[pipeline]
+name = "derived"
+[values]
+App = "app"
+[[stages]]
+[stages.customize]
+steps = [
+  {{ hostname = "derived.example.net" }},
+  {{ install = ["tree", "less", "tzdata"] }},
+  {{ uninstall = ["less"] }},
+  {{ timezone = "Europe/Oslo" }},
+  {{ copy_in = {{ source = "files/{{{{ App }}}}", dest = "/opt" }} }},
+  {{ run_command = "useradd -m -s /bin/sh deploy" }},
+  {{ ssh_inject = {{ user = "deploy", key = "keys/admin.pub" }} }},
+  {{ run = "setup.sh" }},
+]
+"#
         ),
     );
     let out = pipeline(&base, &gnupg, &["--work-dir", "work", "run", derived.to_str().unwrap()]);
@@ -54,7 +80,7 @@ fn debian_bookworm_pipeline_publishes_a_bootable_image() {
     let derived_layer = stdout(&out).trim().to_string();
 
     // Offline: the install layer had host keys; sysprep removed them and left machine-id
-    // empty; the derived layer has `tree` and not `less`.
+    // empty; the derived layer shows every customize action.
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(Path::new(&layer).with_extension("json")).unwrap()).unwrap();
     let install_layer = Path::new(&layer).with_file_name(format!("{}.qcow2", record["parent"].as_str().unwrap()));
@@ -70,6 +96,18 @@ fn debian_bookworm_pipeline_publishes_a_bootable_image() {
     assert!(!g.exists("/usr/bin/less").unwrap(), "uninstall removed less");
     let status = g.read_string("/var/lib/dpkg/status").unwrap();
     assert!(status.contains("Package: tree\nStatus: install ok installed"), "dpkg knows tree");
+    assert_eq!(g.read_string("/etc/hostname").unwrap(), "derived.example.net\n");
+    assert_eq!(g.read_string("/etc/timezone").unwrap(), "Europe/Oslo\n");
+    assert!(g.is_symlink("/etc/localtime").unwrap());
+    assert_eq!(g.read_string("/opt/app/bin/hello").unwrap(), "#!/bin/sh\necho hello\n", "copy-in, templated path");
+    let passwd = g.read_string("/etc/passwd").unwrap();
+    let deploy = passwd.lines().find(|l| l.starts_with("deploy:")).expect("run-command added the user");
+    let uid: i64 = deploy.split(':').nth(2).unwrap().parse().unwrap();
+    let keys = "/home/deploy/.ssh/authorized_keys";
+    assert!(g.read_string(keys).unwrap().contains("admin@example"), "ssh-inject");
+    assert_eq!(g.lstat_mode(keys).unwrap() & 0o777, 0o600);
+    assert_eq!(g.owner(keys).unwrap().0, uid, "the key belongs to its user");
+    assert!(g.read_string("/etc/openssh-version").unwrap().starts_with("1:9."), "run executed the script in the guest");
     g.shutdown().unwrap();
     drop(g);
 

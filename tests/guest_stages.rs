@@ -251,6 +251,34 @@ fstrim = true
     g.shutdown().unwrap();
 }
 
+/// A step the guest refuses fails the stage with the guest's own error text, names the step,
+/// and leaves no layer for it.
+#[test]
+fn a_failing_customize_step_reports_the_guest_error() {
+    let images = fake_images();
+    let dir = tempfile::tempdir().unwrap();
+    let gnupg = gnupg_home(dir.path());
+    let file = write_file(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"fails\"\n[[stages]]\n[stages.customize]\nsteps = [\n  {{ mkdir = \"/opt/ok\" }},\n  {{ chmod = {{ mode = \"0600\", path = \"/no/such/file\" }} }},\n]\n",
+            images.debian.display()
+        ),
+    );
+    let out = pipeline(dir.path(), &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("customize step 1 (chmod)"), "{err}");
+    assert!(err.contains("No such file or directory"), "the guest's error text: {err}");
+    let layers: Vec<_> = std::fs::read_dir(dir.path().join("work/layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".qcow2") || n.contains("tmp"))
+        .collect();
+    assert_eq!(layers.len(), 1, "only the imported image is kept: {layers:?}");
+}
+
 #[test]
 fn inspect_reports_the_distribution() {
     let images = fake_images();

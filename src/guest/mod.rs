@@ -558,14 +558,24 @@ impl Guest {
 
     /// The mode bits of a path (not following symlinks).
     pub fn lstat_mode(&self, path: &str) -> Result<u32> {
+        Ok(self.lstat(path)?.0)
+    }
+
+    /// (uid, gid) of a path, not following a final symlink.
+    pub fn owner(&self, path: &str) -> Result<(i64, i64)> {
+        let (_, uid, gid) = self.lstat(path)?;
+        Ok((uid, gid))
+    }
+
+    fn lstat(&self, path: &str) -> Result<(u32, i64, i64)> {
         let p = cstring("lstatns", path)?;
         let st = unsafe { sys::guestfs_lstatns(self.g, p.as_ptr()) };
         if st.is_null() {
             return Err(self.error("lstatns"));
         }
-        let mode = unsafe { (*st).st_mode } as u32;
+        let values = unsafe { ((*st).st_mode as u32, (*st).st_uid, (*st).st_gid) };
         unsafe { sys::guestfs_free_statns(st) };
-        Ok(mode)
+        Ok(values)
     }
 
     pub fn rm(&self, path: &str) -> Result<()> {
@@ -605,6 +615,11 @@ impl Guest {
     }
 
     /// `ln -sf target link`.
+    pub fn chown(&self, uid: i32, gid: i32, path: &str) -> Result<()> {
+        let p = cstring("chown", path)?;
+        self.check("chown", unsafe { sys::guestfs_chown(self.g, uid, gid, p.as_ptr()) })
+    }
+
     pub fn ln_sf(&self, target: &str, link: &str) -> Result<()> {
         let (t, l) = (cstring("ln_sf", target)?, cstring("ln_sf", link)?);
         self.check("ln_sf", unsafe { sys::guestfs_ln_sf(self.g, t.as_ptr(), l.as_ptr()) })

@@ -337,11 +337,18 @@ pub fn set_root_password(g: &Guest, spec: &str, dir: &std::path::Path, log: &Sta
 
 /// Appends a public key to the user's authorized_keys with the permissions sshd requires.
 pub fn inject_ssh_key(g: &Guest, user: &str, key: &str) -> Result<()> {
-    let home = if user == "root" { "/root".to_string() } else { format!("/home/{user}") };
+    // The account's home and ids come from the guest's /etc/passwd, as virt-customize does.
+    let passwd = if g.is_file("/etc/passwd")? { g.read_string("/etc/passwd")? } else { String::new() };
+    let Some((uid, gid, home)) = passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 6 && f[0] == user).then(|| (f[2].parse::<i32>().ok(), f[3].parse::<i32>().ok(), f[5].to_string()))
+    }) else {
+        bail!("ssh-inject: the guest's /etc/passwd has no user `{user}`");
+    };
     if !g.is_dir(&home)? {
         bail!("ssh-inject: user {user} has no home directory {home} in the guest");
     }
-    let dir = format!("{home}/.ssh");
+    let dir = format!("{}/.ssh", home.trim_end_matches('/'));
     let file = format!("{dir}/authorized_keys");
     g.mkdir_p(&dir)?;
     g.chmod(0o700, &dir)?;
@@ -353,8 +360,9 @@ pub fn inject_ssh_key(g: &Guest, user: &str, key: &str) -> Result<()> {
     text.push('\n');
     g.write(&file, text.as_bytes())?;
     g.chmod(0o600, &file)?;
-    if user != "root" {
-        g.sh(&format!("chown -R {user}: {dir}"))?;
+    if let (Some(uid), Some(gid)) = (uid, gid) {
+        g.chown(uid, gid, &dir)?;
+        g.chown(uid, gid, &file)?;
     }
     Ok(())
 }
