@@ -149,16 +149,7 @@ fn netboot_downloads_are_checked_against_the_tree_checksums() {
     )
     .unwrap();
     let router = virt_pipeline::repo::serve::router(&tree).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, router).await.unwrap();
-        });
-    });
+    let addr = serve_in_background(router);
     write_file(dir, "preseed.cfg", "d-i debian-installer/locale string en_US\n");
     let file = write_file(
         dir,
@@ -276,16 +267,7 @@ fn an_interrupted_image_download_resumes() {
             }
         },
     ));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, router).await.unwrap();
-        });
-    });
+    let addr = serve_in_background(router);
     let url = format!("http://{addr}/disk.qcow2");
     let file = write_file(
         dir,
@@ -318,4 +300,19 @@ fn layer_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "qcow2"))
         .collect()
+}
+
+/// Serves `router` on a free port of 127.0.0.1 from a thread of its own, for the test's life.
+fn serve_in_background(router: axum::Router) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    addr
 }
