@@ -279,6 +279,48 @@ fn a_failing_customize_step_reports_the_guest_error() {
     assert_eq!(layers.len(), 1, "only the imported image is kept: {layers:?}");
 }
 
+/// `method = "image"` with `disk_size` and `expand`: the last partition of a GPT disk and its
+/// ext4 fill the grown disk, the backup GPT moves to the new end (sfdisk checks the table
+/// from the host), the first partition and the files stay.
+#[test]
+fn an_image_grows_its_last_gpt_partition() {
+    let images = fake_images();
+    let dir = tempfile::tempdir().unwrap();
+    let gnupg = gnupg_home(dir.path());
+    let file = write_file(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "version = 1\n[pipeline]\nname = \"grow\"\n[[stages]]\n[stages.install]\nmethod = \"image\"\nimage = \"{}\"\ndisk_size = \"512M\"\nexpand = \"/dev/sda2\"\n",
+            images.gpt.display()
+        ),
+    );
+    let layer = run_ok(dir.path(), &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+
+    let raw = dir.path().join("grown.raw");
+    let st = std::process::Command::new("qemu-img").args(["convert", "-O", "raw", &layer]).arg(&raw).status().unwrap();
+    assert!(st.success());
+    let verify = std::process::Command::new("sfdisk").arg("--verify").arg(&raw).output().unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout).to_string() + &String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && !report.contains("corrupt"), "sfdisk --verify: {report}");
+    let dump = std::process::Command::new("sfdisk").arg("--json").arg(&raw).output().unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let table = &table["partitiontable"];
+    let sectors = 512u64 << 11;
+    assert_eq!(table["lastlba"], sectors - 34, "the GPT's usable area reaches the new end: {table}");
+    let parts = table["partitions"].as_array().unwrap();
+    assert_eq!((parts[0]["start"].as_u64(), parts[0]["size"].as_u64()), (Some(2048), Some(32768)), "{table}");
+    let end = parts[1]["start"].as_u64().unwrap() + parts[1]["size"].as_u64().unwrap() - 1;
+    assert_eq!(end, sectors - 34, "the last partition fills the disk: {table}");
+
+    let g = open_readonly(&[Path::new(&layer)]);
+    g.mount_ro("/dev/sda2", "/").unwrap();
+    let fs = g.filesystem_size("/").unwrap();
+    assert!(fs > 400 << 20, "ext4 grew with its partition: {fs}");
+    assert_eq!(g.read_string("/hello").unwrap(), "hello\n");
+    g.shutdown().unwrap();
+}
+
 #[test]
 fn inspect_reports_the_distribution() {
     let images = fake_images();

@@ -27,7 +27,12 @@ pub struct GuestError {
 
 impl std::fmt::Display for GuestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.call, self.message)
+        // libguestfs's own messages usually begin with the call's name already.
+        if self.message.starts_with(&format!("{}: ", self.call)) {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.call, self.message)
+        }
     }
 }
 
@@ -274,6 +279,18 @@ impl Guest {
     pub fn part_disk(&self, device: &str, table: &str) -> Result<()> {
         let (d, t) = (cstring("part_disk", device)?, cstring("part_disk", table)?);
         self.check("part_disk", unsafe { sys::guestfs_part_disk(self.g, d.as_ptr(), t.as_ptr()) })
+    }
+
+    /// A new empty partition table (`msdos` or `gpt`).
+    pub fn part_init(&self, device: &str, table: &str) -> Result<()> {
+        let (d, t) = (cstring("part_init", device)?, cstring("part_init", table)?);
+        self.check("part_init", unsafe { sys::guestfs_part_init(self.g, d.as_ptr(), t.as_ptr()) })
+    }
+
+    /// A partition from `start` to `end` (sectors, inclusive); `kind` is `p`, `e` or `l`.
+    pub fn part_add(&self, device: &str, kind: &str, start: i64, end: i64) -> Result<()> {
+        let (d, k) = (cstring("part_add", device)?, cstring("part_add", kind)?);
+        self.check("part_add", unsafe { sys::guestfs_part_add(self.g, d.as_ptr(), k.as_ptr(), start, end) })
     }
 
     pub fn part_set_bootable(&self, device: &str, partnum: i32, bootable: bool) -> Result<()> {

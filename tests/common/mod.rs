@@ -194,6 +194,19 @@ fn fill_lvm_disk(g: &Guest, device: &str, vg: &str, files: &[(&str, &str)]) {
     write_tree(g, &format!("/dev/{vg}/root"), files, 0, None);
 }
 
+fn fill_gpt_disk(g: &Guest, device: &str) {
+    g.part_init(device, "gpt").unwrap();
+    // 128 MiB of 512-byte sectors; the backup table takes the last 33.
+    let sectors: i64 = 128 << 11;
+    g.part_add(device, "p", 2048, 34815).unwrap();
+    g.part_add(device, "p", 34816, sectors - 34).unwrap();
+    g.mkfs("ext4", &format!("{device}1")).unwrap();
+    g.mkfs("ext4", &format!("{device}2")).unwrap();
+    g.mount(&format!("{device}2"), "/").unwrap();
+    g.write("/hello", b"hello\n").unwrap();
+    g.umount_all().unwrap();
+}
+
 fn write_tree(g: &Guest, root: &str, files: &[(&str, &str)], marker_mb: usize, block_size: Option<u32>) {
     g.mkfs_with_block_size("ext4", root, block_size).unwrap();
     g.mount(root, "/").unwrap();
@@ -222,9 +235,11 @@ pub struct FakeImages {
     /// Root on LVM: the volume group `rhel`, whose PV and VG UUIDs are `rhel_lvm_uuids`.
     pub rhel: PathBuf,
     pub rhel_lvm_uuids: (String, String),
+    /// 128 MiB GPT: a 16 MiB ext4 partition, then an ext4 root (partition 2) holding /hello.
+    pub gpt: PathBuf,
 }
 
-/// The fake Debian (with 64 MiB of marker blocks in /big), Fedora and RHEL disks, built in one
+/// The fake Debian (with 64 MiB of marker blocks in /big), Fedora, RHEL and GPT disks, built in one
 /// appliance launch the first time any test asks.
 pub fn fake_images() -> &'static FakeImages {
     static IMAGES: OnceLock<FakeImages> = OnceLock::new();
@@ -235,6 +250,7 @@ pub fn fake_images() -> &'static FakeImages {
             fedora: dir.join("fake-fedora.qcow2"),
             rhel: dir.join("fake-rhel.qcow2"),
             rhel_lvm_uuids: Default::default(),
+            gpt: dir.join("fake-gpt.qcow2"),
         };
         let uuids_file = dir.join("fake-rhel.lvm-uuids");
         let with_uuids = |mut images: FakeImages| {
@@ -243,16 +259,16 @@ pub fn fake_images() -> &'static FakeImages {
             images.rhel_lvm_uuids = (pv.to_string(), vg.to_string());
             images
         };
-        let disks = [&images.debian, &images.fedora, &images.rhel];
-        // The marker holds a digest of the trees, so changing them rebuilds the disks.
+        let disks = [&images.debian, &images.fedora, &images.rhel, &images.gpt];
+        // The marker holds a digest of this file, so changing how the disks are made rebuilds them.
         let done = dir.join("fake-images.done");
-        let trees = hex::encode(Sha256::digest(format!("{DEBIAN_FILES:?}{FEDORA_FILES:?}{RHEL_FILES:?}").as_bytes()));
+        let trees = hex::encode(Sha256::digest(include_str!("mod.rs").as_bytes()));
         if std::fs::read_to_string(&done).is_ok_and(|d| d == trees) && disks.iter().all(|p| p.exists()) {
             return with_uuids(images);
         }
         for p in disks {
-            let st =
-                Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg("256M").status().unwrap();
+            let size = if p == &images.gpt { "128M" } else { "256M" };
+            let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg(size).status().unwrap();
             assert!(st.success());
         }
         let g = Guest::new(accel(), None, false).unwrap();
@@ -266,6 +282,7 @@ pub fn fake_images() -> &'static FakeImages {
         fill_disk(&g, &devices[0], DEBIAN_FILES, 64, Some(4096));
         fill_disk(&g, &devices[1], FEDORA_FILES, 0, None);
         fill_lvm_disk(&g, &devices[2], "rhel", RHEL_FILES);
+        fill_gpt_disk(&g, &devices[3]);
         let uuids = format!("{} {}", g.pvuuid(&format!("{}1", devices[2])).unwrap(), g.vguuid("rhel").unwrap());
         g.shutdown().unwrap();
         std::fs::write(&uuids_file, uuids).unwrap();
