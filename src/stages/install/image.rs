@@ -121,11 +121,23 @@ impl Stage for ImageStage {
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
+        let (local, entry_expand) = self.fetch(ctx)?;
+        self.import(&local, ctx)?;
+        if let Some(size) = &self.disk_size {
+            grow(size, self.expand.as_deref().or(entry_expand.as_deref()), ctx)?;
+        }
+        Ok(StageResult::default())
+    }
+}
+
+impl ImageStage {
+    /// The image as a local file (downloaded and, for a repository entry, checked against
+    /// the signed index), and the entry's `expand=` partition if it has one.
+    fn fetch(&self, ctx: &mut StageContext) -> Result<(PathBuf, Option<String>)> {
         let cache = ctx.settings.work_dir.join("downloads");
         let offline = ctx.settings.offline;
-        let mut expand = self.expand.clone();
-        let local = match &self.source {
-            ImageSource::File(f) => download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?,
+        match &self.source {
+            ImageSource::File(f) => Ok((download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?, None)),
             ImageSource::Repo { repo, name, fingerprint } => {
                 let (index, base) = self.repo_index(repo, fingerprint.as_deref(), (&cache, offline, ctx.ui))?;
                 let entry = index.get(name).ok_or_else(|| bad_input!("repository {repo} has no entry `{name}`"))?;
@@ -141,45 +153,50 @@ impl Stage for ImageStage {
                     bail!("{src}: sha512 {got} does not match the signed index; refusing the image");
                 }
                 ctx.log.line(format!("{src}: sha512 matches the signed index"));
-                expand = expand.or_else(|| entry.get("expand").map(str::to_string));
-                local
+                Ok((local, entry.get("expand").map(str::to_string)))
             }
-        };
+        }
+    }
+
+    /// Writes the image (xz decompressed first, sparsely) as the stage's qcow2 layer.
+    fn import(&self, local: &Path, ctx: &mut StageContext) -> Result<()> {
         let decompressed = ctx.output.with_extension("raw.tmp");
         let result = (|| -> Result<()> {
-            let src = if is_xz(&local)? {
+            let src = if is_xz(local)? {
                 ctx.bar.set_message("decompressing");
                 let mut dec =
-                    xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(std::fs::File::open(&local)?));
+                    xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(std::fs::File::open(local)?));
                 let mut out = std::fs::File::create(&decompressed)?;
                 copy_sparse(&mut dec, &mut out)?;
                 decompressed.clone()
             } else {
-                local.clone()
+                local.to_path_buf()
             };
             ctx.bar.set_message("importing");
             ctx.log.line(format!("importing {} as qcow2", src.display()));
-            qemu_img::convert(&src, &ctx.output, "qcow2")?;
-            if let Some(size) = &self.disk_size {
-                let want = qemu_img::parse_size(size).unwrap_or(0);
-                if want > qemu_img::info(&ctx.output)?.virtual_size {
-                    qemu_img::resize(&ctx.output, size)?;
-                    if let Some(partition) = &expand {
-                        ctx.bar.set_message(format!("expanding {partition}"));
-                        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
-                        g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: true })?;
-                        g.launch()?;
-                        expand::expand_partition(&g, partition, &ctx.log)?;
-                        g.shutdown()?;
-                    }
-                }
-            }
-            Ok(())
+            qemu_img::convert(&src, &ctx.output, "qcow2")
         })();
         let _ = std::fs::remove_file(&decompressed);
-        result?;
-        Ok(StageResult::default())
+        result
     }
+}
+
+/// Grows the layer to `size` when it is smaller, then the `expand` partition into the new space.
+fn grow(size: &str, expand: Option<&str>, ctx: &mut StageContext) -> Result<()> {
+    let want = qemu_img::parse_size(size).unwrap_or(0);
+    if want <= qemu_img::info(&ctx.output)?.virtual_size {
+        return Ok(());
+    }
+    qemu_img::resize(&ctx.output, size)?;
+    if let Some(partition) = expand {
+        ctx.bar.set_message(format!("expanding {partition}"));
+        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
+        g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: true })?;
+        g.launch()?;
+        expand::expand_partition(&g, partition, &ctx.log)?;
+        g.shutdown()?;
+    }
+    Ok(())
 }
 
 fn is_xz(path: &Path) -> Result<bool> {
