@@ -141,17 +141,22 @@ impl NetbootStage {
             return Ok((k, i, None));
         }
         let base = location.trim_end_matches('/');
+        let mut tried = Vec::new();
         for (k, i) in TREE_LAYOUTS {
             let (ku, iu) = (format!("{base}/{k}"), format!("{base}/{i}"));
-            let Ok(kernel) = fetch(&ku) else { continue };
+            let kernel = match fetch(&ku) {
+                Ok(kernel) => kernel,
+                Err(e) => {
+                    // The innermost cause says whether the file is missing or the server is.
+                    tried.push(format!("{k}: {}", e.root_cause()));
+                    continue;
+                }
+            };
             let initrd = fetch(&iu)?;
             verify_tree_checksums(base, &[(k, &kernel), (i, &initrd)], ctx)?;
             return Ok((kernel, initrd, None));
         }
-        bail!(
-            "{location}: no installer kernel found (tried {})",
-            TREE_LAYOUTS.iter().map(|l| l.0).collect::<Vec<_>>().join(", ")
-        )
+        bail!("{location}: no installer kernel found; tried\n  {}", tried.join("\n  "))
     }
 }
 
