@@ -156,6 +156,20 @@ fn image_expand_needs_a_partition_and_a_size() {
 }
 
 #[test]
+fn environment_names_must_be_shell_names() {
+    rejected(
+        &GOOD.replace("[values]", "[env]\n\"bad-name\" = \"x\"\n\n[values]"),
+        &[],
+        &["p.toml", "env", "`bad-name` is not an environment variable name"],
+    );
+    rejected(
+        &GOOD.replace("fstrim = true", "fstrim = true\nenv = { 1ST = \"x\" }"),
+        &[],
+        &["stages[0].sysprep.env", "`1ST`"],
+    );
+}
+
+#[test]
 fn first_layer_must_come_from_somewhere() {
     rejected(&GOOD.replace("from = { image = \"base.qcow2\" }\n", ""), &[], &["stages[0]", "install", "from"]);
 }

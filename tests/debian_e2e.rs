@@ -60,8 +60,11 @@ from = {{ pipeline = "{file}" }}
 name = "derived"
 [values]
 App = "app"
+[env]
+GREETING = "it's global"
 [[stages]]
 [stages.customize]
+env = {{ TARGET = "derived" }}
 steps = [
   {{ hostname = "derived.example.net" }},
   {{ install = ["tree", "less", "tzdata"] }},
@@ -71,6 +74,7 @@ steps = [
   {{ run_command = "useradd -m -s /bin/sh deploy" }},
   {{ ssh_inject = {{ user = "deploy", key = "keys/admin.pub" }} }},
   {{ run = "setup.sh" }},
+  {{ run_command = "printf '%s %s' \"$GREETING\" \"$TARGET\" > /etc/env-check" }},
 ]
 "#
         ),
@@ -108,6 +112,7 @@ steps = [
     assert_eq!(g.lstat_mode(keys).unwrap() & 0o777, 0o600);
     assert_eq!(g.owner(keys).unwrap().0, uid, "the key belongs to its user");
     assert!(g.read_string("/etc/openssh-version").unwrap().starts_with("1:9."), "run executed the script in the guest");
+    assert_eq!(g.read_string("/etc/env-check").unwrap(), "it's global derived", "[env] and the stage's env");
     g.shutdown().unwrap();
     drop(g);
 

@@ -9,6 +9,7 @@ use crate::bad_input;
 use anyhow::Result;
 use overrides::Override;
 pub use schema::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A loaded, rendered and type-checked pipeline file.
@@ -34,6 +35,25 @@ impl Pipeline {
         } else {
             self.dir.join(p)
         }
+    }
+
+    /// The environment a stage's commands run with: the file's `[env]` with the stage's own
+    /// `env` (at `at`) over it. Names must be shell variable names.
+    pub fn stage_env(&self, own: &BTreeMap<String, String>, at: &str) -> Result<BTreeMap<String, String>> {
+        let mut env = self.file.env.clone();
+        env.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for name in env.keys() {
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                let key = if own.contains_key(name) { at } else { "env" };
+                return Err(bad_input!(
+                    "{}: {key}: `{name}` is not an environment variable name (letters, digits and _, not starting with a digit)",
+                    self.path.display()
+                ));
+            }
+        }
+        Ok(env)
     }
 
     /// A file the pipeline names (a preseed, a kickstart), rendered through the templates

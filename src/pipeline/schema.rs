@@ -127,6 +127,9 @@ pub struct DebootstrapConfig {
     pub variant: String,
     #[serde(default)]
     pub include: Vec<String>,
+    /// Environment for debootstrap on the host (e.g. `http_proxy`), over the file's `[env]`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     #[serde(default = "default_disk_size")]
     pub disk_size: String,
     #[serde(default = "default_hostname")]
@@ -169,6 +172,9 @@ pub struct CustomizeConfig {
     /// Turn the appliance network on (needed by install/uninstall and network run-commands).
     #[serde(default)]
     pub network: Option<bool>,
+    /// Environment for run-command, run, install and uninstall, over the file's `[env]`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// One virt-customize action; names follow virt-customize's options.
@@ -211,6 +217,9 @@ pub struct SysprepConfig {
     /// Host scripts the `script` operation runs inside the guest.
     #[serde(default)]
     pub scripts: Vec<String>,
+    /// Environment for the scripts and customize commands, over the file's `[env]`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub zero_free_space: bool,
     #[serde(default)]

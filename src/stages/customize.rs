@@ -8,6 +8,7 @@ use crate::guest::inspect::Inspection;
 use crate::guest::{Drive, Guest};
 use crate::pipeline::{CustomizeConfig, CustomizeStep, Pipeline};
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub struct CustomizeStage {
@@ -18,8 +19,10 @@ pub struct CustomizeStage {
 }
 
 impl CustomizeStage {
-    pub fn new(config: CustomizeConfig, pipeline: &Pipeline, at: &str) -> Result<CustomizeStage> {
+    pub fn new(mut config: CustomizeConfig, pipeline: &Pipeline, at: &str) -> Result<CustomizeStage> {
         let files = check_steps(&config.steps, pipeline, &format!("{at}.steps"))?;
+        // The effective environment is part of the configuration, so of the cache key.
+        config.env = pipeline.stage_env(&config.env, &format!("{at}.env"))?;
         Ok(CustomizeStage { config, files, pipeline_dir: pipeline.dir.clone() })
     }
 
@@ -93,7 +96,7 @@ impl Stage for CustomizeStage {
         g.launch()?;
         let os = g.inspect_and_mount(false)?;
         ctx.log.line(format!("inspection: {}", os.summary()));
-        let runner = StepRunner::new(&g, &os, &self.pipeline_dir, &ctx.log);
+        let runner = StepRunner::new(&g, &os, &self.pipeline_dir, &self.config.env, &ctx.log);
         for (i, step) in self.config.steps.iter().enumerate() {
             let name = step_name(step);
             ctx.bar.set_message(name.to_string());
@@ -133,13 +136,25 @@ pub struct StepRunner<'a> {
     g: &'a Guest,
     os: &'a Inspection,
     dir: &'a std::path::Path,
+    env: &'a BTreeMap<String, String>,
     log: &'a StageLog,
     lists_refreshed: std::cell::Cell<bool>,
 }
 
 impl<'a> StepRunner<'a> {
-    pub fn new(g: &'a Guest, os: &'a Inspection, dir: &'a std::path::Path, log: &'a StageLog) -> StepRunner<'a> {
-        StepRunner { g, os, dir, log, lists_refreshed: std::cell::Cell::new(false) }
+    pub fn new(
+        g: &'a Guest,
+        os: &'a Inspection,
+        dir: &'a std::path::Path,
+        env: &'a BTreeMap<String, String>,
+        log: &'a StageLog,
+    ) -> StepRunner<'a> {
+        StepRunner { g, os, dir, env, log, lists_refreshed: std::cell::Cell::new(false) }
+    }
+
+    /// A shell command in the guest, with the stage's environment.
+    fn shell(&self, cmd: &str) -> Result<()> {
+        run_in_guest(self.g, cmd, self.env, self.log)
     }
 
     pub fn apply(&self, step: &CustomizeStep) -> Result<()> {
@@ -175,25 +190,25 @@ impl<'a> StepRunner<'a> {
             CustomizeStep::Chmod { mode, path } => g.chmod(u32::from_str_radix(mode, 8)?, path)?,
             CustomizeStep::Delete(path) => g.rm_rf(path)?,
             CustomizeStep::Link { target, link } => g.ln_sf(target, link)?,
-            CustomizeStep::RunCommand(cmd) => run_in_guest(g, cmd, log)?,
+            CustomizeStep::RunCommand(cmd) => self.shell(cmd)?,
             CustomizeStep::Run(script) => {
                 let remote = "/tmp/virt-pipeline-run.sh";
                 g.upload(&resolve(dir, script), remote)?;
                 g.chmod(0o755, remote)?;
-                let result = run_in_guest(g, remote, log);
+                let result = self.shell(remote);
                 g.rm_f(remote)?;
                 result?;
             }
             CustomizeStep::Install(pkgs) => {
                 if !self.lists_refreshed.get() {
                     if let Some(cmd) = refresh_command(os)? {
-                        run_in_guest(g, &cmd, log)?;
+                        self.shell(&cmd)?;
                     }
                     self.lists_refreshed.set(true);
                 }
-                run_in_guest(g, &package_command(os, "install", pkgs)?, log)?
+                self.shell(&package_command(os, "install", pkgs)?)?
             }
-            CustomizeStep::Uninstall(pkgs) => run_in_guest(g, &package_command(os, "remove", pkgs)?, log)?,
+            CustomizeStep::Uninstall(pkgs) => self.shell(&package_command(os, "remove", pkgs)?)?,
             CustomizeStep::SshInject { user, key } => {
                 let key_text = if key.starts_with("ssh-") || key.starts_with("ecdsa-") {
                     key.clone()
@@ -216,15 +231,25 @@ fn resolve(dir: &std::path::Path, path: &str) -> PathBuf {
     }
 }
 
-/// Runs a shell command inside the guest; its output goes to the log, a failure carries the
-/// guest's own error text.
-fn run_in_guest(g: &Guest, cmd: &str, log: &StageLog) -> Result<()> {
-    log.line(format!("# {cmd}"));
-    let out = g.sh(cmd)?;
+/// Runs a shell command inside the guest with `env` exported; its output goes to the log, a
+/// failure carries the guest's own error text.
+pub fn run_in_guest(g: &Guest, cmd: &str, env: &BTreeMap<String, String>, log: &StageLog) -> Result<()> {
+    // The log names the variables but not their values, which may hold credentials.
+    if env.is_empty() {
+        log.line(format!("# {cmd}"));
+    } else {
+        log.line(format!("# {cmd}   (env: {})", env.keys().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    let out = g.sh(&format!("{}{cmd}", shell_exports(env)))?;
     for line in out.lines() {
         log.line(line);
     }
     Ok(())
+}
+
+/// `export NAME='value'; ` for each variable, single-quoted for the shell.
+pub fn shell_exports(env: &BTreeMap<String, String>) -> String {
+    env.iter().map(|(k, v)| format!("export {k}='{}'; ", v.replace('\'', r"'\''"))).collect()
 }
 
 /// The command that refreshes the guest's package lists before installs, where the package
@@ -365,4 +390,19 @@ pub fn inject_ssh_key(g: &Guest, user: &str, key: &str) -> Result<()> {
         g.chown(uid, gid, &file)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_exports;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn exported_values_reach_the_shell_unchanged() {
+        let tricky = "it's $HOME `id` \"q\" \\ ;";
+        let env = BTreeMap::from([("A".to_string(), tricky.to_string()), ("B".to_string(), String::new())]);
+        let script = format!("{}printf '%s|%s' \"$A\" \"$B\"", shell_exports(&env));
+        let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{tricky}|"));
+    }
 }

@@ -90,6 +90,7 @@ impl Stage for DebootstrapStage {
         ctx.bar.set_message(format!("debootstrap {} from {}", c.suite, c.mirror));
         ctx.log.run_checked(
             Command::new("debootstrap")
+                .envs(&c.env)
                 .arg(format!("--variant={}", c.variant))
                 .arg(format!("--include={}", self.packages()))
                 .arg(&c.suite)

@@ -27,7 +27,9 @@ pub fn build(config: &InstallConfig, pipeline: &Pipeline, at: &str) -> Result<Bo
             Box::new(ImageStage::new(source, c.disk_size.clone(), c.expand.clone(), &pipeline.dir, &where_)?)
         }
         InstallConfig::Debootstrap(c) => {
-            Box::new(debootstrap::DebootstrapStage::new(c.clone(), &pipeline.dir, &where_)?)
+            let mut c = c.clone();
+            c.env = pipeline.stage_env(&c.env, &format!("{at}.env"))?;
+            Box::new(debootstrap::DebootstrapStage::new(c, &pipeline.dir, &where_)?)
         }
         InstallConfig::Netboot(c) => Box::new(netboot::NetbootStage::new(c.clone(), false, pipeline, at)?),
         InstallConfig::Iso(c) => Box::new(netboot::NetbootStage::new(c.clone(), true, pipeline, at)?),

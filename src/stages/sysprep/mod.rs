@@ -134,8 +134,9 @@ pub struct SysprepStage {
 }
 
 impl SysprepStage {
-    pub fn new(config: SysprepConfig, pipeline: &Pipeline, at: &str) -> Result<SysprepStage> {
+    pub fn new(mut config: SysprepConfig, pipeline: &Pipeline, at: &str) -> Result<SysprepStage> {
         let shown = pipeline.path.display();
+        config.env = pipeline.stage_env(&config.env, &format!("{at}.env"))?;
         let operations = selected(&config).map_err(|e| bad_input!("{shown}: {at}: {e}"))?;
         let mut files = crate::stages::customize::check_steps(&config.customize, pipeline, &format!("{at}.customize"))?;
         for (i, script) in config.scripts.iter().enumerate() {

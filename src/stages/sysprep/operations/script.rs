@@ -1,6 +1,7 @@
 //! Run the stage's `scripts` (host files) inside the guest, one after another; a failing
 //! script fails the stage with its output.
 
+use crate::stages::customize::run_in_guest;
 use crate::stages::sysprep::{OpContext, Operation};
 
 pub const OPERATION: Operation = Operation {
@@ -16,11 +17,9 @@ fn run(c: &OpContext) -> anyhow::Result<()> {
     for script in &c.config.scripts {
         c.g.upload(&c.dir.join(script), REMOTE)?;
         c.g.chmod(0o755, REMOTE)?;
-        let result = c.g.sh(REMOTE);
+        let result = run_in_guest(c.g, REMOTE, &c.config.env, c.log);
         c.g.rm_f(REMOTE)?;
-        for line in result?.lines() {
-            c.log.line(line);
-        }
+        result?;
     }
     Ok(())
 }
