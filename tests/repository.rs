@@ -395,9 +395,35 @@ fn a_publisher_killed_at_any_moment_leaves_the_repository_valid() {
         .filter(|n| n.starts_with(".tmp-") || n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "prune removes crashed writes: {leftovers:?}");
-    let last = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file, "--set", "stages[0].publish.notes=final"]);
+    // The next publish lands; as a qcow2 entry this time, which decompresses to a
+    // standalone qcow2 holding the same disk.
+    let last = pipeline(
+        dir,
+        &gnupg,
+        &[
+            "--work-dir",
+            "work",
+            "run",
+            file,
+            "--set",
+            "stages[0].publish.notes=final",
+            "--set",
+            "stages[0].publish.format=qcow2",
+        ],
+    );
     assert!(last.status.success(), "{}", stderr(&last));
     assert!(verify().status.success());
     let index = std::fs::read_to_string(repo.join("index")).unwrap();
-    assert!(index.contains("notes=final"), "{index}");
+    assert!(index.contains("notes=final") && index.contains("format=qcow2"), "{index}");
+    let xz_file = index.lines().find_map(|l| l.strip_prefix("file=")).unwrap();
+    let unpacked = dir.join("entry.qcow2");
+    let xz = Command::new("xz").args(["-dc"]).arg(repo.join(xz_file)).output().unwrap();
+    assert!(xz.status.success());
+    std::fs::write(&unpacked, &xz.stdout).unwrap();
+    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&unpacked).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert!(info["backing-filename"].is_null(), "a standalone image: {info}");
+    let same = Command::new("qemu-img").args(["compare", "-q"]).arg(&images.debian).arg(&unpacked).status().unwrap();
+    assert!(same.success(), "the qcow2 entry holds the published disk");
 }

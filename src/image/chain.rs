@@ -27,7 +27,9 @@ pub struct DataMap {
 }
 
 impl DataMap {
-    pub fn of(path: &Path) -> Result<DataMap> {
+    /// The map of `path` read as `format`: a qcow2 file read as `raw` is mapped by file
+    /// offsets (its holes), read as `qcow2` by guest offsets.
+    pub fn of(path: &Path, format: &str) -> Result<DataMap> {
         #[derive(serde::Deserialize)]
         struct Extent {
             start: u64,
@@ -36,7 +38,7 @@ impl DataMap {
             zero: bool,
         }
         let out = std::process::Command::new("qemu-img")
-            .args(["map", "--output=json", "-U"])
+            .args(["map", "--output=json", "-U", "-f", format])
             .arg(path)
             .output()
             .context("cannot run qemu-img map")?;
@@ -67,7 +69,7 @@ impl RawDisk {
     pub fn open(path: &Path) -> Result<RawDisk> {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let size = file.metadata()?.len();
-        Ok(RawDisk { file, size, map: DataMap::of(path)? })
+        Ok(RawDisk { file, size, map: DataMap::of(path, "raw")? })
     }
 }
 
@@ -125,7 +127,7 @@ impl Qcow2Chain {
         futures::executor::block_on(dev.qcow2_prep_io())
             .map_err(|e| anyhow::anyhow!("cannot read qcow2 chain {}: {e:?}", path.display()))?;
         let size = dev.info.virtual_size();
-        Ok(Qcow2Chain { dev, size, map: DataMap::of(path)? })
+        Ok(Qcow2Chain { dev, size, map: DataMap::of(path, "qcow2")? })
     }
 }
 
