@@ -5,40 +5,8 @@
 mod common;
 
 use common::*;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM: the server must shut down cleanly on it.
-        terminate(self.0.id());
-        let _ = self.0.wait();
-    }
-}
-
-fn terminate(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-}
-
-fn serve(dir: &Path) -> (Server, String) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(bin())
-        .args(["serve", dir.to_str().unwrap(), "--listen", &addr])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    (Server(child), format!("http://{addr}"))
-}
+use std::process::{Command, Stdio};
 
 /// virt-builder isolated from the system's repositories (unreachable here) and caches.
 fn virt_builder(home: &Path, gnupg: &Path, args: &[&str]) -> std::process::Output {

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: the `pipeline` binary, a private GnuPG home,
 //! and small disk images built once per test run with real libguestfs (a fake Debian and a
-//! fake Fedora tree that inspection recognises).
+//! fake Fedora tree that inspection recognises), and `pipeline serve` in the background.
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -331,4 +331,52 @@ pub fn holds_marker(image: &Path) -> bool {
     let marker = marker_block();
     let pieces: Vec<&[u8]> = marker.chunks(1024).collect();
     data.chunks(1024).any(|c| pieces.contains(&c))
+}
+
+/// `pipeline serve` in the background; SIGTERM on drop (it must shut down cleanly on it).
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the server must shut down cleanly on it.
+        terminate(self.0.id());
+        let _ = self.0.wait();
+    }
+}
+
+pub fn terminate(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+/// Serves `dir` with `pipeline serve` on a free port; the server and its base URL.
+pub fn serve(dir: &Path) -> (Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(bin())
+        .args(["serve", dir.to_str().unwrap(), "--listen", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (Server(child), format!("http://{addr}"))
+}
+
+/// Serves `router` on a free port of 127.0.0.1 from a thread of its own, for the test's life.
+pub fn serve_in_background(router: axum::Router) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    addr
 }
