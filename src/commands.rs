@@ -216,10 +216,19 @@ fn repo_command(command: RepoCommand) -> Result<()> {
             let (repo, fpr) = Repo::init(&dir, sign_key.as_deref(), generate_key.as_deref(), uri.as_deref())?;
             println!("repository {} signed by {fpr}", dir.display());
             println!("public key: {}", repo.public_key_path().display());
-            println!(
-                "virt-builder sources file: {} (copy it to ~/.config/virt-builder/repos.d/)",
-                repo.conf_path().display()
-            );
+            if uri.is_some() {
+                println!(
+                    "virt-builder sources file: {} (clients: copy it and {} to {})",
+                    repo.conf_path().display(),
+                    repo.public_key_path().display(),
+                    crate::repo::CLIENT_REPOS_D
+                );
+            } else {
+                println!(
+                    "virt-builder sources file: {} (copy it to ~/.config/virt-builder/repos.d/)",
+                    repo.conf_path().display()
+                );
+            }
         }
         RepoCommand::List { dir } => {
             for e in Repo::open(&dir)?.index()?.entries {

@@ -121,6 +121,18 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let list = virt_builder(&vb_home, &gnupg, &["--source", &index_url, "--fingerprint", &fpr, "--list"]);
     assert!(list.status.success());
     assert!(String::from_utf8_lossy(&list.stdout).contains("fake-debian"), "the entry is listed");
+    // The sources file the repository carries, installed as a client would: no --source, no
+    // fingerprint, an empty keyring; the key comes from the file its gpgkey= names.
+    let repos_d = vb_home.join("vb-config/virt-builder/repos.d");
+    std::fs::create_dir_all(&repos_d).unwrap();
+    std::fs::copy(repo.join("repo.conf"), repos_d.join("repo.conf")).unwrap();
+    let no_keys = dir.join("no-keys");
+    std::fs::create_dir_all(&no_keys).unwrap();
+    std::fs::set_permissions(&no_keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let listed = virt_builder(&vb_home, &no_keys, &["--list"]);
+    assert!(listed.status.success(), "virt-builder accepts the repository's sources file");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("fake-debian"));
+    std::fs::remove_file(repos_d.join("repo.conf")).unwrap();
     let out_img = dir.join("out.img");
     let build = vb_download(&out_img);
     assert!(build.status.success(), "virt-builder accepts signature, checksum and xz");

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 const KEY_FILE: &str = "signing-key.fpr";
 
+/// Where remote clients install a repository's sources file and public key.
+pub const CLIENT_REPOS_D: &str = "/etc/virt-builder/repos.d";
+
 pub struct Repo {
     pub dir: PathBuf,
 }
@@ -78,11 +81,13 @@ impl Repo {
         let name = repo.name();
         write_atomic(&repo.public_key_path(), &sign::export_public_key(&fingerprint)?)?;
         let abs = std::fs::canonicalize(dir)?;
-        let uri = match uri {
-            Some(u) => format!("{}/index.asc", u.trim_end_matches('/')),
-            None => format!("file://{}/index.asc", abs.display()),
+        // virt-builder takes the key only from a local file (it ignores a gpgkey= that is not
+        // file://), so remote clients install it next to the sources file.
+        let (uri, key) = match uri {
+            Some(u) => (format!("{}/index.asc", u.trim_end_matches('/')), PathBuf::from(CLIENT_REPOS_D)),
+            None => (format!("file://{}/index.asc", abs.display()), abs.clone()),
         };
-        let conf = format!("[{name}]\nuri={uri}\ngpgkey=file://{}\n", abs.join(format!("{name}.asc")).display());
+        let conf = format!("[{name}]\nuri={uri}\ngpgkey=file://{}\n", key.join(format!("{name}.asc")).display());
         write_atomic(&repo.conf_path(), conf.as_bytes())?;
         if !dir.join("index.asc").exists() {
             repo.write_index(&Index::default(), &fingerprint)?;
