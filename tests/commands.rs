@@ -134,3 +134,63 @@ fn offline_runs_use_only_the_download_cache() {
     let original = small_image(dir);
     assert!(same_disk(&original, Path::new(layer.trim())));
 }
+
+/// A key given for one publish must be the repository's own (clients trust only it): another
+/// key, or one without a secret half, is bad input and nothing is written. `repo init
+/// --sign-key` moves the repository to another key and signs its index again.
+#[test]
+fn publishing_with_another_key_is_refused_until_the_repository_moves_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    small_image(dir);
+    run_ok(dir, &gnupg, &["repo", "init", "r"]);
+    let first = std::fs::read_to_string(dir.join("r/signing-key.fpr")).unwrap().trim().to_string();
+    let gpg = |args: &[&str]| Command::new("gpg").args(args).env("GNUPGHOME", &gnupg).output().unwrap();
+    let made = gpg(&[
+        "--batch",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "Other <other@example.net>",
+        "default",
+        "default",
+        "never",
+    ]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let keys = String::from_utf8_lossy(&gpg(&["--with-colons", "--list-secret-keys"]).stdout).into_owned();
+    let other = keys
+        .lines()
+        .filter_map(|l| l.strip_prefix("fpr:").map(|f| f.trim_matches(':').to_string()))
+        .find(|f| *f != first)
+        .expect("the second key's fingerprint");
+    let file = write_file(
+        dir,
+        "p.toml",
+        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"k\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"keyed\"\n",
+    );
+    let file = file.to_str().unwrap();
+
+    let refused = pipeline(dir, &gnupg, &["--work-dir", "w", "run", file, "--sign-key", &other]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("trust only that key") && stderr(&refused).contains("repo init"));
+    assert!(!run_ok(dir, &gnupg, &["repo", "list", "r"]).contains("keyed"));
+    let layers = std::fs::read_dir(dir.join("w/layers"))
+        .map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "qcow2")).count())
+        .unwrap_or(0);
+    assert_eq!(layers, 0, "nothing ran");
+    let unknown = "0123456789ABCDEF0123456789ABCDEF01234567";
+    let set = "stages[0].publish.repo=r2";
+    let refused = pipeline(dir, &gnupg, &["--work-dir", "w", "run", file, "--set", set, "--sign-key", unknown]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("no secret key"), "{}", stderr(&refused));
+    assert!(!dir.join("r2").exists());
+
+    run_ok(dir, &gnupg, &["repo", "init", "r", "--sign-key", &other]);
+    run_ok(dir, &gnupg, &["repo", "verify", "r", "--fingerprint", &other]);
+    let moved = pipeline(dir, &gnupg, &["repo", "verify", "r", "--fingerprint", &first]);
+    assert!(!moved.status.success(), "the index is no longer signed by the old key");
+    run_ok(dir, &gnupg, &["--work-dir", "w", "run", file, "--sign-key", &other]);
+    assert!(run_ok(dir, &gnupg, &["repo", "list", "r"]).contains("keyed"));
+    run_ok(dir, &gnupg, &["repo", "verify", "r"]);
+}

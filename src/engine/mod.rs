@@ -100,6 +100,9 @@ impl<'a> Engine<'a> {
     /// Runs the stages on top of `base` (or from nothing, when the first is an install) and
     /// returns the last layer.
     pub fn run(&self, pipeline_name: &str, stages: &[Box<dyn Stage>], base: Option<Layer>) -> Result<Layer> {
+        for stage in stages {
+            stage.preflight(&self.settings)?;
+        }
         let plan = self.plan(stages, base.as_ref())?;
         let log_dir = self.log_dir(pipeline_name);
         let total = stages.len();

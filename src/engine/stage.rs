@@ -35,6 +35,11 @@ pub trait Stage {
     fn overlay_cluster_size(&self) -> Option<u32> {
         None
     }
+    /// Checks that need the run's settings (a signing key given on the command line), made
+    /// for every stage before any runs, so such bad input writes nothing.
+    fn preflight(&self, _settings: &RunSettings) -> Result<()> {
+        Ok(())
+    }
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult>;
     /// For output stages: is what an earlier run recorded still in place (the published
     /// entry still in its repository)? If not, the stage runs again.

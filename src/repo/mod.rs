@@ -60,7 +60,7 @@ impl Repo {
         let repo = Repo { dir: dir.to_path_buf() };
         let _lock = repo.lock()?;
         let existing = std::fs::read_to_string(dir.join(KEY_FILE)).ok().map(|s| s.trim().to_string());
-        let fingerprint = match (sign_key, existing) {
+        let fingerprint = match (sign_key, existing.clone()) {
             (Some(k), _) => {
                 if !sign::has_secret_key(k) {
                     return Err(bad_input!(
@@ -89,8 +89,10 @@ impl Repo {
         };
         let conf = format!("[{name}]\nuri={uri}\ngpgkey=file://{}\n", key.join(format!("{name}.asc")).display());
         write_atomic(&repo.conf_path(), conf.as_bytes())?;
-        if !dir.join("index.asc").exists() {
-            repo.write_index(&Index::default(), &fingerprint)?;
+        // A new index, or the existing one signed again when the key changed.
+        if existing.as_deref() != Some(fingerprint.as_str()) || !dir.join("index.asc").exists() {
+            let index = if dir.join("index").exists() { repo.index()? } else { Index::default() };
+            repo.write_index(&index, &fingerprint)?;
         }
         Ok((repo, fingerprint))
     }
@@ -104,13 +106,24 @@ impl Repo {
     }
 
     /// The fingerprint the repository signs with (or `override_key`).
+    /// The key that signs the index: the repository's own; a key given for one update must
+    /// be that key, since clients trust only it (`repo init --sign-key` moves a repository
+    /// to another key).
     pub fn signing_key(&self, override_key: Option<&str>) -> Result<String> {
-        if let Some(k) = override_key {
-            return Ok(k.to_string());
+        let configured = std::fs::read_to_string(self.dir.join(KEY_FILE)).ok().map(|s| s.trim().to_string());
+        match (override_key, configured) {
+            (Some(k), Some(c)) if !sign::same_key(k, &c) => Err(bad_input!(
+                "{dir} is signed by {c} and its clients trust only that key, not {k}; to move the repository \
+                 to {k}, run `pipeline repo init {dir} --sign-key {k}`",
+                dir = self.dir.display()
+            )),
+            (_, Some(c)) => Ok(c),
+            (Some(k), None) => Ok(k.to_string()),
+            (None, None) => Err(bad_input!(
+                "{}: no signing key configured; pass --sign-key or run `pipeline repo init`",
+                self.dir.display()
+            )),
         }
-        std::fs::read_to_string(self.dir.join(KEY_FILE)).map(|s| s.trim().to_string()).map_err(|_| {
-            bad_input!("{}: no signing key configured; pass --sign-key or run `pipeline repo init`", self.dir.display())
-        })
     }
 
     pub fn lock(&self) -> Result<RepoLock> {

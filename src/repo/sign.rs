@@ -21,6 +21,14 @@ pub fn generate_key(user_id: &str) -> Result<String> {
 }
 
 /// True when the keyring has a secret key with this fingerprint.
+/// Whether two ways of naming a key (fingerprints, with or without spaces, or a long key ID
+/// as the fingerprint's tail) name the same key.
+pub fn same_key(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+    let (a, b) = (norm(a), norm(b));
+    a.len() >= 16 && b.len() >= 16 && (a.ends_with(&b) || b.ends_with(&a))
+}
+
 pub fn has_secret_key(fingerprint: &str) -> bool {
     context().and_then(|mut c| c.get_secret_key(fingerprint).map_err(Into::into)).is_ok()
 }

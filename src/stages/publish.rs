@@ -1,10 +1,10 @@
 //! `[stages.publish]`: the layer chain, flattened and xz-compressed in 16 MiB blocks, into a
 //! signed virt-builder repository (created with a fresh signing key when it does not exist).
 
-use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
 use crate::image::{chain, qemu_img, xz};
 use crate::pipeline::PublishConfig;
-use crate::repo::{self, Repo};
+use crate::repo::{self, sign, Repo};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -74,6 +74,23 @@ impl Stage for PublishStage {
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn preflight(&self, settings: &RunSettings) -> Result<()> {
+        let chosen = settings.sign_key.as_deref().or(self.config.sign_key.as_deref());
+        let key = match Repo::open(&self.repo_dir) {
+            Ok(repo) => Some(repo.signing_key(chosen)?),
+            Err(_) => chosen.map(str::to_string),
+        };
+        if let Some(k) = key {
+            if !sign::has_secret_key(&k) {
+                return Err(crate::bad_input!(
+                    "{}: signing key {k}: no secret key with that fingerprint in the keyring (GNUPGHOME)",
+                    self.repo_dir.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
