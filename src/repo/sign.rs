@@ -83,3 +83,17 @@ pub fn verify_clearsigned(signed: &[u8], fingerprint: Option<&str>) -> Result<Ve
     }
     Ok(plain)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_key;
+
+    #[test]
+    fn a_key_is_named_by_fingerprint_or_long_id() {
+        let fpr = "61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4";
+        assert!(same_key(fpr, "61a0 d7d0 5f70 f0f8 e76e  6e91 e17f 8353 5eee e8d4"));
+        assert!(same_key(fpr, "E17F83535EEEE8D4"));
+        assert!(!same_key(fpr, "5EEEE8D4"), "short IDs are ambiguous");
+        assert!(!same_key(fpr, "0123456789ABCDEF0123456789ABCDEF01234567"));
+    }
+}
