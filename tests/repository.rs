@@ -111,11 +111,24 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     }
 
     let vb_home = dir.join("vb");
-    // Downloads the entry into `out` with virt-builder, checking signature and sha512.
+    // Downloads the entry into `out` with virt-builder, checking signature and sha512, and
+    // grows it with the entry's expand= partition (virt-builder runs virt-resize for --size).
     let vb_download = |out: &Path| {
         let out = out.to_str().unwrap();
-        let args =
-            ["--source", &index_url, "--fingerprint", &fpr, "--no-cache", "fake-debian", "-o", out, "--format", "raw"];
+        let args = [
+            "--source",
+            &index_url,
+            "--fingerprint",
+            &fpr,
+            "--no-cache",
+            "fake-debian",
+            "-o",
+            out,
+            "--format",
+            "raw",
+            "--size",
+            "512M",
+        ];
         virt_builder(&vb_home, &gnupg, &args)
     };
     let list = virt_builder(&vb_home, &gnupg, &["--source", &index_url, "--fingerprint", &fpr, "--list"]);
@@ -136,7 +149,7 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let out_img = dir.join("out.img");
     let build = vb_download(&out_img);
     assert!(build.status.success(), "virt-builder accepts signature, checksum and xz");
-    assert_eq!(std::fs::metadata(&out_img).unwrap().len(), 256 << 20);
+    assert_eq!(std::fs::metadata(&out_img).unwrap().len(), 512 << 20, "--size with the entry's expand=");
 
     // Tampered image: one byte changed.
     let image_file = repo.join("fake-debian-r1.xz");
