@@ -281,24 +281,31 @@ fn a_failing_customize_step_reports_the_guest_error() {
 
 /// `method = "image"` with `disk_size` and `expand`: the last partition of a GPT disk and its
 /// ext4 fill the grown disk, the backup GPT moves to the new end (sfdisk checks the table
-/// from the host), the first partition and the files stay.
+/// from the host), the first partition and the files stay; an LVM physical volume (the fake
+/// RHEL's root) grows, leaving the new space free in its volume group.
 #[test]
-fn an_image_grows_its_last_gpt_partition() {
+fn an_image_grows_its_last_partition() {
     let images = fake_images();
     let dir = tempfile::tempdir().unwrap();
     let gnupg = gnupg_home(dir.path());
-    let file = write_file(
-        dir.path(),
-        "p.toml",
-        &format!(
-            "version = 1\n[pipeline]\nname = \"grow\"\n[[stages]]\n[stages.install]\nmethod = \"image\"\nimage = \"{}\"\ndisk_size = \"512M\"\nexpand = \"/dev/sda2\"\n",
-            images.gpt.display()
-        ),
-    );
-    let layer = run_ok(dir.path(), &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    let grow = |name: &str, image: &Path| {
+        let file = write_file(
+            dir.path(),
+            &format!("{name}.toml"),
+            &format!(
+                "version = 1\n[pipeline]\nname = \"{name}\"\n[[stages]]\n[stages.install]\nmethod = \"image\"\nimage = \"{}\"\ndisk_size = \"512M\"\nexpand = \"{}\"\n",
+                image.display(),
+                if name == "gpt" { "/dev/sda2" } else { "/dev/sda1" }
+            ),
+        );
+        run_ok(dir.path(), &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()])
+    };
+    let gpt_layer = grow("gpt", &images.gpt);
+    let lvm_layer = grow("lvm", &images.rhel);
 
     let raw = dir.path().join("grown.raw");
-    let st = std::process::Command::new("qemu-img").args(["convert", "-O", "raw", &layer]).arg(&raw).status().unwrap();
+    let st =
+        std::process::Command::new("qemu-img").args(["convert", "-O", "raw", &gpt_layer]).arg(&raw).status().unwrap();
     assert!(st.success());
     let verify = std::process::Command::new("sfdisk").arg("--verify").arg(&raw).output().unwrap();
     let report = String::from_utf8_lossy(&verify.stdout).to_string() + &String::from_utf8_lossy(&verify.stderr);
@@ -313,11 +320,17 @@ fn an_image_grows_its_last_gpt_partition() {
     let end = parts[1]["start"].as_u64().unwrap() + parts[1]["size"].as_u64().unwrap() - 1;
     assert_eq!(end, sectors - 34, "the last partition fills the disk: {table}");
 
-    let g = open_readonly(&[Path::new(&layer)]);
+    let g = open_readonly(&[Path::new(&gpt_layer), Path::new(&lvm_layer)]);
     g.mount_ro("/dev/sda2", "/").unwrap();
     let fs = g.filesystem_size("/").unwrap();
     assert!(fs > 400 << 20, "ext4 grew with its partition: {fs}");
     assert_eq!(g.read_string("/hello").unwrap(), "hello\n");
+    let vgs = g.vgs_full().unwrap();
+    let (_, size, free) = vgs.iter().find(|vg| vg.0 == "rhel").expect("the rhel volume group");
+    assert!(*size > 500 << 20 && *free > 250 << 20, "the PV grew into the disk: size {size}, free {free}");
+    g.umount_all().unwrap();
+    g.mount_ro("/dev/rhel/root", "/").unwrap();
+    assert!(g.is_file("/etc/redhat-release").unwrap());
     g.shutdown().unwrap();
 }
 

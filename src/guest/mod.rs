@@ -515,6 +515,23 @@ impl Guest {
         self.string("vguuid", unsafe { sys::guestfs_vguuid(self.g, v.as_ptr()) })
     }
 
+    /// Volume groups: (name, size, free bytes).
+    pub fn vgs_full(&self) -> Result<Vec<(String, u64, u64)>> {
+        let list = unsafe { sys::guestfs_vgs_full(self.g) };
+        if list.is_null() {
+            return Err(self.error("vgs_full"));
+        }
+        let vgs = unsafe { std::slice::from_raw_parts((*list).val, (*list).len as usize) }
+            .iter()
+            .map(|vg| {
+                let name = unsafe { CStr::from_ptr(vg.vg_name) }.to_string_lossy().into_owned();
+                (name, vg.vg_size, vg.vg_free)
+            })
+            .collect();
+        unsafe { sys::guestfs_free_lvm_vg_list(list) };
+        Ok(vgs)
+    }
+
     pub fn vg_activate_all(&self, activate: bool) -> Result<()> {
         self.check("vg_activate_all", unsafe { sys::guestfs_vg_activate_all(self.g, activate as c_int) })
     }
