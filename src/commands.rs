@@ -160,7 +160,7 @@ fn inspect_command(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {
     let guest = Guest::new(accel, None, false)?;
     guest.add_drive(Drive { path: image, format: &format, readonly: true, discard: false })?;
     guest.launch()?;
-    let os = guest.inspect()?;
+    let os = guest.inspect().with_context(|| format!("cannot inspect {}", image.display()))?;
     guest.shutdown()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&os)?);
