@@ -648,12 +648,12 @@ impl Guest {
         self.check("chmod", unsafe { sys::guestfs_chmod(self.g, mode as c_int, p.as_ptr()) })
     }
 
-    /// `ln -sf target link`.
     pub fn chown(&self, uid: i32, gid: i32, path: &str) -> Result<()> {
         let p = cstring("chown", path)?;
         self.check("chown", unsafe { sys::guestfs_chown(self.g, uid, gid, p.as_ptr()) })
     }
 
+    /// `ln -sf target link`.
     pub fn ln_sf(&self, target: &str, link: &str) -> Result<()> {
         let (t, l) = (cstring("ln_sf", target)?, cstring("ln_sf", link)?);
         self.check("ln_sf", unsafe { sys::guestfs_ln_sf(self.g, t.as_ptr(), l.as_ptr()) })

@@ -105,7 +105,6 @@ impl Repo {
         self.dir.join(format!("{}.conf", self.name()))
     }
 
-    /// The fingerprint the repository signs with (or `override_key`).
     /// The key that signs the index: the repository's own; a key given for one update must
     /// be that key, since clients trust only it (`repo init --sign-key` moves a repository
     /// to another key).
@@ -214,7 +213,7 @@ impl Repo {
                     Some((rev, e.path()))
                 })
                 .collect();
-            revisions.sort_by(|a, b| b.0.cmp(&a.0));
+            revisions.sort_by_key(|r| std::cmp::Reverse(r.0));
             for (_, path) in revisions.into_iter().skip(keep.max(1)) {
                 if Some(path.file_name().unwrap_or_default().to_string_lossy().as_ref()) != entry.file() {
                     std::fs::remove_file(&path)?;

@@ -20,7 +20,6 @@ pub fn generate_key(user_id: &str) -> Result<String> {
     Ok(result.fingerprint().map_err(|_| anyhow!("gpg returned no fingerprint for the new key"))?.to_string())
 }
 
-/// True when the keyring has a secret key with this fingerprint.
 /// Whether two ways of naming a key (fingerprints, with or without spaces, or a long key ID
 /// as the fingerprint's tail) name the same key.
 pub fn same_key(a: &str, b: &str) -> bool {
@@ -29,6 +28,7 @@ pub fn same_key(a: &str, b: &str) -> bool {
     a.len() >= 16 && b.len() >= 16 && (a.ends_with(&b) || b.ends_with(&a))
 }
 
+/// True when the keyring has a secret key with this fingerprint.
 pub fn has_secret_key(fingerprint: &str) -> bool {
     context().and_then(|mut c| c.get_secret_key(fingerprint).map_err(Into::into)).is_ok()
 }

@@ -201,8 +201,8 @@ impl<'a> StepRunner<'a> {
             }
             CustomizeStep::Install(pkgs) => {
                 if !self.lists_refreshed.get() {
-                    if let Some(cmd) = refresh_command(os)? {
-                        self.shell(&cmd)?;
+                    if let Some(cmd) = refresh_command(os) {
+                        self.shell(cmd)?;
                     }
                     self.lists_refreshed.set(true);
                 }
@@ -254,11 +254,11 @@ pub fn shell_exports(env: &BTreeMap<String, String>) -> String {
 
 /// The command that refreshes the guest's package lists before installs, where the package
 /// manager needs one (dnf, yum and zypper refresh by themselves).
-fn refresh_command(os: &Inspection) -> Result<Option<String>> {
-    Ok(match os.package_management.as_str() {
-        "apt" => Some("DEBIAN_FRONTEND=noninteractive apt-get -y -q update".into()),
+fn refresh_command(os: &Inspection) -> Option<&'static str> {
+    match os.package_management.as_str() {
+        "apt" => Some("DEBIAN_FRONTEND=noninteractive apt-get -y -q update"),
         _ => None,
-    })
+    }
 }
 
 fn package_command(os: &Inspection, action: &str, pkgs: &[String]) -> Result<String> {
