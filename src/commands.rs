@@ -127,6 +127,7 @@ fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Option<S
         None => None,
     };
     let stages = stages::build(p)?;
+    engine.resolve(&stages, true)?;
     let planned = engine.plan(&stages, base.as_ref())?;
     let mut last = base.map(|l| l.key);
     for (s, stage) in planned.iter().zip(&stages) {

@@ -48,7 +48,16 @@ impl<'a> Engine<'a> {
         Ok(Engine { cache: Cache::open(&settings.work_dir)?, settings, options, ui })
     }
 
-    /// Each stage's key and whether a run would reuse it.
+    /// Resolves every stage's upstream inputs (see `Stage::resolve`); call once before `plan`.
+    pub fn resolve(&self, stages: &[Box<dyn Stage>], read_only: bool) -> Result<()> {
+        let ctx = stage::ResolveContext { settings: &self.settings, ui: self.ui, read_only };
+        for stage in stages {
+            stage.resolve(&ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Each stage's key and whether a run would reuse it. Pure: stages must be resolved.
     pub fn plan(&self, stages: &[Box<dyn Stage>], base: Option<&Layer>) -> Result<Vec<PlannedStage>> {
         let mut parent_key = base.map(|l| l.key.clone());
         let mut planned = Vec::new();
@@ -103,6 +112,7 @@ impl<'a> Engine<'a> {
         for stage in stages {
             stage.preflight(&self.settings)?;
         }
+        self.resolve(stages, false)?;
         let plan = self.plan(stages, base.as_ref())?;
         let log_dir = self.log_dir(pipeline_name);
         let total = stages.len();

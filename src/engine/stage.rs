@@ -26,6 +26,12 @@ pub trait Stage {
     fn layer_kind(&self) -> LayerKind;
     /// The rendered configuration that goes into the cache key.
     fn config(&self) -> serde_json::Value;
+    /// Reads the upstream state the key depends on (a repository's signed index, ...), once,
+    /// before any key is computed, so that computing a key never touches the network or GPG.
+    /// A stage keeps what it resolved (interior mutability) for `config` and `run`.
+    fn resolve(&self, _ctx: &ResolveContext) -> Result<()> {
+        Ok(())
+    }
     /// Host files and directories the stage reads; their contents go into the cache key.
     fn inputs(&self) -> Vec<PathBuf> {
         Vec::new()
@@ -66,6 +72,14 @@ pub struct RunSettings {
     pub sign_key: Option<String>,
     /// Appliance messages in the stage logs, more output on the terminal.
     pub verbose: bool,
+}
+
+/// What `Stage::resolve` may use: the run's settings (`offline` forbids the network) and
+/// whether it may write (`plan` writes nothing, not even a download cache entry).
+pub struct ResolveContext<'a> {
+    pub settings: &'a RunSettings,
+    pub ui: &'a Ui,
+    pub read_only: bool,
 }
 
 pub struct StageContext<'a> {
