@@ -6,7 +6,7 @@ use clap::Parser;
 fn main() {
     let cli = virt_pipeline::cli::Cli::parse();
     if let Err(err) = virt_pipeline::commands::run(cli) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", virt_pipeline::engine::secrets::scrub(&format!("{err:#}")));
         std::process::exit(virt_pipeline::error::exit_code(&err));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod log;
+pub mod secrets;
 pub mod stage;
 pub mod ui;
 
@@ -132,7 +133,10 @@ impl<'a> Engine<'a> {
             let log_path = log_dir.join(format!("{n:02}-{}.log", stage.kind()));
             let log = log::StageLog::create(&log_path)?;
             log.line(format!("stage {n} of {total}: {} key {}", stage.kind(), planned.key));
-            log.line(format!("configuration: {}", serde_json::to_string_pretty(&stage.config())?));
+            log.line(format!(
+                "configuration: {}",
+                serde_json::to_string_pretty(&secrets::redact_config(&stage.config()))?
+            ));
             self.ui.line(format!("{label}: running ({short}), log {}", log_path.display()));
             let started = std::time::Instant::now();
             let temp = self.cache.temp_path(&planned.key);

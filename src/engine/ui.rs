@@ -20,10 +20,11 @@ impl Ui {
 
     /// A line for the user, printed above any progress bars.
     pub fn line(&self, msg: impl AsRef<str>) {
+        let msg = super::secrets::scrub(msg.as_ref());
         if self.tty {
             let _ = self.multi.println(msg.as_ref());
         } else {
-            eprintln!("{}", msg.as_ref());
+            eprintln!("{msg}");
         }
     }
 

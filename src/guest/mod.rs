@@ -190,6 +190,18 @@ impl Guest {
         self.check("set_verbose", unsafe { sys::guestfs_set_verbose(self.g, on as c_int) })
     }
 
+    /// Runs `f` with call tracing off, for calls whose arguments hold secrets (passwords,
+    /// environment values); the caller logs what it did instead.
+    pub fn untraced<T>(&self, f: impl FnOnce(&Guest) -> T) -> T {
+        if self.log.is_none() {
+            return f(self);
+        }
+        unsafe { sys::guestfs_set_trace(self.g, 0) };
+        let result = f(self);
+        unsafe { sys::guestfs_set_trace(self.g, 1) };
+        result
+    }
+
     pub fn set_network(&self, on: bool) -> Result<()> {
         self.check("set_network", unsafe { sys::guestfs_set_network(self.g, on as c_int) })
     }

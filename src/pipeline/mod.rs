@@ -91,6 +91,7 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
                 let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
                 let pipeline = Pipeline { path: path.to_path_buf(), dir, file };
                 check(&pipeline)?;
+                register_secrets(&pipeline)?;
                 return Ok(pipeline);
             }
             Err(err) => {
@@ -139,6 +140,52 @@ fn hint(msg: &str) -> &'static str {
 }
 
 /// Checks that the schema cannot express: the version and how the first layer is made.
+/// Marks the pipeline's secrets for scrubbing from every log: the `[env]` and `[values]`
+/// entries named in `secrets`, and root passwords. (Answers files register their passwords
+/// when their stage renders them.)
+fn register_secrets(p: &Pipeline) -> Result<()> {
+    use crate::engine::secrets;
+    let f = &p.file;
+    for (i, name) in f.secrets.iter().enumerate() {
+        let mut found = false;
+        if let Some(v) = f.env.get(name) {
+            secrets::register(v);
+            found = true;
+        }
+        if let Some(v) = f.values.get(name) {
+            match v {
+                toml::Value::String(s) => secrets::register(s),
+                other => secrets::register(&other.to_string()),
+            }
+            found = true;
+        }
+        if !found {
+            return Err(bad_input!(
+                "{}: secrets[{i}]: `{name}` is neither an [env] variable nor a [values] entry of this file",
+                p.path.display()
+            ));
+        }
+    }
+    let steps = f.stages.iter().flat_map(|s| match s {
+        StageConfig::Customize(c) => c.steps.iter().collect::<Vec<_>>(),
+        StageConfig::Sysprep(c) => c.customize.iter().collect(),
+        _ => Vec::new(),
+    });
+    for step in steps {
+        if let crate::pipeline::CustomizeStep::RootPassword(spec) = step {
+            secrets::register_password_spec(spec, &p.dir);
+        }
+    }
+    for stage in &f.stages {
+        if let StageConfig::Install(crate::pipeline::InstallConfig::Debootstrap(d)) = stage {
+            if let Some(spec) = &d.root_password {
+                secrets::register_password_spec(spec, &p.dir);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check(p: &Pipeline) -> Result<()> {
     let shown = p.path.display();
     let f = &p.file;

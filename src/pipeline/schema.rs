@@ -15,6 +15,10 @@ pub struct PipelineFile {
     /// Environment for every step that takes env; a step's own env overrides it.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of `[env]` variables and `[values]` entries whose values are secret: they are
+    /// replaced by `[redacted]` wherever a log or the terminal would show them.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Where the first layer comes from, when the first stage is not an install.
     #[serde(default)]
     pub from: Option<Source>,

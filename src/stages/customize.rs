@@ -240,7 +240,9 @@ pub fn run_in_guest(g: &Guest, cmd: &str, env: &BTreeMap<String, String>, log: &
     } else {
         log.line(format!("# {cmd}   (env: {})", env.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
-    let out = g.sh(&format!("{}{cmd}", shell_exports(env)))?;
+    // Untraced when it exports variables: the trace would log their values.
+    let script = format!("{}{cmd}", shell_exports(env));
+    let out = if env.is_empty() { g.sh(&script)? } else { g.untraced(|g| g.sh(&script))? };
     for line in out.lines() {
         log.line(line);
     }
@@ -329,7 +331,10 @@ pub fn set_root_password(g: &Guest, spec: &str, dir: &std::path::Path, log: &Sta
         } else if spec == "random" {
             use rand::distributions::{Alphanumeric, DistString};
             let p = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 16);
-            log.line(format!("random root password: {p}"));
+            // For the operator, like virt-customize: on the terminal, never in the log.
+            crate::engine::secrets::register(&p);
+            eprintln!("random root password: {p}");
+            log.line("random root password: generated (shown on the terminal only)");
             p
         } else {
             bail!("root password: unknown form `{spec}`");
@@ -356,7 +361,8 @@ pub fn set_root_password(g: &Guest, spec: &str, dir: &std::path::Path, log: &Sta
     if !found {
         bail!("root password: /etc/shadow has no root entry");
     }
-    g.write("/etc/shadow", format!("{}\n", lines.join("\n")).as_bytes())?;
+    // Untraced: the trace would log the password's hash.
+    g.untraced(|g| g.write("/etc/shadow", format!("{}\n", lines.join("\n")).as_bytes()))?;
     Ok(())
 }
 

@@ -96,6 +96,10 @@ impl NetbootStage {
                 .map_err(|e| bad_input!("{shown}: {at}.{key}: `{value}` is not a duration such as 5m: {e}"))?;
         }
         let cmdline = kernel_cmdline(&config.extra_args, config.kickstart.is_some());
+        // Answers files and installer arguments carry passwords: never into a log.
+        for text in answers.iter().map(|(_, content)| content.as_str()).chain([cmdline.as_str()]) {
+            crate::engine::secrets::answers_secrets(text).iter().for_each(|s| crate::engine::secrets::register(s));
+        }
         Ok(NetbootStage { config, iso, answers, injected, base_dir: pipeline.dir.clone(), cmdline })
     }
 
