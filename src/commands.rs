@@ -46,12 +46,29 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Loads a pipeline and builds its stages (which checks files, names and sizes), and does
-/// the same for a pipeline it starts from.
+/// the same for the pipelines it starts from; a chain of `from = { pipeline }` that comes
+/// back to a file already in it is bad input naming the cycle.
 fn load_checked(file: &Path, sets: &[String]) -> Result<Pipeline> {
+    let mut chain = Vec::new();
     let p = pipeline::load(file, sets)?;
     stages::build(&p)?;
-    if let Some(base) = p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
-        load_checked(&p.resolve(base), &[])?;
+    chain.push(std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf()));
+    let mut base = p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()).map(|b| p.resolve(b));
+    while let Some(path) = base {
+        let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if let Some(start) = chain.iter().position(|c| c == &canonical) {
+            let names: Vec<String> =
+                chain[start..].iter().chain([&canonical]).map(|c| c.display().to_string()).collect();
+            return Err(bad_input!(
+                "{}: from = {{ pipeline }} makes a cycle: {}; a pipeline cannot start from itself",
+                file.display(),
+                names.join(" -> ")
+            ));
+        }
+        chain.push(canonical);
+        let next = pipeline::load(&path, &[])?;
+        stages::build(&next)?;
+        base = next.file.from.as_ref().and_then(|f| f.pipeline.as_ref()).map(|b| next.resolve(b));
     }
     Ok(p)
 }

@@ -1,5 +1,5 @@
 //! `pipeline`: parse the command line, run the command, turn errors into exit codes
-//! (2 bad input, 1 a failed stage).
+//! (2 bad input, 1 a failed stage, 128 + the signal for a run stopped by one).
 
 use clap::Parser;
 
@@ -7,6 +7,8 @@ fn main() {
     let cli = virt_pipeline::cli::Cli::parse();
     if let Err(err) = virt_pipeline::commands::run(cli) {
         eprintln!("error: {}", virt_pipeline::engine::secrets::scrub(&format!("{err:#}")));
-        std::process::exit(virt_pipeline::error::exit_code(&err));
+        // A run stopped by SIGINT/SIGTERM says so in its exit code (130/143), as shells do.
+        let code = virt_pipeline::interrupt::exit_code().unwrap_or_else(|| virt_pipeline::error::exit_code(&err));
+        std::process::exit(code);
     }
 }

@@ -231,3 +231,25 @@ fn preseed_is_rendered_through_the_templates() {
     assert!(text.contains("d-i netcfg/get_hostname string db1\n"), "{text}");
     assert!(text.contains("d-i netcfg/get_domain string lab.example.org\n"), "{text}");
 }
+
+#[test]
+fn a_cycle_of_pipelines_is_bad_input_naming_the_cycle() {
+    let dir = setup();
+    let a = "version = 1\nfrom = { pipeline = \"b.toml\" }\n[pipeline]\nname = \"a\"\n[[stages]]\n[stages.sysprep]\n";
+    let b = "version = 1\nfrom = { pipeline = \"a.toml\" }\n[pipeline]\nname = \"b\"\n[[stages]]\n[stages.sysprep]\n";
+    write_file(dir.path(), "a.toml", a);
+    write_file(dir.path(), "b.toml", b);
+    for cmd in ["validate", "plan", "run"] {
+        let out = pipeline(dir.path(), dir.path(), &["--work-dir", "work", cmd, "a.toml"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(err.contains("cycle") && err.contains("a.toml -> ") && err.contains("b.toml -> "), "{cmd}: {err}");
+        assert!(!err.contains("overflow"), "{err}");
+    }
+    assert!(!dir.path().join("work").exists(), "the work directory was created");
+}
+
+#[test]
+fn secrets_must_name_an_env_variable_or_a_value() {
+    rejected(&GOOD.replace("[pipeline]", "secrets = [\"Nope\"]\n[pipeline]"), &[], &["secrets[0]", "`Nope`"]);
+}

@@ -119,6 +119,7 @@ impl<'a> Engine<'a> {
         let total = stages.len();
         let mut current = base;
         for (stage, planned) in stages.iter().zip(&plan) {
+            crate::interrupt::check()?;
             let n = planned.index + 1;
             let label = format!("[{n}/{total}] {}", stage.kind());
             let short = &planned.key[..12];

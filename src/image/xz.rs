@@ -179,6 +179,10 @@ pub fn compress(
                 }
             });
         }
+        // Only the workers hold the job receiver and the writer the done receiver: when the
+        // writer fails (disk full, closed pipe) the workers' sends fail, they exit, and the
+        // reader's next send fails instead of blocking on a full queue forever.
+        drop(job_rx);
         drop(done_tx);
         // The writer puts blocks back in order, hashes what it writes, and ends the stream
         // with the index of every block.
@@ -268,6 +272,50 @@ fn is_zero(buf: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::image::chain::RawDisk;
+
+    /// A writer that fails once `limit` bytes went through, like a full disk.
+    struct FailingWriter {
+        written: usize,
+        limit: usize,
+    }
+
+    impl Write for FailingWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.written + buf.len() > self.limit {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"));
+            }
+            self.written += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_output_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        // 64 blocks of incompressible-ish data: far more than the job queue holds.
+        let mut data = vec![0u8; 64 * 4096];
+        let mut x = 1u32;
+        for b in data.iter_mut() {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            *b = (x >> 24) as u8;
+        }
+        std::fs::write(&raw, &data).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let opts = XzOptions { preset: 0, block_size: 4096, threads: 2 };
+            let mut out = FailingWriter { written: 0, limit: 10_000 };
+            let res = compress(&mut RawDisk::open(&raw).unwrap(), &mut out, &opts, &ProgressBar::hidden());
+            let _ = tx.send(res.map(|_| ()).map_err(|e| format!("{e:#}")));
+        });
+        // A hang guard, not a timing assertion: the compressor used to block here forever.
+        let res = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("compress returned");
+        let err = res.expect_err("a full disk is an error");
+        assert!(err.contains("no space left"), "{err}");
+    }
 
     #[test]
     fn one_stream_of_blocks_that_xz_decodes_and_lists() {

@@ -3,9 +3,13 @@
 //! (drop included), so a failed or interrupted stage never leaves a qemu behind.
 
 use super::Accel;
+use crate::engine::log::StageLog;
 use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -82,20 +86,61 @@ impl VmConfig {
 pub struct Vm {
     child: Child,
     console: PathBuf,
+    /// qemu's stderr, drained as it comes (a full pipe would stall qemu); the last lines are
+    /// kept for error messages.
+    stderr: Arc<Mutex<Vec<String>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     pub started: Instant,
 }
 
+/// How many lines of qemu's stderr are kept for error messages.
+const STDERR_LINES: usize = 50;
+
 impl Vm {
     pub fn start(config: &VmConfig, console: &Path) -> Result<Vm> {
+        Vm::start_logged(config, console, None)
+    }
+
+    /// Starts qemu; its stderr goes to `log` line by line. qemu dies with this process, even
+    /// when it is SIGKILLed (a parent-death signal).
+    pub fn start_logged(config: &VmConfig, console: &Path, log: Option<StageLog>) -> Result<Vm> {
         std::fs::write(console, b"")?;
         let mut cmd = config.command(console);
-        let child = cmd
+        if let Some(log) = &log {
+            log.line(format!("$ {}", crate::engine::secrets::describe_command(&cmd)));
+        }
+        // SAFETY: die_with_parent makes only async-signal-safe calls.
+        unsafe { cmd.pre_exec(crate::interrupt::die_with_parent) };
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start qemu-system-x86_64 (install qemu-system-x86)")?;
-        Ok(Vm { child, console: console.to_path_buf(), started: Instant::now() })
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stream = child.stderr.take().context("qemu's stderr")?;
+        let kept = stderr.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stream).split(b'\n').map_while(|l| l.ok()) {
+                let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                if let Some(log) = &log {
+                    log.line(format!("qemu: {line}"));
+                }
+                if let Ok(mut k) = kept.lock() {
+                    k.push(line);
+                    if k.len() > STDERR_LINES {
+                        k.remove(0);
+                    }
+                }
+            }
+        });
+        Ok(Vm {
+            child,
+            console: console.to_path_buf(),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            started: Instant::now(),
+        })
     }
 
     /// Everything the guest printed on its serial console so far.
@@ -108,14 +153,14 @@ impl Vm {
         Ok(self.child.try_wait()?)
     }
 
-    /// qemu's own error output (after it exited).
+    /// The last lines of qemu's own error output (all of it, once qemu has exited).
     pub fn stderr(&mut self) -> String {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut s);
+        if self.try_exit().ok().flatten().is_some() {
+            if let Some(reader) = self.stderr_reader.take() {
+                let _ = reader.join();
+            }
         }
-        s
+        self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
     /// Waits until the console shows `needle`, qemu exits, or `timeout` passes.
