@@ -221,8 +221,15 @@ fn cache_command(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
             }
         }
         CacheCommand::Gc { keep_days } => {
-            let removed = cache.gc(std::time::Duration::from_secs(keep_days * 86400))?;
-            println!("removed {} layers", removed.len());
+            let keep = std::time::Duration::from_secs(keep_days.saturating_mul(86400));
+            let report = cache.gc(&g.work_dir, keep)?;
+            println!(
+                "removed {} layers, {} output records, {} downloads, {} scratch directories of dead runs",
+                report.layers.len(),
+                report.outputs,
+                report.downloads,
+                report.scratch
+            );
         }
     }
     Ok(())

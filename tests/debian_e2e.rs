@@ -60,13 +60,17 @@ from = {{ pipeline = "{file}" }}
 name = "derived"
 [values]
 App = "app"
+secrets = ["API_TOKEN"]
 [env]
 GREETING = "it's global"
+API_TOKEN = "tok-5ecret-4711"
 [[stages]]
 [stages.customize]
 env = {{ TARGET = "derived" }}
 steps = [
   {{ hostname = "derived.example.net" }},
+  {{ root_password = "password:Root-Pw-9931" }},
+  {{ run_command = "echo \"token is $API_TOKEN\"; printf '%s' \"$API_TOKEN\" | wc -c > /etc/token-length" }},
   {{ install = ["tree", "less", "tzdata"] }},
   {{ uninstall = ["less"] }},
   {{ timezone = "Europe/Oslo" }},
@@ -82,6 +86,32 @@ steps = [
     let out = pipeline(&base, &gnupg, &["--work-dir", "work", "run", derived.to_str().unwrap()]);
     assert!(out.status.success(), "the derived image failed:\n{}", stderr(&out));
     let derived_layer = stdout(&out).trim().to_string();
+    // The secret reached the guest, its value no log: not the configuration dump, not the
+    // traced libguestfs calls, not the command's own output.
+    let derived_logs = walk_files(&base.join("work/logs/derived"));
+    assert!(!derived_logs.is_empty());
+    for log in &derived_logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        for secret in ["tok-5ecret-4711", "Root-Pw-9931", "it's global"] {
+            assert!(!text.contains(secret), "{secret} is in {}", log.display());
+        }
+        if log.ends_with("02-customize.log") {
+            assert!(text.contains("token is [redacted]"), "the command's output is scrubbed, not dropped:\n{text}");
+        }
+    }
+
+    // A guest command that never ends is stopped after the stage's timeout.
+    let hangs = write_file(
+        &base,
+        "hangs.toml",
+        &format!(
+            "version = 1\nfrom = {{ pipeline = \"{file}\" }}\n[pipeline]\nname = \"hangs\"\n[[stages]]\n[stages.customize]\ntimeout = \"5s\"\nsteps = [ {{ run_command = \"sleep 3600\" }} ]\n"
+        ),
+    );
+    let out = pipeline(&base, &gnupg, &["--work-dir", "work", "run", hangs.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("customize step 0 (run-command)") && err.contains("timed out after 5s"), "{err}");
 
     // Offline: the install layer had host keys; sysprep removed them and left machine-id
     // empty; the derived layer shows every customize action.
@@ -91,6 +121,12 @@ steps = [
     let g = open_readonly(&[&install_layer, Path::new(&layer), Path::new(&derived_layer)]);
     mount_disk(&g, 0);
     let installed_key = g.read_string("/etc/ssh/ssh_host_ed25519_key.pub").unwrap();
+    // debootstrap's file capabilities survive the copy onto the disk: ping keeps
+    // cap_net_raw (security.capability: version 2, permitted bit 13) and works unprivileged.
+    let cap = g.lgetxattr("/usr/bin/ping", "security.capability").expect("ping has file capabilities");
+    assert!(cap.len() >= 8, "{cap:?}");
+    let permitted = u32::from_le_bytes(cap[4..8].try_into().unwrap());
+    assert!(permitted & (1 << 13) != 0, "cap_net_raw is permitted: {cap:?}");
     mount_disk(&g, 1);
     assert!(g.glob_expand("/etc/ssh/ssh_host_*").unwrap().is_empty(), "sysprep removes the host keys");
     assert_eq!(g.read_string("/etc/machine-id").unwrap(), "", "machine-id is left empty");
@@ -113,6 +149,9 @@ steps = [
     assert_eq!(g.owner(keys).unwrap().0, uid, "the key belongs to its user");
     assert!(g.read_string("/etc/openssh-version").unwrap().starts_with("1:9."), "run executed the script in the guest");
     assert_eq!(g.read_string("/etc/env-check").unwrap(), "it's global derived", "[env] and the stage's env");
+    assert_eq!(g.read_string("/etc/token-length").unwrap().trim(), "15", "the secret reached the command");
+    let shadow = g.read_string("/etc/shadow").unwrap();
+    assert!(shadow.starts_with("root:$6$"), "root-password set a SHA-512 hash");
     g.shutdown().unwrap();
     drop(g);
 
@@ -163,6 +202,19 @@ fn wait_for_host_key(vm: &mut Vm, port: u16, timeout: Duration) -> String {
         );
         std::thread::sleep(Duration::from_secs(3));
     }
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn tail(text: &str) -> String {

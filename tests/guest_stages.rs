@@ -368,3 +368,44 @@ fn list_operations_covers_virt_sysprep_defaults() {
         assert!(out.contains(seed_only), "{seed_only}");
     }
 }
+
+/// zero-free-space + fstrim on a partition at sector 63: its 4 KiB blocks straddle the
+/// layer's clusters, so discards alone would leave a deleted file's data readable; the
+/// classic zero-fill runs instead and none of it survives in the flattened image.
+#[test]
+fn zero_fill_by_discard_only_where_exact() {
+    let images = fake_images();
+    let dir = tempfile::tempdir().unwrap();
+    let gnupg = gnupg_home(dir.path());
+    let file = write_file(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"sector63\"\n[[stages]]\n[stages.customize]\nsteps = [ {{ delete = \"/big\" }} ]\n[[stages]]\n[stages.sysprep]\nenable = []\nzero_free_space = true\nfstrim = true\n",
+            images.debian_sector63.display()
+        ),
+    );
+    let logs = dir.path().join("logs");
+    let out = pipeline(
+        dir.path(),
+        &gnupg,
+        &[
+            "--work-dir",
+            "work",
+            "run",
+            file.to_str().unwrap(),
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--output",
+            "flat.raw",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log_dir = std::fs::read_dir(logs.join("sector63")).unwrap().next().unwrap().unwrap().path();
+    let customize_log = std::fs::read_to_string(log_dir.join("02-customize.log")).unwrap();
+    assert!(customize_log.contains("rm_rf"), "{customize_log}");
+    let sysprep_log = std::fs::read_to_string(log_dir.join("03-sysprep.log")).unwrap();
+    assert!(sysprep_log.contains("zero-free-space / (ext4, 4096-byte blocks)"), "{sysprep_log}");
+    assert!(holds_marker(&images.debian_sector63), "the fixture holds the marker before the delete");
+    assert!(!holds_marker(&dir.path().join("flat.raw")), "the deleted file's data survived in the flattened layer");
+}

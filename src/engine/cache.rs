@@ -33,6 +33,26 @@ pub struct Cache {
     pub dir: PathBuf,
 }
 
+/// What `gc` removed.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub layers: Vec<String>,
+    pub outputs: usize,
+    pub downloads: usize,
+    pub scratch: usize,
+}
+
+/// A scratch directory under the work directory for one stage run, named
+/// `scratch-PURPOSE-PID-RANDOM` so that `gc` can tell one left by a killed run (its process
+/// is gone) from one in use; removed on drop.
+pub fn scratch_dir(work_dir: &Path, purpose: &str) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(work_dir)?;
+    tempfile::Builder::new()
+        .prefix(&format!("scratch-{purpose}-{}-", std::process::id()))
+        .tempdir_in(work_dir)
+        .with_context(|| format!("cannot create a scratch directory in {}", work_dir.display()))
+}
+
 impl Cache {
     pub fn open(work_dir: &Path) -> Result<Cache> {
         let dir = work_dir.join("layers");
@@ -40,6 +60,17 @@ impl Cache {
             .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
         // Absolute, so printed layer paths and backing files work from any directory.
         Ok(Cache { dir: std::fs::canonicalize(&dir)? })
+    }
+
+    /// The cache as it is, creating nothing (for `plan`, which writes nothing): a work
+    /// directory that does not exist yet is an empty cache.
+    pub fn open_read_only(work_dir: &Path) -> Result<Cache> {
+        let dir = work_dir.join("layers");
+        let dir = match std::fs::canonicalize(&dir) {
+            Ok(d) => d,
+            Err(_) => std::path::absolute(&dir)?,
+        };
+        Ok(Cache { dir })
     }
 
     pub fn layer_path(&self, key: &str) -> PathBuf {
@@ -112,9 +143,52 @@ impl Cache {
         Ok(out)
     }
 
+    /// Marks an output stage's record as used now, so `gc` keeps it while runs rely on it.
+    pub fn touch_output(&self, key: &str) {
+        if let Ok(f) = std::fs::File::options().append(true).open(self.dir.join("outputs").join(format!("{key}.json")))
+        {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Cleans the work directory: layers (see `gc_layers`), output records and downloads not
+    /// used for `keep`, and scratch directories and temporary layers of runs that died.
+    pub fn gc(&self, work_dir: &Path, keep: Duration) -> Result<GcReport> {
+        let mut report = GcReport { layers: self.gc_layers(keep)?, ..Default::default() };
+        let old = |path: &Path| {
+            std::fs::symlink_metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= keep)
+        };
+        for entry in std::fs::read_dir(self.dir.join("outputs"))?.flatten() {
+            if old(&entry.path()) && std::fs::remove_file(entry.path()).is_ok() {
+                report.outputs += 1;
+            }
+        }
+        // A download being written has a fresh .part; a cached one is touched when reused.
+        if let Ok(downloads) = std::fs::read_dir(work_dir.join("downloads")) {
+            for entry in downloads.flatten() {
+                if entry.path().is_file() && old(&entry.path()) && std::fs::remove_file(entry.path()).is_ok() {
+                    report.downloads += 1;
+                }
+            }
+        }
+        for entry in std::fs::read_dir(work_dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("scratch-") else { continue };
+            let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !pid_alive(p)) && entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+                report.scratch += 1;
+            }
+        }
+        Ok(report)
+    }
+
     /// Removes layers not used for `keep` and not the backing of a layer that stays, and
     /// temporary files of stages that died. Returns the removed keys.
-    pub fn gc(&self, keep: Duration) -> Result<Vec<String>> {
+    fn gc_layers(&self, keep: Duration) -> Result<Vec<String>> {
         let now = SystemTime::now();
         let layers = self.list()?;
         let mut kept: std::collections::HashSet<String> = layers
@@ -143,7 +217,7 @@ impl Cache {
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if name.starts_with(".tmp-") && !pid_alive(&name) {
+            if name.starts_with(".tmp-") && !temp_owner_alive(&name) {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -152,12 +226,12 @@ impl Cache {
 }
 
 /// `.tmp-<key>-<pid>.qcow2`: is that stage's process still running?
-fn pid_alive(name: &str) -> bool {
-    name.trim_end_matches(".qcow2")
-        .rsplit('-')
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+fn temp_owner_alive(name: &str) -> bool {
+    name.trim_end_matches(".qcow2").rsplit('-').next().and_then(|p| p.parse::<u32>().ok()).is_some_and(pid_alive)
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {

@@ -49,6 +49,11 @@ impl<'a> Engine<'a> {
         Ok(Engine { cache: Cache::open(&settings.work_dir)?, settings, options, ui })
     }
 
+    /// An engine that only plans: it creates nothing in the work directory.
+    pub fn read_only(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
+        Ok(Engine { cache: Cache::open_read_only(&settings.work_dir)?, settings, options, ui })
+    }
+
     /// Resolves every stage's upstream inputs (see `Stage::resolve`); call once before `plan`.
     pub fn resolve(&self, stages: &[Box<dyn Stage>], read_only: bool) -> Result<()> {
         let ctx = stage::ResolveContext { settings: &self.settings, ui: self.ui, read_only };
@@ -124,7 +129,9 @@ impl<'a> Engine<'a> {
             let label = format!("[{n}/{total}] {}", stage.kind());
             let short = &planned.key[..12];
             if planned.status == Status::Cached {
-                if stage.layer_kind() != LayerKind::Output {
+                if stage.layer_kind() == LayerKind::Output {
+                    self.cache.touch_output(&planned.key);
+                } else {
                     self.cache.touch(&planned.key);
                     current = self.cache.get(&planned.key);
                 }

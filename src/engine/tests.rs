@@ -178,8 +178,48 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // gc keeps recent layers and their ancestors.
-    assert!(engine.cache.gc(std::time::Duration::from_secs(3600)).unwrap().is_empty());
-    assert_eq!(engine.cache.gc(std::time::Duration::ZERO).unwrap().len(), 2);
+    let work = f.dir.path().join("work");
+    assert!(engine.cache.gc(&work, std::time::Duration::from_secs(3600)).unwrap().layers.is_empty());
+    assert_eq!(engine.cache.gc(&work, std::time::Duration::ZERO).unwrap().layers.len(), 2);
+}
+
+/// gc sweeps what killed runs leave (scratch directories, temporary layers of dead
+/// processes) and downloads and output records nobody used for the keep time, and nothing a
+/// live run is using.
+#[test]
+fn gc_sweeps_leftovers_of_dead_runs_and_old_downloads() {
+    use std::time::{Duration, SystemTime};
+    let f = Fixture::new();
+    let ui = Ui::new();
+    let engine = f.engine(&ui, EngineOptions::default());
+    let work = f.dir.path().join("work");
+    // A pid that no longer exists: a child that has exited and been reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let live = std::process::id();
+    let dead_scratch = work.join(format!("scratch-netboot-{dead}-abc"));
+    let live_scratch = crate::engine::cache::scratch_dir(&work, "netboot").unwrap();
+    std::fs::create_dir_all(dead_scratch.join("sub")).unwrap();
+    let dead_temp = engine.cache.dir.join(format!(".tmp-{}-{dead}.qcow2", "a".repeat(64)));
+    let live_temp = engine.cache.dir.join(format!(".tmp-{}-{live}.qcow2", "b".repeat(64)));
+    std::fs::write(&dead_temp, b"x").unwrap();
+    std::fs::write(&live_temp, b"x").unwrap();
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let (old_download, new_download) = (downloads.join("old.iso"), downloads.join("new.iso"));
+    std::fs::write(&old_download, b"x").unwrap();
+    std::fs::write(&new_download, b"x").unwrap();
+    let month_ago = SystemTime::now() - Duration::from_secs(30 * 86400);
+    std::fs::File::options().append(true).open(&old_download).unwrap().set_modified(month_ago).unwrap();
+    let old_output = engine.cache.dir.join("outputs").join(format!("{}.json", "c".repeat(64)));
+    std::fs::write(&old_output, b"{}").unwrap();
+    std::fs::File::options().append(true).open(&old_output).unwrap().set_modified(month_ago).unwrap();
+
+    let report = engine.cache.gc(&work, Duration::from_secs(14 * 86400)).unwrap();
+    assert_eq!((report.scratch, report.downloads, report.outputs), (1, 1, 1), "{report:?}");
+    assert!(!dead_scratch.exists() && !dead_temp.exists() && !old_download.exists() && !old_output.exists());
+    assert!(live_scratch.path().exists() && live_temp.exists() && new_download.exists());
 }
 
 #[test]

@@ -707,10 +707,27 @@ impl Guest {
     }
 
     /// Unpacks an uncompressed tar file from the host into the guest directory.
+    /// Unpacks a tar file into `dir`, extended attributes included (file capabilities such as
+    /// ping's `cap_net_raw` live in `security.capability`).
     pub fn tar_in(&self, tarfile: &Path, dir: &str) -> Result<()> {
         let (t, d) = (cstring("tar_in", &tarfile.to_string_lossy())?, cstring("tar_in", dir)?);
-        let opts: sys::guestfs_tar_in_opts_argv = unsafe { std::mem::zeroed() };
+        let mut opts: sys::guestfs_tar_in_opts_argv = unsafe { std::mem::zeroed() };
+        opts.bitmask = 1 << sys::GUESTFS_TAR_IN_OPTS_XATTRS;
+        opts.xattrs = 1;
         self.check("tar_in", unsafe { sys::guestfs_tar_in_opts_argv(self.g, t.as_ptr(), d.as_ptr(), &opts) })
+    }
+
+    /// The value of one extended attribute of `path` (not following a final symlink).
+    pub fn lgetxattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        let (p, n) = (cstring("lgetxattr", path)?, cstring("lgetxattr", name)?);
+        let mut size: usize = 0;
+        let ptr = unsafe { sys::guestfs_lgetxattr(self.g, p.as_ptr(), n.as_ptr(), &mut size) };
+        if ptr.is_null() {
+            return Err(self.error("lgetxattr"));
+        }
+        let value = unsafe { std::slice::from_raw_parts(ptr as *const u8, size) }.to_vec();
+        unsafe { libc::free(ptr as *mut c_void) };
+        Ok(value)
     }
 
     // --- commands inside the guest ------------------------------------------------------

@@ -179,6 +179,9 @@ pub struct CustomizeConfig {
     /// Environment for run-command, run, install and uninstall, over the file's `[env]`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The longest one guest command (run-command, run, install, uninstall) may take.
+    #[serde(default = "default_command_timeout")]
+    pub timeout: String,
 }
 
 /// One virt-customize action; names follow virt-customize's options.
@@ -224,6 +227,9 @@ pub struct SysprepConfig {
     /// Environment for the scripts and customize commands, over the file's `[env]`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The longest one script or customize command may take in the guest.
+    #[serde(default = "default_command_timeout")]
+    pub timeout: String,
     #[serde(default)]
     pub zero_free_space: bool,
     #[serde(default)]
@@ -272,6 +278,9 @@ fn default_cpus() -> u32 {
 }
 fn default_install_timeout() -> String {
     "2h".into()
+}
+fn default_command_timeout() -> String {
+    "1h".into()
 }
 fn default_stall_timeout() -> String {
     "5m".into()

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 pub struct CustomizeStage {
     config: CustomizeConfig,
+    timeout: std::time::Duration,
     /// Host files named by copy-in, run, ssh-inject and root-password file:, resolved.
     files: Vec<PathBuf>,
     pipeline_dir: PathBuf,
@@ -23,13 +24,22 @@ impl CustomizeStage {
         let files = check_steps(&config.steps, pipeline, &format!("{at}.steps"))?;
         // The effective environment is part of the configuration, so of the cache key.
         config.env = pipeline.stage_env(&config.env, &format!("{at}.env"))?;
-        Ok(CustomizeStage { config, files, pipeline_dir: pipeline.dir.clone() })
+        let timeout = command_timeout(&config.timeout, pipeline, &format!("{at}.timeout"))?;
+        Ok(CustomizeStage { config, timeout, files, pipeline_dir: pipeline.dir.clone() })
     }
 
     fn needs_network(&self) -> bool {
         self.config.network.unwrap_or_else(|| {
             self.config.steps.iter().any(|s| matches!(s, CustomizeStep::Install(_) | CustomizeStep::Uninstall(_)))
         })
+    }
+}
+
+/// A guest command timeout such as `30m`, checked as bad input.
+pub fn command_timeout(text: &str, pipeline: &Pipeline, at: &str) -> Result<std::time::Duration> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(bad_input!("{}: {at}: `{text}` is not a duration such as 30m or 2h", pipeline.path.display())),
     }
 }
 
@@ -96,7 +106,7 @@ impl Stage for CustomizeStage {
         g.launch()?;
         let os = g.inspect_and_mount(false)?;
         ctx.log.line(format!("inspection: {}", os.summary()));
-        let runner = StepRunner::new(&g, &os, &self.pipeline_dir, &self.config.env, &ctx.log);
+        let runner = StepRunner::new(&g, &os, &self.pipeline_dir, &self.config.env, self.timeout, &ctx.log);
         for (i, step) in self.config.steps.iter().enumerate() {
             let name = step_name(step);
             ctx.bar.set_message(name.to_string());
@@ -137,6 +147,7 @@ pub struct StepRunner<'a> {
     os: &'a Inspection,
     dir: &'a std::path::Path,
     env: &'a BTreeMap<String, String>,
+    timeout: std::time::Duration,
     log: &'a StageLog,
     lists_refreshed: std::cell::Cell<bool>,
 }
@@ -147,14 +158,15 @@ impl<'a> StepRunner<'a> {
         os: &'a Inspection,
         dir: &'a std::path::Path,
         env: &'a BTreeMap<String, String>,
+        timeout: std::time::Duration,
         log: &'a StageLog,
     ) -> StepRunner<'a> {
-        StepRunner { g, os, dir, env, log, lists_refreshed: std::cell::Cell::new(false) }
+        StepRunner { g, os, dir, env, timeout, log, lists_refreshed: std::cell::Cell::new(false) }
     }
 
     /// A shell command in the guest, with the stage's environment.
     fn shell(&self, cmd: &str) -> Result<()> {
-        run_in_guest(self.g, cmd, self.env, self.log)
+        run_in_guest(self.g, cmd, self.env, self.timeout, self.log)
     }
 
     pub fn apply(&self, step: &CustomizeStep) -> Result<()> {
@@ -231,9 +243,17 @@ fn resolve(dir: &std::path::Path, path: &str) -> PathBuf {
     }
 }
 
-/// Runs a shell command inside the guest with `env` exported; its output goes to the log, a
-/// failure carries the guest's own error text.
-pub fn run_in_guest(g: &Guest, cmd: &str, env: &BTreeMap<String, String>, log: &StageLog) -> Result<()> {
+/// Runs a shell command inside the guest with `env` exported, stopped after `timeout` (by the
+/// guest's `timeout` command, where it has one: a command waiting for input or looping would
+/// otherwise hold the appliance forever); its output goes to the log, a failure carries the
+/// guest's own error text.
+pub fn run_in_guest(
+    g: &Guest,
+    cmd: &str,
+    env: &BTreeMap<String, String>,
+    timeout: std::time::Duration,
+    log: &StageLog,
+) -> Result<()> {
     // The log names the variables but not their values, which may hold credentials.
     if env.is_empty() {
         log.line(format!("# {cmd}"));
@@ -241,12 +261,25 @@ pub fn run_in_guest(g: &Guest, cmd: &str, env: &BTreeMap<String, String>, log: &
         log.line(format!("# {cmd}   (env: {})", env.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
     // Untraced when it exports variables: the trace would log their values.
-    let script = format!("{}{cmd}", shell_exports(env));
+    let script = format!("{}{}", shell_exports(env), with_timeout(cmd, timeout));
     let out = if env.is_empty() { g.sh(&script)? } else { g.untraced(|g| g.sh(&script))? };
     for line in out.lines() {
         log.line(line);
     }
     Ok(())
+}
+
+/// `cmd` under the guest's `timeout` (SIGTERM, then SIGKILL 10 s later), saying on stderr
+/// when it ran out of time; unlimited in a guest without `timeout`.
+fn with_timeout(cmd: &str, timeout: std::time::Duration) -> String {
+    let secs = timeout.as_secs().max(1);
+    let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
+    format!(
+        "if command -v timeout >/dev/null 2>&1; then timeout -k 10 {secs} /bin/sh -c {quoted}; rc=$?; \
+         if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo 'virt-pipeline: the command timed out after {human}' >&2; fi; \
+         exit $rc; else exec /bin/sh -c {quoted}; fi",
+        human = humantime::format_duration(std::time::Duration::from_secs(secs))
+    )
 }
 
 /// `export NAME='value'; ` for each variable, single-quoted for the shell.

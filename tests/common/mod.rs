@@ -194,6 +194,14 @@ fn fill_lvm_disk(g: &Guest, device: &str, vg: &str, files: &[(&str, &str)]) {
     write_tree(g, &format!("/dev/{vg}/root"), files, 0, None);
 }
 
+/// As `fill_disk`, with the partition at sector 63, where old MBR tools put it: its 4 KiB
+/// filesystem blocks straddle the layer's 4 KiB clusters.
+fn fill_misaligned_disk(g: &Guest, device: &str, files: &[(&str, &str)], marker_mb: usize) {
+    g.part_init(device, "msdos").unwrap();
+    g.part_add(device, "p", 63, -1).unwrap();
+    write_tree(g, &format!("{device}1"), files, marker_mb, Some(4096));
+}
+
 fn fill_gpt_disk(g: &Guest, device: &str) {
     g.part_init(device, "gpt").unwrap();
     // 128 MiB of 512-byte sectors; the backup table takes the last 33.
@@ -237,6 +245,8 @@ pub struct FakeImages {
     pub rhel_lvm_uuids: (String, String),
     /// 128 MiB GPT: a 16 MiB ext4 partition, then an ext4 root (partition 2) holding /hello.
     pub gpt: PathBuf,
+    /// The fake Debian with its partition at sector 63 and 8 MiB of marker blocks in /big.
+    pub debian_sector63: PathBuf,
 }
 
 /// The fake Debian (with 64 MiB of marker blocks in /big), Fedora, RHEL and GPT disks, built in one
@@ -251,6 +261,7 @@ pub fn fake_images() -> &'static FakeImages {
             rhel: dir.join("fake-rhel.qcow2"),
             rhel_lvm_uuids: Default::default(),
             gpt: dir.join("fake-gpt.qcow2"),
+            debian_sector63: dir.join("fake-debian-sector63.qcow2"),
         };
         let uuids_file = dir.join("fake-rhel.lvm-uuids");
         let with_uuids = |mut images: FakeImages| {
@@ -259,7 +270,7 @@ pub fn fake_images() -> &'static FakeImages {
             images.rhel_lvm_uuids = (pv.to_string(), vg.to_string());
             images
         };
-        let disks = [&images.debian, &images.fedora, &images.rhel, &images.gpt];
+        let disks = [&images.debian, &images.fedora, &images.rhel, &images.gpt, &images.debian_sector63];
         // The marker holds a digest of this file, so changing how the disks are made rebuilds them.
         let done = dir.join("fake-images.done");
         let trees = hex::encode(Sha256::digest(include_str!("mod.rs").as_bytes()));
@@ -283,6 +294,7 @@ pub fn fake_images() -> &'static FakeImages {
         fill_disk(&g, &devices[1], FEDORA_FILES, 0, None);
         fill_lvm_disk(&g, &devices[2], "rhel", RHEL_FILES);
         fill_gpt_disk(&g, &devices[3]);
+        fill_misaligned_disk(&g, &devices[4], DEBIAN_FILES, 8);
         let uuids = format!("{} {}", g.pvuuid(&format!("{}1", devices[2])).unwrap(), g.vguuid("rhel").unwrap());
         g.shutdown().unwrap();
         std::fs::write(&uuids_file, uuids).unwrap();
@@ -321,16 +333,16 @@ pub fn required_bytes(image: &Path) -> u64 {
     v["required"].as_u64().unwrap()
 }
 
-/// Whether any 1 KiB-aligned piece of the image's guest data is marker data.
+/// Whether any 512-byte-aligned piece of the image's guest data is marker data (a
+/// filesystem block may start on any sector).
 pub fn holds_marker(image: &Path) -> bool {
     let raw = tempfile::NamedTempFile::new().unwrap();
     let st = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(raw.path()).status().unwrap();
     assert!(st.success());
     let data = std::fs::read(raw.path()).unwrap();
-    // Filesystem blocks may be 1 KiB: compare 1 KiB-aligned pieces with the marker's.
     let marker = marker_block();
-    let pieces: Vec<&[u8]> = marker.chunks(1024).collect();
-    data.chunks(1024).any(|c| pieces.contains(&c))
+    let pieces: Vec<&[u8]> = marker.chunks(512).collect();
+    data.chunks(512).any(|c| pieces.contains(&c))
 }
 
 /// `pipeline serve` in the background; SIGTERM on drop (it must shut down cleanly on it).

@@ -83,7 +83,7 @@ impl Stage for DebootstrapStage {
         if effective_uid() != 0 {
             bail!("debootstrap needs root (it creates device nodes and owns files as other users); run as root");
         }
-        let scratch = tempfile::Builder::new().prefix("debootstrap-").tempdir_in(&ctx.settings.work_dir)?;
+        let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "debootstrap")?;
         let tree = scratch.path().join("tree");
         let tar = scratch.path().join("tree.tar");
         let c = &self.config;
@@ -100,7 +100,12 @@ impl Stage for DebootstrapStage {
         )?;
         ctx.bar.set_message("packing the tree");
         ctx.log.run_checked(
-            Command::new("tar").args(["--numeric-owner", "--xattrs", "-C"]).arg(&tree).args(["-cf"]).arg(&tar).arg("."),
+            Command::new("tar")
+                .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+                .arg(&tree)
+                .args(["-cf"])
+                .arg(&tar)
+                .arg("."),
             &ctx.bar,
         )?;
         std::fs::remove_dir_all(&tree).context("cannot remove the debootstrap tree")?;

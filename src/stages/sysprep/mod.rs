@@ -30,6 +30,8 @@ pub struct OpContext<'a> {
     pub config: &'a SysprepConfig,
     /// The pipeline file's directory: host paths in the configuration resolve against it.
     pub dir: &'a std::path::Path,
+    /// The longest one guest command may take.
+    pub timeout: std::time::Duration,
     pub log: &'a crate::engine::log::StageLog,
 }
 
@@ -131,6 +133,7 @@ pub struct SysprepStage {
     /// Host files the customize and script operations read.
     files: Vec<std::path::PathBuf>,
     dir: std::path::PathBuf,
+    timeout: std::time::Duration,
 }
 
 impl SysprepStage {
@@ -146,7 +149,8 @@ impl SysprepStage {
             }
             files.push(path);
         }
-        Ok(SysprepStage { config, operations, files, dir: pipeline.dir.clone() })
+        let timeout = crate::stages::customize::command_timeout(&config.timeout, pipeline, &format!("{at}.timeout"))?;
+        Ok(SysprepStage { config, operations, files, dir: pipeline.dir.clone(), timeout })
     }
 }
 
@@ -167,6 +171,9 @@ impl Stage for SysprepStage {
             "fstrim": self.config.fstrim,
             "customize": self.config.customize,
             "scripts": self.config.scripts,
+            // What the scripts and commands see changes what they do.
+            "env": self.config.env,
+            "timeout": self.config.timeout,
         })
     }
 
@@ -193,7 +200,8 @@ impl Stage for SysprepStage {
         g.launch()?;
         let os = g.inspect()?;
         ctx.log.line(format!("inspection: {}", os.summary()));
-        let op_ctx = OpContext { g: &g, os: &os, config: &self.config, dir: &self.dir, log: &ctx.log };
+        let op_ctx =
+            OpContext { g: &g, os: &os, config: &self.config, dir: &self.dir, timeout: self.timeout, log: &ctx.log };
         let (device_ops, fs_ops): (Vec<&&Operation>, Vec<&&Operation>) =
             self.operations.iter().partition(|op| op.on_devices);
         for (i, ops) in [device_ops, fs_ops].into_iter().enumerate() {
@@ -218,12 +226,14 @@ pub const TRIM_CLUSTER: u64 = 4096;
 
 /// Zero-fills and/or trims every mounted filesystem, after the operations.
 ///
-/// With both on, fstrim alone does the zero-fill's work on filesystems with blocks of at
-/// least 4 KiB: discards reach the layer (a qcow2 overlay with 4 KiB clusters), where each
-/// discarded block becomes a zero cluster that reads as zeros and takes no space. So every
-/// free block reads as zeros, what zero-free-space guarantees, without writing gigabytes of
-/// zeros through the appliance. Filesystems with smaller blocks (qemu ignores discards
-/// smaller than a cluster) are zero-filled first, the classic way.
+/// With both on, fstrim alone does the zero-fill's work where that is exact: on a filesystem
+/// with blocks of at least 4 KiB whose partition starts on a 4 KiB boundary, every block is a
+/// whole cluster of the layer (a qcow2 overlay with 4 KiB clusters), so each discarded block
+/// becomes a zero cluster that reads as zeros and takes no space — what zero-free-space
+/// guarantees, without writing gigabytes of zeros through the appliance. Anywhere else a
+/// block straddles two clusters, qemu ignores the partial discards and the old data would
+/// stay: smaller blocks, a misaligned partition (an old MBR disk's sector 63), or a volume
+/// whose placement is not checked (LVM, RAID) are zero-filled first, the classic way.
 pub fn free_space(g: &Guest, os: &Inspection, zero: bool, trim: bool, ctx: &StageContext) -> Result<()> {
     let fs_types: std::collections::HashMap<_, _> = os.filesystems.iter().cloned().collect();
     for (mp, dev) in &os.mountpoints {
@@ -232,7 +242,13 @@ pub fn free_space(g: &Guest, os: &Inspection, zero: bool, trim: bool, ctx: &Stag
             continue;
         }
         let block = g.block_size(mp)?;
-        if zero && !(trim && block >= TRIM_CLUSTER) {
+        let aligned = starts_on_cluster(g, dev)?;
+        if !aligned {
+            ctx.log
+                .line(format!("{dev} does not start on a {TRIM_CLUSTER}-byte boundary (or is not a plain partition)"));
+        }
+        let exact_trim = trim && block >= TRIM_CLUSTER && aligned;
+        if zero && !exact_trim {
             ctx.bar.set_message(format!("zero-free-space {mp}"));
             ctx.log.line(format!("zero-free-space {mp} ({fs}, {block}-byte blocks)"));
             g.zero_free_space(mp)?;
@@ -241,7 +257,7 @@ pub fn free_space(g: &Guest, os: &Inspection, zero: bool, trim: bool, ctx: &Stag
             ctx.bar.set_message(format!("fstrim {mp}"));
             ctx.log.line(format!("fstrim {mp} ({fs}, {block}-byte blocks)"));
             if let Err(e) = g.fstrim(mp) {
-                if !zero || block >= TRIM_CLUSTER {
+                if !zero || exact_trim {
                     // Without working discards the zero-fill above did not happen.
                     ctx.log.line(format!("fstrim {mp} failed: {e}"));
                     if zero {
@@ -256,10 +272,48 @@ pub fn free_space(g: &Guest, os: &Inspection, zero: bool, trim: bool, ctx: &Stag
     Ok(())
 }
 
+/// Whether the filesystem on `dev` starts on a cluster boundary of the layer: a whole disk
+/// does, a partition when its first byte does; anything else (LVM, RAID, btrfs subvolumes)
+/// counts as not proven.
+fn starts_on_cluster(g: &Guest, dev: &str) -> Result<bool> {
+    if g.list_devices()?.iter().any(|d| d == dev) {
+        return Ok(true);
+    }
+    if !g.list_partitions()?.iter().any(|p| p == dev) {
+        return Ok(false);
+    }
+    let (disk, number) = (g.part_to_dev(dev)?, g.part_to_partnum(dev)?);
+    Ok(g.part_list(&disk)?.iter().any(|&(n, start, _)| n == number && start % TRIM_CLUSTER == 0))
+}
+
 /// `pipeline sysprep --list-operations`: name, default marker, description, like virt-sysprep.
 pub fn list_operations() -> String {
     OPERATIONS
         .iter()
         .map(|op| format!("{} {} {}\n", op.name, if op.default { "*" } else { " " }, op.description))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage_config(env_line: &str) -> serde_json::Value {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        let text = format!(
+            "version = 1\nfrom = {{ image = \"x.qcow2\" }}\n[pipeline]\nname = \"t\"\n[env]\n{env_line}\n[[stages]]\n[stages.sysprep]\nfstrim = true\n"
+        );
+        std::fs::write(&file, text).unwrap();
+        let p = crate::pipeline::load(&file, &[]).unwrap();
+        let crate::pipeline::StageConfig::Sysprep(c) = &p.file.stages[0] else { unreachable!() };
+        SysprepStage::new(c.clone(), &p, "stages[0].sysprep").unwrap().config()
+    }
+
+    /// The scripts and commands see the environment, so a changed value is a new layer.
+    #[test]
+    fn the_key_follows_the_environment() {
+        assert_ne!(stage_config("MIRROR = \"http://a\""), stage_config("MIRROR = \"http://b\""));
+        assert_eq!(stage_config("MIRROR = \"http://a\""), stage_config("MIRROR = \"http://a\""));
+    }
 }

@@ -8,7 +8,7 @@ pub const OPERATION: Operation =
     Operation { name: "customize", default: true, description: "Customize the guest", run, on_devices: false };
 
 fn run(c: &OpContext) -> anyhow::Result<()> {
-    let runner = StepRunner::new(c.g, c.os, c.dir, &c.config.env, c.log);
+    let runner = StepRunner::new(c.g, c.os, c.dir, &c.config.env, c.timeout, c.log);
     for step in &c.config.customize {
         runner.apply(step)?;
     }

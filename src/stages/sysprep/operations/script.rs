@@ -17,7 +17,7 @@ fn run(c: &OpContext) -> anyhow::Result<()> {
     for script in &c.config.scripts {
         c.g.upload(&c.dir.join(script), REMOTE)?;
         c.g.chmod(0o755, REMOTE)?;
-        let result = run_in_guest(c.g, REMOTE, &c.config.env, c.log);
+        let result = run_in_guest(c.g, REMOTE, &c.config.env, c.timeout, c.log);
         c.g.rm_f(REMOTE)?;
         result?;
     }
