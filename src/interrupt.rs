@@ -44,6 +44,15 @@ pub fn interrupted() -> bool {
     SIGNAL.load(Ordering::SeqCst) != 0
 }
 
+/// The signal that stopped the run, by name.
+pub fn stopped_by() -> Option<&'static str> {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        sig if sig == signal_hook::consts::SIGTERM => Some("SIGTERM"),
+        _ => Some("SIGINT"),
+    }
+}
+
 /// The exit code for a run stopped by a signal: 128 + the signal number.
 pub fn exit_code() -> Option<i32> {
     match SIGNAL.load(Ordering::SeqCst) {

@@ -213,7 +213,7 @@ fn interrupting_an_install_cleans_up() {
     assert!(!std::fs::read_dir(&work)
         .unwrap()
         .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("netboot-")));
+        .any(|e| e.file_name().to_string_lossy().starts_with("scratch-")));
     let ps = std::process::Command::new("pgrep")
         .args(["-f", &format!("qemu-system-x86_64.*{}", work.display())])
         .output()

@@ -158,6 +158,15 @@ impl<'a> Engine<'a> {
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&temp);
+                    if let Some(signal) = crate::interrupt::stopped_by() {
+                        // What failed after the signal (a killed appliance) is its effect, not news.
+                        log.line(format!("STOPPED by {signal}: {e:#}"));
+                        anyhow::bail!(
+                            "stage {n} ({}) stopped by {signal}; its temporary layer was removed (log: {})",
+                            stage.kind(),
+                            log_path.display()
+                        );
+                    }
                     log.line(format!("FAILED: {e:#}"));
                     return Err(e.context(format!(
                         "stage {n} ({}) failed; full log: {}",

@@ -287,7 +287,7 @@ impl Stage for NetbootStage {
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
-        let scratch = tempfile::Builder::new().prefix("netboot-").tempdir_in(&ctx.settings.work_dir)?;
+        let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "netboot")?;
         ctx.bar.set_message("fetching the installer");
         let (kernel, original_initrd, cdrom) = self.boot_files(ctx, scratch.path())?;
         let mut members = Vec::new();
@@ -312,7 +312,7 @@ impl Stage for NetbootStage {
         vm_config.kernel = Some((kernel, initrd_path, self.cmdline.clone()));
         vm_config.no_reboot = true;
         let console = scratch.path().join("console.log");
-        let mut vm = Vm::start(&vm_config, &console)?;
+        let mut vm = Vm::start_logged(&vm_config, &console, Some(ctx.log.clone()))?;
         let timeout = humantime::parse_duration(&self.config.timeout)?;
         let stall = humantime::parse_duration(&self.config.stall_timeout)?;
         watch(&mut vm, timeout, stall, ctx)
