@@ -396,14 +396,22 @@ impl Repo {
     }
 }
 
-/// The first line where a plain index and the signed text differ (trailing blanks aside, as
-/// clearsigning ignores them): its number and both versions.
+/// The first line where a plain index and the signed text differ (blank lines and trailing
+/// blanks aside: clearsigning ignores the latter, the format the former): its number in the
+/// plain index and both versions.
 fn first_difference(plain: &str, signed: &str) -> Option<(usize, String, String)> {
-    let lines = |t: &str| t.trim_end().lines().map(|l| l.trim_end().to_string()).collect::<Vec<_>>();
+    let lines = |t: &str| {
+        t.lines()
+            .enumerate()
+            .map(|(n, l)| (n + 1, l.trim_end().to_string()))
+            .filter(|(_, l)| !l.is_empty())
+            .collect::<Vec<_>>()
+    };
     let (a, b) = (lines(plain), lines(signed));
-    let n = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i))?;
-    let show = |v: &[String]| v.get(n).cloned().unwrap_or_else(|| "(end)".into());
-    Some((n + 1, show(&a), show(&b)))
+    let i = (0..a.len().max(b.len())).find(|&i| a.get(i).map(|x| &x.1) != b.get(i).map(|x| &x.1))?;
+    let show = |v: &[(usize, String)]| v.get(i).map(|x| x.1.clone()).unwrap_or_else(|| "(end)".into());
+    let line = a.get(i).or(a.last()).map(|x| x.0).unwrap_or(1);
+    Some((line, show(&a), show(&b)))
 }
 
 /// Whether a `.tmp-NAME-PID...` file belongs to a process that is still running (a publish
@@ -477,6 +485,8 @@ mod tests {
         let got = first_difference("[a]\nrevision=2\nfile=a-r1.xz\n", signed);
         assert_eq!(got, Some((2, "revision=2".into(), "revision=1".into())));
         let got = first_difference(&format!("{signed}\n[b]\n"), signed);
-        assert_eq!(got, Some((4, "".into(), "(end)".into())));
+        assert_eq!(got, Some((5, "[b]".into(), "(end)".into())));
+        let got = first_difference("[a]\n", signed);
+        assert_eq!(got, Some((1, "(end)".into(), "revision=1".into())));
     }
 }
