@@ -373,3 +373,57 @@ fn a_tampered_plain_index_fails_the_next_publish() {
     assert!(index.contains("notes=again") && !index.contains("evil"), "{index}");
     assert!(run(&["repo", "verify", "r"]).status.success());
 }
+
+/// Every file under a directory, with its size and modification time.
+fn file_list(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `plan` reads upstream state (a served repository's signed index) to compute its keys,
+/// and writes nothing: not a work directory, not a download cache entry. Its keys are the
+/// ones a run uses (after the run, every stage is `cached`).
+#[test]
+fn plan_reads_the_network_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    small_image(dir);
+    let file = write_file(
+        dir,
+        "p.toml",
+        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"small\"\n",
+    );
+    run_ok(dir, &gnupg, &["--work-dir", "w0", "run", file.to_str().unwrap()]);
+    let fpr = std::fs::read_to_string(dir.join("r/signing-key.fpr")).unwrap().trim().to_string();
+    let url = format!("http://{}", serve_in_background(virt_pipeline::repo::serve::router(&dir.join("r")).unwrap()));
+    let file = write_file(
+        dir,
+        "u.toml",
+        &format!("version = 1\nfrom = {{ repo = \"{url}/index.asc\", name = \"small\", fingerprint = \"{fpr}\" }}\n[pipeline]\nname = \"u\"\n[[stages]]\n[stages.publish]\nrepo = \"r2\"\nname = \"copy\"\n"),
+    );
+    let file = file.to_str().unwrap();
+    let work = dir.join("w");
+
+    let plan = run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]);
+    assert_eq!(plan.lines().filter(|l| l.contains("to run")).count(), 2, "{plan}");
+    assert!(!work.exists(), "plan created the work directory");
+
+    run_ok(dir, &gnupg, &["--work-dir", "w", "run", file]);
+    let before = file_list(&work);
+    let plan = run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]);
+    assert_eq!(plan.lines().filter(|l| l.contains("cached")).count(), 2, "the run used plan's keys: {plan}");
+    assert_eq!(file_list(&work), before, "plan changed the work directory");
+}
