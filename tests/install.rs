@@ -241,7 +241,8 @@ fn an_interrupted_image_download_resumes() {
     // The first request gets the server's headers (full Content-Length, ETag) but only CUT
     // bytes before the connection breaks; later ones are served normally. Every Range and
     // If-Range header is recorded.
-    let ranges: Arc<Mutex<Vec<(Option<String>, Option<String>)>>> = Arc::default();
+    type Asked = (Option<String>, Option<String>);
+    let ranges: Arc<Mutex<Vec<Asked>>> = Arc::default();
     let seen = ranges.clone();
     let router = virt_pipeline::repo::serve::router(&served).unwrap().layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
