@@ -125,7 +125,18 @@ fn run_command(
 fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -> Result<()> {
     let p = load_checked(&args.file, &args.sets)?;
     let ui = Ui::new();
-    let engine = Engine::new(settings(g, true, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
+    // Plan writes nothing: upstream state is read (the network too: a key depends on it) but
+    // not kept, and a work directory without a cache is not created; an empty one in a
+    // temporary directory stands in (every stage is then `to run`).
+    let mut settings = settings(g, false, None)?;
+    let _empty = if settings.work_dir.join("layers").is_dir() {
+        None
+    } else {
+        let tmp = tempfile::Builder::new().prefix("pipeline-plan-").tempdir()?;
+        settings.work_dir = tmp.path().to_path_buf();
+        Some(tmp)
+    };
+    let engine = Engine::new(settings, EngineOptions { build_id, ..Default::default() }, &ui)?;
     plan_pipeline(&p, &engine, 0)?;
     Ok(())
 }

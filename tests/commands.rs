@@ -194,3 +194,236 @@ fn publishing_with_another_key_is_refused_until_the_repository_moves_to_it() {
     assert!(run_ok(dir, &gnupg, &["repo", "list", "r"]).contains("keyed"));
     run_ok(dir, &gnupg, &["repo", "verify", "r"]);
 }
+
+/// `pipeline ARGS` with a GnuPG home and a config directory (the trust store) of the test's own.
+fn pipeline_with(dir: &Path, gnupg: &Path, config: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env("GNUPGHOME", gnupg)
+        .env("XDG_CONFIG_HOME", config)
+        .output()
+        .expect("run pipeline");
+    eprintln!("$ pipeline {}\n--- stderr\n{}--- exit {:?}", args.join(" "), stderr(&out), out.status.code());
+    out
+}
+
+fn gpg(gnupg: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new("gpg").args(["--batch", "--yes"]).args(args).env("GNUPGHOME", gnupg).output().unwrap();
+    assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A second key in the keyring: its fingerprint.
+fn another_key(gnupg: &Path, not: &str) -> String {
+    gpg(gnupg, &["--passphrase", "", "--quick-gen-key", "Other <other@example.net>", "default", "default", "never"]);
+    let keys = String::from_utf8_lossy(&gpg(gnupg, &["--with-colons", "--list-secret-keys"]).stdout).into_owned();
+    keys.lines()
+        .filter_map(|l| l.strip_prefix("fpr:").map(|f| f.trim_matches(':').to_string()))
+        .find(|f| f != not)
+        .expect("the second key's fingerprint")
+}
+
+/// A repository is checked against the key its user trusts and only it. Whoever can write
+/// the repository can sign its index with another key (one the consumer's keyring even
+/// holds) and name that key in the repository's `signing-key.fpr` and public key file: the
+/// consumer still checks against the key `repo init` recorded outside the repository, and
+/// refuses. Without a recorded key or a `fingerprint`, a local repository is bad input.
+#[test]
+fn an_index_signed_by_another_key_in_the_keyring_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let config = dir.join("config");
+    small_image(dir);
+    let run = |args: &[&str]| pipeline_with(dir, &gnupg, &config, args);
+    assert!(run(&["repo", "init", "r"]).status.success());
+    let first = std::fs::read_to_string(dir.join("r/signing-key.fpr")).unwrap().trim().to_string();
+    write_file(
+        dir,
+        "p.toml",
+        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"small\"\n",
+    );
+    assert!(run(&["--work-dir", "w", "run", "p.toml"]).status.success());
+    write_file(
+        dir,
+        "c.toml",
+        "version = 1\nfrom = { repo = \"r\", name = \"small\" }\n[pipeline]\nname = \"c\"\n[[stages]]\n[stages.publish]\nrepo = \"r2\"\nname = \"copy\"\n",
+    );
+    let trusted = run(&["--work-dir", "w1", "run", "c.toml"]);
+    assert!(trusted.status.success(), "the recorded key verifies the repository: {}", stderr(&trusted));
+
+    // The repository taken over by another key of the same keyring.
+    let other = another_key(&gnupg, &first);
+    gpg(
+        &gnupg,
+        &[
+            "--local-user",
+            &other,
+            "--output",
+            dir.join("r/index.asc").to_str().unwrap(),
+            "--clearsign",
+            dir.join("r/index").to_str().unwrap(),
+        ],
+    );
+    std::fs::write(dir.join("r/signing-key.fpr"), format!("{other}\n")).unwrap();
+    let public = gpg(&gnupg, &["--armor", "--export", &other]).stdout;
+    std::fs::write(dir.join("r/r.asc"), public).unwrap();
+    let refused = run(&["--work-dir", "w2", "run", "c.toml"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("signature check failed") && stderr(&refused).contains(&first),
+        "{}",
+        stderr(&refused)
+    );
+    let layers = std::fs::read_dir(dir.join("w2/layers"))
+        .map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "qcow2")).count())
+        .unwrap_or(0);
+    assert_eq!(layers, 0, "nothing was imported");
+    // The same when the key is pinned in the pipeline, for a served repository.
+    let served = format!("http://{}", serve_in_background(virt_pipeline::repo::serve::router(&dir.join("r")).unwrap()));
+    let pinned = write_file(
+        dir,
+        "u.toml",
+        &format!("version = 1\nfrom = {{ repo = \"{served}/index.asc\", name = \"small\", fingerprint = \"{first}\" }}\n[pipeline]\nname = \"u\"\n[[stages]]\n[stages.publish]\nrepo = \"r3\"\nname = \"copy\"\n"),
+    );
+    let refused = run(&["--work-dir", "w3", "run", pinned.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("not the trusted key"), "{}", stderr(&refused));
+
+    // Another user (no recorded key) must name the key.
+    let stranger = pipeline_with(dir, &gnupg, &dir.join("config2"), &["--work-dir", "w4", "run", "c.toml"]);
+    assert_eq!(stranger.status.code(), Some(2), "{}", stderr(&stranger));
+    assert!(
+        stderr(&stranger).contains("c.toml: from.fingerprint") && stderr(&stranger).contains("add fingerprint = "),
+        "{}",
+        stderr(&stranger)
+    );
+}
+
+/// A pin is a whole fingerprint: a long key ID, another suffix or an empty string is bad
+/// input, and a repository read over the network must have one.
+#[test]
+fn a_pin_is_a_full_fingerprint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let fpr = "61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4";
+    let from = |extra: &str| {
+        write_file(
+            dir,
+            "p.toml",
+            &format!("version = 1\nfrom = {{ repo = \"http://127.0.0.1:9/index.asc\", name = \"x\"{extra} }}\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"y\"\n"),
+        );
+        pipeline(dir, &gnupg, &["validate", "p.toml"])
+    };
+    for (pin, says) in [(&fpr[24..], "is a key ID"), (&fpr[4..], "is not a fingerprint"), ("", "is empty")] {
+        let out = from(&format!(", fingerprint = \"{pin}\""));
+        assert_eq!(out.status.code(), Some(2), "{pin}: {}", stderr(&out));
+        assert!(stderr(&out).contains("p.toml: from.fingerprint") && stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    let out = from("");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("p.toml: from.fingerprint") && stderr(&out).contains("add fingerprint"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(from(&format!(", fingerprint = \"{}\"", fpr.to_lowercase())).status.success());
+
+    run_ok(dir, &gnupg, &["repo", "init", "r"]);
+    let out = pipeline(dir, &gnupg, &["repo", "verify", "r", "--fingerprint", &fpr[24..]]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// Publishing signs again only what the signed index says: a plain `index` edited beside it
+/// is refused with a message that says what differs and how to recover, nothing changes,
+/// and once the edit is gone publishing works again.
+#[test]
+fn a_tampered_plain_index_fails_the_next_publish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let config = dir.join("config");
+    small_image(dir);
+    let run = |args: &[&str]| pipeline_with(dir, &gnupg, &config, args);
+    write_file(
+        dir,
+        "p.toml",
+        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"small\"\n",
+    );
+    assert!(run(&["--work-dir", "w", "run", "p.toml"]).status.success());
+    let signed = std::fs::read(dir.join("r/index.asc")).unwrap();
+    let index = std::fs::read_to_string(dir.join("r/index")).unwrap();
+    std::fs::write(dir.join("r/index"), format!("{index}\n[evil]\nfile=evil.xz\nrevision=1\n")).unwrap();
+
+    let refused = run(&["--work-dir", "w", "run", "p.toml", "--set", "stages[0].publish.notes=again"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    let err = stderr(&refused);
+    assert!(err.contains("r/index differs from the signed") && err.contains("[evil]"), "{err}");
+    assert!(err.contains("edited outside pipeline") && err.contains("delete"), "{err}");
+    assert_eq!(std::fs::read(dir.join("r/index.asc")).unwrap(), signed, "index.asc is unchanged");
+    let removed = run(&["repo", "remove", "r", "small"]);
+    assert_eq!(removed.status.code(), Some(1), "{}", stderr(&removed));
+    assert!(dir.join("r/small-r1.xz").exists());
+
+    std::fs::remove_file(dir.join("r/index")).unwrap();
+    assert!(run(&["--work-dir", "w", "run", "p.toml", "--set", "stages[0].publish.notes=again"]).status.success());
+    let index = std::fs::read_to_string(dir.join("r/index")).unwrap();
+    assert!(index.contains("notes=again") && !index.contains("evil"), "{index}");
+    assert!(run(&["repo", "verify", "r"]).status.success());
+}
+
+/// Every file under a directory, with its size and modification time.
+fn file_list(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `plan` reads upstream state (a served repository's signed index) to compute its keys,
+/// and writes nothing: not a work directory, not a download cache entry. Its keys are the
+/// ones a run uses (after the run, every stage is `cached`).
+#[test]
+fn plan_reads_the_network_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    small_image(dir);
+    let file = write_file(
+        dir,
+        "p.toml",
+        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"small\"\n",
+    );
+    run_ok(dir, &gnupg, &["--work-dir", "w0", "run", file.to_str().unwrap()]);
+    let fpr = std::fs::read_to_string(dir.join("r/signing-key.fpr")).unwrap().trim().to_string();
+    let url = format!("http://{}", serve_in_background(virt_pipeline::repo::serve::router(&dir.join("r")).unwrap()));
+    let file = write_file(
+        dir,
+        "u.toml",
+        &format!("version = 1\nfrom = {{ repo = \"{url}/index.asc\", name = \"small\", fingerprint = \"{fpr}\" }}\n[pipeline]\nname = \"u\"\n[[stages]]\n[stages.publish]\nrepo = \"r2\"\nname = \"copy\"\n"),
+    );
+    let file = file.to_str().unwrap();
+    let work = dir.join("w");
+
+    let plan = run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]);
+    assert_eq!(plan.lines().filter(|l| l.contains("to run")).count(), 2, "{plan}");
+    assert!(!work.exists(), "plan created the work directory");
+
+    run_ok(dir, &gnupg, &["--work-dir", "w", "run", file]);
+    let before = file_list(&work);
+    let plan = run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]);
+    assert_eq!(plan.lines().filter(|l| l.contains("cached")).count(), 2, "the run used plan's keys: {plan}");
+    assert_eq!(file_list(&work), before, "plan changed the work directory");
+}

@@ -238,32 +238,36 @@ fn an_interrupted_image_download_resumes() {
     let image_bytes = std::fs::read(&image).unwrap();
     const CUT: usize = 3 << 20;
 
-    // The first request gets the full Content-Length but only CUT bytes before the
-    // connection breaks; later ones are served normally. Every Range header is recorded.
-    let ranges: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    // The first request gets the server's headers (full Content-Length, ETag) but only CUT
+    // bytes before the connection breaks; later ones are served normally. Every Range and
+    // If-Range header is recorded.
+    type Asked = (Option<String>, Option<String>);
+    let ranges: Arc<Mutex<Vec<Asked>>> = Arc::default();
     let seen = ranges.clone();
     let router = virt_pipeline::repo::serve::router(&served).unwrap().layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
             let seen = seen.clone();
             let image_bytes = image_bytes.clone();
             async move {
-                let range = req.headers().get("range").map(|v| v.to_str().unwrap().to_string());
+                let asked = {
+                    let header = |name| req.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+                    (header("range"), header("if-range"))
+                };
                 let first = {
                     let mut seen = seen.lock().unwrap();
-                    seen.push(range);
+                    seen.push(asked);
                     seen.len() == 1
                 };
+                let resp = next.run(req).await;
                 if !first {
-                    return next.run(req).await;
+                    return resp;
                 }
                 let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
                     Ok(Bytes::copy_from_slice(&image_bytes[..CUT])),
                     Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut")),
                 ];
-                axum::response::Response::builder()
-                    .header("content-length", image_bytes.len())
-                    .body(Body::from_stream(futures::stream::iter(chunks)))
-                    .unwrap()
+                let (parts, _) = resp.into_parts();
+                axum::response::Response::from_parts(parts, Body::from_stream(futures::stream::iter(chunks)))
             }
         },
     ));
@@ -287,11 +291,80 @@ fn an_interrupted_image_download_resumes() {
 
     let resumed = pipeline(dir, &gnupg, &args);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert_eq!(*ranges.lock().unwrap(), vec![None, Some(format!("bytes={kept}-"))]);
+    let ranges = ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], (None, None));
+    assert_eq!(ranges[1].0, Some(format!("bytes={kept}-")), "only the rest is asked for");
+    assert!(ranges[1].1.is_some(), "and only if it is still the same version (If-Range)");
     let layer = stdout(&resumed).trim().to_string();
     let same = std::process::Command::new("qemu-img").args(["compare", "-q"]).arg(&image).arg(&layer).status().unwrap();
     assert!(same.success(), "the layer holds the whole image");
     assert!(!part.exists());
+}
+
+/// A download cut off mid-way, and the file replaced on the server (same length, another
+/// ETag) before the retry: the result is exactly the new version, never the old one's head
+/// spliced onto the new one's tail. Both with a server that honours If-Range (it answers
+/// 200 with the whole new file) and with one that ignores it (its 206 names the new ETag).
+#[test]
+fn a_resumed_download_never_splices_two_versions() {
+    use axum::body::{Body, Bytes};
+    use axum::http::{header, HeaderMap, StatusCode};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const LEN: usize = 4 << 20;
+    const CUT: usize = 1 << 20;
+    let v1: Arc<Vec<u8>> = Arc::new((0..LEN).map(|i| (i % 251) as u8).collect());
+    let v2: Arc<Vec<u8>> = Arc::new((0..LEN).map(|i| (i % 241) as u8 ^ 0x5a).collect());
+    for honours_if_range in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("downloads");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (count, old, new) = (requests.clone(), v1.clone(), v2.clone());
+        // Request 1: version 1 (ETag "v1"), cut after CUT bytes. Then version 2 (ETag "v2").
+        let handler = move |headers: HeaderMap| {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let (v1, v2) = (old.clone(), new.clone());
+            async move {
+                let builder = axum::response::Response::builder().header(header::ACCEPT_RANGES, "bytes");
+                if n == 0 {
+                    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                        Ok(Bytes::copy_from_slice(&v1[..CUT])),
+                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut")),
+                    ];
+                    return builder
+                        .header(header::ETAG, "\"v1\"")
+                        .header(header::CONTENT_LENGTH, LEN)
+                        .body(Body::from_stream(futures::stream::iter(chunks)))
+                        .unwrap();
+                }
+                let builder = builder.header(header::ETAG, "\"v2\"");
+                let get = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap().to_string());
+                let from = get(header::RANGE)
+                    .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok())
+                    .filter(|&f| f < LEN);
+                let same = get(header::IF_RANGE).is_none_or(|t| t == "\"v2\"");
+                match from {
+                    Some(f) if same || !honours_if_range => builder
+                        .status(StatusCode::PARTIAL_CONTENT)
+                        .header(header::CONTENT_RANGE, format!("bytes {f}-{}/{LEN}", LEN - 1))
+                        .body(Body::from(v2[f..].to_vec()))
+                        .unwrap(),
+                    _ => builder.body(Body::from(v2.to_vec())).unwrap(),
+                }
+            }
+        };
+        let addr = serve_in_background(axum::Router::new().route("/disk.img", axum::routing::get(handler)));
+        let url = format!("http://{addr}/disk.img");
+        let ui = virt_pipeline::engine::ui::Ui::new();
+        let cut = virt_pipeline::download::fetch(&url, &cache, false, &ui);
+        assert!(cut.is_err(), "the first download is cut off");
+        let part = virt_pipeline::download::cache_path(&cache, &url).with_extension("part");
+        assert!(std::fs::metadata(&part).unwrap().len() > 0, "a partial download is kept");
+        let done = virt_pipeline::download::fetch(&url, &cache, false, &ui).unwrap();
+        let got = std::fs::read(&done).unwrap();
+        assert!(got == *v2, "honours If-Range: {honours_if_range}: the download is version 2 exactly");
+    }
 }
 
 fn layer_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -7,6 +7,7 @@
 pub mod index;
 pub mod serve;
 pub mod sign;
+pub mod trust;
 
 use crate::bad_input;
 use anyhow::{bail, Context, Result};
@@ -49,25 +50,35 @@ impl Repo {
     }
 
     /// Creates a repository (or completes a half-made one): the signing key (generated when
-    /// none is given), its public half, the .conf for clients and an empty signed index.
+    /// none is given), its public half, the .conf for clients and an empty signed index. The
+    /// key is recorded in this user's trust store (see `trust`), the pin consumers check the
+    /// repository against. `sign_key` on an existing repository moves it to that key: the
+    /// entries the old key signed are signed again.
     pub fn init(
         dir: &Path,
         sign_key: Option<&str>,
         generate_name: Option<&str>,
         uri: Option<&str>,
     ) -> Result<(Repo, String)> {
+        let sign_key =
+            sign_key.map(|k| sign::parse_fingerprint(k).map_err(|e| bad_input!("signing key: {e}"))).transpose()?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let repo = Repo { dir: dir.to_path_buf() };
         let _lock = repo.lock()?;
-        let existing = std::fs::read_to_string(dir.join(KEY_FILE)).ok().map(|s| s.trim().to_string());
+        let (pinned, named) = repo.recorded_keys()?;
+        let existing = match (&pinned, &named, &sign_key) {
+            // Moving the repository: the old entries are what the trusted key signed.
+            (Some(p), _, Some(_)) => Some(p.clone()),
+            _ => repo.configured_key()?,
+        };
         let fingerprint = match (sign_key, existing.clone()) {
             (Some(k), _) => {
-                if !sign::has_secret_key(k) {
+                if !sign::has_secret_key(&k) {
                     return Err(bad_input!(
                         "signing key {k}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
                     ));
                 }
-                k.to_string()
+                k
             }
             (None, Some(k)) => k,
             (None, None) => {
@@ -76,6 +87,18 @@ impl Repo {
                     .unwrap_or_else(|| format!("{} repository signing key", repo.name()));
                 sign::generate_key(&name)?
             }
+        };
+        // Read (and check) before the public key file that may vouch for the old key changes.
+        let index = match &existing {
+            Some(old) => repo.signed_index(old)?,
+            None if dir.join("index.asc").exists() => {
+                return Err(bad_input!(
+                    "{}: has a signed index.asc but no key is recorded for it; pass the key that signed it \
+                     with --sign-key",
+                    dir.display()
+                ))
+            }
+            None => repo.signed_index(&fingerprint)?,
         };
         write_atomic(&dir.join(KEY_FILE), format!("{fingerprint}\n").as_bytes())?;
         let name = repo.name();
@@ -91,9 +114,9 @@ impl Repo {
         write_atomic(&repo.conf_path(), conf.as_bytes())?;
         // A new index, or the existing one signed again when the key changed.
         if existing.as_deref() != Some(fingerprint.as_str()) || !dir.join("index.asc").exists() {
-            let index = if dir.join("index").exists() { repo.index()? } else { Index::default() };
             repo.write_index(&index, &fingerprint)?;
         }
+        trust::record(dir, &fingerprint)?;
         Ok((repo, fingerprint))
     }
 
@@ -105,19 +128,49 @@ impl Repo {
         self.dir.join(format!("{}.conf", self.name()))
     }
 
+    /// The key recorded for the repository in this user's trust store, and the one its
+    /// `signing-key.fpr` names.
+    fn recorded_keys(&self) -> Result<(Option<String>, Option<String>)> {
+        let pinned = trust::pinned(&self.dir)?;
+        let path = self.dir.join(KEY_FILE);
+        let named = match std::fs::read_to_string(&path) {
+            Ok(s) => Some(sign::parse_fingerprint(s.trim()).map_err(|e| bad_input!("{}: {e}", path.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok((pinned, named))
+    }
+
+    /// The repository's key: the one recorded when it was initialised, else (a repository
+    /// initialised by another user) the one it names. The two must agree: the file inside the
+    /// repository can be changed by anyone who can write the repository.
+    pub fn configured_key(&self) -> Result<Option<String>> {
+        match self.recorded_keys()? {
+            (Some(p), Some(f)) if p != f => Err(bad_input!(
+                "{dir}/{KEY_FILE} names key {f}, but the repository was initialised with key {p} (recorded in \
+                 {store}): the file was changed outside pipeline. To keep {p}, run `pipeline repo init {dir} \
+                 --sign-key {p}`; to move the repository to {f}, run `pipeline repo init {dir} --sign-key {f}`",
+                dir = self.dir.display(),
+                store = trust::store_dir().unwrap_or_default().display()
+            )),
+            (p, f) => Ok(p.or(f)),
+        }
+    }
+
     /// The key that signs the index: the repository's own; a key given for one update must
     /// be that key, since clients trust only it (`repo init --sign-key` moves a repository
     /// to another key).
     pub fn signing_key(&self, override_key: Option<&str>) -> Result<String> {
-        let configured = std::fs::read_to_string(self.dir.join(KEY_FILE)).ok().map(|s| s.trim().to_string());
-        match (override_key, configured) {
-            (Some(k), Some(c)) if !sign::same_key(k, &c) => Err(bad_input!(
+        let override_key =
+            override_key.map(|k| sign::parse_fingerprint(k).map_err(|e| bad_input!("signing key: {e}"))).transpose()?;
+        match (override_key, self.configured_key()?) {
+            (Some(k), Some(c)) if k != c => Err(bad_input!(
                 "{dir} is signed by {c} and its clients trust only that key, not {k}; to move the repository \
                  to {k}, run `pipeline repo init {dir} --sign-key {k}`",
                 dir = self.dir.display()
             )),
             (_, Some(c)) => Ok(c),
-            (Some(k), None) => Ok(k.to_string()),
+            (Some(k), None) => Ok(k),
             (None, None) => Err(bad_input!(
                 "{}: no signing key configured; pass --sign-key or run `pipeline repo init`",
                 self.dir.display()
@@ -136,13 +189,54 @@ impl Repo {
         Ok(RepoLock { _file: file })
     }
 
-    /// The index as last written (the unsigned copy; `verify` checks the signed one).
+    /// The index as last written (the unsigned copy, for display; updates read
+    /// `signed_index`).
     pub fn index(&self) -> Result<Index> {
         match std::fs::read_to_string(self.dir.join("index")) {
             Ok(text) => Index::parse(&text).map_err(|e| anyhow::anyhow!("{}/index: {e}", self.dir.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The index as `index.asc` says, checked against `fingerprint` (and only it). Updates
+    /// start from it, so they sign again only what was signed: a plain `index` that differs
+    /// from it (edited outside the tool) is refused. No index.asc: an empty index.
+    pub fn signed_index(&self, fingerprint: &str) -> Result<Index> {
+        let asc = self.dir.join("index.asc");
+        let plain = match std::fs::read_to_string(self.dir.join("index")) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}/index", self.dir.display())),
+        };
+        let signed = match crate::download::read_small_file(&asc) {
+            Ok(s) => s,
+            Err(_) if !asc.exists() => {
+                if plain.as_deref().is_some_and(|p| !p.trim().is_empty()) {
+                    bail!(
+                        "{}/index has entries but there is no signed index.asc: the repository was edited \
+                         outside pipeline; remove the index, or restore index.asc",
+                        self.dir.display()
+                    );
+                }
+                return Ok(Index::default());
+            }
+            Err(e) => return Err(e),
+        };
+        let published = std::fs::read(self.public_key_path()).ok();
+        let text = sign::verify_pinned(&signed, fingerprint, published.as_deref())
+            .with_context(|| format!("{}: signature check failed", asc.display()))?;
+        let text = String::from_utf8(text).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", asc.display()))?;
+        if let Some((line, got, want)) = plain.as_deref().and_then(|p| first_difference(p, &text)) {
+            bail!(
+                "{dir}/index differs from the signed {dir}/index.asc at line {line} (index: `{got}`, index.asc: \
+                 `{want}`): the repository was edited outside pipeline, and an update would sign what nobody \
+                 signed. Nothing was changed. If the edit is unwanted, delete {dir}/index (the next update writes \
+                 it again from the signed index) and check the rest with `pipeline repo verify {dir}`",
+                dir = self.dir.display()
+            );
+        }
+        Index::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", asc.display()))
     }
 
     /// Writes `index`, then `index.asc` signed by `fingerprint`, each atomically.
@@ -171,7 +265,7 @@ impl Repo {
     ) -> Result<Entry> {
         let _lock = self.lock()?;
         let fingerprint = self.signing_key(sign_key)?;
-        let mut index = self.index()?;
+        let mut index = self.signed_index(&fingerprint)?;
         let revision = index.entries.iter().find(|e| e.id == name).map(|e| e.revision() + 1).unwrap_or(1);
         let file = format!("{name}-r{revision}.xz");
         std::fs::File::open(temp)?.sync_all()?;
@@ -188,7 +282,7 @@ impl Repo {
     pub fn remove(&self, name: &str, sign_key: Option<&str>) -> Result<Entry> {
         let _lock = self.lock()?;
         let fingerprint = self.signing_key(sign_key)?;
-        let mut index = self.index()?;
+        let mut index = self.signed_index(&fingerprint)?;
         let entry = index.remove(name).ok_or_else(|| bad_input!("{}: no entry `{name}`", self.dir.display()))?;
         self.write_index(&index, &fingerprint)?;
         if let Some(file) = entry.file() {
@@ -198,10 +292,11 @@ impl Repo {
     }
 
     /// Deletes image files of older revisions beyond the newest `keep` per name (the index
-    /// names only the newest; older ones stay for rollback), and leftovers of crashed writes.
+    /// names only the newest; older ones stay for rollback), and leftovers of crashed writes
+    /// (a running publisher's image, written before it takes the lock, stays).
     pub fn prune(&self, keep: usize) -> Result<Vec<PathBuf>> {
         let _lock = self.lock()?;
-        let index = self.index()?;
+        let index = self.signed_index(&self.signing_key(None)?)?;
         let mut removed = Vec::new();
         for entry in &index.entries {
             let prefix = format!("{}-r", entry.id);
@@ -223,7 +318,8 @@ impl Repo {
         }
         for e in std::fs::read_dir(&self.dir)? {
             let path = e?.path();
-            if path.file_name().unwrap_or_default().to_string_lossy().starts_with(".tmp-") {
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") && !temp_of_live_process(&name) {
                 std::fs::remove_file(&path)?;
                 removed.push(path);
             }
@@ -239,10 +335,15 @@ impl Repo {
             Err(e) => return Ok(vec![format!("index.asc: {e}")]),
         };
         let want = match fingerprint {
-            Some(f) => Some(f.to_string()),
-            None => self.signing_key(None).ok(),
+            Some(f) => sign::parse_fingerprint(f).map_err(|e| bad_input!("--fingerprint: {e}"))?,
+            None => match self.configured_key() {
+                Ok(Some(k)) => k,
+                Ok(None) => return Ok(vec!["no key is recorded for this repository: pass --fingerprint".into()]),
+                Err(e) => return Ok(vec![format!("{e:#}")]),
+            },
         };
-        let text = match sign::verify_clearsigned(&signed, want.as_deref()) {
+        let published = std::fs::read(self.public_key_path()).ok();
+        let text = match sign::verify_pinned(&signed, &want, published.as_deref()) {
             Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) => return Ok(vec![format!("index.asc: signature check failed: {e:#}")]),
         };
@@ -295,6 +396,34 @@ impl Repo {
     }
 }
 
+/// The first line where a plain index and the signed text differ (blank lines and trailing
+/// blanks aside: clearsigning ignores the latter, the format the former): its number in the
+/// plain index and both versions.
+fn first_difference(plain: &str, signed: &str) -> Option<(usize, String, String)> {
+    let lines = |t: &str| {
+        t.lines()
+            .enumerate()
+            .map(|(n, l)| (n + 1, l.trim_end().to_string()))
+            .filter(|(_, l)| !l.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (lines(plain), lines(signed));
+    let i = (0..a.len().max(b.len())).find(|&i| a.get(i).map(|x| &x.1) != b.get(i).map(|x| &x.1))?;
+    let show = |v: &[(usize, String)]| v.get(i).map(|x| x.1.clone()).unwrap_or_else(|| "(end)".into());
+    let line = a.get(i).or(a.last()).map(|x| x.0).unwrap_or(1);
+    Some((line, show(&a), show(&b)))
+}
+
+/// Whether a `.tmp-NAME-PID...` file belongs to a process that is still running (a publish
+/// compressing its image). Other temporary files are only written under the lock, so any
+/// found by a lock holder are leftovers.
+fn temp_of_live_process(file_name: &str) -> bool {
+    let Some(rest) = file_name.strip_prefix(".tmp-") else { return false };
+    let stem = rest.split('.').next().unwrap_or_default();
+    let Some(pid) = stem.rsplit_once('-').and_then(|(_, p)| p.parse::<u32>().ok()) else { return false };
+    pid > 0 && Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// The hex SHA-512 of a file, as the index's `checksum[sha512]` holds it.
 pub fn sha512_file(path: &Path) -> Result<String> {
     crate::digest::file_hex::<Sha512>(path)
@@ -320,4 +449,44 @@ pub fn check_entry_name(name: &str) -> Result<()> {
         bail!("`{name}` is not a usable entry name (letters, digits, - _ . only)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publish writes its image under `.tmp-NAME-PID.xz` before it takes the lock: prune
+    /// (which holds the lock) leaves those of running processes and removes the rest.
+    #[test]
+    fn prune_keeps_the_temporary_image_of_a_running_publish() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repo { dir: tmp.path().to_path_buf() };
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = repo.temp_image_path("debian");
+        let live_qcow2 = live.with_extension("qcow2");
+        let crashed = tmp.path().join(format!(".tmp-debian-{dead}.xz"));
+        let stray = tmp.path().join(".tmp-a1B2c3");
+        for f in [&live, &live_qcow2, &crashed, &stray] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        std::fs::write(tmp.path().join(KEY_FILE), "61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4\n").unwrap();
+        let removed = repo.prune(1).unwrap();
+        assert!(live.exists() && live_qcow2.exists(), "a running publish keeps its files");
+        assert!(!crashed.exists() && !stray.exists(), "leftovers go: {removed:?}");
+    }
+
+    #[test]
+    fn the_first_difference_of_two_indexes_is_named() {
+        let signed = "[a]\nrevision=1\nfile=a-r1.xz\n";
+        assert_eq!(first_difference(signed, &format!("{signed}\n")), None);
+        assert_eq!(first_difference("[a]\nrevision=1 \nfile=a-r1.xz", signed), None);
+        let got = first_difference("[a]\nrevision=2\nfile=a-r1.xz\n", signed);
+        assert_eq!(got, Some((2, "revision=2".into(), "revision=1".into())));
+        let got = first_difference(&format!("{signed}\n[b]\n"), signed);
+        assert_eq!(got, Some((5, "[b]".into(), "(end)".into())));
+        let got = first_difference("[a]\n", signed);
+        assert_eq!(got, Some((1, "(end)".into(), "revision=1".into())));
+    }
 }

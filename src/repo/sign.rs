@@ -20,12 +20,29 @@ pub fn generate_key(user_id: &str) -> Result<String> {
     Ok(result.fingerprint().map_err(|_| anyhow!("gpg returned no fingerprint for the new key"))?.to_string())
 }
 
-/// Whether two ways of naming a key (fingerprints, with or without spaces, or a long key ID
-/// as the fingerprint's tail) name the same key.
+/// A key named for trust: the 40 hex digits of a full fingerprint (spaces allowed, any
+/// case), returned in gpg's form. Key IDs and other suffixes are refused: a 64-bit ID can be
+/// forged with a key of one's own, so only the whole fingerprint names a key.
+pub fn parse_fingerprint(s: &str) -> std::result::Result<String, String> {
+    let norm: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+    if norm.len() == 40 && norm.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(norm);
+    }
+    let what = if norm.is_empty() {
+        "is empty".to_string()
+    } else if norm.chars().all(|c| c.is_ascii_hexdigit()) && (norm.len() == 8 || norm.len() == 16) {
+        format!("`{s}` is a key ID, not a fingerprint")
+    } else {
+        format!("`{s}` is not a fingerprint")
+    };
+    Err(format!(
+        "{what}: give the key's full 40-digit fingerprint (`gpg --fingerprint KEY` or `gpg --show-keys FILE.asc` shows it)"
+    ))
+}
+
+/// Whether two fingerprints name the same key: both full, equal but for spaces and case.
 pub fn same_key(a: &str, b: &str) -> bool {
-    let norm = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
-    let (a, b) = (norm(a), norm(b));
-    a.len() >= 16 && b.len() >= 16 && (a.ends_with(&b) || b.ends_with(&a))
+    matches!((parse_fingerprint(a), parse_fingerprint(b)), (Ok(a), Ok(b)) if a == b)
 }
 
 /// True when the keyring has a secret key with this fingerprint.
@@ -57,43 +74,102 @@ pub fn clearsign(fingerprint: &str, text: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Checks a clearsigned text: it must carry a good signature, by `fingerprint` when given.
-/// Returns the signed text.
-pub fn verify_clearsigned(signed: &[u8], fingerprint: Option<&str>) -> Result<Vec<u8>> {
+/// Checks a clearsigned text against one trusted key and only it: the signature is checked
+/// in a keyring of its own (a private GNUPGHOME that is removed afterwards) holding nothing
+/// but the key `pin`, so no other key of the user's keyring (nor one a repository publishes
+/// beside its own) can vouch for it. The key's public half comes from the user's keyring
+/// (exported by exact fingerprint) or else from `published` (a repository's `NAME.asc`);
+/// either way it must be exactly the pinned key. Returns the signed text.
+pub fn verify_pinned(signed: &[u8], pin: &str, published: Option<&[u8]>) -> Result<Vec<u8>> {
+    let pin = parse_fingerprint(pin).map_err(|e| anyhow!("trusted key: {e}"))?;
+    let material = match export_exact(&pin) {
+        Some(k) => k,
+        None => published.map(<[u8]>::to_vec).ok_or_else(|| {
+            anyhow!(
+                "the trusted key {pin} is not in your keyring (GNUPGHOME); import the repository's public key \
+                 (`gpg --import NAME.asc`) after checking that `gpg --show-keys NAME.asc` shows that fingerprint"
+            )
+        })?,
+    };
+    let home = tempfile::Builder::new().prefix("pipeline-gpg-").tempdir().context("cannot create a keyring")?;
+    let result = verify_in(home.path(), signed, &pin, &material);
+    // gpg starts no agent for public keys; make sure none outlives the keyring all the same.
+    let _ = std::process::Command::new("gpgconf")
+        .args(["--homedir"])
+        .arg(home.path())
+        .args(["--kill", "all"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    result
+}
+
+/// The public key with exactly this (primary key) fingerprint from the user's keyring.
+fn export_exact(pin: &str) -> Option<Vec<u8>> {
+    let mut ctx = context().ok()?;
+    let key = ctx.get_key(pin).ok()?;
+    if key.fingerprint().ok()? != pin {
+        return None;
+    }
+    let mut out = Vec::new();
+    ctx.export_keys(&[key], ExportMode::MINIMAL, &mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+fn verify_in(home: &std::path::Path, signed: &[u8], pin: &str, material: &[u8]) -> Result<Vec<u8>> {
     let mut ctx = context()?;
+    let home_str = home.to_str().context("the temporary keyring's path is not UTF-8")?;
+    ctx.set_engine_home_dir(home_str).context("cannot use a private keyring")?;
+    ctx.import(material).context("cannot read the trusted key's public half")?;
+    let keys: Vec<gpgme::Key> = ctx.keys()?.filter_map(|k| k.ok()).collect();
+    let found: Vec<String> = keys.iter().filter_map(|k| k.fingerprint().ok().map(str::to_string)).collect();
+    if found != [pin] {
+        bail!("the public key material holds {} instead of exactly the trusted key {pin}", describe(&found));
+    }
+    // The key itself or one of its subkeys may have made the signature.
+    let allowed: Vec<String> =
+        keys[0].subkeys().filter_map(|s| s.fingerprint().ok().map(str::to_ascii_uppercase)).collect();
     let mut plain = Vec::new();
     let result = ctx.verify_opaque(signed, &mut plain).context("cannot read the signature")?;
-    let mut signers = Vec::new();
+    let mut good = false;
     for sig in result.signatures() {
-        let fpr = sig.fingerprint().unwrap_or("").to_string();
-        if sig.status().is_ok() {
-            signers.push(fpr);
-        } else {
-            bail!("bad signature by {fpr}: {:?}", sig.status().err());
+        let fpr = sig.fingerprint().unwrap_or("?").to_ascii_uppercase();
+        if !allowed.contains(&fpr) {
+            bail!("signed by {fpr}, which is not the trusted key {pin}");
         }
-    }
-    if signers.is_empty() {
-        bail!("no good signature");
-    }
-    if let Some(want) = fingerprint {
-        let want = want.replace(' ', "").to_uppercase();
-        if !signers.iter().any(|s| s.to_uppercase().ends_with(&want)) {
-            bail!("signed by {} and not by the expected key {want}", signers.join(", "));
+        if let Err(e) = sig.status() {
+            bail!("bad signature by {fpr}: {e}");
         }
+        good = true;
+    }
+    if !good {
+        bail!("no signature by the trusted key {pin}");
     }
     Ok(plain)
 }
 
+fn describe(fprs: &[String]) -> String {
+    match fprs {
+        [] => "no key".into(),
+        _ => format!("key(s) {}", fprs.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::same_key;
+    use super::{parse_fingerprint, same_key};
 
     #[test]
-    fn a_key_is_named_by_fingerprint_or_long_id() {
+    fn only_a_full_fingerprint_names_a_key() {
         let fpr = "61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4";
         assert!(same_key(fpr, "61a0 d7d0 5f70 f0f8 e76e  6e91 e17f 8353 5eee e8d4"));
-        assert!(same_key(fpr, "E17F83535EEEE8D4"));
-        assert!(!same_key(fpr, "5EEEE8D4"), "short IDs are ambiguous");
+        assert!(!same_key(fpr, "E17F83535EEEE8D4"), "a long key ID is not a pin");
+        assert!(!same_key(fpr, "5EEEE8D4"), "nor a short one");
         assert!(!same_key(fpr, "0123456789ABCDEF0123456789ABCDEF01234567"));
+        assert_eq!(parse_fingerprint("61a0 d7d0 5f70 f0f8 e76e  6e91 e17f 8353 5eee e8d4").unwrap(), fpr);
+        for bad in ["", "   ", "E17F83535EEEE8D4", "5EEEE8D4", "F0F8E76E6E91E17F83535EEEE8D4", &format!("{fpr}00")] {
+            let err = parse_fingerprint(bad).unwrap_err();
+            assert!(err.contains("40-digit fingerprint"), "{bad}: {err}");
+        }
+        assert!(parse_fingerprint("E17F83535EEEE8D4").unwrap_err().contains("key ID"));
     }
 }

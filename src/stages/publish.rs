@@ -78,9 +78,15 @@ impl Stage for PublishStage {
 
     fn preflight(&self, settings: &RunSettings) -> Result<()> {
         let chosen = settings.sign_key.as_deref().or(self.config.sign_key.as_deref());
+        let chosen = chosen
+            .map(|k| {
+                sign::parse_fingerprint(k)
+                    .map_err(|e| crate::bad_input!("{}: signing key: {e}", self.repo_dir.display()))
+            })
+            .transpose()?;
         let key = match Repo::open(&self.repo_dir) {
-            Ok(repo) => Some(repo.signing_key(chosen)?),
-            Err(_) => chosen.map(str::to_string),
+            Ok(repo) => Some(repo.signing_key(chosen.as_deref())?),
+            Err(_) => chosen,
         };
         if let Some(k) = key {
             if !sign::has_secret_key(&k) {

@@ -4,11 +4,11 @@
 use super::expand;
 use crate::bad_input;
 use crate::download;
-use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::engine::stage::{LayerKind, ResolveContext, Stage, StageContext, StageResult};
 use crate::engine::ui::Ui;
 use crate::guest::{Drive, Guest};
 use crate::image::qemu_img;
-use crate::repo::{self, index::Index, sign};
+use crate::repo::{self, index::Entry, index::Index, sign, Repo};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 pub enum ImageSource {
     /// A local file (hashed into the cache key) or a URL.
     File(String),
-    /// An entry of a virt-builder repository: a directory or the URL of its index.asc.
+    /// An entry of a virt-builder repository: a directory or the URL of its index.asc, and
+    /// the full fingerprint of the key it must be signed by (for a local repository, the key
+    /// `repo init` recorded when none is given).
     Repo { repo: String, name: String, fingerprint: Option<String> },
 }
 
@@ -26,11 +28,21 @@ pub struct ImageStage {
     disk_size: Option<String>,
     expand: Option<String>,
     base_dir: PathBuf,
+    /// The pipeline file and key, for messages.
+    where_: String,
+    /// The repository entry as the verified index says, read once by `resolve`.
+    resolved: std::cell::OnceCell<Resolved>,
+}
+
+/// A repository entry read from a verified index, and where its file lives.
+struct Resolved {
+    base: String,
+    entry: Entry,
 }
 
 impl ImageStage {
     pub fn new(
-        source: ImageSource,
+        mut source: ImageSource,
         disk_size: Option<String>,
         expand: Option<String>,
         base_dir: &Path,
@@ -39,6 +51,21 @@ impl ImageStage {
         if let ImageSource::File(f) = &source {
             if !download::is_url(f) && !base_dir.join(f).exists() {
                 return Err(bad_input!("{where_}: image {} does not exist", base_dir.join(f).display()));
+            }
+        }
+        if let ImageSource::Repo { repo, fingerprint, .. } = &mut source {
+            match fingerprint.as_deref() {
+                Some(f) => {
+                    let full = sign::parse_fingerprint(f).map_err(|e| bad_input!("{where_}.fingerprint: {e}"))?;
+                    *fingerprint = Some(full);
+                }
+                None if download::is_url(repo) => {
+                    return Err(bad_input!(
+                        "{where_}.fingerprint: the repository {repo} is read over the network, so the key that \
+                         signs it must be pinned: add fingerprint = \"...\" (its full 40-digit fingerprint)"
+                    ));
+                }
+                None => {}
             }
         }
         if let Some(size) = &disk_size {
@@ -54,34 +81,51 @@ impl ImageStage {
                 return Err(bad_input!("{where_}: expand needs disk_size, the size to grow the disk to"));
             }
         }
-        Ok(ImageStage { source, disk_size, expand, base_dir: base_dir.to_path_buf() })
+        Ok(ImageStage {
+            source,
+            disk_size,
+            expand,
+            base_dir: base_dir.to_path_buf(),
+            where_: where_.to_string(),
+            resolved: std::cell::OnceCell::new(),
+        })
     }
 
-    /// The repository's index as verified text, and where its files live.
+    /// The repository's index, verified against the pinned key only, and where its files
+    /// live. `keep_copy = false` writes nothing (not even the download cache's copy).
     fn repo_index(
         &self,
         repo: &str,
         fingerprint: Option<&str>,
-        ctx_dirs: (&Path, bool, &Ui),
+        (cache, offline, keep_copy, ui): (&Path, bool, bool, &Ui),
     ) -> Result<(Index, String)> {
-        let (cache, offline, ui) = ctx_dirs;
-        let (index_src, base) = if download::is_url(repo) {
+        let (index_src, base, local) = if download::is_url(repo) {
             let base = repo.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or_default();
-            (repo.to_string(), base)
+            (repo.to_string(), base, None)
         } else {
             let dir = self.base_dir.join(repo);
             let dir = if dir.is_dir() { dir } else { dir.parent().map(Path::to_path_buf).unwrap_or_default() };
-            (dir.join("index.asc").to_string_lossy().into_owned(), dir.to_string_lossy().into_owned())
+            (dir.join("index.asc").to_string_lossy().into_owned(), dir.to_string_lossy().into_owned(), Some(dir))
         };
-        let signed = download::read_small(&index_src, &self.base_dir, cache, offline, ui)?;
-        // A local repository made by this tool names its own key; otherwise any good
-        // signature by a key in the keyring, or exactly the given fingerprint.
-        let local_key = (!download::is_url(repo))
-            .then(|| std::fs::read_to_string(Path::new(&base).join("signing-key.fpr")).ok())
-            .flatten()
-            .map(|s| s.trim().to_string());
-        let want = fingerprint.map(str::to_string).or(local_key);
-        let text = sign::verify_clearsigned(&signed, want.as_deref())
+        let pin = match (fingerprint, &local) {
+            (Some(f), _) => f.to_string(),
+            (None, Some(dir)) => repo::trust::pinned(dir)?.ok_or_else(|| {
+                bad_input!(
+                    "{}.fingerprint: no key is recorded for the repository {} (`pipeline repo init` records it, \
+                     for the user who ran it, in {}); add fingerprint = \"...\", the full fingerprint of the key \
+                     that signs it (`gpg --show-keys {}`)",
+                    self.where_,
+                    dir.display(),
+                    repo::trust::store_dir().unwrap_or_default().display(),
+                    Repo { dir: dir.clone() }.public_key_path().display()
+                )
+            })?,
+            (None, None) => return Err(bad_input!("{}.fingerprint: missing", self.where_)),
+        };
+        let signed = download::read_small_with(&index_src, &self.base_dir, cache, offline, keep_copy, ui)?;
+        // A local repository's published key may supply the public half; it must be the pin.
+        let published = local.and_then(|dir| std::fs::read(Repo { dir }.public_key_path()).ok());
+        let text = sign::verify_pinned(&signed, &pin, published.as_deref())
             .with_context(|| format!("{index_src}: signature check failed"))?;
         let index = Index::parse(&String::from_utf8_lossy(&text)).map_err(|e| anyhow::anyhow!("{index_src}: {e}"))?;
         Ok((index, base))
@@ -100,17 +144,32 @@ impl Stage for ImageStage {
     fn config(&self) -> serde_json::Value {
         let source = match &self.source {
             ImageSource::File(f) => serde_json::json!({ "image": f }),
-            ImageSource::Repo { repo, name, fingerprint } => {
-                // The entry's checksum makes a republished image a new layer.
-                let ui = Ui::new();
-                let checksum = self
-                    .repo_index(repo, fingerprint.as_deref(), (Path::new("/nonexistent"), false, &ui))
-                    .ok()
-                    .and_then(|(idx, _)| idx.get(name).and_then(|e| e.checksum().map(str::to_string)));
+            ImageSource::Repo { repo, name, .. } => {
+                // The entry's checksum (as resolved) makes a republished image a new layer.
+                let checksum = self.resolved.get().and_then(|r| r.entry.checksum());
                 serde_json::json!({ "repo": repo, "name": name, "checksum": checksum })
             }
         };
         serde_json::json!({ "method": "image", "source": source, "disk_size": self.disk_size, "expand": self.expand })
+    }
+
+    /// Fetches and verifies the repository's index once; `config` and `run` use the entry.
+    fn resolve(&self, ctx: &ResolveContext) -> Result<()> {
+        let ImageSource::Repo { repo, name, fingerprint } = &self.source else {
+            return Ok(());
+        };
+        if self.resolved.get().is_some() {
+            return Ok(());
+        }
+        let cache = ctx.settings.work_dir.join("downloads");
+        let io = (cache.as_path(), ctx.settings.offline, !ctx.read_only, ctx.ui);
+        let (index, base) = self.repo_index(repo, fingerprint.as_deref(), io)?;
+        let entry = index
+            .get(name)
+            .ok_or_else(|| bad_input!("{}.name: the repository {repo} has no entry `{name}`", self.where_))?
+            .clone();
+        let _ = self.resolved.set(Resolved { base, entry });
+        Ok(())
     }
 
     fn inputs(&self) -> Vec<PathBuf> {
@@ -138,9 +197,11 @@ impl ImageStage {
         let offline = ctx.settings.offline;
         match &self.source {
             ImageSource::File(f) => Ok((download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?, None)),
-            ImageSource::Repo { repo, name, fingerprint } => {
-                let (index, base) = self.repo_index(repo, fingerprint.as_deref(), (&cache, offline, ctx.ui))?;
-                let entry = index.get(name).ok_or_else(|| bad_input!("repository {repo} has no entry `{name}`"))?;
+            ImageSource::Repo { .. } => {
+                if self.resolved.get().is_none() {
+                    self.resolve(&ResolveContext { settings: ctx.settings, ui: ctx.ui, read_only: false })?;
+                }
+                let Resolved { base, entry } = self.resolved.get().context("the repository entry was not resolved")?;
                 let file = entry.file().context("the entry has no file=")?;
                 let src = format!("{base}/{file}");
                 let local = download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?;
@@ -231,4 +292,72 @@ fn copy_sparse(src: &mut impl Read, out: &mut std::fs::File) -> Result<()> {
     }
     out.set_len(len)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::stage::RunSettings;
+
+    /// A repository entry's key is computed from the index `resolve` read once: with the
+    /// server gone it is unchanged and still holds the entry's checksum; `plan`'s read-only
+    /// resolve writes nothing into the work directory.
+    #[test]
+    fn a_resolved_key_needs_no_network() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gnupg = tmp.path().join("gnupg");
+        std::fs::create_dir(&gnupg).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // No other unit test uses gpg; gpgme passes GNUPGHOME on to gpg.
+        std::env::set_var("GNUPGHOME", &gnupg);
+        let fpr = sign::generate_key("Unit Test <unit@example.net>").unwrap();
+        let served = tmp.path().join("served");
+        std::fs::create_dir(&served).unwrap();
+        let index = "[e]\nfile=e-r1.xz\nrevision=1\nchecksum[sha512]=abc123\n";
+        std::fs::write(served.join("index.asc"), sign::clearsign(&fpr, index.as_bytes()).unwrap()).unwrap();
+
+        let router = crate::repo::serve::router(&served).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+
+        let source = ImageSource::Repo {
+            repo: format!("http://{addr}/index.asc"),
+            name: "e".into(),
+            fingerprint: Some(fpr.to_lowercase()),
+        };
+        let stage = ImageStage::new(source, None, None, tmp.path(), "p.toml: from").unwrap();
+        let work = tmp.path().join("work");
+        let settings = RunSettings {
+            accel: crate::vm::Accel::Tcg,
+            work_dir: work.clone(),
+            offline: false,
+            sign_key: None,
+            verbose: false,
+        };
+        let ui = Ui::new();
+        stage.resolve(&ResolveContext { settings: &settings, ui: &ui, read_only: true }).unwrap();
+        let key = stage.config();
+        assert_eq!(key["source"]["checksum"], "abc123", "{key}");
+
+        stop.send(()).unwrap();
+        server.join().unwrap();
+        assert!(std::net::TcpStream::connect(addr).is_err(), "the server is gone");
+        assert_eq!(stage.config(), key, "the key does not depend on the network once resolved");
+        assert!(!work.exists(), "a read-only resolve writes nothing");
+        let _ = std::process::Command::new("gpgconf").args(["--kill", "all"]).env("GNUPGHOME", &gnupg).status();
+    }
 }
