@@ -141,7 +141,7 @@ fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Option<S
             "{name}{:>2}  {:<10} {}  {:<7} {}",
             s.index + 1,
             s.kind,
-            &s.key[..16],
+            short_key(&s.key),
             status,
             if inputs.is_empty() { String::new() } else { format!("reads {}", inputs.join(", ")) }
         );
@@ -195,7 +195,7 @@ fn cache_command(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
                 ));
                 println!(
                     "{}  {:>10}  {:<20} stage {} {:<10} used {age} ago",
-                    &meta.key[..16],
+                    short_key(&meta.key),
                     human_bytes(size),
                     meta.pipeline,
                     meta.stage_index + 1,
@@ -284,4 +284,10 @@ fn human_bytes(n: u64) -> String {
         u += 1;
     }
     format!("{v:.1} {}", units[u])
+}
+
+/// The first 16 characters of a layer key, for listings; a key read from a damaged metadata
+/// file may be shorter (or not ASCII) and is then shown whole.
+fn short_key(key: &str) -> &str {
+    key.get(..16).unwrap_or(key)
 }

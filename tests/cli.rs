@@ -136,7 +136,11 @@ fn unknown_sysprep_operation_and_bad_values() {
         &[],
         &["stages[0].sysprep", "`hostnam` is not a known operation"],
     );
-    rejected(&GOOD.replace("name = \"t\"\n", "name = \"t/../x\"\n"), &[], &["stages[1].publish.name"]);
+    rejected(
+        &GOOD.replace("repo = \"repo\"\nname = \"t\"", "repo = \"repo\"\nname = \"t/../x\""),
+        &[],
+        &["stages[1].publish.name"],
+    );
 }
 
 #[test]
@@ -230,4 +234,31 @@ fn preseed_is_rendered_through_the_templates() {
     let text = p.render_file("preseed/debian-bookworm.cfg", "preseed").unwrap();
     assert!(text.contains("d-i netcfg/get_hostname string db1\n"), "{text}");
     assert!(text.contains("d-i netcfg/get_domain string lab.example.org\n"), "{text}");
+}
+
+#[test]
+fn pipeline_name_must_be_safe_as_a_directory_name() {
+    // The name is a directory under the log directory; `..` would write logs elsewhere.
+    rejected(
+        &GOOD.replace("[pipeline]\nname = \"t\"", "[pipeline]\nname = \"../../x\""),
+        &[],
+        &["p.toml", "pipeline.name", "`../../x`"],
+    );
+    rejected(&GOOD.replace("[pipeline]\nname = \"t\"", "[pipeline]\nname = \".t\""), &[], &["pipeline.name"]);
+}
+
+#[test]
+fn cache_ls_survives_a_damaged_metadata_file() {
+    let dir = setup();
+    let layers = dir.path().join("work/layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    std::fs::copy(dir.path().join("base.qcow2"), layers.join("abc.qcow2")).unwrap();
+    std::fs::write(
+        layers.join("abc.json"),
+        r#"{"key": "abc", "pipeline": "p", "stage_index": 0, "kind": "install", "created": "2026-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let out = pipeline(dir.path(), dir.path(), &["--work-dir", "work", "cache", "ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("abc "), "{}", stdout(&out));
 }

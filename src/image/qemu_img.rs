@@ -78,7 +78,8 @@ pub fn parse_size(text: &str) -> Option<u64> {
         }
         _ => (t, 1),
     };
-    num.trim().parse::<u64>().ok().map(|n| n * mult)
+    // A size too large for 64 bits is not a size, not a wrap-around.
+    num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
 }
 
 #[cfg(test)]
@@ -92,5 +93,7 @@ mod tests {
         assert_eq!(parse_size("1024"), Some(1024));
         assert_eq!(parse_size("4X"), None);
         assert_eq!(parse_size("many"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+        assert_eq!(parse_size("16777215T"), Some(16777215 << 40));
     }
 }

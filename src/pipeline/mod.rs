@@ -145,6 +145,16 @@ fn check(p: &Pipeline) -> Result<()> {
     if f.version != 1 {
         return Err(bad_input!("{shown}: version: this tool reads version 1 pipeline files, not {}", f.version));
     }
+    // The name becomes a directory of the logs and is printed in listings.
+    let name = &f.pipeline.name;
+    let name_ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(bad_input!(
+            "{shown}: pipeline.name: `{name}` is not a pipeline name (letters, digits, `-`, `_` and `.`, not starting with `.`)"
+        ));
+    }
     if f.stages.is_empty() {
         return Err(bad_input!("{shown}: stages: a pipeline needs at least one [[stages]] entry"));
     }
@@ -245,6 +255,16 @@ mod tests {
         assert!(e.contains("--set stages[0].sysprep.nonsense") && e.contains("no such key"), "{e}");
         let e = err(BASE, &["stages[0].sysprep.fstrim=perhaps"]);
         assert!(e.contains("expected true or false"), "{e}");
+    }
+
+    #[test]
+    fn pipeline_names_are_safe_as_directory_names() {
+        for bad in ["../../x", "a/b", ".hidden", "", "web 1", "x\n"] {
+            let e = err(&BASE.replace("name = \"t\"", &format!("name = {bad:?}")), &[]);
+            assert!(e.contains("pipeline.name") && e.contains("is not a pipeline name"), "{bad}: {e}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        load(&write(d.path(), &BASE.replace("name = \"t\"", "name = \"web-1_v2.0\"")), &[]).unwrap();
     }
 
     #[test]
