@@ -157,9 +157,13 @@ fn inspect_command(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {
         return Err(bad_input!("{}: no such image", image.display()));
     }
     let accel = Accel::choose(g.accel)?;
-    let format = qemu_img::info(image)?.format;
+    // The format from the image's first bytes, never qemu's probe (see qemu_img).
+    let format = match qemu_img::detect_format(image)? {
+        qemu_img::Detected::Xz => return Err(bad_input!("{}: decompress the image first (xz)", image.display())),
+        other => other.as_str(),
+    };
     let guest = Guest::new(accel, None, false)?;
-    guest.add_drive(Drive { path: image, format: &format, readonly: true, discard: false })?;
+    guest.add_drive(Drive { path: image, format, readonly: true, discard: false })?;
     guest.launch()?;
     let os = guest.inspect().with_context(|| format!("cannot inspect {}", image.display()))?;
     guest.shutdown()?;

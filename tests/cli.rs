@@ -262,3 +262,94 @@ fn cache_ls_survives_a_damaged_metadata_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("abc "), "{}", stdout(&out));
 }
+
+/// A pipeline whose only stage is `[stages.install]` with `keys`.
+fn install_only(keys: &str) -> String {
+    format!("version = 1\n[pipeline]\nname = \"i\"\n[[stages]]\n[stages.install]\n{keys}\n")
+}
+
+#[test]
+fn keys_a_method_would_ignore_are_errors() {
+    // Netboot and iso no longer share one table: each refuses the other's key.
+    rejected(
+        &install_only("method = \"netboot\"\nlocation = \"tree\"\niso = \"x.iso\""),
+        &[],
+        &["p.toml", "stages[0].install", "unknown field `iso`"],
+    );
+    rejected(
+        &install_only("method = \"iso\"\niso = \"base.qcow2\"\nlocation = \"tree\""),
+        &[],
+        &["p.toml", "stages[0].install", "unknown field `location`"],
+    );
+    rejected(&install_only("method = \"iso\""), &[], &["stages[0].install", "missing field `iso`"]);
+    // A kernel without its initrd (or the reverse) would be ignored for the ISO's own.
+    rejected(
+        &install_only("method = \"iso\"\niso = \"base.qcow2\"\nkernel = \"/install.amd/vmlinuz\""),
+        &[],
+        &["p.toml", "stages[0].install.kernel", "needs `initrd`"],
+    );
+    rejected(
+        &install_only("method = \"iso\"\niso = \"base.qcow2\"\ninitrd = \"/install.amd/initrd.gz\""),
+        &[],
+        &["p.toml", "stages[0].install.initrd", "needs `kernel`"],
+    );
+    // Netboot with both a tree and the two files would ignore the tree.
+    rejected(
+        &install_only("method = \"netboot\"\nlocation = \"tree\"\nkernel = \"base.qcow2\"\ninitrd = \"base.qcow2\""),
+        &[],
+        &["p.toml", "stages[0].install.location", "not both"],
+    );
+    // A fingerprint checks a repository's index; a plain image has none to check.
+    rejected(
+        &install_only(
+            "method = \"image\"\nimage = \"base.qcow2\"\nfingerprint = \"61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4\"",
+        ),
+        &[],
+        &["p.toml", "stages[0].install.fingerprint"],
+    );
+    rejected(
+        &GOOD.replace(
+            "{ image = \"base.qcow2\" }",
+            "{ image = \"base.qcow2\", fingerprint = \"61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4\" }",
+        ),
+        &[],
+        &["p.toml", "from.fingerprint"],
+    );
+    // format is the format of `image`; a repository entry's comes from its signed index.
+    rejected(
+        &install_only("method = \"image\"\nimage = \"base.qcow2\"\nformat = \"vmdk\""),
+        &[],
+        &["p.toml", "stages[0].install", "format `vmdk`", "\"raw\" or \"qcow2\""],
+    );
+    rejected(
+        &install_only("method = \"image\"\nrepo = \"repo\"\nname = \"x\"\nformat = \"raw\""),
+        &[],
+        &["p.toml", "stages[0].install", "format goes with `image`"],
+    );
+    rejected(
+        &GOOD.replace("{ image = \"base.qcow2\" }", "{ repo = \"repo\", name = \"x\", format = \"raw\" }"),
+        &[],
+        &["p.toml", "from.format"],
+    );
+}
+
+#[test]
+fn package_names_with_shell_characters_are_refused() {
+    let customize = |pkgs: &str| {
+        GOOD.replace(
+            "[stages.sysprep]\nhostname = \"{{ Host }}\"\nfstrim = true",
+            &format!("[stages.customize]\nsteps = [{{ hostname = \"h\" }}, {{ install = {pkgs} }}]"),
+        )
+    };
+    rejected(
+        &customize("[\"vim\", \"curl; touch /pwned\"]"),
+        &[],
+        &["p.toml", "stages[0].customize.steps[1].install[1]", "`curl; touch /pwned` is not a package name"],
+    );
+    rejected(&customize("[\"--allow-unauthenticated\"]"), &[], &["steps[1].install[0]", "not a package name"]);
+    let uninstall = GOOD.replace(
+        "[stages.sysprep]\nhostname = \"{{ Host }}\"\nfstrim = true",
+        "[stages.sysprep]\ncustomize = [{ uninstall = [\"$(reboot)\"] }]",
+    );
+    rejected(&uninstall, &[], &["stages[0].sysprep.customize[0].uninstall[0]", "not a package name"]);
+}

@@ -181,6 +181,17 @@ fn check(p: &Pipeline) -> Result<()> {
         if from.repo.is_some() != from.name.is_some() {
             return Err(bad_input!("{shown}: from: repo and name go together"));
         }
+        // Keys that only one kind of source reads would otherwise be silently ignored.
+        if from.fingerprint.is_some() && from.repo.is_none() {
+            return Err(bad_input!(
+                "{shown}: from.fingerprint: a fingerprint checks a repository's signed index; it goes with `repo` and `name`"
+            ));
+        }
+        if from.format.is_some() && from.image.is_none() {
+            return Err(bad_input!(
+                "{shown}: from.format: format goes with `image` (a repository entry's format is the one its index declares)"
+            ));
+        }
     }
     Ok(())
 }

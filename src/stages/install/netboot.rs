@@ -9,7 +9,7 @@ use crate::download;
 use crate::engine::log::StageLog;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::image::{initrd, qemu_img};
-use crate::pipeline::{NetbootConfig, Pipeline};
+use crate::pipeline::{IsoConfig, NetbootConfig, Pipeline};
 use crate::vm::qemu::{Vm, VmConfig};
 use anyhow::{bail, Context, Result};
 use md5::Md5;
@@ -39,8 +39,67 @@ const ISO_LAYOUTS: &[(&str, &str)] = &[
 const CHECKSUM_FILES: &[(&str, &str)] =
     &[("current/images/SHA256SUMS", "sha256"), ("current/images/MD5SUMS", "md5"), ("SHA256SUMS", "sha256")];
 
+/// Both methods' keys in one record: what the stage works from and what goes into the
+/// cache key (the shape, and so the keys, of the single table both methods once shared).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstallerConfig {
+    location: Option<String>,
+    iso: Option<String>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    preseed: Option<String>,
+    kickstart: Option<String>,
+    inject: Vec<String>,
+    extra_args: String,
+    disk_size: String,
+    memory: String,
+    cpus: u32,
+    timeout: String,
+    stall_timeout: String,
+}
+
+impl From<&NetbootConfig> for InstallerConfig {
+    fn from(c: &NetbootConfig) -> InstallerConfig {
+        InstallerConfig {
+            location: c.location.clone(),
+            iso: None,
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            preseed: c.preseed.clone(),
+            kickstart: c.kickstart.clone(),
+            inject: c.inject.clone(),
+            extra_args: c.extra_args.clone(),
+            disk_size: c.disk_size.clone(),
+            memory: c.memory.clone(),
+            cpus: c.cpus,
+            timeout: c.timeout.clone(),
+            stall_timeout: c.stall_timeout.clone(),
+        }
+    }
+}
+
+impl From<&IsoConfig> for InstallerConfig {
+    fn from(c: &IsoConfig) -> InstallerConfig {
+        InstallerConfig {
+            location: None,
+            iso: Some(c.iso.clone()),
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            preseed: c.preseed.clone(),
+            kickstart: c.kickstart.clone(),
+            inject: c.inject.clone(),
+            extra_args: c.extra_args.clone(),
+            disk_size: c.disk_size.clone(),
+            memory: c.memory.clone(),
+            cpus: c.cpus,
+            timeout: c.timeout.clone(),
+            stall_timeout: c.stall_timeout.clone(),
+        }
+    }
+}
+
 pub struct NetbootStage {
-    config: NetbootConfig,
+    config: InstallerConfig,
     iso: bool,
     /// The answers file, rendered: (name in the initrd, content).
     answers: Option<(String, String)>,
@@ -50,19 +109,25 @@ pub struct NetbootStage {
 }
 
 impl NetbootStage {
-    pub fn new(config: NetbootConfig, iso: bool, pipeline: &Pipeline, at: &str) -> Result<NetbootStage> {
+    pub fn new(config: InstallerConfig, pipeline: &Pipeline, at: &str) -> Result<NetbootStage> {
         let shown = pipeline.path.display();
+        let iso = config.iso.is_some();
         let answers = match (&config.preseed, &config.kickstart) {
             (Some(_), Some(_)) => return Err(bad_input!("{shown}: {at}: give preseed or kickstart, not both")),
             (Some(p), None) => Some(("preseed.cfg".to_string(), pipeline.render_file(p, &format!("{at}.preseed"))?)),
             (None, Some(k)) => Some(("ks.cfg".to_string(), pipeline.render_file(k, &format!("{at}.kickstart"))?)),
             (None, None) => None,
         };
-        match (iso, &config.location, &config.iso, &config.kernel, &config.initrd) {
-            (false, None, _, None, _) | (false, None, _, _, None) => {
+        // Every combination that would leave a key unused is refused.
+        match (config.kernel.is_some(), config.initrd.is_some()) {
+            (true, false) => return Err(bad_input!("{shown}: {at}.kernel: `kernel` needs `initrd` too")),
+            (false, true) => return Err(bad_input!("{shown}: {at}.initrd: `initrd` needs `kernel` too")),
+            (true, true) if config.location.is_some() => {
+                return Err(bad_input!("{shown}: {at}.location: give `location`, or `kernel` and `initrd`, not both"))
+            }
+            (false, false) if !iso && config.location.is_none() => {
                 return Err(bad_input!("{shown}: {at}: netboot needs `location`, or `kernel` and `initrd`"))
             }
-            (true, _, None, _, _) => return Err(bad_input!("{shown}: {at}: method iso needs `iso`")),
             _ => {}
         }
         for (key, value) in [
