@@ -417,3 +417,32 @@ fn a_repository_entry_is_imported_in_its_declared_format() {
     let log = find_log(&dir.join("work/logs"), "01-install.log");
     assert!(log.contains("image format: raw (declared by the repository index's format=)"), "{log}");
 }
+
+/// qemu exits 0 under -no-reboot when the guest panics, as when an installer powers off:
+/// the stage must check that an operating system landed on the disk before committing it.
+#[test]
+fn an_installer_that_panics_installs_nothing_and_leaves_no_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let d_i = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
+    let file = write_file(
+        dir,
+        "p.toml",
+        &format!(
+            "version = 1\n[pipeline]\nname = \"panic\"\n[[stages]]\n[stages.install]\nmethod = \"netboot\"\nkernel = \"{d_i}/linux\"\ninitrd = \"{d_i}/initrd.gz\"\nextra_args = \"rdinit=/nonexistent root=/dev/nonexistent panic=1\"\ndisk_size = \"64M\"\n# a hang guard, not a timing assertion\ntimeout = \"10m\"\n"
+        ),
+    );
+    let work = dir.join("work");
+    let out = pipeline(dir, &gnupg, &["--work-dir", work.to_str().unwrap(), "run", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no operating system was found on the disk"), "{err}");
+    assert!(err.contains("Kernel panic"), "the console's last lines are quoted: {err}");
+    let leftovers: Vec<_> = std::fs::read_dir(work.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "outputs")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
