@@ -126,17 +126,8 @@ fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -
     let p = load_checked(&args.file, &args.sets)?;
     let ui = Ui::new();
     // Plan writes nothing: upstream state is read (the network too: a key depends on it) but
-    // not kept, and a work directory without a cache is not created; an empty one in a
-    // temporary directory stands in (every stage is then `to run`).
-    let mut settings = settings(g, false, None)?;
-    let _empty = if settings.work_dir.join("layers").is_dir() {
-        None
-    } else {
-        let tmp = tempfile::Builder::new().prefix("pipeline-plan-").tempdir()?;
-        settings.work_dir = tmp.path().to_path_buf();
-        Some(tmp)
-    };
-    let engine = Engine::new(settings, EngineOptions { build_id, ..Default::default() }, &ui)?;
+    // not kept, and the cache is only looked at (a missing one is empty).
+    let engine = Engine::read_only(settings(g, false, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
     plan_pipeline(&p, &engine, 0)?;
     Ok(())
 }
@@ -169,7 +160,7 @@ fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Option<S
             "{name}{:>2}  {:<10} {}  {:<7} {}",
             s.index + 1,
             s.kind,
-            &s.key[..16],
+            short_key(&s.key),
             status,
             if inputs.is_empty() { String::new() } else { format!("reads {}", inputs.join(", ")) }
         );
@@ -185,9 +176,13 @@ fn inspect_command(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {
         return Err(bad_input!("{}: no such image", image.display()));
     }
     let accel = Accel::choose(g.accel)?;
-    let format = qemu_img::info(image)?.format;
+    // The format from the image's first bytes, never qemu's probe (see qemu_img).
+    let format = match qemu_img::detect_format(image)? {
+        qemu_img::Detected::Xz => return Err(bad_input!("{}: decompress the image first (xz)", image.display())),
+        other => other.as_str(),
+    };
     let guest = Guest::new(accel, None, false)?;
-    guest.add_drive(Drive { path: image, format: &format, readonly: true, discard: false })?;
+    guest.add_drive(Drive { path: image, format, readonly: true, discard: false })?;
     guest.launch()?;
     let os = guest.inspect().with_context(|| format!("cannot inspect {}", image.display()))?;
     guest.shutdown()?;
@@ -223,7 +218,7 @@ fn cache_command(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
                 ));
                 println!(
                     "{}  {:>10}  {:<20} stage {} {:<10} used {age} ago",
-                    &meta.key[..16],
+                    short_key(&meta.key),
                     human_bytes(size),
                     meta.pipeline,
                     meta.stage_index + 1,
@@ -319,4 +314,10 @@ fn human_bytes(n: u64) -> String {
         u += 1;
     }
     format!("{v:.1} {}", units[u])
+}
+
+/// The first 16 characters of a layer key, for listings; a key read from a damaged metadata
+/// file may be shorter (or not ASCII) and is then shown whole.
+fn short_key(key: &str) -> &str {
+    key.get(..16).unwrap_or(key)
 }

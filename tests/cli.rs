@@ -136,7 +136,11 @@ fn unknown_sysprep_operation_and_bad_values() {
         &[],
         &["stages[0].sysprep", "`hostnam` is not a known operation"],
     );
-    rejected(&GOOD.replace("name = \"t\"\n", "name = \"t/../x\"\n"), &[], &["stages[1].publish.name"]);
+    rejected(
+        &GOOD.replace("repo = \"repo\"\nname = \"t\"", "repo = \"repo\"\nname = \"t/../x\""),
+        &[],
+        &["stages[1].publish.name"],
+    );
 }
 
 #[test]
@@ -252,4 +256,122 @@ fn a_cycle_of_pipelines_is_bad_input_naming_the_cycle() {
 #[test]
 fn secrets_must_name_an_env_variable_or_a_value() {
     rejected(&GOOD.replace("[pipeline]", "secrets = [\"Nope\"]\n[pipeline]"), &[], &["secrets[0]", "`Nope`"]);
+}
+
+#[test]
+fn pipeline_name_must_be_safe_as_a_directory_name() {
+    // The name is a directory under the log directory; `..` would write logs elsewhere.
+    rejected(
+        &GOOD.replace("[pipeline]\nname = \"t\"", "[pipeline]\nname = \"../../x\""),
+        &[],
+        &["p.toml", "pipeline.name", "`../../x`"],
+    );
+    rejected(&GOOD.replace("[pipeline]\nname = \"t\"", "[pipeline]\nname = \".t\""), &[], &["pipeline.name"]);
+}
+
+#[test]
+fn cache_ls_survives_a_damaged_metadata_file() {
+    let dir = setup();
+    let layers = dir.path().join("work/layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    std::fs::copy(dir.path().join("base.qcow2"), layers.join("abc.qcow2")).unwrap();
+    std::fs::write(
+        layers.join("abc.json"),
+        r#"{"key": "abc", "pipeline": "p", "stage_index": 0, "kind": "install", "created": "2026-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let out = pipeline(dir.path(), dir.path(), &["--work-dir", "work", "cache", "ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("abc "), "{}", stdout(&out));
+}
+
+/// A pipeline whose only stage is `[stages.install]` with `keys`.
+fn install_only(keys: &str) -> String {
+    format!("version = 1\n[pipeline]\nname = \"i\"\n[[stages]]\n[stages.install]\n{keys}\n")
+}
+
+#[test]
+fn keys_a_method_would_ignore_are_errors() {
+    // Netboot and iso no longer share one table: each refuses the other's key.
+    rejected(
+        &install_only("method = \"netboot\"\nlocation = \"tree\"\niso = \"x.iso\""),
+        &[],
+        &["p.toml", "stages[0].install", "unknown field `iso`"],
+    );
+    rejected(
+        &install_only("method = \"iso\"\niso = \"base.qcow2\"\nlocation = \"tree\""),
+        &[],
+        &["p.toml", "stages[0].install", "unknown field `location`"],
+    );
+    rejected(&install_only("method = \"iso\""), &[], &["stages[0].install", "missing field `iso`"]);
+    // A kernel without its initrd (or the reverse) would be ignored for the ISO's own.
+    rejected(
+        &install_only("method = \"iso\"\niso = \"base.qcow2\"\nkernel = \"/install.amd/vmlinuz\""),
+        &[],
+        &["p.toml", "stages[0].install.kernel", "needs `initrd`"],
+    );
+    rejected(
+        &install_only("method = \"iso\"\niso = \"base.qcow2\"\ninitrd = \"/install.amd/initrd.gz\""),
+        &[],
+        &["p.toml", "stages[0].install.initrd", "needs `kernel`"],
+    );
+    // Netboot with both a tree and the two files would ignore the tree.
+    rejected(
+        &install_only("method = \"netboot\"\nlocation = \"tree\"\nkernel = \"base.qcow2\"\ninitrd = \"base.qcow2\""),
+        &[],
+        &["p.toml", "stages[0].install.location", "not both"],
+    );
+    // A fingerprint checks a repository's index; a plain image has none to check.
+    rejected(
+        &install_only(
+            "method = \"image\"\nimage = \"base.qcow2\"\nfingerprint = \"61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4\"",
+        ),
+        &[],
+        &["p.toml", "stages[0].install.fingerprint"],
+    );
+    rejected(
+        &GOOD.replace(
+            "{ image = \"base.qcow2\" }",
+            "{ image = \"base.qcow2\", fingerprint = \"61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4\" }",
+        ),
+        &[],
+        &["p.toml", "from.fingerprint"],
+    );
+    // format is the format of `image`; a repository entry's comes from its signed index.
+    rejected(
+        &install_only("method = \"image\"\nimage = \"base.qcow2\"\nformat = \"vmdk\""),
+        &[],
+        &["p.toml", "stages[0].install", "format `vmdk`", "\"raw\" or \"qcow2\""],
+    );
+    rejected(
+        &install_only("method = \"image\"\nrepo = \"repo\"\nname = \"x\"\nformat = \"raw\""),
+        &[],
+        &["p.toml", "stages[0].install", "format goes with `image`"],
+    );
+    rejected(
+        &GOOD.replace("{ image = \"base.qcow2\" }", "{ repo = \"repo\", name = \"x\", format = \"raw\" }"),
+        &[],
+        &["p.toml", "from.format"],
+    );
+}
+
+#[test]
+fn package_names_with_shell_characters_are_refused() {
+    let customize = |pkgs: &str| {
+        GOOD.replace(
+            "[stages.sysprep]\nhostname = \"{{ Host }}\"\nfstrim = true",
+            &format!("[stages.customize]\nsteps = [{{ hostname = \"h\" }}, {{ install = {pkgs} }}]"),
+        )
+    };
+    rejected(
+        &customize("[\"vim\", \"curl; touch /pwned\"]"),
+        &[],
+        &["p.toml", "stages[0].customize.steps[1].install[1]", "`curl; touch /pwned` is not a package name"],
+    );
+    rejected(&customize("[\"--allow-unauthenticated\"]"), &[], &["steps[1].install[0]", "not a package name"]);
+    let uninstall = GOOD.replace(
+        "[stages.sysprep]\nhostname = \"{{ Host }}\"\nfstrim = true",
+        "[stages.sysprep]\ncustomize = [{ uninstall = [\"$(reboot)\"] }]",
+    );
+    rejected(&uninstall, &[], &["stages[0].sysprep.customize[0].uninstall[0]", "not a package name"]);
 }

@@ -374,3 +374,148 @@ fn layer_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "qcow2"))
         .collect()
 }
+
+/// A "raw" disk whose first sector is a qcow2 header naming a host file as its backing file:
+/// were qemu to probe it, the host file's bytes would land in the layer. Returns the image
+/// and the marker the host file is filled with.
+fn image_with_hostile_header(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+    let marker: Vec<u8> = b"HOST-FILE-MARKER-".iter().copied().cycle().take(1 << 20).collect();
+    let host_file = dir.join("host-secret");
+    std::fs::write(&host_file, &marker).unwrap();
+    let image = dir.join("disk.img");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&host_file)
+        .arg(&image)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // As a raw disk: a header in the first sector, zeros after it.
+    std::fs::File::options().write(true).open(&image).unwrap().set_len(1 << 20).unwrap();
+    (image, marker[..64].to_vec())
+}
+
+/// The layer's guest-visible bytes, read as the qcow2 it is.
+fn layer_bytes(layer: &std::path::Path, dir: &std::path::Path) -> Vec<u8> {
+    let raw = dir.join("layer.raw");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+        .arg(layer)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::read(raw).unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn an_imported_image_never_reads_a_host_file_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let (image, marker) = image_with_hostile_header(dir);
+    let install = |extra: &str| {
+        format!("version = 1\n[pipeline]\nname = \"i\"\n[[stages]]\n[stages.install]\nmethod = \"image\"\nimage = \"disk.img\"\n{extra}")
+    };
+
+    // No declared format: the first bytes say qcow2, and a qcow2 naming a backing file is
+    // refused; nothing reaches the cache.
+    let file = write_file(dir, "detect.toml", &install(""));
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("backing file"), "{}", stderr(&out));
+    assert!(layer_files(&dir.join("work/layers")).is_empty());
+
+    // Declared raw: imported as the raw disk it is, header bytes and all.
+    let file = write_file(dir, "raw.toml", &install("format = \"raw\"\n"));
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = std::path::PathBuf::from(stdout(&out).trim());
+    let bytes = layer_bytes(&layer, dir);
+    assert!(!contains(&bytes, &marker), "the host file's bytes are in the layer");
+    assert!(bytes == std::fs::read(&image).unwrap(), "the layer is the raw disk");
+    let log = find_log(&dir.join("work/logs"), "01-install.log");
+    assert!(log.contains("image format: raw (declared by `format`)"), "{log}");
+}
+
+#[test]
+fn a_repository_entry_is_imported_in_its_declared_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let (image, marker) = image_with_hostile_header(dir);
+    let repo = dir.join("repo");
+    let out = pipeline(dir, &gnupg, &["repo", "init", repo.to_str().unwrap(), "--generate-key", "Test Repo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // An entry as another publisher may write it: xz-compressed, format=raw.
+    std::fs::copy(&image, repo.join("disk.img")).unwrap();
+    assert!(std::process::Command::new("xz").arg(repo.join("disk.img")).status().unwrap().success());
+    let xz_bytes = std::fs::read(repo.join("disk.img.xz")).unwrap();
+    let sha512 = hex::encode(<sha2::Sha512 as sha2::Digest>::digest(&xz_bytes));
+    std::fs::write(
+        repo.join("index"),
+        format!(
+            "[disk]\nname=Disk\nfile=disk.img.xz\nformat=raw\nsize={}\ncompressed_size={}\nchecksum[sha512]={sha512}\nrevision=1\n",
+            1 << 20,
+            xz_bytes.len()
+        ),
+    )
+    .unwrap();
+    let fpr = std::fs::read_to_string(repo.join("signing-key.fpr")).unwrap();
+    let st = std::process::Command::new("gpg")
+        .env("GNUPGHOME", &gnupg)
+        .args(["--batch", "--yes", "--local-user", fpr.trim(), "--clearsign", "--output"])
+        .arg(repo.join("index.asc"))
+        .arg(repo.join("index"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let file = write_file(
+        dir,
+        "p.toml",
+        "version = 1\n[pipeline]\nname = \"r\"\n[[stages]]\n[stages.install]\nmethod = \"image\"\nrepo = \"repo\"\nname = \"disk\"\n",
+    );
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = std::path::PathBuf::from(stdout(&out).trim());
+    let bytes = layer_bytes(&layer, dir);
+    assert!(!contains(&bytes, &marker), "the host file's bytes are in the layer");
+    assert!(bytes == std::fs::read(&image).unwrap(), "the layer is the raw disk");
+    let log = find_log(&dir.join("work/logs"), "01-install.log");
+    assert!(log.contains("image format: raw (declared by the repository index's format=)"), "{log}");
+}
+
+/// qemu exits 0 under -no-reboot when the guest panics, as when an installer powers off:
+/// the stage must check that an operating system landed on the disk before committing it.
+#[test]
+fn an_installer_that_panics_installs_nothing_and_leaves_no_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let d_i = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
+    let file = write_file(
+        dir,
+        "p.toml",
+        &format!(
+            "version = 1\n[pipeline]\nname = \"panic\"\n[[stages]]\n[stages.install]\nmethod = \"netboot\"\nkernel = \"{d_i}/linux\"\ninitrd = \"{d_i}/initrd.gz\"\nextra_args = \"rdinit=/nonexistent root=/dev/nonexistent panic=1\"\ndisk_size = \"64M\"\n# a hang guard, not a timing assertion\ntimeout = \"10m\"\n"
+        ),
+    );
+    let work = dir.join("work");
+    let out = pipeline(dir, &gnupg, &["--work-dir", work.to_str().unwrap(), "run", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no operating system was found on the disk"), "{err}");
+    assert!(err.contains("Kernel panic"), "the console's last lines are quoted: {err}");
+    let leftovers: Vec<_> = std::fs::read_dir(work.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "outputs")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

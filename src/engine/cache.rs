@@ -256,14 +256,30 @@ impl KeyHasher {
     }
 
     /// Hashes a file's contents, or a directory tree's names and contents in sorted order.
+    /// The path itself is followed if it is a symlink; symlinks inside a directory are hashed
+    /// as links, by their target text, and never followed: a link to a parent directory
+    /// would otherwise recurse forever, and a link is what a copy of the tree holds.
     pub fn path(&mut self, path: &Path) -> Result<()> {
         let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        self.hash_entry(path, &meta)
+    }
+
+    fn hash_entry(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<()> {
         if meta.is_dir() {
             let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
             entries.sort_by_key(|e| e.file_name());
             for e in entries {
                 self.part("entry", e.file_name().as_encoded_bytes());
-                self.path(&e.path())?;
+                let child = e.path();
+                let meta =
+                    std::fs::symlink_metadata(&child).with_context(|| format!("cannot read {}", child.display()))?;
+                if meta.file_type().is_symlink() {
+                    let target =
+                        std::fs::read_link(&child).with_context(|| format!("cannot read {}", child.display()))?;
+                    self.part("symlink", target.as_os_str().as_encoded_bytes());
+                } else {
+                    self.hash_entry(&child, &meta)?;
+                }
             }
         } else {
             self.part("file", crate::digest::file_hex::<Sha256>(path)?.as_bytes());
@@ -273,5 +289,36 @@ impl KeyHasher {
 
     pub fn finish(self) -> String {
         hex::encode(self.0.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(path: &Path) -> String {
+        let mut h = KeyHasher::new(None, "t");
+        h.path(path).unwrap();
+        h.finish()
+    }
+
+    #[test]
+    fn symlinks_in_a_directory_are_hashed_as_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("file"), "a").unwrap();
+        // A link to its own parent: following it would never end.
+        std::os::unix::fs::symlink("..", tree.join("up")).unwrap();
+        let first = key_of(&tree);
+        assert_eq!(first, key_of(&tree));
+        // Retargeting the link changes the key; what it points at does not matter.
+        std::fs::remove_file(tree.join("up")).unwrap();
+        std::os::unix::fs::symlink("../elsewhere", tree.join("up")).unwrap();
+        let retargeted = key_of(&tree);
+        assert_ne!(first, retargeted);
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        std::fs::write(dir.path().join("elsewhere/x"), "x").unwrap();
+        assert_eq!(retargeted, key_of(&tree));
     }
 }

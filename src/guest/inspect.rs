@@ -1,8 +1,11 @@
 //! Inspection: what operating system a disk holds, and mounting its filesystems where the
 //! guest mounts them. Recorded in each layer's metadata and used by the operations.
 
-use super::{Guest, GuestError, InspectField, Result};
+use super::{Drive, Guest, GuestError, InspectField, Result};
+use crate::engine::log::StageLog;
+use crate::vm::Accel;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Inspection {
@@ -127,4 +130,15 @@ impl Guest {
             root,
         })
     }
+}
+
+/// Inspects one disk image in an appliance of its own (read-only): the single operating
+/// system it holds, or an error saying none (or several) was found.
+pub fn inspect_image(accel: Accel, path: &Path, format: &str, log: &StageLog, verbose: bool) -> Result<Inspection> {
+    let g = Guest::new(accel, Some(log.clone()), verbose)?;
+    g.add_drive(Drive { path, format, readonly: true, discard: false })?;
+    g.launch()?;
+    let os = g.inspect()?;
+    g.shutdown()?;
+    Ok(os)
 }

@@ -165,13 +165,13 @@ impl DiskRead for Qcow2Chain {
     }
 }
 
-/// Opens a disk image by its format on disk.
+/// Opens a disk image by its format on disk (its first bytes, never qemu's probe).
 pub fn open(path: &Path) -> Result<Box<dyn DiskRead>> {
-    let format = super::qemu_img::info(path)?.format;
-    Ok(match format.as_str() {
-        "qcow2" => Box::new(Qcow2Chain::open(path)?),
-        "raw" => Box::new(RawDisk::open(path)?),
-        other => bail!("{}: cannot read {other} images directly", path.display()),
+    use super::qemu_img::Detected;
+    Ok(match super::qemu_img::detect_format(path)? {
+        Detected::Qcow2 => Box::new(Qcow2Chain::open(path)?),
+        Detected::Raw => Box::new(RawDisk::open(path)?),
+        Detected::Xz => bail!("{}: cannot read xz-compressed images directly", path.display()),
     })
 }
 

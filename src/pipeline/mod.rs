@@ -192,6 +192,16 @@ fn check(p: &Pipeline) -> Result<()> {
     if f.version != 1 {
         return Err(bad_input!("{shown}: version: this tool reads version 1 pipeline files, not {}", f.version));
     }
+    // The name becomes a directory of the logs and is printed in listings.
+    let name = &f.pipeline.name;
+    let name_ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(bad_input!(
+            "{shown}: pipeline.name: `{name}` is not a pipeline name (letters, digits, `-`, `_` and `.`, not starting with `.`)"
+        ));
+    }
     if f.stages.is_empty() {
         return Err(bad_input!("{shown}: stages: a pipeline needs at least one [[stages]] entry"));
     }
@@ -217,6 +227,17 @@ fn check(p: &Pipeline) -> Result<()> {
         }
         if from.repo.is_some() != from.name.is_some() {
             return Err(bad_input!("{shown}: from: repo and name go together"));
+        }
+        // Keys that only one kind of source reads would otherwise be silently ignored.
+        if from.fingerprint.is_some() && from.repo.is_none() {
+            return Err(bad_input!(
+                "{shown}: from.fingerprint: a fingerprint checks a repository's signed index; it goes with `repo` and `name`"
+            ));
+        }
+        if from.format.is_some() && from.image.is_none() {
+            return Err(bad_input!(
+                "{shown}: from.format: format goes with `image` (a repository entry's format is the one its index declares)"
+            ));
         }
     }
     Ok(())
@@ -292,6 +313,16 @@ mod tests {
         assert!(e.contains("--set stages[0].sysprep.nonsense") && e.contains("no such key"), "{e}");
         let e = err(BASE, &["stages[0].sysprep.fstrim=perhaps"]);
         assert!(e.contains("expected true or false"), "{e}");
+    }
+
+    #[test]
+    fn pipeline_names_are_safe_as_directory_names() {
+        for bad in ["../../x", "a/b", ".hidden", "", "web 1", "x\n"] {
+            let e = err(&BASE.replace("name = \"t\"", &format!("name = {bad:?}")), &[]);
+            assert!(e.contains("pipeline.name") && e.contains("is not a pipeline name"), "{bad}: {e}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        load(&write(d.path(), &BASE.replace("name = \"t\"", "name = \"web-1_v2.0\"")), &[]).unwrap();
     }
 
     #[test]

@@ -44,9 +44,13 @@ pub struct Source {
     pub repo: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
-    /// Fingerprint of the key that must have signed the repository's index.
+    /// Fingerprint of the key that must have signed the repository's index (with `repo`).
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// `raw` or `qcow2`: the format of `image` (of its content when xz-compressed); read
+    /// from the image's first bytes when not given.
+    #[serde(default)]
+    pub format: Option<String>,
     #[serde(default)]
     pub pipeline: Option<String>,
 }
@@ -77,21 +81,57 @@ impl StageConfig {
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum InstallConfig {
     Netboot(NetbootConfig),
-    Iso(NetbootConfig),
+    Iso(IsoConfig),
     Debootstrap(DebootstrapConfig),
     Image(ImageConfig),
 }
 
-/// An installer booted with an answers file injected into its initrd (netboot and iso).
+/// `method = "netboot"`: an installer booted with an answers file injected into its initrd.
+/// The keys after `initrd` are the same for `method = "iso"`; the two are separate types so
+/// that a key of one method under the other is an unknown key, not silently ignored.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetbootConfig {
     /// Installer tree (URL or directory) holding `linux` and `initrd.gz`.
     #[serde(default)]
     pub location: Option<String>,
-    /// Installer ISO (path or URL), for `method = "iso"`.
+    /// Kernel and initrd directly (paths or URLs), instead of `location`.
     #[serde(default)]
-    pub iso: Option<String>,
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Debian/Ubuntu answers file, injected as /preseed.cfg.
+    #[serde(default)]
+    pub preseed: Option<String>,
+    /// Fedora/RHEL/Rocky answers file, injected as /ks.cfg.
+    #[serde(default)]
+    pub kickstart: Option<String>,
+    /// More files injected into the initrd root, by host path.
+    #[serde(default)]
+    pub inject: Vec<String>,
+    #[serde(default)]
+    pub extra_args: String,
+    #[serde(default = "default_disk_size")]
+    pub disk_size: String,
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// The whole install may take at most this long.
+    #[serde(default = "default_install_timeout")]
+    pub timeout: String,
+    /// An installer waiting at a question with no new output for this long is stopped.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: String,
+}
+
+/// `method = "iso"`: the installer's kernel and initrd taken from an ISO, which is attached.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsoConfig {
+    /// Installer ISO (path or URL).
+    pub iso: String,
+    /// Kernel and initrd as paths inside the ISO, instead of the usual places.
     #[serde(default)]
     pub kernel: Option<String>,
     #[serde(default)]
@@ -157,8 +197,13 @@ pub struct ImageConfig {
     pub repo: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// Fingerprint of the key that must have signed the repository's index (with `repo`).
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// `raw` or `qcow2`: the format of `image` (of its content when xz-compressed); read
+    /// from the image's first bytes when not given.
+    #[serde(default)]
+    pub format: Option<String>,
     /// Grow the disk to this size.
     #[serde(default)]
     pub disk_size: Option<String>,

@@ -66,8 +66,7 @@ async fn log_request(req: Request, next: Next) -> Response {
 }
 
 async fn guard(State(root): State<Arc<Root>>, req: Request, next: Next) -> Response {
-    let path = percent_decode(req.uri().path());
-    let Some(file) = resolve_inside(&root.canonical, &path) else {
+    let Some(file) = percent_decode(req.uri().path()).and_then(|path| resolve_inside(&root.canonical, &path)) else {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
     let etag = std::fs::metadata(&file).ok().filter(|m| m.is_file()).map(|m| {
@@ -102,22 +101,10 @@ fn resolve_inside(root: &Path, request_path: &str) -> Option<PathBuf> {
     (real.starts_with(root) && real != root).then_some(real)
 }
 
-fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The request path with `%XX` escapes decoded; None when the bytes are not UTF-8 (no file
+/// of a repository has such a name).
+fn percent_decode(path: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(path).decode_utf8().ok().map(|s| s.into_owned())
 }
 
 #[cfg(test)]
@@ -136,7 +123,23 @@ mod tests {
         assert!(resolve_inside(&root, "/escape").is_none());
         assert!(resolve_inside(&root, "/.lock").is_none());
         assert!(resolve_inside(&root, "/").is_none());
-        assert_eq!(percent_decode("/a%2e%2e/b"), "/a../b");
-        assert_eq!(percent_decode("/%2e%2e/x"), "/../x");
+        assert_eq!(percent_decode("/a%2e%2e/b").unwrap(), "/a../b");
+        assert_eq!(percent_decode("/%2e%2e/x").unwrap(), "/../x");
+        assert!(resolve_inside(&root, &percent_decode("/%2e%2e/etc/passwd").unwrap()).is_none());
+    }
+
+    #[test]
+    fn percent_escapes_decode_whole_characters() {
+        // Multi-byte characters, escapes at the very end, and invalid escapes pass through.
+        assert_eq!(percent_decode("/caf%C3%A9.xz").unwrap(), "/café.xz");
+        assert_eq!(percent_decode("/%e2%82%AC").unwrap(), "/€");
+        assert_eq!(percent_decode("/a%41").unwrap(), "/aA");
+        assert_eq!(percent_decode("/a%4").unwrap(), "/a%4");
+        assert_eq!(percent_decode("/a%zz%").unwrap(), "/a%zz%");
+        assert_eq!(percent_decode("/%C3").as_deref(), None, "half a character is not a name");
+        assert_eq!(percent_decode("/é%C3%").as_deref(), None);
+        // A `%` before a multi-byte character: no escape, and no slicing inside the character.
+        assert_eq!(percent_decode("/%aé").unwrap(), "/%aé");
+        assert_eq!(percent_decode("/%éa").unwrap(), "/%éa");
     }
 }

@@ -73,6 +73,15 @@ pub fn check_steps(steps: &[CustomizeStep], pipeline: &Pipeline, at: &str) -> Re
             }
             files.push(path);
         }
+        if let CustomizeStep::Install(pkgs) | CustomizeStep::Uninstall(pkgs) = step {
+            let what = if matches!(step, CustomizeStep::Install(_)) { "install" } else { "uninstall" };
+            if let Some((j, bad)) = pkgs.iter().enumerate().find(|(_, p)| !is_package_name(p)) {
+                return Err(bad_input!(
+                    "{}: {key}.{what}[{j}]: `{bad}` is not a package name (letters, digits and `+._-`, optionally `:arch` and `=version`)",
+                    pipeline.path.display()
+                ));
+            }
+        }
         if let CustomizeStep::RootPassword(spec) = step {
             check_password_spec(spec)
                 .map_err(|e| bad_input!("{}: {key}.root_password: {e}", pipeline.path.display()))?;
@@ -296,7 +305,34 @@ fn refresh_command(os: &Inspection) -> Option<&'static str> {
     }
 }
 
+/// A Debian or RPM package name, optionally `:arch` and `=version` (apt's syntax). The
+/// names go into a shell command line, so nothing else passes: no shell metacharacters, no
+/// spaces, and no leading `-` that the package manager would read as an option.
+pub fn is_package_name(spec: &str) -> bool {
+    let (rest, version) = match spec.split_once('=') {
+        Some((r, v)) => (r, Some(v)),
+        None => (spec, None),
+    };
+    let (name, arch) = match rest.split_once(':') {
+        Some((n, a)) => (n, Some(a)),
+        None => (rest, None),
+    };
+    let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c));
+    let arch_ok =
+        arch.is_none_or(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
+    let version_ok = version.is_none_or(|v| {
+        v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || "+.~:_-".contains(c))
+    });
+    name_ok && arch_ok && version_ok
+}
+
 fn package_command(os: &Inspection, action: &str, pkgs: &[String]) -> Result<String> {
+    // Checked when the pipeline was loaded; checked again here because this is a shell line.
+    if let Some(bad) = pkgs.iter().find(|p| !is_package_name(p)) {
+        bail!("`{bad}` is not a package name");
+    }
     let list = pkgs.join(" ");
     Ok(match os.package_management.as_str() {
         "apt" => format!("DEBIAN_FRONTEND=noninteractive apt-get -y -q {action} {list}"),
@@ -433,7 +469,7 @@ pub fn inject_ssh_key(g: &Guest, user: &str, key: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_exports;
+    use super::{is_package_name, shell_exports};
     use std::collections::BTreeMap;
 
     #[test]
@@ -443,5 +479,40 @@ mod tests {
         let script = format!("{}printf '%s|%s' \"$A\" \"$B\"", shell_exports(&env));
         let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{tricky}|"));
+    }
+
+    #[test]
+    fn package_names_are_names_only() {
+        for good in [
+            "openssh-server",
+            "libstdc++6",
+            "python3.11",
+            "g++",
+            "NetworkManager",
+            "vim:amd64",
+            "curl=7.88.1-10+deb12u5",
+            "bash:i386=5.2.15-2",
+            "kernel-6.1.0",
+            "epoch=1:2.0~rc1",
+        ] {
+            assert!(is_package_name(good), "{good}");
+        }
+        for bad in [
+            "vim; rm -rf /",
+            "a b",
+            "-y",
+            "--allow-downgrades",
+            "$(id)",
+            "x`id`",
+            "pkg|sh",
+            "",
+            "a:",
+            "a=",
+            "a>b",
+            "*",
+            "pkg\nid",
+        ] {
+            assert!(!is_package_name(bad), "{bad}");
+        }
     }
 }

@@ -26,9 +26,9 @@ pub fn expand_partition(g: &Guest, partition: &str, log: &StageLog) -> Result<()
         g.part_expand_gpt(&device)?;
     }
     let sector = g.blockdev_getss(&device)?;
-    let sectors = g.blockdev_getsize64(&device)? / sector;
-    // A GPT keeps its backup table (32 sectors) and header (1) at the end of the disk.
-    let last_usable = if table == "gpt" { sectors - 34 } else { sectors - 1 };
+    let Some(last_usable) = last_usable_sector(&table, g.blockdev_getsize64(&device)?, sector) else {
+        bail!("cannot expand {partition}: {device} is too small to hold a partition table");
+    };
     if last_usable <= old_end / sector {
         log.line(format!("{partition} already reaches the end of {device}"));
         return Ok(());
@@ -36,6 +36,14 @@ pub fn expand_partition(g: &Guest, partition: &str, log: &StageLog) -> Result<()
     log.line(format!("moving the end of {partition} from sector {} to {last_usable}", old_end / sector));
     g.part_resize(&device, partnum, last_usable as i64)?;
     grow_content(g, partition, log)
+}
+
+/// The last sector a partition may end on: a GPT keeps its backup table (32 sectors) and
+/// header (1) at the end of the disk. None for a disk too small for that (or a zero sector
+/// size reported by a damaged device).
+fn last_usable_sector(table: &str, bytes: u64, sector: u64) -> Option<u64> {
+    let sectors = bytes.checked_div(sector)?;
+    sectors.checked_sub(if table == "gpt" { 34 } else { 1 })
 }
 
 fn grow_content(g: &Guest, partition: &str, log: &StageLog) -> Result<()> {
@@ -57,4 +65,18 @@ fn grow_content(g: &Guest, partition: &str, log: &StageLog) -> Result<()> {
         other => bail!("cannot grow a `{other}` filesystem on {partition}; the partition grew, its content did not"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_disks_have_no_usable_end() {
+        assert_eq!(last_usable_sector("gpt", 1 << 20, 512), Some(2048 - 34));
+        assert_eq!(last_usable_sector("msdos", 1 << 20, 512), Some(2047));
+        assert_eq!(last_usable_sector("gpt", 16 * 512, 512), None);
+        assert_eq!(last_usable_sector("msdos", 0, 512), None);
+        assert_eq!(last_usable_sector("msdos", 4096, 0), None);
+    }
 }

@@ -7,7 +7,7 @@ use crate::download;
 use crate::engine::stage::{LayerKind, ResolveContext, Stage, StageContext, StageResult};
 use crate::engine::ui::Ui;
 use crate::guest::{Drive, Guest};
-use crate::image::qemu_img;
+use crate::image::qemu_img::{self, Detected};
 use crate::repo::{self, index::Entry, index::Index, sign, Repo};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
@@ -25,6 +25,9 @@ pub enum ImageSource {
 
 pub struct ImageStage {
     source: ImageSource,
+    /// The declared format of a file or URL (`format = "raw" | "qcow2"`, of the content
+    /// when xz-compressed); detected from its first bytes when not given.
+    format: Option<String>,
     disk_size: Option<String>,
     expand: Option<String>,
     base_dir: PathBuf,
@@ -43,11 +46,22 @@ struct Resolved {
 impl ImageStage {
     pub fn new(
         mut source: ImageSource,
+        format: Option<String>,
         disk_size: Option<String>,
         expand: Option<String>,
         base_dir: &Path,
         where_: &str,
     ) -> Result<ImageStage> {
+        if let Some(fmt) = &format {
+            if !matches!(fmt.as_str(), "raw" | "qcow2") {
+                return Err(bad_input!("{where_}: format `{fmt}` is not an image format: give \"raw\" or \"qcow2\""));
+            }
+            if matches!(source, ImageSource::Repo { .. }) {
+                return Err(bad_input!(
+                    "{where_}: format goes with `image`; a repository entry's format is the one its signed index declares"
+                ));
+            }
+        }
         if let ImageSource::File(f) = &source {
             if !download::is_url(f) && !base_dir.join(f).exists() {
                 return Err(bad_input!("{where_}: image {} does not exist", base_dir.join(f).display()));
@@ -83,6 +97,7 @@ impl ImageStage {
         }
         Ok(ImageStage {
             source,
+            format,
             disk_size,
             expand,
             base_dir: base_dir.to_path_buf(),
@@ -150,6 +165,10 @@ impl Stage for ImageStage {
                 serde_json::json!({ "repo": repo, "name": name, "checksum": checksum })
             }
         };
+        let mut source = source;
+        if let Some(fmt) = &self.format {
+            source["format"] = fmt.as_str().into();
+        }
         serde_json::json!({ "method": "image", "source": source, "disk_size": self.disk_size, "expand": self.expand })
     }
 
@@ -180,8 +199,13 @@ impl Stage for ImageStage {
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
-        let (local, entry_expand) = self.fetch(ctx)?;
-        self.import(&local, ctx)?;
+        let (local, entry_expand, entry_format) = self.fetch(ctx)?;
+        let declared = match (&self.format, entry_format) {
+            (Some(f), _) => Some((f.clone(), "declared by `format`")),
+            (None, Some(f)) => Some((f, "declared by the repository index's format=")),
+            (None, None) => None,
+        };
+        self.import(&local, declared, ctx)?;
         if let Some(size) = &self.disk_size {
             grow(size, self.expand.as_deref().or(entry_expand.as_deref()), ctx)?;
         }
@@ -191,12 +215,14 @@ impl Stage for ImageStage {
 
 impl ImageStage {
     /// The image as a local file (downloaded and, for a repository entry, checked against
-    /// the signed index), and the entry's `expand=` partition if it has one.
-    fn fetch(&self, ctx: &mut StageContext) -> Result<(PathBuf, Option<String>)> {
+    /// the signed index), and the entry's `expand=` partition and `format=` if it has them.
+    fn fetch(&self, ctx: &mut StageContext) -> Result<(PathBuf, Option<String>, Option<String>)> {
         let cache = ctx.settings.work_dir.join("downloads");
         let offline = ctx.settings.offline;
         match &self.source {
-            ImageSource::File(f) => Ok((download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?, None)),
+            ImageSource::File(f) => {
+                Ok((download::local_or_fetch(f, &self.base_dir, &cache, offline, ctx.ui)?, None, None))
+            }
             ImageSource::Repo { .. } => {
                 if self.resolved.get().is_none() {
                     self.resolve(&ResolveContext { settings: ctx.settings, ui: ctx.ui, read_only: false })?;
@@ -214,16 +240,18 @@ impl ImageStage {
                     bail!("{src}: sha512 {got} does not match the signed index; refusing the image");
                 }
                 ctx.log.line(format!("{src}: sha512 matches the signed index"));
-                Ok((local, entry.get("expand").map(str::to_string)))
+                Ok((local, entry.get("expand").map(str::to_string), entry.get("format").map(str::to_string)))
             }
         }
     }
 
-    /// Writes the image (xz decompressed first, sparsely) as the stage's qcow2 layer.
-    fn import(&self, local: &Path, ctx: &mut StageContext) -> Result<()> {
+    /// Writes the image (xz decompressed first, sparsely) as the stage's qcow2 layer. The
+    /// image is data: qemu-img is told its format (`declared`, else what its first bytes say,
+    /// logged), and a qcow2 that names another host file is refused.
+    fn import(&self, local: &Path, declared: Option<(String, &str)>, ctx: &mut StageContext) -> Result<()> {
         let decompressed = ctx.output.with_extension("raw.tmp");
         let result = (|| -> Result<()> {
-            let src = if is_xz(local)? {
+            let src = if qemu_img::detect_format(local)? == Detected::Xz {
                 ctx.bar.set_message("decompressing");
                 let mut dec =
                     xz2::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(std::fs::File::open(local)?));
@@ -233,9 +261,30 @@ impl ImageStage {
             } else {
                 local.to_path_buf()
             };
+            let format = match declared {
+                Some((f, how)) => {
+                    if !matches!(f.as_str(), "raw" | "qcow2") {
+                        bail!("{}: format `{f}` ({how}) is not raw or qcow2", local.display());
+                    }
+                    ctx.log.line(format!("image format: {f} ({how})"));
+                    f
+                }
+                None => {
+                    let f = match qemu_img::detect_format(&src)? {
+                        Detected::Qcow2 => "qcow2",
+                        Detected::Raw => "raw",
+                        Detected::Xz => bail!("{}: compressed twice with xz", local.display()),
+                    };
+                    ctx.log.line(format!("image format: {f} (detected from its first bytes; no format declared)"));
+                    f.to_string()
+                }
+            };
+            if format == "qcow2" {
+                qemu_img::check_self_contained(&src)?;
+            }
             ctx.bar.set_message("importing");
-            ctx.log.line(format!("importing {} as qcow2", src.display()));
-            qemu_img::convert(&src, &ctx.output, "qcow2")
+            ctx.log.line(format!("importing {} ({format}) as qcow2", src.display()));
+            qemu_img::convert_from(&src, &format, &ctx.output, "qcow2")
         })();
         let _ = std::fs::remove_file(&decompressed);
         result
@@ -258,12 +307,6 @@ fn grow(size: &str, expand: Option<&str>, ctx: &mut StageContext) -> Result<()> 
         g.shutdown()?;
     }
     Ok(())
-}
-
-fn is_xz(path: &Path) -> Result<bool> {
-    let mut magic = [0u8; 6];
-    let n = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?.read(&mut magic)?;
-    Ok(n == 6 && magic == [0xFD, b'7', b'z', b'X', b'Z', 0])
 }
 
 /// Copies a stream to a file, seeking over zero blocks so the result stays sparse.
@@ -339,7 +382,7 @@ mod tests {
             name: "e".into(),
             fingerprint: Some(fpr.to_lowercase()),
         };
-        let stage = ImageStage::new(source, None, None, tmp.path(), "p.toml: from").unwrap();
+        let stage = ImageStage::new(source, None, None, None, tmp.path(), "p.toml: from").unwrap();
         let work = tmp.path().join("work");
         let settings = RunSettings {
             accel: crate::vm::Accel::Tcg,

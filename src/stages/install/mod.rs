@@ -18,21 +18,27 @@ pub fn build(config: &InstallConfig, pipeline: &Pipeline, at: &str) -> Result<Bo
     Ok(match config {
         InstallConfig::Image(c) => {
             let source = match (&c.image, &c.repo, &c.name) {
+                (Some(_), None, None) if c.fingerprint.is_some() => {
+                    return Err(bad_input!(
+                        "{where_}.fingerprint: a fingerprint checks a repository's signed index; `image` has none (use `repo` with `name`, or remove fingerprint)"
+                    ))
+                }
                 (Some(img), None, None) => ImageSource::File(img.clone()),
                 (None, Some(repo), Some(name)) => {
                     ImageSource::Repo { repo: repo.clone(), name: name.clone(), fingerprint: c.fingerprint.clone() }
                 }
                 _ => return Err(bad_input!("{where_}: method image takes `image`, or `repo` with `name`")),
             };
-            Box::new(ImageStage::new(source, c.disk_size.clone(), c.expand.clone(), &pipeline.dir, &where_)?)
+            let format = c.format.clone();
+            Box::new(ImageStage::new(source, format, c.disk_size.clone(), c.expand.clone(), &pipeline.dir, &where_)?)
         }
         InstallConfig::Debootstrap(c) => {
             let mut c = c.clone();
             c.env = pipeline.stage_env(&c.env, &format!("{at}.env"))?;
             Box::new(debootstrap::DebootstrapStage::new(c, &pipeline.dir, &where_)?)
         }
-        InstallConfig::Netboot(c) => Box::new(netboot::NetbootStage::new(c.clone(), false, pipeline, at)?),
-        InstallConfig::Iso(c) => Box::new(netboot::NetbootStage::new(c.clone(), true, pipeline, at)?),
+        InstallConfig::Netboot(c) => Box::new(netboot::NetbootStage::new(c.into(), pipeline, at)?),
+        InstallConfig::Iso(c) => Box::new(netboot::NetbootStage::new(c.into(), pipeline, at)?),
     })
 }
 
@@ -46,5 +52,5 @@ pub fn from_source(from: &Source, pipeline: &Pipeline) -> Result<Box<dyn Stage>>
         }
         _ => return Err(bad_input!("{where_}: give image, repo with name, or pipeline")),
     };
-    Ok(Box::new(ImageStage::new(source, None, None, &pipeline.dir, &where_)?))
+    Ok(Box::new(ImageStage::new(source, from.format.clone(), None, None, &pipeline.dir, &where_)?))
 }

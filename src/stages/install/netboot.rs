@@ -9,7 +9,7 @@ use crate::download;
 use crate::engine::log::StageLog;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::image::{initrd, qemu_img};
-use crate::pipeline::{NetbootConfig, Pipeline};
+use crate::pipeline::{IsoConfig, NetbootConfig, Pipeline};
 use crate::vm::qemu::{Vm, VmConfig};
 use anyhow::{bail, Context, Result};
 use md5::Md5;
@@ -39,8 +39,67 @@ const ISO_LAYOUTS: &[(&str, &str)] = &[
 const CHECKSUM_FILES: &[(&str, &str)] =
     &[("current/images/SHA256SUMS", "sha256"), ("current/images/MD5SUMS", "md5"), ("SHA256SUMS", "sha256")];
 
+/// Both methods' keys in one record: what the stage works from and what goes into the
+/// cache key (the shape, and so the keys, of the single table both methods once shared).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstallerConfig {
+    location: Option<String>,
+    iso: Option<String>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    preseed: Option<String>,
+    kickstart: Option<String>,
+    inject: Vec<String>,
+    extra_args: String,
+    disk_size: String,
+    memory: String,
+    cpus: u32,
+    timeout: String,
+    stall_timeout: String,
+}
+
+impl From<&NetbootConfig> for InstallerConfig {
+    fn from(c: &NetbootConfig) -> InstallerConfig {
+        InstallerConfig {
+            location: c.location.clone(),
+            iso: None,
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            preseed: c.preseed.clone(),
+            kickstart: c.kickstart.clone(),
+            inject: c.inject.clone(),
+            extra_args: c.extra_args.clone(),
+            disk_size: c.disk_size.clone(),
+            memory: c.memory.clone(),
+            cpus: c.cpus,
+            timeout: c.timeout.clone(),
+            stall_timeout: c.stall_timeout.clone(),
+        }
+    }
+}
+
+impl From<&IsoConfig> for InstallerConfig {
+    fn from(c: &IsoConfig) -> InstallerConfig {
+        InstallerConfig {
+            location: None,
+            iso: Some(c.iso.clone()),
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            preseed: c.preseed.clone(),
+            kickstart: c.kickstart.clone(),
+            inject: c.inject.clone(),
+            extra_args: c.extra_args.clone(),
+            disk_size: c.disk_size.clone(),
+            memory: c.memory.clone(),
+            cpus: c.cpus,
+            timeout: c.timeout.clone(),
+            stall_timeout: c.stall_timeout.clone(),
+        }
+    }
+}
+
 pub struct NetbootStage {
-    config: NetbootConfig,
+    config: InstallerConfig,
     iso: bool,
     /// The answers file, rendered: (name in the initrd, content).
     answers: Option<(String, String)>,
@@ -50,19 +109,25 @@ pub struct NetbootStage {
 }
 
 impl NetbootStage {
-    pub fn new(config: NetbootConfig, iso: bool, pipeline: &Pipeline, at: &str) -> Result<NetbootStage> {
+    pub fn new(config: InstallerConfig, pipeline: &Pipeline, at: &str) -> Result<NetbootStage> {
         let shown = pipeline.path.display();
+        let iso = config.iso.is_some();
         let answers = match (&config.preseed, &config.kickstart) {
             (Some(_), Some(_)) => return Err(bad_input!("{shown}: {at}: give preseed or kickstart, not both")),
             (Some(p), None) => Some(("preseed.cfg".to_string(), pipeline.render_file(p, &format!("{at}.preseed"))?)),
             (None, Some(k)) => Some(("ks.cfg".to_string(), pipeline.render_file(k, &format!("{at}.kickstart"))?)),
             (None, None) => None,
         };
-        match (iso, &config.location, &config.iso, &config.kernel, &config.initrd) {
-            (false, None, _, None, _) | (false, None, _, _, None) => {
+        // Every combination that would leave a key unused is refused.
+        match (config.kernel.is_some(), config.initrd.is_some()) {
+            (true, false) => return Err(bad_input!("{shown}: {at}.kernel: `kernel` needs `initrd` too")),
+            (false, true) => return Err(bad_input!("{shown}: {at}.initrd: `initrd` needs `kernel` too")),
+            (true, true) if config.location.is_some() => {
+                return Err(bad_input!("{shown}: {at}.location: give `location`, or `kernel` and `initrd`, not both"))
+            }
+            (false, false) if !iso && config.location.is_none() => {
                 return Err(bad_input!("{shown}: {at}: netboot needs `location`, or `kernel` and `initrd`"))
             }
-            (true, _, None, _, _) => return Err(bad_input!("{shown}: {at}: method iso needs `iso`")),
             _ => {}
         }
         for (key, value) in [
@@ -315,37 +380,55 @@ impl Stage for NetbootStage {
         let mut vm = Vm::start_logged(&vm_config, &console, Some(ctx.log.clone()))?;
         let timeout = humantime::parse_duration(&self.config.timeout)?;
         let stall = humantime::parse_duration(&self.config.stall_timeout)?;
-        watch(&mut vm, timeout, stall, ctx)
+        let screen = watch(&mut vm, &console, timeout, stall, ctx)?;
+        drop(vm);
+        // qemu exits 0 under -no-reboot for a reboot, a triple fault or a kernel panic as
+        // well as a power-off: only an operating system on the disk says the install worked.
+        ctx.bar.set_message("inspecting the installed disk");
+        match crate::guest::inspect::inspect_image(ctx.settings.accel, &ctx.output, "qcow2", &ctx.log, ctx.settings.verbose)
+        {
+            Ok(os) => {
+                ctx.log.line(format!("inspection: {}", os.summary()));
+                Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None })
+            }
+            Err(e) => bail!(
+                "the installer's VM stopped, but no operating system was found on the disk ({e}); last console lines:\n{}",
+                last_lines(&stall::strip_escapes(&screen))
+            ),
+        }
     }
 }
 
-/// Follows the installer until it powers off, copying its console into the log.
-fn watch(vm: &mut Vm, timeout: Duration, stall: Duration, ctx: &StageContext) -> Result<StageResult> {
-    let mut logged = 0usize;
+/// Follows the installer until it powers off, copying its console into the log. Returns the
+/// console's recent text, for the caller's own checks.
+fn watch(vm: &mut Vm, console: &Path, timeout: Duration, stall: Duration, ctx: &StageContext) -> Result<String> {
+    let mut reader = ConsoleReader::new(console, CONSOLE_TAIL);
+    let log_lines = |lines: Vec<String>| {
+        for line in lines {
+            let line = stall::strip_escapes(&line);
+            if !line.trim().is_empty() {
+                ctx.log.line(format!("console: {line}"));
+                ctx.bar.set_message(line.trim().to_string());
+            }
+        }
+    };
     // The question on screen and since when: the clock in d-i's status bar keeps the
     // console changing, so the stall is measured on the question itself.
     let mut waiting: Option<(String, Instant)> = None;
     loop {
         crate::interrupt::check()?;
-        let text = vm.console_text();
-        if text.len() > logged {
-            let new = stall::strip_escapes(&text[logged..]);
-            // Log whole lines only; the rest waits for its newline.
-            if let Some(end) = new.rfind('\n') {
-                for line in new[..end].lines().filter(|l| !l.trim().is_empty()) {
-                    ctx.log.line(format!("console: {line}"));
-                    ctx.bar.set_message(line.trim().to_string());
-                }
-                logged += text[logged..].rfind('\n').map(|i| i + 1).unwrap_or(0);
-            }
-        }
+        log_lines(reader.poll()?);
         if let Some(status) = vm.try_exit()? {
+            // What qemu wrote between the last read and its exit.
+            log_lines(reader.poll()?);
+            log_lines(reader.flush());
             if status.success() {
-                ctx.log.line("the installer powered the VM off");
-                return Ok(StageResult::default());
+                ctx.log.line("qemu exited: the installer powered the VM off (or rebooted, or the kernel panicked)");
+                return Ok(reader.tail());
             }
             bail!("qemu failed ({status}): {}", vm.stderr().trim());
         }
+        let text = reader.tail();
         waiting = match (stall::waiting_question(&text), waiting.take()) {
             (Some(q), Some((prev, since))) if q == prev => {
                 if since.elapsed() >= stall {
@@ -370,6 +453,95 @@ fn watch(vm: &mut Vm, timeout: Duration, stall: Duration, ctx: &StageContext) ->
     }
 }
 
+/// The console's last 15 lines, reaching back (at most 40) to a kernel panic's first line,
+/// whose call trace would otherwise hide the reason.
+fn last_lines(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let mut start = lines.len().saturating_sub(15);
+    if let Some(panic) = lines.iter().rposition(|l| l.contains("Kernel panic")) {
+        start = start.min(panic.max(lines.len().saturating_sub(40)));
+    }
+    lines[start..].join("\n")
+}
+
+/// How much of the console the watcher keeps: enough for a full installer screen with its
+/// escape sequences (the stall detector looks at the last 25 lines).
+const CONSOLE_TAIL: usize = 64 << 10;
+
+/// Reads a growing console file incrementally: one open handle, only the bytes added since
+/// the last read, complete lines handed out once, and a bounded tail of recent text.
+pub struct ConsoleReader {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    /// Bytes after the last newline, waiting for the rest of their line.
+    partial: Vec<u8>,
+    /// The most recent bytes, at most `limit` of them.
+    recent: std::collections::VecDeque<u8>,
+    limit: usize,
+}
+
+impl ConsoleReader {
+    pub fn new(path: &Path, limit: usize) -> ConsoleReader {
+        ConsoleReader {
+            path: path.to_path_buf(),
+            file: None,
+            partial: Vec::new(),
+            recent: std::collections::VecDeque::new(),
+            limit,
+        }
+    }
+
+    /// The complete lines written since the last call (a file not yet created has none).
+    pub fn poll(&mut self) -> Result<Vec<String>> {
+        use std::io::Read;
+        if self.file.is_none() {
+            match std::fs::File::open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.path.display())),
+            }
+        }
+        let mut buf = [0u8; 64 << 10];
+        let mut lines = Vec::new();
+        loop {
+            let file = self.file.as_mut().expect("opened above");
+            let n = file.read(&mut buf).with_context(|| format!("cannot read {}", self.path.display()))?;
+            if n == 0 {
+                break;
+            }
+            let new = &buf[..n];
+            self.recent.extend(new);
+            let excess = self.recent.len().saturating_sub(self.limit);
+            self.recent.drain(..excess);
+            self.partial.extend_from_slice(new);
+            if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
+                let rest = self.partial.split_off(end + 1);
+                let done = std::mem::replace(&mut self.partial, rest);
+                lines.extend(String::from_utf8_lossy(&done).lines().map(str::to_string));
+            } else if self.partial.len() > self.limit {
+                // A console that never ends its line is still logged, in pieces.
+                lines.extend(self.flush());
+            }
+        }
+        Ok(lines)
+    }
+
+    /// The unfinished last line, as a line of its own (once the writer is gone).
+    pub fn flush(&mut self) -> Vec<String> {
+        let rest = std::mem::take(&mut self.partial);
+        String::from_utf8_lossy(&rest).lines().map(str::to_string).collect()
+    }
+
+    /// The recent text, unfinished line included (a waiting prompt has no newline).
+    pub fn tail(&self) -> String {
+        let (a, b) = self.recent.as_slices();
+        let mut bytes = Vec::with_capacity(a.len() + b.len());
+        bytes.extend_from_slice(a);
+        bytes.extend_from_slice(b);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,5 +555,60 @@ mod tests {
         assert_eq!(kernel_cmdline("console=ttyS0,115200 quiet", false), "console=ttyS0,115200 quiet");
         assert_eq!(kernel_cmdline("inst.text", true), "inst.text inst.ks=file:/ks.cfg console=ttyS0,115200");
         assert_eq!(kernel_cmdline("inst.ks=http://x/ks.cfg", true), "inst.ks=http://x/ks.cfg console=ttyS0,115200");
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::{last_lines, ConsoleReader};
+
+    #[test]
+    fn a_kernel_panic_is_quoted_from_its_first_line() {
+        let mut console = String::from("booting\nKernel panic - not syncing: VFS: Unable to mount root fs\n");
+        for i in 0..20 {
+            console.push_str(&format!("trace {i}\n"));
+        }
+        let quoted = last_lines(&console);
+        assert!(quoted.starts_with("Kernel panic") && quoted.ends_with("trace 19"), "{quoted}");
+        let quiet: String = (0..30).map(|i| format!("line {i}\n")).collect();
+        assert!(last_lines(&quiet).starts_with("line 15\n"));
+    }
+    use std::io::Write;
+
+    #[test]
+    fn only_new_complete_lines_are_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut reader = ConsoleReader::new(&path, 1 << 10);
+        assert!(reader.poll().unwrap().is_empty(), "no file yet");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"one\ntw").unwrap();
+        assert_eq!(reader.poll().unwrap(), ["one"]);
+        assert!(reader.poll().unwrap().is_empty(), "nothing new, nothing returned");
+        f.write_all(b"o\nthree\nPrompt: '?' for help>").unwrap();
+        assert_eq!(reader.poll().unwrap(), ["two", "three"]);
+        assert!(reader.tail().ends_with("three\nPrompt: '?' for help>"), "the tail keeps the open line");
+        assert_eq!(reader.flush(), ["Prompt: '?' for help>"]);
+    }
+
+    #[test]
+    fn the_tail_is_bounded_and_multibyte_text_survives_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut reader = ConsoleReader::new(&path, 100);
+        // A character split across two writes comes out whole.
+        f.write_all(&"é\n".as_bytes()[..1]).unwrap();
+        assert!(reader.poll().unwrap().is_empty());
+        f.write_all(&"é\n".as_bytes()[1..]).unwrap();
+        assert_eq!(reader.poll().unwrap(), ["é"]);
+        for i in 0..1000 {
+            writeln!(f, "line {i}").unwrap();
+        }
+        let lines = reader.poll().unwrap();
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(lines[999], "line 999");
+        let tail = reader.tail();
+        assert!(tail.len() <= 100 && tail.ends_with("line 999\n"), "{tail}");
     }
 }
