@@ -375,3 +375,14 @@ fn package_names_with_shell_characters_are_refused() {
     );
     rejected(&uninstall, &[], &["stages[0].sysprep.customize[0].uninstall[0]", "not a package name"]);
 }
+
+#[test]
+fn sysprep_keys_of_an_operation_that_does_not_run_are_errors() {
+    for (key, value) in
+        [("scripts", "[\"base.qcow2\"]"), ("customize", "[{ mkdir = \"/x\" }]"), ("hostname", "\"web1\"")]
+    {
+        let text = GOOD
+            .replace("hostname = \"{{ Host }}\"\nfstrim = true", &format!("enable = [\"tmp-files\"]\n{key} = {value}"));
+        rejected(&text, &[], &[&format!("stages[0].sysprep.{key}"), "operation is not selected"]);
+    }
+}

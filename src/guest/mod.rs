@@ -9,6 +9,7 @@
 //! message in private fields with no `Display`, and it has no event callbacks, so neither
 //! the error text nor the appliance log could reach the user.
 
+pub mod customize;
 pub mod inspect;
 
 use crate::engine::log::StageLog;

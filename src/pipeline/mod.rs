@@ -271,14 +271,14 @@ mod tests {
         let pl = load(&p, &["values.Host=web1".into(), "stages[0].sysprep.fstrim=false".into()]).unwrap();
         match &pl.file.stages[0] {
             StageConfig::Sysprep(s) => {
-                assert_eq!(s.hostname, "web1");
+                assert_eq!(s.hostname(), "web1");
                 assert!(!s.fstrim);
             }
             other => panic!("{other:?}"),
         }
         // A number-looking value for a string key stays a string.
         let pl = load(&p, &["stages[0].sysprep.hostname=1234".into()]).unwrap();
-        assert!(matches!(&pl.file.stages[0], StageConfig::Sysprep(s) if s.hostname == "1234"));
+        assert!(matches!(&pl.file.stages[0], StageConfig::Sysprep(s) if s.hostname() == "1234"));
     }
 
     #[test]

@@ -260,9 +260,9 @@ pub struct SysprepConfig {
     /// Run the default set less these.
     #[serde(default)]
     pub disable: Option<Vec<String>>,
-    /// The name the `hostname` operation writes.
-    #[serde(default = "default_hostname")]
-    pub hostname: String,
+    /// The name the `hostname` operation writes (`localhost.localdomain` when not given).
+    #[serde(default)]
+    pub hostname: Option<String>,
     /// Steps for the `customize` operation, in the customize stage's vocabulary.
     #[serde(default)]
     pub customize: Vec<CustomizeStep>,
@@ -279,6 +279,13 @@ pub struct SysprepConfig {
     pub zero_free_space: bool,
     #[serde(default)]
     pub fstrim: bool,
+}
+
+impl SysprepConfig {
+    /// The name the `hostname` operation writes.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(default_hostname)
+    }
 }
 
 /// `[stages.publish]`: xz into a signed virt-builder repository.

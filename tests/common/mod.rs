@@ -43,7 +43,15 @@ pub fn gnupg_home(dir: &Path) -> PathBuf {
 
 /// Runs `pipeline ARGS` in `cwd` with a GnuPG home and returns its output.
 pub fn pipeline(cwd: &Path, gnupg: &Path, args: &[&str]) -> Output {
-    let out = Command::new(bin()).args(args).current_dir(cwd).env("GNUPGHOME", gnupg).output().expect("run pipeline");
+    // The trust store of repository pins lives in the user's config directory: one per test.
+    let config = gnupg.parent().unwrap_or(gnupg).join("xdg-config");
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("GNUPGHOME", gnupg)
+        .env("XDG_CONFIG_HOME", config)
+        .output()
+        .expect("run pipeline");
     eprintln!(
         "$ pipeline {}\n--- stdout\n{}--- stderr\n{}--- exit {:?}",
         args.join(" "),

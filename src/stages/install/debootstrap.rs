@@ -4,10 +4,10 @@
 
 use crate::bad_input;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::guest::customize;
 use crate::guest::{Drive, Guest};
 use crate::image::qemu_img;
 use crate::pipeline::DebootstrapConfig;
-use crate::stages::customize;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;

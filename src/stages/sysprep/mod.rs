@@ -141,7 +141,20 @@ impl SysprepStage {
         let shown = pipeline.path.display();
         config.env = pipeline.stage_env(&config.env, &format!("{at}.env"))?;
         let operations = selected(&config).map_err(|e| bad_input!("{shown}: {at}: {e}"))?;
-        let mut files = crate::stages::customize::check_steps(&config.customize, pipeline, &format!("{at}.customize"))?;
+        // A key whose operation does not run would be ignored without a word.
+        for (key, given, op) in [
+            ("scripts", !config.scripts.is_empty(), "script"),
+            ("customize", !config.customize.is_empty(), "customize"),
+            ("hostname", config.hostname.is_some(), "hostname"),
+        ] {
+            if given && !operations.iter().any(|o| o.name == op) {
+                return Err(bad_input!(
+                    "{shown}: {at}.{key}: the `{op}` operation is not selected, so `{key}` would be ignored; \
+                     add `{op}` to `enable` (or remove it from `disable`), or drop `{key}`"
+                ));
+            }
+        }
+        let mut files = crate::guest::customize::check_steps(&config.customize, pipeline, &format!("{at}.customize"))?;
         for (i, script) in config.scripts.iter().enumerate() {
             let path = pipeline.resolve(script);
             if !path.is_file() {
@@ -149,7 +162,7 @@ impl SysprepStage {
             }
             files.push(path);
         }
-        let timeout = crate::stages::customize::command_timeout(&config.timeout, pipeline, &format!("{at}.timeout"))?;
+        let timeout = crate::guest::customize::command_timeout(&config.timeout, pipeline, &format!("{at}.timeout"))?;
         Ok(SysprepStage { config, operations, files, dir: pipeline.dir.clone(), timeout })
     }
 }
@@ -166,7 +179,7 @@ impl Stage for SysprepStage {
     fn config(&self) -> serde_json::Value {
         serde_json::json!({
             "operations": self.operations.iter().map(|op| op.name).collect::<Vec<_>>(),
-            "hostname": self.config.hostname,
+            "hostname": self.config.hostname(),
             "zero_free_space": self.config.zero_free_space,
             "fstrim": self.config.fstrim,
             "customize": self.config.customize,

@@ -1,7 +1,7 @@
 //! Apply the stage's `customize` steps (the customize stage's vocabulary) in the same
 //! appliance launch, as virt-sysprep's customize operation applies its customize options.
 
-use crate::stages::customize::StepRunner;
+use crate::guest::customize::StepRunner;
 use crate::stages::sysprep::{OpContext, Operation};
 
 pub const OPERATION: Operation =

@@ -2,7 +2,7 @@
 //! /etc/sysconfig/network) to the stage's `hostname`, as the customize stage's `hostname`
 //! does. virt-sysprep 1.48 dropped this operation; the seed's command line still names it.
 
-use crate::stages::customize::set_hostname;
+use crate::guest::customize::set_hostname;
 use crate::stages::sysprep::{OpContext, Operation};
 
 pub const OPERATION: Operation = Operation {
@@ -17,5 +17,5 @@ fn run(c: &OpContext) -> anyhow::Result<()> {
     if !c.os.is_linux() {
         return Ok(());
     }
-    set_hostname(c.g, &c.config.hostname, c.os.is_debian_family())
+    set_hostname(c.g, &c.config.hostname(), c.os.is_debian_family())
 }

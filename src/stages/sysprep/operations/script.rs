@@ -1,7 +1,7 @@
 //! Run the stage's `scripts` (host files) inside the guest, one after another; a failing
 //! script fails the stage with its output.
 
-use crate::stages::customize::run_in_guest;
+use crate::guest::customize::run_in_guest;
 use crate::stages::sysprep::{OpContext, Operation};
 
 pub const OPERATION: Operation = Operation {
