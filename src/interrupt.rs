@@ -6,6 +6,8 @@
 //! skips that cleanup. qemu VMs also get a parent-death signal, so even a SIGKILLed run
 //! leaves no VM running (the appliance has libguestfs's own recovery process for that).
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -69,20 +71,23 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// For a child about to exec (`Command::pre_exec`): die with the parent. Only
-/// async-signal-safe calls.
-pub fn die_with_parent() -> std::io::Result<()> {
-    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of ours.
+/// Makes a command's process die with this one (a parent-death signal), so that not even a
+/// SIGKILLed run leaves a VM or a debootstrap behind. The one unsafe call outside the
+/// libguestfs wrapper: std offers no safe way to run code between fork and exec.
+pub fn dies_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure makes only async-signal-safe calls (prctl, getppid), allocates
+    // nothing and touches no memory of the parent's.
     unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // The parent may have died before prctl: then nobody would send the signal.
-        if libc::getppid() == 1 {
-            return Err(std::io::Error::other("the parent process exited"));
-        }
-    }
-    Ok(())
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(std::io::Error::from)?;
+            // The parent may have died before prctl: then nobody would send the signal.
+            if nix::unistd::getppid() == Pid::from_raw(1) {
+                return Err(std::io::Error::other("the parent process exited"));
+            }
+            Ok(())
+        })
+    };
 }
 
 /// SIGTERM to every process below this one, then SIGKILL to those still there after
@@ -90,14 +95,20 @@ pub fn die_with_parent() -> std::io::Result<()> {
 fn stop_descendants() {
     let pids = descendants(std::process::id());
     for &pid in &pids {
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        send(pid, Signal::SIGTERM);
     }
     let deadline = Instant::now() + GRACE;
     while Instant::now() < deadline && pids.iter().any(|&p| alive(p)) {
         std::thread::sleep(Duration::from_millis(100));
     }
     for pid in descendants(std::process::id()) {
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        send(pid, Signal::SIGKILL);
+    }
+}
+
+fn send(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
     }
 }
 
@@ -165,7 +176,7 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         for p in found {
-            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            send(p, Signal::SIGKILL);
         }
     }
 }

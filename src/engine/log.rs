@@ -57,8 +57,7 @@ impl StageLog {
     /// its latest line to `bar`. Returns the exit status; spawning failures are errors.
     pub fn run(&self, cmd: &mut Command, bar: &ProgressBar) -> Result<ExitStatus> {
         self.line(format!("$ {}", super::secrets::describe_command(cmd)));
-        // SAFETY: die_with_parent makes only async-signal-safe calls.
-        unsafe { std::os::unix::process::CommandExt::pre_exec(cmd, crate::interrupt::die_with_parent) };
+        crate::interrupt::dies_with_parent(cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

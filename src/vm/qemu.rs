@@ -6,7 +6,6 @@ use super::Accel;
 use crate::engine::log::StageLog;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -109,8 +108,7 @@ impl Vm {
         if let Some(log) = &log {
             log.line(format!("$ {}", crate::engine::secrets::describe_command(&cmd)));
         }
-        // SAFETY: die_with_parent makes only async-signal-safe calls.
-        unsafe { cmd.pre_exec(crate::interrupt::die_with_parent) };
+        crate::interrupt::dies_with_parent(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
