@@ -14,15 +14,10 @@ use virt_pipeline::vm::qemu::{Vm, VmConfig};
 
 #[test]
 fn debian_bookworm_pipeline_publishes_a_bootable_image() {
-    let base = fixture_dir().join("debian-bookworm");
-    std::fs::create_dir_all(&base).unwrap();
-    let gnupg = gnupg_home(&base);
-    let file = repo_root().join("pipelines/debian-bookworm.toml");
-    let file = file.to_str().unwrap();
-
-    let out = pipeline(&base, &gnupg, &["--work-dir", "work", "run", file]);
-    assert!(out.status.success(), "the main job failed:\n{}", stderr(&out));
-    let layer = stdout(&out).trim().to_string();
+    let fixture = debian_fixture();
+    let (base, gnupg) = (fixture.dir.clone(), fixture.gnupg.clone());
+    let file = fixture.pipeline.to_str().unwrap();
+    let layer = fixture.layer.to_string_lossy().into_owned();
 
     // Everything is cached now; a second run reuses all layers and republishes nothing.
     let plan = pipeline(&base, &gnupg, &["--work-dir", "work", "plan", file]);

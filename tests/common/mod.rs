@@ -311,6 +311,32 @@ pub fn fake_images() -> &'static FakeImages {
     })
 }
 
+/// The debootstrapped Debian 12 of `pipelines/debian-bookworm.toml`, built once per target
+/// directory and shared by every test that needs a real, bootable guest: tests run their
+/// pipelines in `dir` with `--work-dir work` and `GNUPGHOME=gnupg`, and start from it with
+/// `from = { pipeline = "<pipeline>" }` (all of its layers are then cached).
+pub struct DebianFixture {
+    pub dir: PathBuf,
+    pub gnupg: PathBuf,
+    pub pipeline: PathBuf,
+    /// The last layer (after sysprep).
+    pub layer: PathBuf,
+}
+
+pub fn debian_fixture() -> DebianFixture {
+    // Several checkouts on one machine may share one (VIRT_PIPELINE_DEBIAN_FIXTURE=DIR).
+    let dir = std::env::var_os("VIRT_PIPELINE_DEBIAN_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fixture_dir().join("debian-bookworm"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gnupg = gnupg_home(&dir);
+    let file = repo_root().join("pipelines/debian-bookworm.toml");
+    let out = pipeline(&dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "the Debian fixture failed to build:\n{}", stderr(&out));
+    let layer = PathBuf::from(stdout(&out).trim());
+    DebianFixture { dir, gnupg, pipeline: file, layer }
+}
+
 /// Opens disk images read-only in one appliance, mounted by inspection, to check results.
 pub fn open_readonly(images: &[&Path]) -> Guest {
     let g = Guest::new(accel(), None, false).unwrap();
