@@ -503,8 +503,14 @@ fn an_installer_that_panics_installs_nothing_and_leaves_no_layer() {
         dir,
         "p.toml",
         &format!(
-            "version = 1\n[pipeline]\nname = \"panic\"\n[[stages]]\n[stages.install]\nmethod = \"netboot\"\nkernel = \"{d_i}/linux\"\ninitrd = \"{d_i}/initrd.gz\"\nextra_args = \"rdinit=/nonexistent root=/dev/nonexistent panic=1\"\ndisk_size = \"64M\"\n# a hang guard, not a timing assertion\ntimeout = \"10m\"\n"
+            "version = 1\n[pipeline]\nname = \"panic\"\n[[stages]]\n[stages.install]\nmethod = \"netboot\"\nkernel = \"{d_i}/linux\"\ninitrd = \"{d_i}/initrd.gz\"\npreseed = \"preseed.cfg\"\nextra_args = \"rdinit=/nonexistent root=/dev/nonexistent panic=1 passwd/user-password=Arg-Pw-5150\"\ndisk_size = \"64M\"\n# a hang guard, not a timing assertion\ntimeout = \"10m\"\n"
         ),
+    );
+    // The answers file's and the kernel arguments' passwords must reach no log.
+    write_file(
+        dir,
+        "preseed.cfg",
+        "d-i passwd/root-password password Preseed-Pw-8086\nd-i passwd/root-password-again password Preseed-Pw-8086\n",
     );
     let work = dir.join("work");
     let out = pipeline(dir, &gnupg, &["--work-dir", work.to_str().unwrap(), "run", file.to_str().unwrap()]);
@@ -518,4 +524,13 @@ fn an_installer_that_panics_installs_nothing_and_leaves_no_layer() {
         .filter(|n| n != "outputs")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    let logs = walk(&work.join("logs"));
+    assert!(!logs.is_empty());
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("[redacted]"), "the configuration dump shows where secrets were: {}", log.display());
+        for secret in ["Preseed-Pw-8086", "Arg-Pw-5150"] {
+            assert!(!text.contains(secret) && !err.contains(secret), "{secret} in {}", log.display());
+        }
+    }
 }
