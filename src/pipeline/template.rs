@@ -83,6 +83,11 @@ fn render_value(value: &mut Value, at: &str, ctx: &Context) -> Result<(), String
         }
         Value::Table(t) => {
             for (k, v) in t.iter_mut() {
+                // Inline Virter steps are Go templates, rendered by the provision stage
+                // with its own values: `{{.Image}}` is no minijinja syntax.
+                if k == "steps" && at.starts_with("stages[") && at.ends_with("].provision") {
+                    continue;
+                }
                 render_value(v, &format!("{at}.{k}"), ctx)?;
             }
         }
@@ -97,6 +102,14 @@ mod tests {
 
     fn doc(text: &str) -> Value {
         Value::Table(toml::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn inline_virter_steps_are_left_to_the_provision_stage() {
+        let mut d = doc("[values]\nHost = \"web\"\n[[stages]]\n[stages.provision]\nvalues = { H = \"{{ Host }}\" }\nsteps = [{ shell = { script = \"echo {{.H}}\" } }]\n");
+        render_document(&mut d).unwrap();
+        assert_eq!(d["stages"][0]["provision"]["values"]["H"].as_str(), Some("web"));
+        assert_eq!(d["stages"][0]["provision"]["steps"][0]["shell"]["script"].as_str(), Some("echo {{.H}}"));
     }
 
     #[test]
