@@ -1,7 +1,9 @@
 //! Running qemu: the accelerator choice, the VM runner and SSH to a running guest.
 
 pub mod accel;
+pub mod console;
 pub mod qemu;
+pub mod runner;
 pub mod ssh;
 pub use accel::{Accel, AccelChoice};
 
