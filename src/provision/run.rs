@@ -440,4 +440,17 @@ mod tests {
         assert_eq!(crate::error::exit_code(&e), 2);
         assert!(format!("{e}").contains("no-such-engine-here"), "{e}");
     }
+
+    #[test]
+    fn the_example_provisioning_file_loads_and_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let mut values = toml::Table::new();
+        values.insert("Motd".into(), "from the pipeline".into());
+        let p =
+            load(&Source::File(dir.join("provision/web.toml")), &LoadOptions { values, ..Default::default() }).unwrap();
+        assert!(matches!(&p.steps[0], Step::Shell(s) if s.env["MOTD"] == "from the pipeline (web1.example.net)"));
+        check(&p, &dir, &ContainerEngine::default()).unwrap();
+        let sent = inputs(&p, &dir);
+        assert!(sent.iter().any(|f| f.ends_with("provision/files/index.html")), "{sent:?}");
+    }
 }
