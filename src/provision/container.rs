@@ -10,7 +10,6 @@ use super::format::ContainerStep;
 use crate::bad_input;
 use crate::vm::ssh::Endpoint;
 use anyhow::Result;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -113,7 +112,7 @@ fn bind(host: &Path, container: &str, read_only: bool) -> String {
 
 /// `ENGINE create ...`: the environment travels in the process's environment (`-e NAME`
 /// without a value), so neither the key nor step values appear on a command line or in a
-/// log. Returns the command and the environment it sets.
+/// log.
 pub fn create_command(step: &ContainerStep, run: &ContainerRun) -> Command {
     let mut cmd = Command::new(&run.engine.program);
     cmd.arg("create").arg("--name").arg(&run.name).args(["--network", "host"]);
@@ -174,17 +173,17 @@ pub fn container_name(targets: &[Endpoint]) -> String {
     format!("{base}-{suffix:08x}")
 }
 
-/// The program's arguments, for tests and messages.
-pub fn args(cmd: &Command) -> Vec<String> {
+/// The program's arguments, for tests.
+#[cfg(test)]
+pub(crate) fn args(cmd: &Command) -> Vec<String> {
     cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
 }
 
-/// The environment variables a command sets, by name.
-pub fn env_of(cmd: &Command) -> Vec<(String, String)> {
+/// The environment variables a command sets, with their values, for tests.
+#[cfg(test)]
+pub(crate) fn env_of(cmd: &Command) -> Vec<(String, String)> {
     cmd.get_envs()
-        .filter_map(|(k, v)| {
-            Some((k.to_string_lossy().into_owned(), v.map(OsString::from)?.to_string_lossy().into_owned()))
-        })
+        .filter_map(|(k, v)| Some((k.to_string_lossy().into_owned(), v?.to_string_lossy().into_owned())))
         .collect()
 }
 
