@@ -160,7 +160,13 @@ fn bad_stage_keys_are_refused_before_anything_runs() {
     let gnupg = gnupg_home(dir.path());
     write_file(dir.path(), "prov.toml", "version = 1\n[[steps]]\nshell = { script = \"true\" }\n");
     let disk = dir.path().join("disk.qcow2");
-    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("64M").status().unwrap().success());
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .unwrap()
+        .success());
     let cases: &[(&str, &str)] = &[
         ("file = \"prov.toml\"\nsteps = []", "both given"),
         ("memory = \"1024M\"", "no steps"),

@@ -44,7 +44,10 @@ impl ProvisionStage {
         let boot_timeout = humantime::parse_duration(&config.boot_timeout)?;
         let timeout = humantime::parse_duration(&config.timeout)?;
         if qemu_img::parse_size(&config.memory).is_none_or(|m| m < 128 << 20) {
-            return Err(bad_input!("{shown}: {at}.memory: `{}` is not a memory size such as 1024M or 2G (at least 128M)", config.memory));
+            return Err(bad_input!(
+                "{shown}: {at}.memory: `{}` is not a memory size such as 1024M or 2G (at least 128M)",
+                config.memory
+            ));
         }
         if !(1..=256).contains(&config.cpus) {
             return Err(bad_input!("{shown}: {at}.cpus: {} is not a number of CPUs from 1 to 256", config.cpus));
@@ -171,7 +174,13 @@ impl Stage for ProvisionStage {
             bar: &ctx.bar,
             echo: None,
         };
-        provision::run(&self.provisioning, &targets, &run).map_err(|e| if runner.expired() { runner.explain(e) } else { e })?;
+        provision::run(&self.provisioning, &targets, &run).map_err(|e| {
+            if runner.expired() {
+                runner.explain(e)
+            } else {
+                e
+            }
+        })?;
         let [target] = targets;
 
         ctx.bar.set_message("removing the run's SSH key");
