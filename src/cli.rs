@@ -1,8 +1,10 @@
 //! Command-line arguments (clap derive) and nothing else; the work is in `commands`.
 
+use crate::provision::PullPolicy;
 use crate::vm::AccelChoice;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,12 +100,51 @@ pub enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
+    /// Run a Virter provisioning file on machines that already run, over SSH (Virter's
+    /// `vm exec`); exits with a failed step's own exit status.
+    Exec(ExecArgs),
     /// Serve a repository over HTTP for virt-builder clients.
     Serve {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// A Virter provisioning file (version = 1, [values], [env], [[steps]]).
+    #[arg(short = 'p', long = "provision", value_name = "FILE")]
+    pub provision: Option<PathBuf>,
+    /// Override a key of the provisioning, e.g. --set values.Image=x --set env.foo=bar
+    /// --set steps[0].shell.script=env (steps may come from --set alone).
+    #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// The private key to log in with [default: the first of ~/.ssh/id_ed25519, id_ecdsa,
+    /// id_rsa]; a file, since rsync and container steps use it too.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+    /// Host keys to check the targets against [default: ~/.ssh/known_hosts]; a target it
+    /// does not list is trusted for this run (its fingerprint is printed).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Replaces the `pull` of every container step: Always, IfNotExist or Never.
+    #[arg(long, value_name = "POLICY")]
+    pub container_pull_policy: Option<PullPolicy>,
+    /// The container engine for container steps: podman or docker (or a path).
+    #[arg(long, value_name = "PROGRAM", env = "PIPELINE_CONTAINER_ENGINE", default_value = "podman")]
+    pub container_engine: String,
+    /// An option for every container's `create`, replacing the engine's defaults (podman:
+    /// --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=32768:32768); repeat it.
+    #[arg(long = "container-create-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub container_create_args: Option<Vec<String>>,
+    /// How long to keep trying to reach each target's sshd.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// The machines: HOST, USER@HOST, HOST:PORT or USER@HOST:PORT (user root, port 22 by
+    /// default); every step runs on all of them before the next step starts.
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

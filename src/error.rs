@@ -1,4 +1,5 @@
-//! The two kinds of failure the CLI distinguishes: bad input (exit 2, nothing written) and a
+//! The kinds of failure the CLI distinguishes: bad input (exit 2, nothing written), a
+//! provisioning step that failed (exit with the step's own code, as Virter does), and a
 //! stage that failed while running (exit 1).
 
 use std::fmt;
@@ -24,11 +25,51 @@ macro_rules! bad_input {
     };
 }
 
-/// The process exit code for an error: 2 for bad input, 1 for anything else.
+/// A provisioning step (a shell script over SSH, a container, rsync) exited non-zero. The
+/// tool exits with `code`, so scripts that call `pipeline run`/`pipeline exec` see the
+/// step's status, as with Virter.
+#[derive(Debug)]
+pub struct StepFailed {
+    /// The step's exit status (1-255).
+    pub code: i32,
+    /// What failed: "steps[2] (shell) on web1: exit status 7; last lines: ...".
+    pub message: String,
+}
+
+impl fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StepFailed {}
+
+/// The process exit code for an error: 2 for bad input, a failed step's own exit status,
+/// 1 for anything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|cause| cause.downcast_ref::<BadInput>().is_some()) {
-        2
-    } else {
-        1
+        return 2;
+    }
+    match err.chain().find_map(|cause| cause.downcast_ref::<StepFailed>()) {
+        // A status outside 1..=255 (a signal, an unknown status) cannot be an exit code.
+        Some(step) if (1..=255).contains(&step.code) => step.code,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn a_failed_step_gives_its_own_exit_code_through_context() {
+        let err = anyhow::Error::new(StepFailed { code: 7, message: "steps[0] exited 7".into() });
+        let err = Err::<(), _>(err).context("stage provision failed").unwrap_err();
+        assert_eq!(exit_code(&err), 7);
+        let odd = anyhow::Error::new(StepFailed { code: -1, message: "killed by a signal".into() });
+        assert_eq!(exit_code(&odd), 1);
+        assert_eq!(exit_code(&crate::bad_input!("x")), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
     }
 }

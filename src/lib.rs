@@ -10,6 +10,7 @@ pub mod guest;
 pub mod image;
 pub mod interrupt;
 pub mod pipeline;
+pub mod provision;
 pub mod repo;
 pub mod stages;
 pub mod vm;

@@ -9,6 +9,7 @@
 //! message in private fields with no `Display`, and it has no event callbacks, so neither
 //! the error text nor the appliance log could reach the user.
 
+pub mod access;
 pub mod customize;
 pub mod inspect;
 
@@ -612,6 +613,18 @@ impl Guest {
     pub fn owner(&self, path: &str) -> Result<(i64, i64)> {
         let (_, uid, gid) = self.lstat(path)?;
         Ok((uid, gid))
+    }
+
+    /// The modification time of a path as (seconds, nanoseconds), not following symlinks.
+    pub fn mtime(&self, path: &str) -> Result<(i64, i64)> {
+        let p = cstring("lstatns", path)?;
+        let st = unsafe { sys::guestfs_lstatns(self.g, p.as_ptr()) };
+        if st.is_null() {
+            return Err(self.error("lstatns"));
+        }
+        let values = unsafe { ((*st).st_mtime_sec, (*st).st_mtime_nsec) };
+        unsafe { sys::guestfs_free_statns(st) };
+        Ok(values)
     }
 
     fn lstat(&self, path: &str) -> Result<(u32, i64, i64)> {

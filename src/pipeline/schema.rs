@@ -63,6 +63,7 @@ pub enum StageConfig {
     Customize(CustomizeConfig),
     Sysprep(SysprepConfig),
     Publish(PublishConfig),
+    Provision(ProvisionConfig),
 }
 
 impl StageConfig {
@@ -72,6 +73,7 @@ impl StageConfig {
             StageConfig::Customize(_) => "customize",
             StageConfig::Sysprep(_) => "sysprep",
             StageConfig::Publish(_) => "publish",
+            StageConfig::Provision(_) => "provision",
         }
     }
 }
@@ -319,6 +321,48 @@ pub struct PublishConfig {
     pub sign_key: Option<String>,
 }
 
+/// `[stages.provision]`: boots the layer and runs Virter provisioning steps over SSH.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    /// A Virter provisioning file (`version = 1`, `[values]`, `[env]`, `[[steps]]`), used
+    /// unchanged; relative to the pipeline file.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Steps written here instead, in Virter's format (`{ shell = { script = ... } }`).
+    #[serde(default)]
+    pub steps: Option<Vec<toml::Value>>,
+    /// Environment for inline steps, over the pipeline's `[env]` (a file has its own).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Values over the provisioning file's `[values]` (and over the pipeline's `[values]`).
+    #[serde(default)]
+    pub values: toml::Table,
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// How long the guest may take to answer on SSH.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout: String,
+    /// The whole stage (boot, steps, shutdown) may take at most this long.
+    #[serde(default = "default_command_timeout")]
+    pub timeout: String,
+    /// `podman` or `docker` (or a path): runs container steps on the host.
+    #[serde(default = "default_container_engine")]
+    pub container_engine: String,
+    /// `Always`, `IfNotExist` or `Never` for every container step (Virter's
+    /// `--container-pull-policy`).
+    #[serde(default)]
+    pub pull: Option<String>,
+}
+
+fn default_boot_timeout() -> String {
+    "10m".into()
+}
+fn default_container_engine() -> String {
+    "podman".into()
+}
 fn default_disk_size() -> String {
     "4G".into()
 }

@@ -26,6 +26,11 @@ pub struct VmConfig {
     pub network: bool,
     /// TCP ports forwarded from 127.0.0.1 on the host to the guest: (host, guest).
     pub forwards: Vec<(u16, u16)>,
+    /// A QMP control socket (for an ACPI power-button press).
+    pub qmp: Option<PathBuf>,
+    /// A virtio RNG fed from the host: a guest short of entropy at boot (TCG, no RDRAND)
+    /// would otherwise hold up sshd.
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -40,6 +45,8 @@ impl VmConfig {
             no_reboot: false,
             network: true,
             forwards: Vec::new(),
+            qmp: None,
+            rng: false,
         }
     }
 
@@ -74,6 +81,12 @@ impl VmConfig {
                 self.forwards.iter().map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}")).collect();
             cmd.arg("-netdev").arg(format!("user,id=net0{forwards}"));
             cmd.args(["-device", "virtio-net-pci,netdev=net0"]);
+        }
+        if let Some(socket) = &self.qmp {
+            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
+        }
+        if self.rng {
+            cmd.args(["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]);
         }
         if self.no_reboot {
             cmd.arg("-no-reboot");

@@ -42,31 +42,7 @@ pub fn questions_asked(console: &str) -> usize {
     strip_escapes(console).lines().filter(|l| PROMPTS.iter().any(|p| l.contains(p))).count()
 }
 
-/// Removes ANSI escape sequences and carriage returns.
-pub fn strip_escapes(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    while let Some(&n) = chars.peek() {
-                        chars.next();
-                        if n.is_ascii_alphabetic() || n == '~' {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::vm::console::strip_escapes;
 
 #[cfg(test)]
 mod tests {
