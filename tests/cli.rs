@@ -386,3 +386,17 @@ fn sysprep_keys_of_an_operation_that_does_not_run_are_errors() {
         rejected(&text, &[], &[&format!("stages[0].sysprep.{key}"), "operation is not selected"]);
     }
 }
+
+#[test]
+fn inline_virter_steps_keep_their_go_templates() {
+    let dir = setup();
+    let text = "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"p\"\n[values]\nGreeting = \"hi\"\n[[stages]]\n[stages.provision]\n[[stages.provision.steps]]\nshell = { script = \"echo $G\", env = { G = \"{{.Greeting}}\" } }\n";
+    write_file(dir.path(), "p.toml", text);
+    let out = pipeline(dir.path(), dir.path(), &["validate", "p.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = text.replace("{{.Greeting}}", "{{.Missing}}");
+    write_file(dir.path(), "p.toml", &text);
+    let out = pipeline(dir.path(), dir.path(), &["validate", "p.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Missing"), "{}", stderr(&out));
+}
