@@ -54,16 +54,25 @@ fn scratch_dirs(work: &Path) -> Vec<String> {
 const EXISTING_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHByb3Zpc2lvbi10ZXN0LWV4aXN0aW5nLWtleS0wMDAwMDA existing@test";
 
-/// (a) Shell steps run on the booted layer (a multi-line script, the pipeline's env, a
-/// step's own env); their files are in the committed layer; root's authorized_keys is
-/// exactly what the parent layer held: the run's key was authorised and taken out again.
+/// (a) A Virter-shaped provisioning runs on the booted layer: `{{.X}}` templates with the
+/// values (the pipeline's over the stage's defaults), the global `[env]` overridden by a
+/// step's own, a multi-line script (no `set -e`), an rsync glob (Go rules) and a container
+/// step on the host (podman with runc, a local image) with Virter's environment. Their files
+/// are in the committed layer (the container's on the host, through `copy`), and root's
+/// authorized_keys is exactly what the parent layer held: the run's key was authorised and
+/// taken out again.
 #[test]
-fn shell_steps_build_a_layer_that_keeps_no_trace_of_the_run_key() {
+fn a_virter_provisioning_builds_a_layer_that_keeps_no_trace_of_the_run_key() {
     let fixture = debian_fixture();
+    let image = busybox_image();
     let nonce = nonce();
     let body = format!(
-        r#"[env]
+        r#"[values]
+Site = "from the pipeline"
+
+[env]
 GREETING = "hello from the pipeline"
+WHO = "global"
 
 [[stages]]
 [stages.customize]
@@ -74,23 +83,36 @@ steps = [{{ ssh_inject = {{ user = "root", key = "{EXISTING_KEY}" }} }}]
 memory = "1024M"
 boot_timeout = "5m"
 timeout = "20m"
+values = {{ Site = "overridden below", Colour = "blue" }}
 
 [[stages.provision.steps]]
 shell = {{ script = """
 mkdir -p /srv/proof
-echo "$GREETING" > /srv/proof/env
+echo "$GREETING $WHO" > /srv/proof/env
+echo "$SITE" > /srv/proof/template
 for i in 1 2 3; do
   echo "line$i" >> /srv/proof/lines
 done
 false
 echo {nonce} > /srv/proof/nonce
-""" }}
+""", env = {{ WHO = "the step's own", SITE = "{{{{.Site}}}} is {{{{ .Colour }}}}" }} }}
 
 [[stages.provision.steps]]
-shell = {{ script = "echo \"$OWN\" > /srv/proof/own", env = {{ OWN = "the step's own" }} }}
+rsync = {{ source = "files/*.conf", dest = "/srv/proof/" }}
+
+[[stages.provision.steps]]
+[stages.provision.steps.container]
+image = "{image}"
+pull = "Never"
+command = ["sh", "-c", "echo \"targets=$TARGETS\" > /tmp/proof; head -c 35 /root/.ssh/id_rsa >> /tmp/proof; echo >> /tmp/proof; cat /etc/ssh/ssh_config.virter >> /tmp/proof; ls /virter/workspace >> /tmp/proof"]
+copy = {{ source = "/tmp/proof", dest = "container-proof" }}
 "#
     );
-    let (_dir, file) = write_pipeline(&fixture, "provision-shell", &body);
+    let (dir, file) = write_pipeline(&fixture, "provision-virter", &body.replace("overridden below", "{{ Site }}"));
+    std::fs::create_dir_all(dir.path().join("files/sub")).unwrap();
+    for (f, text) in [("a.conf", "A"), ("b.conf", "B"), ("skip.txt", "no"), ("sub/c.conf", "nested")] {
+        std::fs::write(dir.path().join("files").join(f), text).unwrap();
+    }
     let out = pipeline(&fixture.dir, &fixture.gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
@@ -110,13 +132,90 @@ shell = {{ script = "echo \"$OWN\" > /srv/proof/own", env = {{ OWN = "the step's
     assert_eq!(g.ls("/root/.ssh").unwrap(), dir_before, "nothing else left in /root/.ssh");
 
     // The steps ran, in order, as Virter runs them (no `set -e`: `false` did not stop it).
-    assert_eq!(g.read_string("/srv/proof/env").unwrap(), "hello from the pipeline\n");
+    assert_eq!(g.read_string("/srv/proof/env").unwrap(), "hello from the pipeline the step's own\n");
+    assert_eq!(g.read_string("/srv/proof/template").unwrap(), "from the pipeline is blue\n");
     assert_eq!(g.read_string("/srv/proof/lines").unwrap(), "line1\nline2\nline3\n");
     assert_eq!(g.read_string("/srv/proof/nonce").unwrap(), format!("{nonce}\n"));
-    assert_eq!(g.read_string("/srv/proof/own").unwrap(), "the step's own\n");
+    let mut synced = g.ls("/srv/proof").unwrap();
+    synced.retain(|f| f.ends_with(".conf") || f.ends_with(".txt") || f == "sub");
+    synced.sort();
+    assert_eq!(synced, ["a.conf", "b.conf"], "the glob took *.conf of files/ only");
+    assert_eq!(g.read_string("/srv/proof/a.conf").unwrap(), "A");
     drop(g);
 
+    let proof = std::fs::read_to_string(dir.path().join("container-proof")).expect("the container's copy");
+    assert!(proof.contains("targets="), "{proof}");
+    assert!(proof.contains("-----BEGIN OPENSSH PRIVATE KEY-----"), "the run's key is bound in: {proof}");
+    assert!(proof.contains("HostName 127.0.0.1") && proof.contains("Port "), "ssh_config.virter: {proof}");
+    assert!(proof.contains("pipeline.toml"), "the working directory is /virter/workspace: {proof}");
     assert!(scratch_dirs(&fixture.dir.join("work")).is_empty(), "scratch files removed");
+}
+
+/// `pipeline exec` on a machine that already runs (Virter's `vm exec`): the test boots the
+/// fixture with its own key authorised, and a Virter file's steps run on it over the
+/// forwarded port; a failing step's status is the exit code.
+#[test]
+fn pipeline_exec_runs_a_virter_file_on_a_running_vm() {
+    use std::time::Duration;
+    use virt_pipeline::vm::qemu::{Vm, VmConfig};
+    let fixture = debian_fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "exec-test", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let body = format!(
+        "[[stages]]\n[stages.customize]\nsteps = [{{ ssh_inject = {{ user = \"root\", key = \"{}\" }} }}]\n",
+        public.trim()
+    );
+    let (_dir, file) = write_pipeline(&fixture, "exec-target", &body);
+    let out = pipeline(&fixture.dir, &fixture.gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
+
+    let disk = tmp.path().join("vm.qcow2");
+    virt_pipeline::image::qemu_img::create_overlay(&layer, &disk, None).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = VmConfig::new(accel());
+    config.disks.push((disk, "qcow2".into()));
+    config.forwards.push((port, 22));
+    let mut vm = Vm::start(&config, &tmp.path().join("console.log")).unwrap();
+    vm.wait_for_console("login:", Duration::from_secs(480)).unwrap_or_else(|e| panic!("{e:#}"));
+
+    let provisioning = write_file(
+        tmp.path(),
+        "exec.toml",
+        "version = 1\n[values]\nName = \"exec\"\n[env]\nWHO = \"{{ .Name }}\"\n[[steps]]\n[steps.shell]\nscript = \"\"\"\necho \"ran by $WHO\" > /root/exec-proof\ncat /root/exec-proof\n\"\"\"\n",
+    );
+    let known_hosts = tmp.path().join("known_hosts");
+    let target = format!("root@127.0.0.1:{port}");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["--work-dir", "work", "exec", "--ssh-key", key.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+        a.extend(["--known-hosts".to_string(), known_hosts.display().to_string()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        pipeline(tmp.path(), &fixture.gnupg, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // sshd may still be starting after the login prompt: the connection retries.
+    let out = run(&["-p", provisioning.to_str().unwrap(), &target]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logs = std::fs::read_dir(tmp.path().join("work/logs/exec")).unwrap().count();
+    assert!(logs > 0, "exec keeps a log");
+    // The file the step wrote is there, read back by a second run with `--set` alone.
+    let out =
+        run(&["--set", "steps[0].shell.script=test \"$(cat /root/exec-proof)\" = \"ran by exec\" || exit 7", &target]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["--set", "steps[0].shell.script=exit 7", &target]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    vm.kill();
 }
 
 /// (b) A step exiting 7: `pipeline run` exits 7, as Virter does, and no layer is left.

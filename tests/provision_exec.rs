@@ -8,10 +8,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
-
-/// A test image: busybox-static only, imported (no registry here).
-const IMAGE: &str = "local/virt-pipeline-provision-test:1";
 
 /// An sshd of the test's own on 127.0.0.1, stopped on drop.
 struct Sshd {
@@ -88,32 +84,6 @@ impl Keys {
     }
 }
 
-/// Imports the busybox image once per test binary (a rootfs of busybox-static and links).
-fn image() -> &'static str {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let exists = Command::new("podman").args(["image", "exists", IMAGE]).status().expect("podman is installed");
-        if exists.success() {
-            return;
-        }
-        let root = tempfile::tempdir().unwrap();
-        let bin = root.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
-        for tool in ["sh", "echo", "cat", "ls", "mkdir", "env", "head", "grep", "test", "wc", "sleep"] {
-            std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
-        }
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("tar -C '{}' -c . | podman import - {IMAGE} >/dev/null", root.path().display()))
-            .status()
-            .unwrap();
-        assert!(status.success(), "podman import");
-    });
-    IMAGE
-}
-
 /// `pipeline --work-dir W exec ARGS` in `cwd` (the Virter working directory).
 fn exec(cwd: &Path, keys: &Keys, args: &[&str]) -> Output {
     let work = cwd.parent().unwrap().join("pipeline-work");
@@ -156,7 +126,7 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 #[test]
 fn a_virter_file_runs_shell_rsync_and_container_steps_on_two_targets() {
-    let image = image();
+    let image = busybox_image();
     let keys = Keys::new();
     let (s1, s2) = (keys.sshd(), keys.sshd());
     let (_top, work, remote) = setup();
@@ -262,7 +232,7 @@ dest = "copied"
 
 #[test]
 fn a_failing_step_stops_the_run_and_its_status_is_the_exit_code() {
-    let image = image();
+    let image = busybox_image();
     let keys = Keys::new();
     let s = keys.sshd();
     let (_top, work, remote) = setup();

@@ -337,6 +337,37 @@ pub fn debian_fixture() -> DebianFixture {
     DebianFixture { dir, gnupg, pipeline: file, layer }
 }
 
+/// The busybox test image's name.
+pub const BUSYBOX_IMAGE: &str = "local/virt-pipeline-provision-test:1";
+
+/// A container image of busybox-static and its links, imported into podman once (no
+/// registry here); its name.
+pub fn busybox_image() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let exists =
+            Command::new("podman").args(["image", "exists", BUSYBOX_IMAGE]).status().expect("podman is installed");
+        if exists.success() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+        for tool in ["sh", "echo", "cat", "ls", "mkdir", "env", "head", "grep", "test", "wc", "sleep"] {
+            std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+        }
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("tar -C '{}' -c . | podman import - {BUSYBOX_IMAGE} >/dev/null", root.path().display()))
+            .status()
+            .unwrap();
+        assert!(status.success(), "podman import");
+    });
+    BUSYBOX_IMAGE
+}
+
 /// Opens disk images read-only in one appliance, mounted by inspection, to check results.
 pub fn open_readonly(images: &[&Path]) -> Guest {
     let g = Guest::new(accel(), None, false).unwrap();
