@@ -10,6 +10,7 @@
 //! the error text nor the appliance log could reach the user.
 
 pub mod customize;
+pub mod firstboot;
 pub mod inspect;
 
 use crate::engine::log::StageLog;
