@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod customize;
+pub mod firstboot;
 pub mod inspect;
 
 use crate::engine::log::StageLog;

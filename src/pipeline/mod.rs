@@ -127,7 +127,7 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
 }
 
 fn hint(msg: &str) -> &'static str {
-    let planned = ["firstboot", "export"].iter().any(|k| msg.contains(&format!("variant `{k}`")));
+    let planned = ["export"].iter().any(|k| msg.contains(&format!("variant `{k}`")));
     if msg.contains("unknown variant") && planned {
         "; this stage kind of the design is not available in this version (README: Not yet available)"
     } else if msg.contains("unknown variant") && msg.contains("install") {

@@ -62,6 +62,7 @@ pub enum StageConfig {
     Install(InstallConfig),
     Customize(CustomizeConfig),
     Sysprep(SysprepConfig),
+    Firstboot(FirstbootConfig),
     Publish(PublishConfig),
     Provision(ProvisionConfig),
 }
@@ -72,6 +73,7 @@ impl StageConfig {
             StageConfig::Install(_) => "install",
             StageConfig::Customize(_) => "customize",
             StageConfig::Sysprep(_) => "sysprep",
+            StageConfig::Firstboot(_) => "firstboot",
             StageConfig::Publish(_) => "publish",
             StageConfig::Provision(_) => "provision",
         }
@@ -290,6 +292,63 @@ impl SysprepConfig {
     }
 }
 
+/// `[stages.firstboot]`: scripts installed as virt-customize `--firstboot` installs them,
+/// run by booting the layer until the guest powers itself off (or left for the image's
+/// real first boot with `run = false`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstbootConfig {
+    /// Host files, installed as scripts in this order.
+    #[serde(default)]
+    pub scripts: Vec<String>,
+    /// Shell commands, each installed as a script, after `scripts`.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// A masterless `puppet apply` of host manifests and modules.
+    #[serde(default)]
+    pub puppet_apply: Option<PuppetApplyConfig>,
+    /// A `puppet agent` run against a server (the seed's command).
+    #[serde(default)]
+    pub puppet: Option<PuppetAgentConfig>,
+    /// Boot the layer now and wait until the guest powers itself off.
+    #[serde(default = "default_true")]
+    pub run: bool,
+    /// With `run`: the VM's memory and CPUs, and the longest the boot may take.
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PuppetAgentConfig {
+    pub server: String,
+    #[serde(default = "default_puppet_environment")]
+    pub environment: String,
+    /// The node's certificate name; Puppet's default (the guest's FQDN) when not given.
+    #[serde(default)]
+    pub certname: Option<String>,
+    /// More arguments for `puppet agent`, each passed as one word.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PuppetApplyConfig {
+    /// A host manifest file (or directory of manifests).
+    pub manifest: String,
+    /// A host directory of modules, used as the module path.
+    #[serde(default)]
+    pub modules: Option<String>,
+    /// More arguments for `puppet apply`, each passed as one word.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
 /// `[stages.publish]`: xz into a signed virt-builder repository.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -389,6 +448,12 @@ fn default_variant() -> String {
 }
 fn default_hostname() -> String {
     "localhost.localdomain".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_puppet_environment() -> String {
+    "production".into()
 }
 fn default_repo() -> String {
     "repo-index".into()

@@ -3,6 +3,7 @@
 //! operation names, sizes) so that bad input fails before anything runs.
 
 pub mod customize;
+pub mod firstboot;
 pub mod install;
 pub mod provision;
 pub mod publish;
@@ -25,6 +26,7 @@ pub fn build(pipeline: &Pipeline) -> Result<Vec<Box<dyn Stage>>> {
             StageConfig::Install(c) => install::build(c, pipeline, &at)?,
             StageConfig::Customize(c) => Box::new(customize::CustomizeStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Sysprep(c) => Box::new(sysprep::SysprepStage::new(c.clone(), pipeline, &at)?),
+            StageConfig::Firstboot(c) => Box::new(firstboot::FirstbootStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Publish(c) => Box::new(publish::PublishStage::new(c.clone(), &pipeline.path, &at)?),
             StageConfig::Provision(c) => Box::new(provision::ProvisionStage::new(c.clone(), pipeline, &at)?),
         };
