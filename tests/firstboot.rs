@@ -276,7 +276,13 @@ fn puppet_apply_configures_the_layer_without_a_server() {
         "init.pp",
         "class motd(String $text) {\n  file { '/etc/motd-puppet': content => \"${text}\\n\", mode => '0640' }\n}\n",
     );
-    write_file(dir.path(), "site.pp", "class { 'motd': text => 'configured masterless' }\n");
+    // A comment unique to this run: the stage must run (not come from the cache) for its log.
+    let run_id = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+    write_file(
+        dir.path(),
+        "site.pp",
+        &format!("# run {run_id}\nclass {{ 'motd': text => 'configured masterless' }}\n"),
+    );
     let file = write_file(
         dir.path(),
         "p.toml",

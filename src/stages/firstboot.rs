@@ -175,7 +175,9 @@ impl FirstbootStage {
                 "{e:#}\n(the firstboot scripts may still be running, or waiting for something; `timeout` is {})",
                 humantime::format_duration(self.timeout)
             )
-        })
+        })?;
+        ctx.log.line("the guest powered itself off");
+        Ok(())
     }
 }
 
