@@ -11,6 +11,12 @@ pub struct Ui {
     tty: bool,
 }
 
+impl Default for Ui {
+    fn default() -> Ui {
+        Ui::new()
+    }
+}
+
 impl Ui {
     pub fn new() -> Ui {
         let tty = std::io::stderr().is_terminal();
