@@ -3,6 +3,7 @@
 //! operation names, sizes) so that bad input fails before anything runs.
 
 pub mod customize;
+pub mod export;
 pub mod install;
 pub mod publish;
 pub mod sysprep;
@@ -25,6 +26,7 @@ pub fn build(pipeline: &Pipeline) -> Result<Vec<Box<dyn Stage>>> {
             StageConfig::Customize(c) => Box::new(customize::CustomizeStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Sysprep(c) => Box::new(sysprep::SysprepStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Publish(c) => Box::new(publish::PublishStage::new(c.clone(), &pipeline.path, &at)?),
+            StageConfig::Export(c) => Box::new(export::ExportStage::new(c.clone(), pipeline, &at)?),
         };
         stages.push(stage);
     }
