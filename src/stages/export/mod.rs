@@ -93,6 +93,22 @@ impl ExportStage {
             return Err(crate::bad_input!("{shown}: {at}.dest: `{dest_text}` is the root directory"));
         }
         let target = build_target(&config, pipeline, at)?;
+        // An export replaces its dest as a whole: never a directory someone else filled.
+        match std::fs::symlink_metadata(&dest) {
+            Err(_) => {}
+            Ok(m) if m.is_dir() => {
+                let empty = std::fs::read_dir(&dest).map(|mut d| d.next().is_none()).unwrap_or(false);
+                if !empty && !dest.join(MANIFEST).is_file() {
+                    return Err(crate::bad_input!(
+                        "{shown}: {at}.dest: {} exists and holds files that no export wrote (no {MANIFEST}); an export replaces its dest as a whole: name a new directory",
+                        dest.display()
+                    ));
+                }
+            }
+            Ok(_) => {
+                return Err(crate::bad_input!("{shown}: {at}.dest: {} exists and is not a directory", dest.display()))
+            }
+        }
         Ok(ExportStage {
             config,
             target,
@@ -153,8 +169,8 @@ impl Stage for ExportStage {
         v
     }
 
-    /// `dest` must not be inside the layer cache, and an existing `dest` must be an earlier
-    /// export (it is replaced as a whole): checked for every stage before any runs.
+    /// `dest` must not be inside the layer cache (or hold it): checked for every stage before
+    /// any runs.
     fn preflight(&self, settings: &RunSettings) -> Result<()> {
         let layers = normalize(&std::path::absolute(settings.work_dir.join("layers"))?);
         let layers = std::fs::canonicalize(&layers).unwrap_or(layers);
@@ -164,18 +180,6 @@ impl Stage for ExportStage {
         }
         if layers.starts_with(&dest) {
             return Err(self.bad_dest(format!("holds the layer cache {}; export somewhere else", layers.display())));
-        }
-        match std::fs::symlink_metadata(&self.dest) {
-            Err(_) => {}
-            Ok(m) if m.is_dir() => {
-                let empty = std::fs::read_dir(&self.dest).map(|mut d| d.next().is_none()).unwrap_or(false);
-                if !empty && !self.dest.join(MANIFEST).is_file() {
-                    return Err(self.bad_dest(format!(
-                        "exists and holds files that no export wrote (no {MANIFEST}); an export replaces its dest as a whole: name a new directory"
-                    )));
-                }
-            }
-            Ok(_) => return Err(self.bad_dest("exists and is not a directory".into())),
         }
         Ok(())
     }
@@ -215,12 +219,9 @@ impl Stage for ExportStage {
         std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         self.install(out)?;
-        ctx.ui.line(format!(
-            "exported {} ({}) to {}",
-            self.config.target(),
-            manifest.files.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(", "),
-            self.dest.display()
-        ));
+        let mut top: Vec<&str> = manifest.files.iter().map(|(f, _)| f.split('/').next().unwrap_or(f)).collect();
+        top.dedup();
+        ctx.ui.line(format!("exported {} ({}) to {}", self.config.target(), top.join(", "), self.dest.display()));
         Ok(StageResult { inspection: None, record: Some(serde_json::json!({ "dest": self.dest, "id": manifest.id })) })
     }
 
