@@ -298,6 +298,48 @@ fn real_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn stage(dir: &Path, dest: &str) -> Result<ExportStage> {
+        let text = format!(
+            "version = 1\nfrom = {{ image = \"x.qcow2\" }}\n[pipeline]\nname = \"t\"\n[[stages]]\n[stages.export]\ntarget = \"docker\"\ndest = \"{dest}\"\n"
+        );
+        let path = dir.join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        let p = crate::pipeline::load(&path, &[])?;
+        match &p.file.stages[0] {
+            crate::pipeline::StageConfig::Export(c) => ExportStage::new(c.clone(), &p, "stages[0].export"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_export_is_current_while_its_files_are_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let s = stage(d.path(), "out/docker").unwrap();
+        assert_eq!(s.dest, d.path().join("out/docker"), "dest is relative to the pipeline file");
+        let dest = d.path().join("out/docker");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::write(dest.join("rootfs.tar"), "tar").unwrap();
+        let manifest = Manifest {
+            id: "abc".into(),
+            target: "docker".into(),
+            pipeline: "t".into(),
+            layer: "k".into(),
+            files: vec![("rootfs.tar".into(), 3)],
+        };
+        std::fs::write(dest.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
+        assert!(s.output_current(&serde_json::json!({ "id": "abc" })));
+        assert!(!s.output_current(&serde_json::json!({ "id": "another export" })));
+        std::fs::write(dest.join("rootfs.tar"), "changed").unwrap();
+        assert!(!s.output_current(&serde_json::json!({ "id": "abc" })), "a file of another size");
+        std::fs::remove_file(dest.join("rootfs.tar")).unwrap();
+        assert!(!s.output_current(&serde_json::json!({ "id": "abc" })), "a file gone");
+        // An existing export may be replaced; a directory it did not write may not.
+        stage(d.path(), "out/docker").unwrap();
+        let e = stage(d.path(), "out").err().unwrap();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(format!("{e:#}").contains("no export wrote"), "{e:#}");
+    }
+
     #[test]
     fn paths_normalize_without_the_filesystem() {
         assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
