@@ -112,6 +112,9 @@ impl Docker {
                 ));
             }
         }
+        if config.oci {
+            created().map_err(|e| crate::bad_input!("{shown}: {at}.oci: {e} (it sets the image's `created`)"))?;
+        }
         Ok(Docker { config: config.clone(), compression })
     }
 
