@@ -732,6 +732,23 @@ impl Guest {
         self.check("tar_in", unsafe { sys::guestfs_tar_in_opts_argv(self.g, t.as_ptr(), d.as_ptr(), &opts) })
     }
 
+    /// Packs the guest directory `dir` as an uncompressed tar written to the host file
+    /// `tarfile` (a pipe's `/dev/fd/N` works: the caller reads while the appliance writes).
+    pub fn tar_out(&self, dir: &str, tarfile: &Path, opts: &TarOut) -> Result<()> {
+        let (d, t) = (cstring("tar_out", dir)?, cstring("tar_out", &tarfile.to_string_lossy())?);
+        let excludes = cstrings("tar_out", &opts.excludes.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let exclude_ptrs = null_terminated(&excludes);
+        let mut o: sys::guestfs_tar_out_opts_argv = unsafe { std::mem::zeroed() };
+        o.bitmask = (1 << sys::GUESTFS_TAR_OUT_OPTS_NUMERICOWNER) | (1 << sys::GUESTFS_TAR_OUT_OPTS_XATTRS);
+        o.numericowner = opts.numeric_owner as c_int;
+        o.xattrs = opts.xattrs as c_int;
+        if !opts.excludes.is_empty() {
+            o.bitmask |= 1 << sys::GUESTFS_TAR_OUT_OPTS_EXCLUDES;
+            o.excludes = exclude_ptrs.as_ptr();
+        }
+        self.check("tar_out", unsafe { sys::guestfs_tar_out_opts_argv(self.g, d.as_ptr(), t.as_ptr(), &o) })
+    }
+
     /// The value of one extended attribute of `path` (not following a final symlink).
     pub fn lgetxattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
         let (p, n) = (cstring("lgetxattr", path)?, cstring("lgetxattr", name)?);
@@ -760,6 +777,17 @@ impl Drop for Guest {
         // The callback's StageLog is dropped after the handle that could call it.
         self.log.take();
     }
+}
+
+/// Options of [`Guest::tar_out`].
+#[derive(Debug, Clone, Default)]
+pub struct TarOut {
+    /// Owners as numbers, not names: the guest's users, not the appliance's, own the files.
+    pub numeric_owner: bool,
+    /// Extended attributes (`security.capability` and the like), as PAX records.
+    pub xattrs: bool,
+    /// tar `--exclude` patterns, relative to the packed directory (`./proc/*`).
+    pub excludes: Vec<String>,
 }
 
 /// The string-valued inspection getters.

@@ -127,9 +127,9 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
 }
 
 fn hint(msg: &str) -> &'static str {
-    let planned = ["export"].iter().any(|k| msg.contains(&format!("variant `{k}`")));
-    if msg.contains("unknown variant") && planned {
-        "; this stage kind of the design is not available in this version (README: Not yet available)"
+    let planned_target = ["ramdisk", "vagrant", "cloud"].iter().any(|k| msg.contains(&format!("variant `{k}`")));
+    if msg.contains("unknown variant") && planned_target {
+        "; this export target is not available yet: this version exports `docker` only (README: Not yet available)"
     } else if msg.contains("unknown variant") && msg.contains("install") {
         "; each [[stages]] entry holds exactly one stage table such as [stages.sysprep]"
     } else if msg.contains("unknown field") {

@@ -65,6 +65,7 @@ pub enum StageConfig {
     Firstboot(FirstbootConfig),
     Publish(PublishConfig),
     Provision(ProvisionConfig),
+    Export(ExportConfig),
 }
 
 impl StageConfig {
@@ -76,6 +77,7 @@ impl StageConfig {
             StageConfig::Firstboot(_) => "firstboot",
             StageConfig::Publish(_) => "publish",
             StageConfig::Provision(_) => "provision",
+            StageConfig::Export(_) => "export",
         }
     }
 }
@@ -422,6 +424,51 @@ fn default_boot_timeout() -> String {
 fn default_container_engine() -> String {
     "podman".into()
 }
+
+/// `[stages.export]`: the layer as an artifact for another environment, chosen by `target`.
+/// Each target is a variant with its own keys (all take `dest`), so a key of one target
+/// under another is an unknown key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "target", rename_all = "lowercase")]
+pub enum ExportConfig {
+    Docker(DockerExportConfig),
+}
+
+impl ExportConfig {
+    pub fn target(&self) -> &'static str {
+        match self {
+            ExportConfig::Docker(_) => "docker",
+        }
+    }
+
+    /// The directory the artifacts go to, as written in the file.
+    pub fn dest(&self) -> &str {
+        match self {
+            ExportConfig::Docker(c) => &c.dest,
+        }
+    }
+}
+
+/// `target = "docker"`: the root filesystem as a tar for `podman import`, and optionally an
+/// OCI image layout.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerExportConfig {
+    pub dest: String,
+    /// Of `rootfs.tar`: `none`, `gzip` or `zstd`.
+    #[serde(default = "default_docker_compression")]
+    pub compression: String,
+    /// Also write an OCI image layout in `dest/oci`.
+    #[serde(default)]
+    pub oci: bool,
+    /// The image's default command (OCI config `Cmd`); `/bin/bash`, else `/bin/sh`.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// The OCI layout's reference name (`oci:DEST/oci:TAG`).
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
 fn default_disk_size() -> String {
     "4G".into()
 }
@@ -463,4 +510,7 @@ fn default_arch() -> String {
 }
 fn default_format() -> String {
     "raw".into()
+}
+fn default_docker_compression() -> String {
+    "gzip".into()
 }

@@ -4,6 +4,7 @@
 
 pub mod customize;
 pub mod firstboot;
+pub mod export;
 pub mod install;
 pub mod provision;
 pub mod publish;
@@ -29,6 +30,7 @@ pub fn build(pipeline: &Pipeline) -> Result<Vec<Box<dyn Stage>>> {
             StageConfig::Firstboot(c) => Box::new(firstboot::FirstbootStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Publish(c) => Box::new(publish::PublishStage::new(c.clone(), &pipeline.path, &at)?),
             StageConfig::Provision(c) => Box::new(provision::ProvisionStage::new(c.clone(), pipeline, &at)?),
+            StageConfig::Export(c) => Box::new(export::ExportStage::new(c.clone(), pipeline, &at)?),
         };
         stages.push(stage);
     }
