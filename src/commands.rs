@@ -80,6 +80,18 @@ fn settings(g: &GlobalArgs, offline: bool, sign_key: Option<String>) -> Result<R
     Ok(RunSettings { accel, work_dir: g.work_dir.clone(), offline, sign_key, verbose: g.verbose })
 }
 
+/// Checks every stage of the pipeline and of those it starts from against the run's
+/// settings before any of them runs, so bad input in the last pipeline writes nothing.
+fn preflight_chain(p: &Pipeline, engine: &Engine) -> Result<()> {
+    for stage in stages::build(p)? {
+        stage.preflight(&engine.settings)?;
+    }
+    match p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
+        Some(other) => preflight_chain(&pipeline::load(&p.resolve(other), &[])?, engine),
+        None => Ok(()),
+    }
+}
+
 /// Runs a pipeline (first the one it starts `from`, if any) and returns its last layer.
 fn run_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Layer> {
     if depth > 8 {
@@ -110,6 +122,7 @@ fn run_command(
     crate::interrupt::install_handler();
     let ui = Ui::new();
     let engine = Engine::new(settings(g, offline, sign_key)?, options, &ui)?;
+    preflight_chain(&p, &engine)?;
     let layer = run_pipeline(&p, &engine, 0)?;
     if let Some(out) = output {
         let format = match out.extension().and_then(|e| e.to_str()) {
