@@ -3,8 +3,8 @@
 //! operation names, sizes) so that bad input fails before anything runs.
 
 pub mod customize;
-pub mod firstboot;
 pub mod export;
+pub mod firstboot;
 pub mod install;
 pub mod provision;
 pub mod publish;
