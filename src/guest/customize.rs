@@ -11,14 +11,6 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// A guest command timeout such as `30m`, checked as bad input.
-pub fn command_timeout(text: &str, pipeline: &Pipeline, at: &str) -> Result<std::time::Duration> {
-    match humantime::parse_duration(text) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(bad_input!("{}: {at}: `{text}` is not a duration such as 30m or 2h", pipeline.path.display())),
-    }
-}
-
 /// Checks steps before anything runs; returns the host files they read (for the cache key).
 pub fn check_steps(steps: &[CustomizeStep], pipeline: &Pipeline, at: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();

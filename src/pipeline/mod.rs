@@ -37,6 +37,15 @@ impl Pipeline {
         }
     }
 
+    /// A duration key (`30m`, `2h`), checked as bad input naming the key at `at`; zero is
+    /// refused too, since every duration here is a limit on something.
+    pub fn duration(&self, text: &str, at: &str) -> Result<std::time::Duration> {
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err(bad_input!("{}: {at}: `{text}` is not a duration such as 30m or 2h", self.path.display())),
+        }
+    }
+
     /// The environment a stage's commands run with: the file's `[env]` with the stage's own
     /// `env` (at `at`) over it. Names must be shell variable names.
     pub fn stage_env(&self, own: &BTreeMap<String, String>, at: &str) -> Result<BTreeMap<String, String>> {

@@ -2,7 +2,7 @@
 //! written, in one appliance launch, without booting the guest.
 
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
-use crate::guest::customize::{check_steps, command_timeout, step_name, StepRunner};
+use crate::guest::customize::{check_steps, step_name, StepRunner};
 use crate::guest::{Drive, Guest};
 use crate::pipeline::{CustomizeConfig, CustomizeStep, Pipeline};
 use anyhow::{Context, Result};
@@ -21,7 +21,7 @@ impl CustomizeStage {
         let files = check_steps(&config.steps, pipeline, &format!("{at}.steps"))?;
         // The effective environment is part of the configuration, so of the cache key.
         config.env = pipeline.stage_env(&config.env, &format!("{at}.env"))?;
-        let timeout = command_timeout(&config.timeout, pipeline, &format!("{at}.timeout"))?;
+        let timeout = pipeline.duration(&config.timeout, &format!("{at}.timeout"))?;
         Ok(CustomizeStage { config, timeout, files, pipeline_dir: pipeline.dir.clone() })
     }
 

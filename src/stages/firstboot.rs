@@ -111,10 +111,7 @@ impl FirstbootStage {
             return Err(bad_input!("{shown}: {at}.cpus: {cpus} is not a CPU count from 1 to 64"));
         }
         let timeout_text = config.timeout.clone().unwrap_or_else(|| "1h".into());
-        let timeout = match humantime::parse_duration(&timeout_text) {
-            Ok(d) if !d.is_zero() => d,
-            _ => return Err(bad_input!("{shown}: {at}.timeout: `{timeout_text}` is not a duration such as 30m or 2h")),
-        };
+        let timeout = pipeline.duration(&timeout_text, &format!("{at}.timeout"))?;
         Ok(FirstbootStage { config, scripts, manifest, modules, memory, cpus, timeout })
     }
 

@@ -35,14 +35,8 @@ pub struct ProvisionStage {
 impl ProvisionStage {
     pub fn new(config: ProvisionConfig, pipeline: &Pipeline, at: &str) -> Result<ProvisionStage> {
         let shown = pipeline.path.display();
-        for (key, value) in [("boot_timeout", &config.boot_timeout), ("timeout", &config.timeout)] {
-            match humantime::parse_duration(value) {
-                Ok(d) if !d.is_zero() => {}
-                _ => return Err(bad_input!("{shown}: {at}.{key}: `{value}` is not a duration such as 10m or 1h")),
-            }
-        }
-        let boot_timeout = humantime::parse_duration(&config.boot_timeout)?;
-        let timeout = humantime::parse_duration(&config.timeout)?;
+        let boot_timeout = pipeline.duration(&config.boot_timeout, &format!("{at}.boot_timeout"))?;
+        let timeout = pipeline.duration(&config.timeout, &format!("{at}.timeout"))?;
         if qemu_img::parse_size(&config.memory).is_none_or(|m| m < 128 << 20) {
             return Err(bad_input!(
                 "{shown}: {at}.memory: `{}` is not a memory size such as 1024M or 2G (at least 128M)",

@@ -158,8 +158,7 @@ impl NetbootStage {
             }
         }
         for (key, value) in [("timeout", &config.timeout), ("stall_timeout", &config.stall_timeout)] {
-            humantime::parse_duration(value)
-                .map_err(|e| bad_input!("{shown}: {at}.{key}: `{value}` is not a duration such as 5m: {e}"))?;
+            pipeline.duration(value, &format!("{at}.{key}"))?;
         }
         let cmdline = kernel_cmdline(&config.extra_args, config.kickstart.is_some());
         // Answers files and installer arguments carry passwords: never into a log.

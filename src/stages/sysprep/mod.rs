@@ -162,7 +162,7 @@ impl SysprepStage {
             }
             files.push(path);
         }
-        let timeout = crate::guest::customize::command_timeout(&config.timeout, pipeline, &format!("{at}.timeout"))?;
+        let timeout = pipeline.duration(&config.timeout, &format!("{at}.timeout"))?;
         Ok(SysprepStage { config, operations, files, dir: pipeline.dir.clone(), timeout })
     }
 }
