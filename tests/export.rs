@@ -259,7 +259,7 @@ fn bad_export_input_is_refused_before_anything_runs() {
     let fixture = debian_fixture();
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("planned-target", "target = \"ramdisk\"\ndest = \"out\"".into(), "not available yet"),
+        ("unknown-target", "target = \"floppy\"\ndest = \"out\"".into(), "unknown variant `floppy`"),
         ("compression", "target = \"docker\"\ndest = \"out\"\ncompression = \"xz\"".into(), ".compression"),
         ("cmd-without-oci", "target = \"docker\"\ndest = \"out\"\ncmd = [\"/bin/sh\"]".into(), "oci = true"),
         ("bad-tag", "target = \"docker\"\ndest = \"out\"\noci = true\ntag = \"a:b\"".into(), ".tag"),

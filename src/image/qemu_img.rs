@@ -49,6 +49,12 @@ pub fn convert_from(src: &Path, src_format: &str, dst: &Path, format: &str) -> R
     Ok(())
 }
 
+/// A standalone qcow2 with every cluster compressed (what cloud image downloads are).
+pub fn convert_compressed_qcow2(src: &Path, src_format: &str, dst: &Path) -> Result<()> {
+    run(&["convert", "-q", "-c", "-f", src_format, "-O", "qcow2", &src.to_string_lossy(), &dst.to_string_lossy()])?;
+    Ok(())
+}
+
 /// Grows a layer's virtual size.
 pub fn resize(path: &Path, size: &str) -> Result<()> {
     run(&["resize", "-q", "-f", "qcow2", &path.to_string_lossy(), size])?;

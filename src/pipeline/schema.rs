@@ -432,12 +432,16 @@ fn default_container_engine() -> String {
 #[serde(tag = "target", rename_all = "lowercase")]
 pub enum ExportConfig {
     Docker(DockerExportConfig),
+    Ramdisk(RamdiskExportConfig),
+    Cloud(CloudExportConfig),
 }
 
 impl ExportConfig {
     pub fn target(&self) -> &'static str {
         match self {
             ExportConfig::Docker(_) => "docker",
+            ExportConfig::Ramdisk(_) => "ramdisk",
+            ExportConfig::Cloud(_) => "cloud",
         }
     }
 
@@ -445,6 +449,8 @@ impl ExportConfig {
     pub fn dest(&self) -> &str {
         match self {
             ExportConfig::Docker(c) => &c.dest,
+            ExportConfig::Ramdisk(c) => &c.dest,
+            ExportConfig::Cloud(c) => &c.dest,
         }
     }
 }
@@ -467,6 +473,35 @@ pub struct DockerExportConfig {
     /// The OCI layout's reference name (`oci:DEST/oci:TAG`).
     #[serde(default)]
     pub tag: Option<String>,
+}
+
+/// `target = "ramdisk"`: the kernel and the whole root filesystem as a compressed cpio
+/// initramfs that boots with no disk.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RamdiskExportConfig {
+    pub dest: String,
+    /// Of `rootfs.cpio`: `zstd`, `gzip` or `xz` (what the kernel can unpack).
+    #[serde(default = "default_ramdisk_compression")]
+    pub compression: String,
+}
+
+/// `target = "cloud"`: cloud-init installed and configured, as a compressed qcow2.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudExportConfig {
+    pub dest: String,
+    /// Also write `disk.raw`.
+    #[serde(default)]
+    pub raw: bool,
+    /// cloud-init's default user (the one the seed's SSH keys go to); default: the
+    /// distribution's own (`debian` on Debian).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+fn default_ramdisk_compression() -> String {
+    "zstd".into()
 }
 
 fn default_disk_size() -> String {

@@ -182,7 +182,11 @@ impl Vm {
                 return Ok(text);
             }
             if let Some(status) = self.try_exit()? {
-                bail!("qemu exited ({status}) before the console showed `{needle}`: {}", self.stderr().trim());
+                bail!(
+                    "qemu exited ({status}) before the console showed `{needle}`: {}; last lines:\n{}",
+                    self.stderr().trim(),
+                    tail(&self.console_text(), 15)
+                );
             }
             if self.started.elapsed() > timeout {
                 bail!(

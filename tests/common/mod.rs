@@ -457,3 +457,39 @@ pub fn serve_in_background(router: axum::Router) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// A new passphrase-less ed25519 key pair made by ssh-keygen.
+pub struct SshKey {
+    pub private: PathBuf,
+    /// The public key line.
+    pub public: String,
+}
+
+pub fn ssh_keygen(dir: &Path, comment: &str) -> SshKey {
+    let private = dir.join(format!("id_ed25519-{comment}"));
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(&private)
+        .status()
+        .expect("ssh-keygen (openssh-client) is installed by scripts/install-deps");
+    assert!(st.success());
+    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    SshKey { private, public }
+}
+
+/// A free TCP port on 127.0.0.1 for a guest's forwarded port.
+pub fn free_port() -> u16 {
+    virt_pipeline::vm::free_port().unwrap()
+}
+
+/// One command over SSH with OpenSSH's client on a guest's forwarded port; the guest's host
+/// key is new on every boot, so it is not checked.
+pub fn ssh(key: &Path, port: u16, user: &str, command: &str) -> Output {
+    std::process::Command::new("ssh")
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i"])
+        .arg(key)
+        .args(["-p", &port.to_string(), &format!("{user}@127.0.0.1"), command])
+        .output()
+        .expect("ssh (openssh-client) is installed by scripts/install-deps")
+}

@@ -4,6 +4,7 @@
 //! attributes, so ownership, modes, links, device nodes and file capabilities survive) and is
 //! compressed on the host while the appliance writes it.
 
+use super::stream::{self, Blob, Compression, Encoder};
 use super::{Job, Target};
 use crate::guest::inspect::Inspection;
 use crate::guest::{Guest, TarOut};
@@ -12,29 +13,16 @@ use anyhow::{Context, Result};
 use oci_spec::image as oci;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub struct Docker {
     config: DockerExportConfig,
     compression: Compression,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    fn file_name(self) -> &'static str {
-        match self {
-            Compression::None => "rootfs.tar",
-            Compression::Gzip => "rootfs.tar.gz",
-            Compression::Zstd => "rootfs.tar.zst",
-        }
-    }
+/// `rootfs.tar` with the compression's suffix.
+fn file_name(compression: Compression) -> String {
+    format!("rootfs.tar{}", compression.suffix())
 }
 
 /// Left out of the tree (glob patterns; directories stay, emptied): the kernel, its modules
@@ -83,11 +71,12 @@ const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 impl Docker {
     pub fn new(config: &DockerExportConfig, pipeline: &Pipeline, at: &str) -> Result<Docker> {
         let shown = pipeline.path.display();
-        let compression = match config.compression.as_str() {
-            "none" => Compression::None,
-            "gzip" => Compression::Gzip,
-            "zstd" => Compression::Zstd,
-            other => return Err(crate::bad_input!("{shown}: {at}.compression: `{other}` is not none, gzip or zstd")),
+        let compression = match Compression::parse(&config.compression) {
+            Some(c @ (Compression::None | Compression::Gzip | Compression::Zstd)) => c,
+            _ => {
+                let given = &config.compression;
+                return Err(crate::bad_input!("{shown}: {at}.compression: `{given}` is not none, gzip or zstd"));
+            }
         };
         if !config.oci {
             for (key, given) in [("cmd", config.cmd.is_some()), ("tag", config.tag.is_some())] {
@@ -132,7 +121,7 @@ fn valid_tag(tag: &str) -> bool {
 
 impl Target for Docker {
     fn export(&self, job: &mut Job) -> Result<()> {
-        let (g, os) = job.open_overlay()?;
+        let (g, os) = job.open_overlay(false)?;
         job.ctx.bar.set_message("removing what a container does not carry");
         prepare(&g, &os, &job.ctx.log)?;
         let cmd = match &self.config.cmd {
@@ -140,7 +129,7 @@ impl Target for Docker {
             None if g.exists("/bin/bash")? => vec!["/bin/bash".to_string()],
             None => vec!["/bin/sh".to_string()],
         };
-        let tar_path = job.out.join(self.compression.file_name());
+        let tar_path = job.out.join(file_name(self.compression));
         let oci_dir = job.out.join("oci");
         let blobs = oci_dir.join("blobs").join("sha256");
         if self.config.oci {
@@ -150,30 +139,36 @@ impl Target for Docker {
         // rootfs.tar.gz is that very blob, linked rather than compressed twice.
         let separate_layer =
             (self.config.oci && self.compression != Compression::Gzip).then(|| blobs.join("layer.tmp"));
-        let sink = Sink::create(&tar_path, self.compression, separate_layer.as_deref())?;
+        let mut encoders = vec![Encoder::create(&tar_path, self.compression)?];
+        if let Some(layer) = &separate_layer {
+            encoders.push(Encoder::create(layer, Compression::Gzip)?);
+        }
         job.ctx.bar.set_message("packing the root filesystem");
-        let streamed = stream_tar(&g, sink, &job.ctx.bar)?;
+        let opts = TarOut { numeric_owner: true, xattrs: true, excludes: Vec::new() };
+        let streamed =
+            stream::from_guest("the root filesystem", encoders, &job.ctx.bar, |pipe| g.tar_out("/", pipe, &opts))?;
         drop(g);
+        let file = streamed.files[0].clone();
         job.ctx.log.line(format!(
             "wrote {} ({} bytes of tar, {} bytes compressed)",
             tar_path.display(),
-            streamed.tar_bytes,
-            streamed.file.size
+            streamed.bytes,
+            file.size
         ));
         if self.config.oci {
-            let layer = match (&separate_layer, streamed.layer) {
+            let layer = match (&separate_layer, streamed.files.get(1)) {
                 (Some(tmp), Some(layer)) => {
                     std::fs::rename(tmp, blobs.join(&layer.sha256))?;
-                    layer
+                    layer.clone()
                 }
                 _ => {
-                    std::fs::hard_link(&tar_path, blobs.join(&streamed.file.sha256))
-                        .or_else(|_| std::fs::copy(&tar_path, blobs.join(&streamed.file.sha256)).map(|_| ()))?;
-                    streamed.file.clone()
+                    std::fs::hard_link(&tar_path, blobs.join(&file.sha256))
+                        .or_else(|_| std::fs::copy(&tar_path, blobs.join(&file.sha256)).map(|_| ()))?;
+                    file
                 }
             };
             let image = Image {
-                diff_id: &streamed.tar_sha256,
+                diff_id: &streamed.sha256,
                 layer: &layer,
                 arch: &os.arch,
                 cmd,
@@ -221,158 +216,6 @@ fn prepare(g: &Guest, os: &Inspection, log: &crate::engine::log::StageLog) -> Re
         log.line("/usr/sbin/policy-rc.d: exit 101 (no services started by package scripts)");
     }
     Ok(())
-}
-
-/// A file written with its SHA-256 and size counted on the way.
-#[derive(Debug, Clone)]
-struct Blob {
-    sha256: String,
-    size: u64,
-}
-
-struct Hashing<W: Write> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Hashing<W> {
-    fn new(inner: W) -> Hashing<W> {
-        Hashing { inner, hash: Sha256::new(), size: 0 }
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-type FileOut = Hashing<std::io::BufWriter<std::fs::File>>;
-
-fn file_out(path: &Path) -> Result<FileOut> {
-    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(Hashing::new(std::io::BufWriter::with_capacity(1 << 20, f)))
-}
-
-/// Flushes and syncs a finished file.
-fn close(out: FileOut) -> Result<Blob> {
-    let sha256 = hex::encode(out.hash.finalize());
-    let file = out.inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    Ok(Blob { sha256, size: out.size })
-}
-
-enum Encoder {
-    None(FileOut),
-    Gzip(flate2::write::GzEncoder<FileOut>),
-    Zstd(zstd::Encoder<'static, FileOut>),
-}
-
-impl Encoder {
-    fn new(out: FileOut, compression: Compression) -> Result<Encoder> {
-        Ok(match compression {
-            Compression::None => Encoder::None(out),
-            // gzip's own default level; the header's mtime stays 0, so equal input gives equal bytes.
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::default())),
-            Compression::Zstd => Encoder::Zstd(zstd::Encoder::new(out, zstd::DEFAULT_COMPRESSION_LEVEL)?),
-        })
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            Encoder::None(w) => w.write_all(buf),
-            Encoder::Gzip(w) => w.write_all(buf),
-            Encoder::Zstd(w) => w.write_all(buf),
-        }
-    }
-
-    fn finish(self) -> Result<Blob> {
-        close(match self {
-            Encoder::None(w) => w,
-            Encoder::Gzip(w) => w.finish()?,
-            Encoder::Zstd(w) => w.finish()?,
-        })
-    }
-}
-
-/// Where the tar stream goes: the rootfs file, and an OCI layer blob when that is a
-/// different file; the uncompressed stream's digest is the layer's `diff_id`.
-struct Sink {
-    file: Encoder,
-    layer: Option<Encoder>,
-    tar_hash: Sha256,
-    tar_bytes: u64,
-}
-
-struct Streamed {
-    file: Blob,
-    layer: Option<Blob>,
-    tar_sha256: String,
-    tar_bytes: u64,
-}
-
-impl Sink {
-    fn create(path: &Path, compression: Compression, layer: Option<&Path>) -> Result<Sink> {
-        let file = Encoder::new(file_out(path)?, compression)?;
-        let layer = layer.map(|p| Encoder::new(file_out(p)?, Compression::Gzip)).transpose()?;
-        Ok(Sink { file, layer, tar_hash: Sha256::new(), tar_bytes: 0 })
-    }
-
-    fn consume(mut self, mut reader: impl Read, bar: &indicatif::ProgressBar) -> Result<Streamed> {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut shown = 0;
-        loop {
-            crate::interrupt::check()?;
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("cannot read the tar stream"),
-            };
-            self.tar_hash.update(&buf[..n]);
-            self.tar_bytes += n as u64;
-            self.file.write_all(&buf[..n]).context("cannot write the root filesystem tar")?;
-            if let Some(layer) = &mut self.layer {
-                layer.write_all(&buf[..n]).context("cannot write the OCI layer")?;
-            }
-            if self.tar_bytes - shown >= 16 << 20 {
-                shown = self.tar_bytes;
-                bar.set_message(format!("packing the root filesystem: {} MiB", shown >> 20));
-            }
-        }
-        Ok(Streamed {
-            file: self.file.finish().context("cannot write the root filesystem tar")?,
-            layer: self.layer.map(Encoder::finish).transpose().context("cannot write the OCI layer")?,
-            tar_sha256: hex::encode(self.tar_hash.finalize()),
-            tar_bytes: self.tar_bytes,
-        })
-    }
-}
-
-/// Runs `tar_out` of the guest's / into a pipe that `sink` drains on a thread of its own, so
-/// compression overlaps the appliance's work. A sink that fails closes the pipe, which ends
-/// `tar_out` too; its error is the one reported.
-fn stream_tar(g: &Guest, sink: Sink, bar: &indicatif::ProgressBar) -> Result<Streamed> {
-    use std::os::fd::AsRawFd;
-    let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
-    let path = PathBuf::from(format!("/dev/fd/{}", writer.as_raw_fd()));
-    let thread_bar = bar.clone();
-    let drain = std::thread::spawn(move || sink.consume(reader, &thread_bar));
-    let opts = TarOut { numeric_owner: true, xattrs: true, excludes: Vec::new() };
-    let packed = g.tar_out("/", &path, &opts);
-    // The last write end: the sink sees the end of the stream.
-    drop(writer);
-    let drained = drain.join().map_err(|_| anyhow::anyhow!("the tar writer thread panicked"))?;
-    let streamed = drained?;
-    packed.context("cannot pack the root filesystem")?;
-    Ok(streamed)
 }
 
 /// What the OCI layout describes.

@@ -4,7 +4,10 @@
 //! later run skip an export whose inputs did not change. Each target is one file here and
 //! one line in [`build_target`].
 
+mod cloud;
 mod docker;
+mod ramdisk;
+mod stream;
 
 use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
 use crate::guest::inspect::Inspection;
@@ -19,14 +22,23 @@ use std::path::{Component, Path, PathBuf};
 /// that exists without one is not an export's, and is never replaced.
 pub const MANIFEST: &str = "export.json";
 
+/// The throwaway overlay's name in the scratch directory.
+const OVERLAY: &str = "export-overlay.qcow2";
+
 /// One export target: writes its artifacts into an empty directory.
 trait Target {
     fn export(&self, job: &mut Job) -> Result<()>;
+    /// Host files the target reads; their contents go into the cache key.
+    fn inputs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 fn build_target(config: &ExportConfig, pipeline: &Pipeline, at: &str) -> Result<Box<dyn Target>> {
     Ok(match config {
         ExportConfig::Docker(c) => Box::new(docker::Docker::new(c, pipeline, at)?),
+        ExportConfig::Ramdisk(c) => Box::new(ramdisk::Ramdisk::new(c, pipeline, at)?),
+        ExportConfig::Cloud(c) => Box::new(cloud::Cloud::new(c, pipeline, at)?),
     })
 }
 
@@ -55,14 +67,16 @@ pub struct Job<'a, 'b> {
 impl Job<'_, '_> {
     /// A throwaway qcow2 overlay on the layer, in the scratch directory, opened read-write in
     /// an appliance and mounted by inspection: a target changes what it needs there and the
-    /// layer chain stays as it is. One launch per export.
-    pub fn open_overlay(&mut self) -> Result<(Guest, Inspection)> {
-        let overlay = self.scratch.join("export-overlay.qcow2");
+    /// layer chain stays as it is. One launch per export. `network`: the appliance reaches
+    /// the network (for the guest's package manager).
+    pub fn open_overlay(&mut self, network: bool) -> Result<(Guest, Inspection)> {
+        let overlay = self.scratch.join(OVERLAY);
         qemu_img::create_overlay(self.layer, &overlay, None)?;
         self.ctx.bar.set_message("starting the appliance");
         let settings = self.ctx.settings;
         let g = Guest::new(settings.accel, Some(self.ctx.log.clone()), settings.verbose)?;
         g.add_drive(Drive { path: &overlay, format: "qcow2", readonly: false, discard: false })?;
+        g.set_network(network)?;
         g.launch()?;
         let os = g.inspect_and_mount(false)?;
         self.ctx.log.line(format!("exporting {}", os.summary()));
@@ -167,6 +181,10 @@ impl Stage for ExportStage {
             v["source_date_epoch"] = serde_json::json!(epoch);
         }
         v
+    }
+
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.target.inputs()
     }
 
     /// `dest` must not be inside the layer cache (or hold it): checked for every stage before
