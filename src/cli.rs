@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive) and nothing else; the work is in `commands`.
 
 use crate::provision::PullPolicy;
+use crate::seed::Format;
 use crate::vm::AccelChoice;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -103,6 +104,9 @@ pub enum Command {
     /// Run a Virter provisioning file on machines that already run, over SSH (Virter's
     /// `vm exec`); exits with a failed step's own exit status.
     Exec(ExecArgs),
+    /// Write a cloud-init seed ISO (NoCloud or ConfigDrive) from a seed file: instance-id,
+    /// hostname, SSH keys, user-data, files, mounts and network, in Virtlet's model.
+    Seed(SeedArgs),
     /// Serve a repository over HTTP for virt-builder clients.
     Serve {
         dir: PathBuf,
@@ -145,6 +149,21 @@ pub struct ExecArgs {
     /// default); every step runs on all of them before the next step starts.
     #[arg(required = true, value_name = "TARGET")]
     pub targets: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    /// The seed file (TOML); paths in it are relative to it.
+    pub file: PathBuf,
+    /// nocloud (volume cidata) or configdrive (volume config-2, OpenStack's layout).
+    #[arg(long, value_name = "FORMAT", default_value = "nocloud")]
+    pub format: Format,
+    /// The ISO to write (replaced if it exists; nothing is left there on failure).
+    #[arg(long, value_name = "ISO")]
+    pub output: PathBuf,
+    /// Override a key of the seed file, e.g. --set hostname=web1 --set user_data_mode=overwrite
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

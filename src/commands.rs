@@ -1,7 +1,7 @@
 //! What each subcommand does, on top of the library.
 
 use crate::bad_input;
-use crate::cli::{CacheCommand, Cli, Command, ExecArgs, GlobalArgs, PipelineArgs, RepoCommand};
+use crate::cli::{CacheCommand, Cli, Command, ExecArgs, GlobalArgs, PipelineArgs, RepoCommand, SeedArgs};
 use crate::engine::cache::{Cache, Layer};
 use crate::engine::stage::RunSettings;
 use crate::engine::ui::Ui;
@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cache { command } => cache_command(g, command),
         Command::Repo { command } => repo_command(command),
         Command::Exec(args) => exec_command(g, args),
+        Command::Seed(args) => seed_command(&args),
         Command::Serve { dir, listen } => {
             Repo::open(&dir)?;
             crate::repo::serve::serve(&dir, &listen)
@@ -201,6 +202,22 @@ fn exec_command(g: &GlobalArgs, args: ExecArgs) -> Result<()> {
     bar.finish_and_clear();
     result?;
     ui.line(format!("{} step(s) ran on {} target(s) (log: {})", p.steps.len(), targets.len(), log.path().display()));
+    Ok(())
+}
+
+/// `pipeline seed`: the seed file is read and checked in full (bad input, exit 2) before
+/// the ISO is written.
+fn seed_command(args: &SeedArgs) -> Result<()> {
+    let seed = crate::seed::Seed::load(&args.file, &args.sets)?;
+    crate::seed::write_iso(&seed, args.format, &args.output)?;
+    let files: Vec<String> = seed.files(args.format).into_iter().map(|(name, _)| name).collect();
+    println!(
+        "wrote {} ({}, volume {}: {})",
+        args.output.display(),
+        args.format,
+        args.format.volume_id(),
+        files.join(", ")
+    );
     Ok(())
 }
 

@@ -12,5 +12,6 @@ pub mod interrupt;
 pub mod pipeline;
 pub mod provision;
 pub mod repo;
+pub mod seed;
 pub mod stages;
 pub mod vm;
