@@ -498,6 +498,16 @@ pub struct CloudExportConfig {
     /// distribution's own (`debian` on Debian).
     #[serde(default)]
     pub user: Option<String>,
+    /// A seed file (`pipeline seed`'s format): `seed.iso` is written beside the image.
+    #[serde(default)]
+    pub seed: Option<String>,
+    /// Of `seed.iso`: `nocloud` or `configdrive`.
+    #[serde(default = "default_seed_format")]
+    pub seed_format: crate::seed::Format,
+}
+
+fn default_seed_format() -> crate::seed::Format {
+    crate::seed::Format::NoCloud
 }
 
 fn default_ramdisk_compression() -> String {

@@ -10,6 +10,7 @@ use crate::guest::customize::{set_root_password, StepRunner};
 use crate::guest::Guest;
 use crate::image::qemu_img;
 use crate::pipeline::{CloudExportConfig, CustomizeStep, Pipeline};
+use crate::seed::{self, Format, Seed};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ use std::time::Duration;
 
 pub struct Cloud {
     config: CloudExportConfig,
+    /// The seed written beside the image, read and checked when the pipeline is loaded.
+    seed: Option<Seed>,
     /// The pipeline's `[env]` (a proxy for the package manager, say).
     env: BTreeMap<String, String>,
     dir: PathBuf,
@@ -54,11 +57,28 @@ impl Cloud {
                 ));
             }
         }
-        Ok(Cloud { config: config.clone(), env: pipeline.file.env.clone(), dir: pipeline.dir.clone() })
+        if config.seed.is_none() && config.seed_format != Format::NoCloud {
+            return Err(crate::bad_input!(
+                "{}: {at}.seed_format: it is the format of the seed ISO; name the seed file with `seed`",
+                pipeline.path.display()
+            ));
+        }
+        let seed = match &config.seed {
+            Some(file) => Some(
+                Seed::load(&pipeline.resolve(file), &[])
+                    .with_context(|| format!("{}: {at}.seed", pipeline.path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Cloud { config: config.clone(), seed, env: pipeline.file.env.clone(), dir: pipeline.dir.clone() })
     }
 }
 
 impl Target for Cloud {
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.seed.as_ref().map(Seed::inputs).unwrap_or_default()
+    }
+
     fn export(&self, job: &mut Job) -> Result<()> {
         // The network only matters when cloud-init must be installed; an appliance cannot be
         // given one after its launch, and user-mode networking costs nothing when unused.
@@ -105,6 +125,17 @@ impl Target for Cloud {
             let raw = job.out.join("disk.raw");
             qemu_img::convert_from(&overlay, "qcow2", &raw, "raw")?;
             log.line(format!("wrote {} (raw, sparse)", raw.display()));
+        }
+        if let Some(seed) = &self.seed {
+            let iso = job.out.join("seed.iso");
+            job.ctx.bar.set_message("writing the seed ISO");
+            seed::write_iso_logged(seed, self.config.seed_format, &iso, log, &job.ctx.bar)?;
+            log.line(format!(
+                "wrote {} ({} seed, instance {})",
+                iso.display(),
+                self.config.seed_format,
+                seed.instance_id()
+            ));
         }
         Ok(())
     }
