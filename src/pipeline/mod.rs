@@ -7,7 +7,6 @@ pub mod template;
 
 use crate::bad_input;
 use anyhow::Result;
-use overrides::Override;
 pub use schema::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,56 +82,16 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| bad_input!("cannot read pipeline file {shown}: {e}"))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| bad_input!("{shown}: {}", e.to_string().trim_end()))?;
-    let overrides =
-        sets.iter().map(|s| Override::parse(s)).collect::<Result<Vec<_>, _>>().map_err(|e| bad_input!("{e}"))?;
-    // A --set whose text looked like a number or bool is retried as a string when the schema
-    // wants a string there: values are typed by the schema, not by how they look.
-    let mut as_string = vec![false; overrides.len()];
-    loop {
-        let mut doc = toml::Value::Table(table.clone());
-        for (ov, s) in overrides.iter().zip(&as_string) {
-            overrides::apply(&mut doc, ov, *s).map_err(|e| bad_input!("{e}"))?;
-        }
-        template::render_document(&mut doc).map_err(|e| bad_input!("{shown}: {e}"))?;
-        match serde_path_to_error::deserialize::<_, PipelineFile>(doc) {
-            Ok(file) => {
-                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-                let pipeline = Pipeline { path: path.to_path_buf(), dir, file };
-                check(&pipeline)?;
-                register_secrets(&pipeline)?;
-                return Ok(pipeline);
-            }
-            Err(err) => {
-                let at = err.path().to_string();
-                // toml's messages end with a line saying where, which the path already says.
-                let msg = err.inner().to_string();
-                let msg = msg.split("\nin `").next().unwrap_or(&msg).trim_end().to_string();
-                let culprit = overrides.iter().position(|ov| ov.path_string() == at);
-                if let Some(i) = culprit {
-                    if !as_string[i] && msg.contains("invalid type") && msg.contains("expected a string") {
-                        as_string[i] = true;
-                        continue;
-                    }
-                    if msg.contains("unknown field") || msg.contains("unknown variant") {
-                        return Err(bad_input!("--set {at}: no such key in the pipeline schema: {msg}"));
-                    }
-                }
-                if let Some(ov) =
-                    overrides.iter().find(|ov| at.starts_with(&ov.path_string()) || ov.path_string().starts_with(&at))
-                {
-                    if msg.contains("unknown field") || msg.contains("unknown variant") {
-                        return Err(bad_input!(
-                            "--set {}: no such key in the pipeline schema ({at}: {msg})",
-                            ov.path_string()
-                        ));
-                    }
-                }
-                let at = if at == "." { String::new() } else { format!("{at}: ") };
-                return Err(bad_input!("{shown}: {at}{msg}{}", hint(&msg)));
-            }
-        }
-    }
+    let origin = shown.to_string();
+    let document = overrides::Document { origin: &origin, schema: "the pipeline schema", hint };
+    let file: PipelineFile =
+        overrides::deserialize_with_sets(&toml::Value::Table(table), sets, &document, template::render_document)?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let pipeline = Pipeline { path: path.to_path_buf(), dir, file };
+    check(&pipeline)?;
+    register_secrets(&pipeline)?;
+    Ok(pipeline)
 }
 
 fn hint(msg: &str) -> &'static str {

@@ -1,8 +1,65 @@
 //! `--set key.path=value`, helm/Virter style: `values.Image=x`, `stages[1].sysprep.fstrim=false`.
 //! A value takes the type of the key it replaces; a new key gets the TOML type its text has
-//! (and is retried as a string if the schema wants one, see `pipeline::load`).
+//! (and is retried as a string if the schema wants one, see [`deserialize_with_sets`]).
 
+use crate::bad_input;
 use toml::Value;
+
+/// The kind of document `--set`s apply to, for [`deserialize_with_sets`]'s messages.
+pub struct Document<'a> {
+    /// The file, as shown in messages.
+    pub origin: &'a str,
+    /// What its keys are called: "the pipeline schema", "a seed file".
+    pub schema: &'a str,
+    /// Added to a message about the file's own content (not a `--set`'s).
+    pub hint: fn(&str) -> &'static str,
+}
+
+/// Applies the `--set`s to `doc`, then `prepare` (template rendering), and reads the result
+/// as a `T`. A `--set` whose text looked like a number or a boolean is retried as a string
+/// where the schema wants another type: values are typed by the schema, not by how they
+/// look. Every error is bad input naming the `--set` responsible, or the file and the key.
+pub fn deserialize_with_sets<T: serde::de::DeserializeOwned>(
+    doc: &Value,
+    sets: &[String],
+    document: &Document,
+    prepare: impl Fn(&mut Value) -> Result<(), String>,
+) -> anyhow::Result<T> {
+    let origin = document.origin;
+    let sets: Vec<Override> =
+        sets.iter().map(|s| Override::parse(s)).collect::<Result<_, _>>().map_err(|e| bad_input!("{e}"))?;
+    let mut as_string = vec![false; sets.len()];
+    loop {
+        let mut doc = doc.clone();
+        for (ov, s) in sets.iter().zip(&as_string) {
+            apply(&mut doc, ov, *s).map_err(|e| bad_input!("{e}"))?;
+        }
+        prepare(&mut doc).map_err(|e| bad_input!("{origin}: {e}"))?;
+        let err = match serde_path_to_error::deserialize::<_, T>(doc) {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        let at = err.path().to_string();
+        // toml's messages end with a line saying where, which the path already says.
+        let msg = err.inner().to_string();
+        let msg = msg.split("\nin `").next().unwrap_or(&msg).trim_end().to_string();
+        if let Some(i) = sets.iter().position(|ov| ov.path_string() == at) {
+            if !as_string[i] && msg.contains("invalid type") && !sets[i].raw.is_empty() {
+                as_string[i] = true;
+                continue;
+            }
+        }
+        let unknown = msg.contains("unknown field") || msg.contains("unknown variant");
+        if let Some(ov) = sets.iter().find(|ov| at.starts_with(&ov.path_string()) || ov.path_string().starts_with(&at))
+        {
+            if unknown {
+                return Err(bad_input!("--set {}: no such key in {} ({at}: {msg})", ov.path_string(), document.schema));
+            }
+        }
+        let at = if at == "." { String::new() } else { format!("{at}: ") };
+        return Err(bad_input!("{origin}: {at}{msg}{}", (document.hint)(&msg)));
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Segment {

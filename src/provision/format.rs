@@ -7,7 +7,7 @@
 
 use super::gotemplate;
 use crate::bad_input;
-use crate::pipeline::overrides::{self, Override};
+use crate::pipeline::overrides;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -311,53 +311,19 @@ pub fn load(source: &Source, opts: &LoadOptions) -> Result<Provisioning> {
     Ok(Provisioning { origin, values: raw.values, env: raw.env, steps })
 }
 
-/// Applies the `--set`s and reads the result into the raw format, with errors that name
-/// the file or the `--set` responsible. A `--set` whose text looks like a number or a
-/// boolean is retried as a string where the format wants one.
+/// Applies the `--set`s and reads the result into the raw format.
 fn apply_sets(doc: toml::Value, origin: &str, sets: &[String]) -> Result<RawFile> {
-    let sets: Vec<Override> =
-        sets.iter().map(|s| Override::parse(s)).collect::<Result<_, _>>().map_err(|e| bad_input!("{e}"))?;
-    let mut as_string = vec![false; sets.len()];
-    loop {
-        let mut doc = doc.clone();
-        for (ov, s) in sets.iter().zip(&as_string) {
-            overrides::apply(&mut doc, ov, *s).map_err(|e| bad_input!("{e}"))?;
-        }
-        match serde_path_to_error::deserialize::<_, RawFile>(doc) {
-            Ok(raw) => return Ok(raw),
-            Err(err) => {
-                let at = err.path().to_string();
-                let msg = err.inner().to_string();
-                let msg = msg.split("\nin `").next().unwrap_or(&msg).trim_end().to_string();
-                let unknown = msg.contains("unknown field") || msg.contains("unknown variant");
-                if let Some(i) = sets.iter().position(|ov| ov.path_string() == at) {
-                    if !as_string[i] && msg.contains("invalid type") && msg.contains("expected a string") {
-                        as_string[i] = true;
-                        continue;
-                    }
-                }
-                if let Some(ov) =
-                    sets.iter().find(|ov| at.starts_with(&ov.path_string()) || ov.path_string().starts_with(&at))
-                {
-                    if unknown {
-                        return Err(bad_input!(
-                            "--set {}: no such key in a provisioning file ({at}: {msg})",
-                            ov.path_string()
-                        ));
-                    }
-                }
-                let hint = if msg.contains("expected one of `shell`, `rsync`, `container`") {
-                    "; this tool runs Virter's step types: [steps.shell], [steps.rsync] and [steps.container]"
-                } else if unknown {
-                    "; check the spelling against Virter's provisioning format (README: Provisioning)"
-                } else {
-                    ""
-                };
-                let at = if at == "." { String::new() } else { format!("{at}: ") };
-                return Err(bad_input!("{origin}: {at}{msg}{hint}"));
-            }
+    fn hint(msg: &str) -> &'static str {
+        if msg.contains("expected one of `shell`, `rsync`, `container`") {
+            "; this tool runs Virter's step types: [steps.shell], [steps.rsync] and [steps.container]"
+        } else if msg.contains("unknown field") || msg.contains("unknown variant") {
+            "; check the spelling against Virter's provisioning format (README: Provisioning)"
+        } else {
+            ""
         }
     }
+    let document = overrides::Document { origin, schema: "a provisioning file", hint };
+    overrides::deserialize_with_sets(&doc, sets, &document, |_| Ok(()))
 }
 
 fn check_env_names(env: &BTreeMap<String, String>, origin: &str, at: &str) -> Result<()> {

@@ -13,7 +13,7 @@ pub use iso::{write_iso, write_iso_logged};
 pub use network::NetworkConfig;
 
 use crate::bad_input;
-use crate::pipeline::overrides::{self, Override};
+use crate::pipeline::overrides;
 use anyhow::Result;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -326,43 +326,17 @@ impl Seed {
     }
 }
 
-/// Applies the `--set`s and reads the result as a [`SeedConfig`]; a `--set` whose text
-/// looks like a number or boolean is retried as a string where a string is wanted.
+/// Applies the `--set`s and reads the result as a [`SeedConfig`].
 fn apply_sets(doc: toml::Value, origin: &str, sets: &[String]) -> Result<SeedConfig> {
-    let sets: Vec<Override> =
-        sets.iter().map(|s| Override::parse(s)).collect::<Result<_, _>>().map_err(|e| bad_input!("{e}"))?;
-    let mut as_string = vec![false; sets.len()];
-    loop {
-        let mut doc = doc.clone();
-        for (ov, s) in sets.iter().zip(&as_string) {
-            overrides::apply(&mut doc, ov, *s).map_err(|e| bad_input!("{e}"))?;
-        }
-        match serde_path_to_error::deserialize::<_, SeedConfig>(doc) {
-            Ok(config) => return Ok(config),
-            Err(err) => {
-                let at = err.path().to_string();
-                let msg = err.inner().to_string();
-                let msg = msg.split("\nin `").next().unwrap_or(&msg).trim_end().to_string();
-                if let Some(i) = sets.iter().position(|ov| ov.path_string() == at) {
-                    if !as_string[i] && msg.contains("invalid type") && msg.contains("expected") {
-                        as_string[i] = true;
-                        continue;
-                    }
-                }
-                let unknown = msg.contains("unknown field") || msg.contains("unknown variant");
-                if let Some(ov) =
-                    sets.iter().find(|ov| at.starts_with(&ov.path_string()) || ov.path_string().starts_with(&at))
-                {
-                    if unknown {
-                        return Err(bad_input!("--set {}: no such key in a seed file ({at}: {msg})", ov.path_string()));
-                    }
-                }
-                let hint = if unknown { "; check the spelling against the README's seed file keys" } else { "" };
-                let at = if at == "." { String::new() } else { format!("{at}: ") };
-                return Err(bad_input!("{origin}: {at}{msg}{hint}"));
-            }
+    fn hint(msg: &str) -> &'static str {
+        if msg.contains("unknown field") || msg.contains("unknown variant") {
+            "; check the spelling against the README's seed file keys"
+        } else {
+            ""
         }
     }
+    let document = overrides::Document { origin, schema: "a seed file", hint };
+    overrides::deserialize_with_sets(&doc, sets, &document, |_| Ok(()))
 }
 
 /// RFC 1123 host names, or dotted names of them (cloud-init sets the first label as the
