@@ -88,7 +88,7 @@ impl StageLog {
         for r in readers {
             let _ = r.join();
         }
-        self.line(format!("[exit status: {status}]"));
+        self.line(format!("[{status}]"));
         Ok(status)
     }
 
