@@ -432,12 +432,14 @@ fn default_container_engine() -> String {
 #[serde(tag = "target", rename_all = "lowercase")]
 pub enum ExportConfig {
     Docker(DockerExportConfig),
+    Vagrant(VagrantExportConfig),
 }
 
 impl ExportConfig {
     pub fn target(&self) -> &'static str {
         match self {
             ExportConfig::Docker(_) => "docker",
+            ExportConfig::Vagrant(_) => "vagrant",
         }
     }
 
@@ -445,6 +447,7 @@ impl ExportConfig {
     pub fn dest(&self) -> &str {
         match self {
             ExportConfig::Docker(c) => &c.dest,
+            ExportConfig::Vagrant(c) => &c.dest,
         }
     }
 }
@@ -467,6 +470,43 @@ pub struct DockerExportConfig {
     /// The OCI layout's reference name (`oci:DEST/oci:TAG`).
     #[serde(default)]
     pub tag: Option<String>,
+}
+
+/// `target = "vagrant"`: a Vagrant box per provider, with the `vagrant` account Vagrant's
+/// base-box documentation describes, and a `box.json` catalogue of the versions in `dest`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VagrantExportConfig {
+    pub dest: String,
+    /// `libvirt` and/or `virtualbox`.
+    #[serde(default = "default_vagrant_providers")]
+    pub providers: Vec<String>,
+    /// A public key (the key text, or a path to a .pub file) authorised for `vagrant` instead
+    /// of Vagrant's two insecure keys.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+    /// The box's name in the catalogue (`vagrant box list`); the pipeline's name by default.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The box version (`X.Y.Z` digits); by default `YYYYMMDD.HHMMSS` of the build time
+    /// (SOURCE_DATE_EPOCH when set).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Where the boxes will be reachable (the catalogue's URLs); the file:// URL of `dest`
+    /// by default.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// How many versions the catalogue lists: this one and the newest earlier ones still
+    /// in `dest`.
+    #[serde(default = "default_vagrant_keep")]
+    pub keep: u32,
+}
+
+fn default_vagrant_providers() -> Vec<String> {
+    vec!["libvirt".into(), "virtualbox".into()]
+}
+fn default_vagrant_keep() -> u32 {
+    3
 }
 
 fn default_disk_size() -> String {

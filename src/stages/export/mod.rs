@@ -5,6 +5,7 @@
 //! one line in [`build_target`].
 
 mod docker;
+mod vagrant;
 
 use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
 use crate::guest::inspect::Inspection;
@@ -22,11 +23,17 @@ pub const MANIFEST: &str = "export.json";
 /// One export target: writes its artifacts into an empty directory.
 trait Target {
     fn export(&self, job: &mut Job) -> Result<()>;
+
+    /// Host files the target reads (part of the cache key).
+    fn inputs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 fn build_target(config: &ExportConfig, pipeline: &Pipeline, at: &str) -> Result<Box<dyn Target>> {
     Ok(match config {
         ExportConfig::Docker(c) => Box::new(docker::Docker::new(c, pipeline, at)?),
+        ExportConfig::Vagrant(c) => Box::new(vagrant::Vagrant::new(c, pipeline, at)?),
     })
 }
 
@@ -45,6 +52,8 @@ pub struct ExportStage {
 pub struct Job<'a, 'b> {
     pub ctx: &'a mut StageContext<'b>,
     pub out: &'a Path,
+    /// Where `out` goes at the end (absolute); it may hold the previous export.
+    pub dest: &'a Path,
     /// Removed after the export, whatever happened.
     pub scratch: &'a Path,
     pub layer: &'a Path,
@@ -57,16 +66,28 @@ impl Job<'_, '_> {
     /// an appliance and mounted by inspection: a target changes what it needs there and the
     /// layer chain stays as it is. One launch per export.
     pub fn open_overlay(&mut self) -> Result<(Guest, Inspection)> {
-        let overlay = self.scratch.join("export-overlay.qcow2");
+        self.open_overlay_with(false)
+    }
+
+    /// [`Job::open_overlay`], with the appliance's network on when `network` (for the guest's
+    /// package manager).
+    pub fn open_overlay_with(&mut self, network: bool) -> Result<(Guest, Inspection)> {
+        let overlay = self.overlay_path();
         qemu_img::create_overlay(self.layer, &overlay, None)?;
         self.ctx.bar.set_message("starting the appliance");
         let settings = self.ctx.settings;
         let g = Guest::new(settings.accel, Some(self.ctx.log.clone()), settings.verbose)?;
+        g.set_network(network)?;
         g.add_drive(Drive { path: &overlay, format: "qcow2", readonly: false, discard: false })?;
         g.launch()?;
         let os = g.inspect_and_mount(false)?;
         self.ctx.log.line(format!("exporting {}", os.summary()));
         Ok((g, os))
+    }
+
+    /// The overlay [`Job::open_overlay`] makes (qcow2, backed by the layer).
+    pub fn overlay_path(&self) -> PathBuf {
+        self.scratch.join("export-overlay.qcow2")
     }
 }
 
@@ -169,6 +190,10 @@ impl Stage for ExportStage {
         v
     }
 
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.target.inputs()
+    }
+
     /// `dest` must not be inside the layer cache (or hold it): checked for every stage before
     /// any runs.
     fn preflight(&self, settings: &RunSettings) -> Result<()> {
@@ -201,6 +226,7 @@ impl Stage for ExportStage {
         let mut job = Job {
             ctx,
             out: out.path(),
+            dest: &self.dest,
             scratch: scratch.path(),
             layer: &layer,
             layer_key: &layer_key,
