@@ -136,9 +136,9 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline> {
 }
 
 fn hint(msg: &str) -> &'static str {
-    let planned_target = ["ramdisk", "vagrant", "cloud"].iter().any(|k| msg.contains(&format!("variant `{k}`")));
+    let planned_target = ["ramdisk", "cloud"].iter().any(|k| msg.contains(&format!("variant `{k}`")));
     if msg.contains("unknown variant") && planned_target {
-        "; this export target is not available yet: this version exports `docker` only (README: Not yet available)"
+        "; this export target is not available yet: this version exports `docker` and `vagrant` only (README: Not yet available)"
     } else if msg.contains("unknown variant") && msg.contains("install") {
         "; each [[stages]] entry holds exactly one stage table such as [stages.sysprep]"
     } else if msg.contains("unknown field") {
