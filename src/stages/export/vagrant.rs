@@ -848,6 +848,56 @@ mod tests {
         assert!(public_key_line(&two).unwrap_err().contains("exactly one"));
     }
 
+    /// An earlier export's versions: kept while their boxes are in dest as exported, newest
+    /// first, at most `count`, linked into the new directory with the new base URL.
+    #[test]
+    fn earlier_versions_are_carried_while_their_boxes_are_intact() {
+        let d = tempfile::tempdir().unwrap();
+        let (dest, out) = (d.path().join("dest"), d.path().join("out"));
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let entry = |v: &str| CatalogueVersion {
+            version: v.into(),
+            providers: vec![CatalogueProvider {
+                name: "libvirt".into(),
+                url: format!("file:///old/libvirt-{v}.box"),
+                checksum_type: "sha256".into(),
+                checksum: "c".repeat(64),
+            }],
+        };
+        let earlier = Catalogue {
+            name: "acme/debian".into(),
+            description: String::new(),
+            versions: ["1.0", "3.0", "2.0", "4.0", "5.0"].into_iter().map(entry).collect(),
+        };
+        std::fs::write(dest.join(CATALOGUE), serde_json::to_vec(&earlier).unwrap()).unwrap();
+        let mut files = Vec::new();
+        for v in ["1.0", "2.0", "3.0", "4.0", "5.0"] {
+            let f = format!("libvirt-{v}.box");
+            std::fs::write(dest.join(&f), v).unwrap();
+            files.push((f, 3u64));
+        }
+        std::fs::write(dest.join("libvirt-4.0.box"), "changed").unwrap(); // not as exported
+        std::fs::write(dest.join(MANIFEST), serde_json::to_vec(&serde_json::json!({ "files": files })).unwrap())
+            .unwrap();
+        let log = crate::engine::log::StageLog::create(&d.path().join("log")).unwrap();
+
+        let kept = carry_earlier(&dest, &out, "acme/debian", "5.0", 2, "https://boxes.example.net/d", &log).unwrap();
+        let versions: Vec<&str> = kept.iter().map(|v| v.version.as_str()).collect();
+        assert_eq!(versions, ["3.0", "2.0"], "5.0 is this export's, 4.0 changed, 1.0 is beyond keep");
+        assert_eq!(kept[0].providers[0].url, "https://boxes.example.net/d/libvirt-3.0.box");
+        assert_eq!(std::fs::read_to_string(out.join("libvirt-3.0.box")).unwrap(), "3.0");
+        assert!(!out.join("libvirt-1.0.box").exists() && !out.join("libvirt-4.0.box").exists());
+        let logged = std::fs::read_to_string(d.path().join("log")).unwrap();
+        assert!(
+            logged.contains("earlier version 4.0: dropped (its boxes are no longer in dest as exported)"),
+            "{logged}"
+        );
+
+        let other = carry_earlier(&dest, &d.path().join("out2"), "acme/other", "6.0", 2, "x", &log).unwrap();
+        assert!(other.is_empty(), "another box's versions are not carried");
+    }
+
     #[test]
     fn file_urls_are_percent_encoded() {
         assert_eq!(file_url(Path::new("/srv/my boxes/x")), "file:///srv/my%20boxes/x");
