@@ -4,41 +4,10 @@
 
 mod common;
 
-use common::{debian_fixture, stderr, stdout, DebianFixture};
+use common::{debian_fixture, fixture_pipeline as pipeline_file, run_on_fixture as run, stderr, stdout, DebianFixture};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-
-/// `pipeline --work-dir work run FILE` in the fixture's directory, with `env` added.
-fn run(fixture: &DebianFixture, file: &Path, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(common::bin());
-    cmd.args(["--work-dir", "work", "run", file.to_str().unwrap()])
-        .current_dir(&fixture.dir)
-        .env("GNUPGHOME", &fixture.gnupg)
-        .env("XDG_CONFIG_HOME", fixture.dir.join("xdg-config"))
-        .env_remove("SOURCE_DATE_EPOCH");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run pipeline");
-    eprintln!(
-        "$ pipeline run {}\n--- stdout\n{}--- stderr\n{}--- exit {:?}",
-        file.display(),
-        stdout(&out),
-        stderr(&out),
-        out.status.code()
-    );
-    out
-}
-
-/// A pipeline on top of the fixture: `stages` is the TOML of its [[stages]] entries.
-fn pipeline_file(dir: &Path, fixture: &DebianFixture, name: &str, stages: &str) -> PathBuf {
-    let text = format!(
-        "version = 1\nfrom = {{ pipeline = \"{}\" }}\n[pipeline]\nname = \"{name}\"\n{stages}",
-        fixture.pipeline.display()
-    );
-    common::write_file(dir, &format!("{name}.toml"), &text)
-}
 
 fn tool(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));

@@ -5,25 +5,9 @@
 
 mod common;
 
-use common::{debian_fixture, stderr, stdout, DebianFixture};
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use common::{debian_fixture, stderr, stdout};
 use std::time::{Duration, Instant};
 use virt_pipeline::vm::qemu::{Vm, VmConfig};
-
-fn run(fixture: &DebianFixture, file: &Path) -> Output {
-    let out = common::pipeline(&fixture.dir, &fixture.gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
-    eprintln!("--- stdout\n{}--- stderr\n{}--- exit {:?}", stdout(&out), stderr(&out), out.status.code());
-    out
-}
-
-fn pipeline_file(dir: &Path, fixture: &DebianFixture, name: &str, stages: &str) -> PathBuf {
-    let text = format!(
-        "version = 1\nfrom = {{ pipeline = \"{}\" }}\n[pipeline]\nname = \"{name}\"\n{stages}",
-        fixture.pipeline.display()
-    );
-    common::write_file(dir, &format!("{name}.toml"), &text)
-}
 
 #[test]
 fn the_ramdisk_boots_from_memory_with_no_disk_and_sshd_answers() {
@@ -37,8 +21,8 @@ fn the_ramdisk_boots_from_memory_with_no_disk_and_sshd_answers() {
         key.public.trim(),
         dest.display()
     );
-    let file = pipeline_file(dir.path(), &fixture, "export-ramdisk", &stages);
-    let out = run(&fixture, &file);
+    let file = common::fixture_pipeline(dir.path(), &fixture, "export-ramdisk", &stages);
+    let out = common::run_on_fixture(&fixture, &file, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let kernel = dest.join("vmlinuz");
     let initrd = dest.join("rootfs.cpio.zst");
@@ -99,8 +83,8 @@ fn a_ramdisk_compression_the_kernel_cannot_unpack_is_bad_input() {
         "[[stages]]\n[stages.export]\ntarget = \"ramdisk\"\ndest = \"{}\"\ncompression = \"bzip2\"\n",
         dest.display()
     );
-    let file = pipeline_file(dir.path(), &fixture, "export-ramdisk-bad", &stages);
-    let out = run(&fixture, &file);
+    let file = common::fixture_pipeline(dir.path(), &fixture, "export-ramdisk-bad", &stages);
+    let out = common::run_on_fixture(&fixture, &file, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("stages[0].export.compression"), "{}", stderr(&out));
     assert!(!dest.exists());

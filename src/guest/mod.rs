@@ -13,6 +13,7 @@ pub mod access;
 pub mod customize;
 pub mod firstboot;
 pub mod inspect;
+pub mod vagrant;
 
 use crate::engine::log::StageLog;
 use crate::vm::Accel;

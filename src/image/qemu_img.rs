@@ -45,7 +45,24 @@ pub fn convert(src: &Path, dst: &Path, format: &str) -> Result<()> {
 
 /// Writes `src`, read as `src_format`, as one standalone image of `format`.
 pub fn convert_from(src: &Path, src_format: &str, dst: &Path, format: &str) -> Result<()> {
-    run(&["convert", "-q", "-f", src_format, "-O", format, &src.to_string_lossy(), &dst.to_string_lossy()])?;
+    convert_with_options(src, src_format, dst, format, None)
+}
+
+/// [`convert_from`] with `-o OPTIONS` for the output format (`subformat=streamOptimized`).
+pub fn convert_with_options(
+    src: &Path,
+    src_format: &str,
+    dst: &Path,
+    format: &str,
+    options: Option<&str>,
+) -> Result<()> {
+    let (src, dst) = (src.to_string_lossy(), dst.to_string_lossy());
+    let mut args = vec!["convert", "-q", "-f", src_format, "-O", format];
+    if let Some(options) = options {
+        args.extend(["-o", options]);
+    }
+    args.extend([&*src, &*dst]);
+    run(&args)?;
     Ok(())
 }
 
@@ -53,6 +70,12 @@ pub fn convert_from(src: &Path, src_format: &str, dst: &Path, format: &str) -> R
 pub fn convert_compressed_qcow2(src: &Path, src_format: &str, dst: &Path) -> Result<()> {
     run(&["convert", "-q", "-c", "-f", src_format, "-O", "qcow2", &src.to_string_lossy(), &dst.to_string_lossy()])?;
     Ok(())
+}
+
+/// Writes the layer `src` (with its chain) as a streamOptimized VMDK: the compressed,
+/// sequentially readable variant that OVF packages carry (VirtualBox, VMware).
+pub fn convert_to_stream_vmdk(src: &Path, dst: &Path) -> Result<()> {
+    convert_with_options(src, "qcow2", dst, "vmdk", Some("subformat=streamOptimized"))
 }
 
 /// Grows a layer's virtual size.

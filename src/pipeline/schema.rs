@@ -434,6 +434,7 @@ pub enum ExportConfig {
     Docker(DockerExportConfig),
     Ramdisk(RamdiskExportConfig),
     Cloud(CloudExportConfig),
+    Vagrant(VagrantExportConfig),
 }
 
 impl ExportConfig {
@@ -442,6 +443,7 @@ impl ExportConfig {
             ExportConfig::Docker(_) => "docker",
             ExportConfig::Ramdisk(_) => "ramdisk",
             ExportConfig::Cloud(_) => "cloud",
+            ExportConfig::Vagrant(_) => "vagrant",
         }
     }
 
@@ -451,6 +453,7 @@ impl ExportConfig {
             ExportConfig::Docker(c) => &c.dest,
             ExportConfig::Ramdisk(c) => &c.dest,
             ExportConfig::Cloud(c) => &c.dest,
+            ExportConfig::Vagrant(c) => &c.dest,
         }
     }
 }
@@ -512,6 +515,43 @@ fn default_seed_format() -> crate::seed::Format {
 
 fn default_ramdisk_compression() -> String {
     "zstd".into()
+}
+
+/// `target = "vagrant"`: a Vagrant box per provider, with the `vagrant` account Vagrant's
+/// base-box documentation describes, and a `box.json` catalogue of the versions in `dest`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VagrantExportConfig {
+    pub dest: String,
+    /// `libvirt` and/or `virtualbox`.
+    #[serde(default = "default_vagrant_providers")]
+    pub providers: Vec<String>,
+    /// A public key (the key text, or a path to a .pub file) authorised for `vagrant` instead
+    /// of Vagrant's two insecure keys.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+    /// The box's name in the catalogue (`vagrant box list`); the pipeline's name by default.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The box version (`X.Y.Z` digits); by default `YYYYMMDD.HHMMSS` of the build time
+    /// (SOURCE_DATE_EPOCH when set).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Where the boxes will be reachable (the catalogue's URLs); the file:// URL of `dest`
+    /// by default.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// How many versions the catalogue lists: this one and the newest earlier ones still
+    /// in `dest`.
+    #[serde(default = "default_vagrant_keep")]
+    pub keep: u32,
+}
+
+fn default_vagrant_providers() -> Vec<String> {
+    vec!["libvirt".into(), "virtualbox".into()]
+}
+fn default_vagrant_keep() -> u32 {
+    3
 }
 
 fn default_disk_size() -> String {

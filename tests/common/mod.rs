@@ -493,3 +493,36 @@ pub fn ssh(key: &Path, port: u16, user: &str, command: &str) -> Output {
         .output()
         .expect("ssh (openssh-client) is installed by scripts/install-deps")
 }
+
+/// `pipeline --work-dir work run FILE` in the Debian fixture's directory, with `env` added
+/// (and SOURCE_DATE_EPOCH only when `env` sets it).
+pub fn run_on_fixture(fixture: &DebianFixture, file: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(["--work-dir", "work", "run", file.to_str().unwrap()])
+        .current_dir(&fixture.dir)
+        .env("GNUPGHOME", &fixture.gnupg)
+        .env("XDG_CONFIG_HOME", fixture.dir.join("xdg-config"))
+        .env_remove("SOURCE_DATE_EPOCH");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run pipeline");
+    eprintln!(
+        "$ pipeline run {}\n--- stdout\n{}--- stderr\n{}--- exit {:?}",
+        file.display(),
+        stdout(&out),
+        stderr(&out),
+        out.status.code()
+    );
+    out
+}
+
+/// A pipeline file in `dir` on top of the Debian fixture: `stages` is the TOML of its
+/// [[stages]] entries.
+pub fn fixture_pipeline(dir: &Path, fixture: &DebianFixture, name: &str, stages: &str) -> PathBuf {
+    let text = format!(
+        "version = 1\nfrom = {{ pipeline = \"{}\" }}\n[pipeline]\nname = \"{name}\"\n{stages}",
+        fixture.pipeline.display()
+    );
+    write_file(dir, &format!("{name}.toml"), &text)
+}

@@ -116,7 +116,7 @@ impl Target for Cloud {
         drop(g);
 
         job.ctx.bar.set_message("writing the compressed qcow2");
-        let overlay = job.scratch.join(super::OVERLAY);
+        let overlay = job.overlay_path();
         let qcow2 = job.out.join("disk.qcow2");
         qemu_img::convert_compressed_qcow2(&overlay, "qcow2", &qcow2)?;
         log.line(format!("wrote {} (compressed qcow2)", qcow2.display()));

@@ -8,6 +8,7 @@ mod cloud;
 mod docker;
 mod ramdisk;
 mod stream;
+mod vagrant;
 
 use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
 use crate::guest::inspect::Inspection;
@@ -21,9 +22,6 @@ use std::path::{Component, Path, PathBuf};
 /// The file every export writes into its `dest`: what made it and what it holds. A `dest`
 /// that exists without one is not an export's, and is never replaced.
 pub const MANIFEST: &str = "export.json";
-
-/// The throwaway overlay's name in the scratch directory.
-const OVERLAY: &str = "export-overlay.qcow2";
 
 /// One export target: writes its artifacts into an empty directory.
 trait Target {
@@ -39,6 +37,7 @@ fn build_target(config: &ExportConfig, pipeline: &Pipeline, at: &str) -> Result<
         ExportConfig::Docker(c) => Box::new(docker::Docker::new(c, pipeline, at)?),
         ExportConfig::Ramdisk(c) => Box::new(ramdisk::Ramdisk::new(c, pipeline, at)?),
         ExportConfig::Cloud(c) => Box::new(cloud::Cloud::new(c, pipeline, at)?),
+        ExportConfig::Vagrant(c) => Box::new(vagrant::Vagrant::new(c, pipeline, at)?),
     })
 }
 
@@ -57,6 +56,8 @@ pub struct ExportStage {
 pub struct Job<'a, 'b> {
     pub ctx: &'a mut StageContext<'b>,
     pub out: &'a Path,
+    /// Where `out` goes at the end (absolute); it may hold the previous export.
+    pub dest: &'a Path,
     /// Removed after the export, whatever happened.
     pub scratch: &'a Path,
     pub layer: &'a Path,
@@ -70,7 +71,7 @@ impl Job<'_, '_> {
     /// layer chain stays as it is. One launch per export. `network`: the appliance reaches
     /// the network (for the guest's package manager).
     pub fn open_overlay(&mut self, network: bool) -> Result<(Guest, Inspection)> {
-        let overlay = self.scratch.join(OVERLAY);
+        let overlay = self.overlay_path();
         qemu_img::create_overlay(self.layer, &overlay, None)?;
         self.ctx.bar.set_message("starting the appliance");
         let settings = self.ctx.settings;
@@ -81,6 +82,11 @@ impl Job<'_, '_> {
         let os = g.inspect_and_mount(false)?;
         self.ctx.log.line(format!("exporting {}", os.summary()));
         Ok((g, os))
+    }
+
+    /// The overlay [`Job::open_overlay`] makes (qcow2, backed by the layer).
+    pub fn overlay_path(&self) -> PathBuf {
+        self.scratch.join("export-overlay.qcow2")
     }
 }
 
@@ -219,6 +225,7 @@ impl Stage for ExportStage {
         let mut job = Job {
             ctx,
             out: out.path(),
+            dest: &self.dest,
             scratch: scratch.path(),
             layer: &layer,
             layer_key: &layer_key,
