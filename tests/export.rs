@@ -229,6 +229,18 @@ fn bad_export_input_is_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
         ("unknown-target", "target = \"floppy\"\ndest = \"out\"".into(), "unknown variant `floppy`"),
+        ("ramdisk-compression", "target = \"ramdisk\"\ndest = \"out\"\ncompression = \"bzip2\"".into(), ".compression"),
+        (
+            "cloud-seed-missing",
+            "target = \"cloud\"\ndest = \"out\"\nseed = \"no-such-seed.toml\"".into(),
+            "export.seed",
+        ),
+        (
+            "cloud-seed-format",
+            "target = \"cloud\"\ndest = \"out\"\nseed_format = \"configdrive\"".into(),
+            "seed_format",
+        ),
+        ("cloud-user", "target = \"cloud\"\ndest = \"out\"\nuser = \"Root Admin\"".into(), ".user"),
         ("compression", "target = \"docker\"\ndest = \"out\"\ncompression = \"xz\"".into(), ".compression"),
         ("cmd-without-oci", "target = \"docker\"\ndest = \"out\"\ncmd = [\"/bin/sh\"]".into(), "oci = true"),
         ("bad-tag", "target = \"docker\"\ndest = \"out\"\noci = true\ntag = \"a:b\"".into(), ".tag"),

@@ -74,22 +74,6 @@ fn the_ramdisk_boots_from_memory_with_no_disk_and_sshd_answers() {
     assert_eq!(lines[4], "no-init", "/init stays behind in the initramfs: {report}");
 }
 
-#[test]
-fn a_ramdisk_compression_the_kernel_cannot_unpack_is_bad_input() {
-    let fixture = debian_fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("out");
-    let stages = format!(
-        "[[stages]]\n[stages.export]\ntarget = \"ramdisk\"\ndest = \"{}\"\ncompression = \"bzip2\"\n",
-        dest.display()
-    );
-    let file = common::fixture_pipeline(dir.path(), &fixture, "export-ramdisk-bad", &stages);
-    let out = common::run_on_fixture(&fixture, &file, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("stages[0].export.compression"), "{}", stderr(&out));
-    assert!(!dest.exists());
-}
-
 fn tail(text: &str) -> String {
     virt_pipeline::vm::qemu::tail(text, 40)
 }
