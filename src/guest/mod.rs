@@ -750,17 +750,6 @@ impl Guest {
         self.check("tar_out", unsafe { sys::guestfs_tar_out_opts_argv(self.g, d.as_ptr(), t.as_ptr(), &o) })
     }
 
-    /// Packs the guest directory `dir` as a newc cpio archive (the format the kernel unpacks
-    /// as an initramfs) written to the host file `cpiofile`; a pipe's `/dev/fd/N` works.
-    pub fn cpio_out_newc(&self, dir: &str, cpiofile: &Path) -> Result<()> {
-        let (d, c) = (cstring("cpio_out", dir)?, cstring("cpio_out", &cpiofile.to_string_lossy())?);
-        let format = cstring("cpio_out", "newc")?;
-        let mut o: sys::guestfs_cpio_out_argv = unsafe { std::mem::zeroed() };
-        o.bitmask = 1 << sys::GUESTFS_CPIO_OUT_FORMAT;
-        o.format = format.as_ptr();
-        self.check("cpio_out", unsafe { sys::guestfs_cpio_out_argv(self.g, d.as_ptr(), c.as_ptr(), &o) })
-    }
-
     /// Copies the guest file `remote` to the host file `local`.
     pub fn download(&self, remote: &str, local: &Path) -> Result<()> {
         let (r, l) = (cstring("download", remote)?, cstring("download", &local.to_string_lossy())?);
@@ -771,16 +760,6 @@ impl Guest {
     pub fn readlink(&self, path: &str) -> Result<String> {
         let p = cstring("readlink", path)?;
         self.string("readlink", unsafe { sys::guestfs_readlink(self.g, p.as_ptr()) })
-    }
-
-    /// The disk space a tree uses, in KiB (`du -s`).
-    pub fn du_kib(&self, path: &str) -> Result<u64> {
-        let p = cstring("du", path)?;
-        let kib = unsafe { sys::guestfs_du(self.g, p.as_ptr()) };
-        if kib < 0 {
-            return Err(self.error("du"));
-        }
-        Ok(kib as u64)
     }
 
     /// The value of one extended attribute of `path` (not following a final symlink).

@@ -7,22 +7,26 @@
 //! runtimes need that) and which `df /` does not report. So the archive carries a small
 //! `/init` that mounts a tmpfs, copies the tree into it and `switch_root`s to the image's own
 //! init; `switch_root` empties the initramfs behind it, so twice the tree's size is needed
-//! only while the copy runs. The archive is made by libguestfs's `cpio_out` in the export's
-//! throwaway overlay (where `/init` is added and the fstab's disk entries disabled) and
-//! compressed on the host while the appliance writes it.
+//! only while the copy runs. The appliance streams the tree as a tar (`tar_out`), which the
+//! host rewrites as newc on the fly (src/image/initramfs.rs): the fstab's disk entries
+//! disabled, `/init` appended, compressed while the appliance writes. The image is not
+//! changed.
 
 use super::stream::{self, Compression, Encoder};
 use super::{Job, Target};
-use crate::guest::Guest;
+use crate::guest::{Guest, TarOut};
+use crate::image::initramfs::NewcWriter;
 use crate::pipeline::{Pipeline, RamdiskExportConfig};
 use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::io::Write;
 
 pub struct Ramdisk {
     compression: Compression,
 }
 
 /// Started by the kernel from the initramfs. Plain POSIX sh and util-linux/coreutils tools,
-/// which every image this boots has. `@TREE_KIB@` is the tree's size.
+/// which every image this boots has. `@TREE_KIB@` is the tree's size (of the archive).
 const INIT: &str = r#"#!/bin/sh
 # virt-pipeline ramdisk: run the image from a tmpfs instead of the kernel's initramfs
 # (rootfs), where pivot_root (container runtimes) and `df /` do not work.
@@ -81,27 +85,62 @@ impl Target for Ramdisk {
         job.ctx.log.line(format!("kernel {kernel} (modules in /lib/modules/{version})"));
         job.ctx.bar.set_message("copying the kernel");
         g.download(&kernel, &job.out.join("vmlinuz"))?;
-        disable_fstab(&g, &job.ctx.log)?;
-        let tree_kib = g.du_kib("/")?;
-        g.write("/init", INIT.replace("@TREE_KIB@", &tree_kib.to_string()).as_bytes())?;
-        g.chmod(0o755, "/init")?;
-        g.chown(0, 0, "/init")?;
+        // The archive's own changes are made in the stream, not in the image.
+        let mut replace = BTreeMap::new();
+        if g.is_file("/etc/fstab")? {
+            let (fstab, disabled) = disabled_fstab(&g.read_string("/etc/fstab")?);
+            job.ctx.log.line(format!("/etc/fstab: {disabled} entries disabled for the ramdisk"));
+            replace.insert("etc/fstab".to_string(), fstab.into_bytes());
+        }
         let name = format!("rootfs.cpio{}", self.compression.suffix());
         let encoder = Encoder::create(&job.out.join(&name), self.compression)?;
         job.ctx.bar.set_message("packing the root filesystem");
-        let streamed =
-            stream::from_guest("the root filesystem", vec![encoder], &job.ctx.bar, |pipe| g.cpio_out_newc("/", pipe))?;
+        let bar = job.ctx.bar.clone();
+        let opts = TarOut { numeric_owner: true, xattrs: false, excludes: Vec::new() };
+        let (archive, unpacked) = stream::from_guest_with(
+            "the root filesystem",
+            |pipe| g.tar_out("/", pipe, &opts),
+            move |tar| {
+                let mut cpio = NewcWriter::new(Counting { inner: encoder, bytes: 0, shown: 0, bar });
+                cpio.copy_tar(tar, &replace, &["init"])?;
+                // The tree's size, for /init's tmpfs; /init comes last, once it is known.
+                let tree_kib = cpio.get_ref().bytes / 1024;
+                cpio.add_file("init", 0o755, INIT.replace("@TREE_KIB@", &tree_kib.to_string()).as_bytes())?;
+                let counting = cpio.finish()?;
+                Ok((counting.inner.finish()?, counting.bytes))
+            },
+        )?;
         drop(g);
-        let unpacked_mib = streamed.bytes >> 20;
-        job.ctx.log.line(format!(
-            "wrote {name}: {} bytes compressed, {} bytes of cpio",
-            streamed.files[0].size, streamed.bytes
-        ));
+        job.ctx.log.line(format!("wrote {name}: {} bytes compressed, {unpacked} bytes of cpio", archive.size));
         job.ctx.ui.line(format!(
-            "ramdisk: unpacks to {unpacked_mib} MiB; give the VM at least {} MiB of memory",
-            minimum_memory_mib(streamed.bytes, streamed.files[0].size)
+            "ramdisk: unpacks to {} MiB; give the VM at least {} MiB of memory",
+            unpacked >> 20,
+            minimum_memory_mib(unpacked, archive.size)
         ));
         Ok(())
+    }
+}
+
+/// Counts what goes through it and shows the count on the progress bar.
+struct Counting {
+    inner: Encoder,
+    bytes: u64,
+    shown: u64,
+    bar: indicatif::ProgressBar,
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        if self.bytes - self.shown >= 16 << 20 {
+            self.shown = self.bytes;
+            self.bar.set_message(format!("packing the root filesystem: {} MiB", self.bytes >> 20));
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -146,18 +185,7 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// A RAM root has no disk to mount: every fstab entry is commented out (kept, so the change
-/// is visible), and the file says why.
-fn disable_fstab(g: &Guest, log: &crate::engine::log::StageLog) -> Result<()> {
-    if !g.is_file("/etc/fstab")? {
-        return Ok(());
-    }
-    let text = g.read_string("/etc/fstab")?;
-    let (fstab, disabled) = disabled_fstab(&text);
-    g.write("/etc/fstab", fstab.as_bytes())?;
-    log.line(format!("/etc/fstab: {disabled} entries disabled for the ramdisk"));
-    Ok(())
-}
-
+/// is visible), and the file says why. Returns the text and how many entries were disabled.
 fn disabled_fstab(text: &str) -> (String, usize) {
     let mut out =
         String::from("# The root filesystem is in RAM (virt-pipeline ramdisk export): the disk entries are off.\n");

@@ -85,22 +85,19 @@ impl Encoder {
             Compression::None => Kind::None(out),
             // gzip's own default level; the header's mtime stays 0, so equal input gives equal bytes.
             Compression::Gzip => Kind::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::default())),
-            Compression::Zstd => Kind::Zstd(zstd::Encoder::new(out, zstd::DEFAULT_COMPRESSION_LEVEL)?),
+            Compression::Zstd => {
+                let mut encoder = zstd::Encoder::new(out, zstd::DEFAULT_COMPRESSION_LEVEL)?;
+                // Worker threads, as `zstd -T0`: compression keeps up with the appliance.
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+                encoder.multithread(threads).context("cannot start zstd's worker threads")?;
+                Kind::Zstd(encoder)
+            }
             Compression::Xz => {
                 let stream = xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32)
                     .context("cannot start the xz encoder")?;
                 Kind::Xz(xz2::write::XzEncoder::new_stream(out, stream))
             }
         }))
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match &mut self.0 {
-            Kind::None(w) => w.write_all(buf),
-            Kind::Gzip(w) => w.write_all(buf),
-            Kind::Zstd(w) => w.write_all(buf),
-            Kind::Xz(w) => w.write_all(buf),
-        }
     }
 
     /// Ends the stream, flushes and syncs the file.
@@ -118,6 +115,25 @@ impl Encoder {
     }
 }
 
+impl Write for Encoder {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Kind::None(w) => w.write(buf),
+            Kind::Gzip(w) => w.write(buf),
+            Kind::Zstd(w) => w.write(buf),
+            Kind::Xz(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            Kind::None(w) => w.flush(),
+            Kind::Gzip(w) => w.flush(),
+            Kind::Zstd(w) => w.flush(),
+            Kind::Xz(w) => w.flush(),
+        }
+    }
+}
+
 /// What came out of the appliance: the files written (in the order given), and the
 /// uncompressed stream's SHA-256 and length.
 pub struct Streamed {
@@ -128,8 +144,7 @@ pub struct Streamed {
 
 /// Runs `produce` (an appliance call writing an archive to the path it is given) into a
 /// pipe whose other end a thread of ours copies into every encoder. `what` names the
-/// stream in progress messages and errors. An encoder that fails closes the pipe, which
-/// ends `produce` too; the encoder's error is the one reported.
+/// stream in progress messages and errors.
 pub fn from_guest<E>(
     what: &str,
     encoders: Vec<Encoder>,
@@ -139,18 +154,32 @@ pub fn from_guest<E>(
 where
     anyhow::Error: From<E>,
 {
+    let (thread_bar, thread_what) = (bar.clone(), what.to_string());
+    from_guest_with(what, produce, move |reader| consume(reader, encoders, &thread_what, &thread_bar))
+}
+
+/// Runs `produce` into a pipe whose other end `consume` reads on a thread of its own, so
+/// the host's work overlaps the appliance's. A consumer that fails closes the pipe, which
+/// ends `produce` too; the consumer's error is the one reported.
+pub fn from_guest_with<E, T: Send + 'static>(
+    what: &str,
+    produce: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    consume: impl FnOnce(std::io::PipeReader) -> Result<T> + Send + 'static,
+) -> Result<T>
+where
+    anyhow::Error: From<E>,
+{
     use std::os::fd::AsRawFd;
     let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
     let path = PathBuf::from(format!("/dev/fd/{}", writer.as_raw_fd()));
-    let (thread_bar, thread_what) = (bar.clone(), what.to_string());
-    let drain = std::thread::spawn(move || consume(reader, encoders, &thread_what, &thread_bar));
+    let drain = std::thread::spawn(move || consume(reader));
     let produced = produce(&path);
     // The last write end: the thread sees the end of the stream.
     drop(writer);
-    let drained = drain.join().map_err(|_| anyhow::anyhow!("the {what} writer thread panicked"))?;
-    let streamed = drained?;
-    anyhow::Result::from(produced.map_err(anyhow::Error::from)).with_context(|| format!("cannot pack {what}"))?;
-    Ok(streamed)
+    let consumed = drain.join().map_err(|_| anyhow::anyhow!("the {what} writer thread panicked"))?;
+    let value = consumed?;
+    produced.map_err(anyhow::Error::from).with_context(|| format!("cannot pack {what}"))?;
+    Ok(value)
 }
 
 fn consume(
