@@ -84,6 +84,9 @@ impl<W: Write> NewcWriter<W> {
                 _ => continue,
             }
         }
+        // The reader stops at the end-of-archive blocks; tar pads its output past them, and a
+        // writer (the appliance) whose padding is not read would fail with a broken pipe.
+        std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).context("cannot read the tar stream")?;
         Ok(())
     }
 
