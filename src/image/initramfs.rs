@@ -280,6 +280,16 @@ mod tests {
     }
 
     #[test]
+    fn the_tar_stream_is_read_to_its_end() {
+        let d = tempfile::tempdir().unwrap();
+        let tar = sample_tar(d.path());
+        assert_eq!(tar.len() % 10240, 0, "GNU tar pads to whole records");
+        let mut rest = &tar[..];
+        NewcWriter::new(Vec::new()).copy_tar(&mut rest, &BTreeMap::new(), &[]).unwrap();
+        assert!(rest.is_empty(), "{} bytes left unread", rest.len());
+    }
+
+    #[test]
     fn names_are_relative() {
         assert_eq!(relative_name(Path::new("./etc/fstab")), "etc/fstab");
         assert_eq!(relative_name(Path::new("./")), "");
