@@ -139,6 +139,10 @@ fn example(dir: &Path) -> PathBuf {
     let src = repo_root().join("pipelines/seed");
     let status = Command::new("cp").arg("-a").arg(&src).arg(dir.join("seed")).status().unwrap();
     assert!(status.success());
+    // A secret readable by its owner only, as a user would keep it: git records no mode
+    // but the executable bit, so a checkout has it 0644.
+    let secret = dir.join("seed/files/etc-app/secret.conf");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     dir.join("seed/seed-example.toml")
 }
 
