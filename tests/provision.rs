@@ -51,6 +51,18 @@ fn scratch_dirs(work: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The provision stage's log of the newest run of `name` under `logs`.
+fn provision_log(logs: &Path, name: &str) -> String {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(logs.join(name)).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort();
+    let log = std::fs::read_dir(runs.last().expect("a run's logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-provision.log"))
+        .expect("a provision log");
+    std::fs::read_to_string(log).unwrap()
+}
+
 const EXISTING_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHByb3Zpc2lvbi10ZXN0LWV4aXN0aW5nLWtleS0wMDAwMDA existing@test";
 
@@ -113,10 +125,18 @@ copy = {{ source = "/tmp/proof", dest = "container-proof" }}
     for (f, text) in [("a.conf", "A"), ("b.conf", "B"), ("skip.txt", "no"), ("sub/c.conf", "nested")] {
         std::fs::write(dir.path().join("files").join(f), text).unwrap();
     }
-    let out = pipeline(&fixture.dir, &fixture.gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    let logs = dir.path().join("logs");
+    let out = pipeline(
+        &fixture.dir,
+        &fixture.gnupg,
+        &["--work-dir", "work", "run", file.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
     let parent = backing_file(&layer);
+    // Root already had a key: the credential could not add the run's, the appliance did.
+    let log = provision_log(&logs, "provision-virter");
+    assert!(log.contains("authorising it in the image instead"), "the fallback path was taken: {log}");
 
     let g = open_readonly(&[&parent, &layer]);
     mount_disk(&g, 0);
@@ -148,6 +168,58 @@ copy = {{ source = "/tmp/proof", dest = "container-proof" }}
     assert!(proof.contains("-----BEGIN OPENSSH PRIVATE KEY-----"), "the run's key is bound in: {proof}");
     assert!(proof.contains("HostName 127.0.0.1") && proof.contains("Port "), "ssh_config.virter: {proof}");
     assert!(proof.contains("pipeline.toml"), "the working directory is /virter/workspace: {proof}");
+    assert!(scratch_dirs(&fixture.dir.join("work")).is_empty(), "scratch files removed");
+}
+
+/// A systemd guest whose root has no authorized_keys (the fixture's) takes the run's key as
+/// the `ssh.authorized_keys.root` credential: no appliance launch, and after the run root's
+/// .ssh is what the parent layer held (nothing) while the steps' work is in the layer, on a
+/// filesystem that was unmounted cleanly.
+#[test]
+fn the_key_comes_in_as_a_systemd_credential_and_leaves_no_trace() {
+    let fixture = debian_fixture();
+    let nonce = nonce();
+    let body = format!(
+        r#"[[stages]]
+[stages.provision]
+boot_timeout = "5m"
+timeout = "20m"
+steps = [{{ shell = {{ script = "mkdir -p /srv/fast && echo {nonce} > /srv/fast/nonce" }} }}]
+"#
+    );
+    let (dir, file) = write_pipeline(&fixture, "provision-credential", &body);
+    let logs = dir.path().join("logs");
+    let out = pipeline(
+        &fixture.dir,
+        &fixture.gnupg,
+        &["--work-dir", "work", "run", file.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
+    let parent = backing_file(&layer);
+    let log = provision_log(&logs, "provision-credential");
+    assert!(log.contains("the credential let the key in"), "the credential path was taken: {log}");
+    assert!(!log.contains("appliance"), "no appliance launched: {log}");
+
+    let g = open_readonly(&[&parent, &layer]);
+    mount_disk(&g, 0);
+    let ssh_before = g.is_dir("/root/.ssh").unwrap();
+    let keys_before = if ssh_before { g.ls("/root/.ssh").unwrap() } else { Vec::new() };
+    // The layer's filesystem was left clean (unmounted or remounted read-only, not just
+    // synced): ext4 has no journal to replay. Checked before anything mounts it, with the
+    // parent's tune2fs (`sh` runs in the mounted guest).
+    let layer_fs = &g.list_partitions().unwrap()[1];
+    let state = g.sh(&format!("tune2fs -l {layer_fs}")).unwrap();
+    assert!(state.contains("Filesystem state:         clean"), "{state}");
+    let features = state.lines().find(|l| l.starts_with("Filesystem features:")).unwrap_or_default();
+    assert!(!features.contains("needs_recovery"), "{features}");
+    mount_disk(&g, 1);
+    assert_eq!(g.read_string("/srv/fast/nonce").unwrap(), format!("{nonce}\n"), "the step ran");
+    assert_eq!(g.is_dir("/root/.ssh").unwrap(), ssh_before, "/root/.ssh as the parent had it");
+    if ssh_before {
+        assert_eq!(g.ls("/root/.ssh").unwrap(), keys_before, "nothing added to /root/.ssh");
+    }
+    drop(g);
     assert!(scratch_dirs(&fixture.dir.join("work")).is_empty(), "scratch files removed");
 }
 

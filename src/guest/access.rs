@@ -1,5 +1,12 @@
-//! Root access for a run without leaving traces: in the appliance launch that prepares the
-//! boot, check that the image's sshd would let root in with a key (else say what to change,
+//! Root access for a run without leaving traces, two ways.
+//!
+//! First choice, no appliance: the key goes in as the systemd credential
+//! `ssh.authorized_keys.root` (see [`credential`]); systemd >= 252 (Debian 12 on) creates
+//! root's `.ssh/authorized_keys` from it at boot when root has none. The file made this way
+//! held nothing before, so taking the key out is removing it again ([`CredentialKey`]).
+//!
+//! Otherwise (sshd refuses the key: root already has keys, an older systemd, sshd's
+//! settings): in the appliance launch that prepares the boot, check that the image's sshd would let root in with a key (else say what to change,
 //! before anything boots), authorise the run's ephemeral key for root and remember exactly
 //! what `/root/.ssh` held; after the work, take the key out again.
 //!
@@ -13,6 +20,65 @@
 
 use super::Guest;
 use anyhow::{bail, Context, Result};
+
+/// The systemd credential that makes root's authorized_keys hold `public_line` (and nothing
+/// else) when root has none: systemd's tmpfiles.d/provision.conf writes it
+/// (`f^ /root/.ssh/authorized_keys`, creating `/root/.ssh` with mode 0700 if missing).
+pub fn credential(public_line: &str) -> (String, Vec<u8>) {
+    (CREDENTIAL.to_string(), format!("{}\n", public_line.trim()).into_bytes())
+}
+
+const CREDENTIAL: &str = "ssh.authorized_keys.root";
+const CREDENTIAL_DIR: &str = "/root/.ssh";
+const CREDENTIAL_FILE: &str = "/root/.ssh/authorized_keys";
+
+/// The run's key, let in by [`credential`] at this boot.
+#[derive(Debug, Clone)]
+pub struct CredentialKey {
+    public_line: String,
+}
+
+impl CredentialKey {
+    pub fn new(public_line: &str) -> CredentialKey {
+        CredentialKey { public_line: public_line.trim().to_string() }
+    }
+
+    /// A script for the booted guest (run as root) that takes the key out and fails if it is
+    /// still there afterwards. The file did not exist before this boot (else tmpfiles would
+    /// not have written the fresh key): when it still holds only the key it is removed, and
+    /// `/root/.ssh` too when it is empty and was born this boot (its birth time at or after
+    /// the boot time; a filesystem that keeps no birth time keeps the directory). A step that
+    /// added keys of its own keeps them; only the run's line goes.
+    pub fn removal_script(&self) -> String {
+        self.script_for(CREDENTIAL_DIR, CREDENTIAL_FILE)
+    }
+
+    fn script_for(&self, dir: &str, file: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let q = crate::vm::ssh::shell_quote;
+        let written = credential(&self.public_line).1;
+        let mut s = String::from("set -e\n");
+        s += &format!("F={}\nD={}\nK={}\n", q(file), q(dir), q(&self.public_line));
+        s += &format!(
+            "if [ -f \"$F\" ] && [ \"$(sha256sum < \"$F\" | cut -d ' ' -f 1)\" = {} ]; then\n  rm -f \"$F\"\n",
+            q(&hex::encode(Sha256::digest(&written)))
+        );
+        s += "elif [ -f \"$F\" ]; then\n";
+        s += "  grep -vxF -e \"$K\" \"$F\" > \"$F.virt-pipeline\" || true\n";
+        s += "  cat \"$F.virt-pipeline\" > \"$F\"\n  rm -f \"$F.virt-pipeline\"\nfi\n";
+        s += "if [ -d \"$D\" ] && [ -z \"$(ls -A \"$D\")\" ]; then\n";
+        s += "  born=$(stat -c %W \"$D\")\n  booted=$(awk '$1 == \"btime\" { print $2 }' /proc/stat)\n";
+        s +=
+            "  if [ \"$born\" -gt 0 ] 2>/dev/null && [ \"$born\" -ge \"$booted\" ]; then\n    rmdir \"$D\"\n  fi\nfi\n";
+        s += "if [ -f \"$F\" ] && grep -qxF -e \"$K\" \"$F\"; then\n  echo \"the run's key is still in $F\" >&2\n  exit 1\nfi\nsync\n";
+        s
+    }
+
+    /// Takes the key out through the session (over SSH, like [`RootAccess::remove`]).
+    pub fn remove(&self, session: &crate::vm::ssh::Session, log: &crate::engine::log::StageLog) -> Result<()> {
+        run_removal(session, &self.removal_script(), CREDENTIAL_FILE, log)
+    }
+}
 
 /// What `/root/.ssh` held before the run's key was added.
 #[derive(Debug, Clone)]
@@ -126,19 +192,28 @@ impl RootAccess {
 
     /// Takes the key out through the session (see the module's comment for why over SSH).
     pub fn remove(&self, session: &crate::vm::ssh::Session, log: &crate::engine::log::StageLog) -> Result<()> {
-        let mut output = String::new();
-        let status = session
-            .run_script(&self.removal_script(), &Default::default(), &mut |line| {
-                log.line(format!("key removal: {line}"));
-                output.push_str(line);
-                output.push('\n');
-            })
-            .context("cannot take the run's SSH key out of the guest")?;
-        if status != 0 {
-            bail!("taking the run's SSH key out of {} failed (exit {status}): {}", self.file, output.trim());
-        }
-        Ok(())
+        run_removal(session, &self.removal_script(), &self.file, log)
     }
+}
+
+fn run_removal(
+    session: &crate::vm::ssh::Session,
+    script: &str,
+    file: &str,
+    log: &crate::engine::log::StageLog,
+) -> Result<()> {
+    let mut output = String::new();
+    let status = session
+        .run_script(script, &Default::default(), &mut |line| {
+            log.line(format!("key removal: {line}"));
+            output.push_str(line);
+            output.push('\n');
+        })
+        .context("cannot take the run's SSH key out of the guest")?;
+    if status != 0 {
+        bail!("taking the run's SSH key out of {file} failed (exit {status}): {}", output.trim());
+    }
+    Ok(())
 }
 
 fn root_home(g: &Guest) -> Result<String> {
@@ -443,6 +518,37 @@ mod tests {
         std::fs::write(&file, format!("{key}\n")).unwrap();
         assert!(run(fresh.removal_script()).success());
         assert!(!ssh.exists());
+    }
+
+    /// The credential's removal script, run by a real sh on a directory standing in for
+    /// /root/.ssh.
+    #[test]
+    fn credential_key_removal_takes_out_what_the_boot_made() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample virt-pipeline-abc";
+        let access = CredentialKey::new(key);
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = dir.path().join(".ssh");
+        let file = ssh.join("authorized_keys");
+        let script = access.script_for(&ssh.display().to_string(), &file.display().to_string());
+        let run = || std::process::Command::new("sh").arg("-c").arg(&script).status().unwrap();
+
+        // Made at this boot (born after /proc/stat's btime) and untouched: both go.
+        std::fs::create_dir(&ssh).unwrap();
+        std::fs::write(&file, credential(key).1).unwrap();
+        assert!(run().success());
+        assert!(!ssh.exists(), "the directory made for the key is gone");
+
+        // A step added a key of its own: it stays, the run's goes, the directory stays.
+        std::fs::create_dir(&ssh).unwrap();
+        std::fs::write(&file, format!("{key}\nssh-ed25519 AAAAstep step@x\n")).unwrap();
+        assert!(run().success());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "ssh-ed25519 AAAAstep step@x\n");
+
+        // Something else in the directory: it stays with its directory.
+        std::fs::write(&file, credential(key).1).unwrap();
+        std::fs::write(ssh.join("config"), "x").unwrap();
+        assert!(run().success());
+        assert!(!file.exists() && ssh.join("config").exists());
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! `[stages.provision]`: Virter's `image build` as a stage. The new layer's overlay is
-//! booted (the VM writes the layer itself), the run's ephemeral key is authorised for root
-//! in one appliance launch before the boot, the provisioning steps run over SSH, the key is
-//! taken out again, the guest is powered off cleanly, and the engine commits the layer. A
-//! failing step fails the stage with the step's exit code and leaves no layer.
+//! booted (the VM writes the layer itself) with the run's ephemeral key as the systemd
+//! credential `ssh.authorized_keys.root`, the provisioning steps run over SSH, the key is
+//! taken out again, the guest is powered off (forced: no unit-by-unit stop, filesystems
+//! still unmounted cleanly), and the engine commits the layer. When sshd refuses the key
+//! (root already has keys, a guest without systemd credentials), the VM is killed, the
+//! overlay made again from the parent, and the key authorised in one appliance launch that
+//! also checks sshd's settings, before a second boot. A failing step fails the stage with
+//! the step's exit code and leaves no layer.
 
 use crate::bad_input;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
+use crate::guest::inspect::Inspection;
 use crate::guest::{access, Drive, Guest};
 use crate::image::qemu_img;
 use crate::pipeline::{Pipeline, ProvisionConfig};
@@ -124,23 +129,6 @@ impl Stage for ProvisionStage {
         let deadline = Instant::now() + self.timeout;
         let key = AccessKey::generate()?;
         ctx.log.line(format!("the run's SSH key: {}", key.public_line()));
-
-        // One appliance launch: check sshd, authorise the key, remember what was there.
-        ctx.bar.set_message("authorising the run's SSH key (appliance)");
-        let (os, access) = {
-            let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
-            g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: false })?;
-            g.launch()?;
-            let os = g.inspect_and_mount(false)?;
-            if !os.is_linux() {
-                bail!("the provision stage boots Linux guests over SSH; this layer holds {}", os.summary());
-            }
-            let access = access::authorise_root(&g, key.public_line())?;
-            g.umount_all()?;
-            g.shutdown()?;
-            (os, access)
-        };
-
         let options = BootOptions {
             accel: ctx.settings.accel,
             memory: self.config.memory.clone(),
@@ -148,10 +136,51 @@ impl Stage for ProvisionStage {
             work_dir: ctx.settings.work_dir.clone(),
             no_reboot: false,
         };
-        let runner = Runner::boot(&options, &ctx.output, &ctx.log, &ctx.bar)?;
+        let boot_wait = || self.boot_timeout.min(deadline.saturating_duration_since(Instant::now()));
+
+        // First the key as a systemd credential: no appliance launch before the boot.
+        ctx.log.line("root access: the run's key as the systemd credential ssh.authorized_keys.root");
+        let runner = Runner::boot_with_credentials(
+            &options,
+            &[access::credential(key.public_line())],
+            &ctx.output,
+            &ctx.log,
+            &ctx.bar,
+        )?;
         runner.set_deadline(deadline);
-        let wait = self.boot_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let session = runner.wait_for_ssh(&key, wait)?;
+        let answer = match runner.wait_for_ssh_unless_refused(&key, boot_wait()) {
+            Ok(answer) => answer,
+            Err(e) if runner.expired() || crate::interrupt::interrupted() => return Err(e),
+            Err(e) => {
+                // No answer at all: the image may lack sshd or not start it. The appliance
+                // check says what to change, as the fallback path would before its boot.
+                runner.kill();
+                drop(runner);
+                return Err(self.check_sshd(ctx).err().unwrap_or(e));
+            }
+        };
+        let (runner, session, access, os) = match answer {
+            Ok(session) => {
+                ctx.log.line("root access: the credential let the key in (no appliance launch)");
+                (runner, session, Access::Credential(access::CredentialKey::new(key.public_line())), None)
+            }
+            Err(refusal) => {
+                // Nothing was committed: the layer starts again from its parent.
+                ctx.log.line(format!(
+                    "root access: the credential did not let the key in ({}); authorising it in the image instead",
+                    refusal.root_cause()
+                ));
+                runner.kill();
+                drop(runner);
+                std::fs::remove_file(&ctx.output).with_context(|| format!("cannot remove {}", ctx.output.display()))?;
+                qemu_img::create_overlay(ctx.parent_path()?, &ctx.output, self.overlay_cluster_size())?;
+                let (os, access) = self.authorise_in_image(ctx, &key)?;
+                let runner = Runner::boot(&options, &ctx.output, &ctx.log, &ctx.bar)?;
+                runner.set_deadline(deadline);
+                let session = runner.wait_for_ssh(&key, boot_wait())?;
+                (runner, session, Access::Image(access), Some(os))
+            }
+        };
         session.set_deadline(Some(deadline));
         runner.console_on_bar(false);
 
@@ -178,8 +207,54 @@ impl Stage for ProvisionStage {
         let [target] = targets;
 
         ctx.bar.set_message("removing the run's SSH key");
-        access.remove(&target.session, &ctx.log).map_err(|e| runner.explain(e))?;
-        runner.shutdown(Some(target.session)).context("shutting the guest down")?;
-        Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None })
+        match &access {
+            Access::Credential(a) => a.remove(&target.session, &ctx.log),
+            Access::Image(a) => a.remove(&target.session, &ctx.log),
+        }
+        .map_err(|e| runner.explain(e))?;
+        // The steps are done and the key is out: nothing in the guest needs an orderly stop.
+        runner.shutdown_forced(target.session).context("shutting the guest down")?;
+        let inspection = match os {
+            Some(os) => Some(serde_json::to_value(&os)?),
+            // No appliance saw this layer: the steps ran on the parent's system, so its
+            // inspection stands (an inspection of our own would cost an appliance launch).
+            None => ctx.parent.and_then(|parent| {
+                crate::engine::cache::Cache::open_read_only(&ctx.settings.work_dir).ok()?.meta(&parent.key)?.inspection
+            }),
+        };
+        Ok(StageResult { inspection, record: None })
+    }
+}
+
+/// How the run's key reached root.
+enum Access {
+    Credential(access::CredentialKey),
+    Image(access::RootAccess),
+}
+
+impl ProvisionStage {
+    /// sshd's presence and settings, checked in a read-only appliance.
+    fn check_sshd(&self, ctx: &StageContext) -> Result<()> {
+        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
+        g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: true, discard: false })?;
+        g.launch()?;
+        g.inspect_and_mount(true)?;
+        access::check_sshd(&g)
+    }
+
+    /// The fallback way in: one appliance launch that checks sshd and authorises the key.
+    fn authorise_in_image(&self, ctx: &StageContext, key: &AccessKey) -> Result<(Inspection, access::RootAccess)> {
+        ctx.bar.set_message("authorising the run's SSH key (appliance)");
+        let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
+        g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: false })?;
+        g.launch()?;
+        let os = g.inspect_and_mount(false)?;
+        if !os.is_linux() {
+            bail!("the provision stage boots Linux guests over SSH; this layer holds {}", os.summary());
+        }
+        let access = access::authorise_root(&g, key.public_line())?;
+        g.umount_all()?;
+        g.shutdown()?;
+        Ok((os, access))
     }
 }

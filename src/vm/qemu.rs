@@ -31,6 +31,10 @@ pub struct VmConfig {
     /// A virtio RNG fed from the host: a guest short of entropy at boot (TCG, no RDRAND)
     /// would otherwise hold up sshd.
     pub rng: bool,
+    /// systemd credentials (name, value) passed as SMBIOS type 11 strings: systemd >= 252
+    /// imports them at boot (e.g. `ssh.authorized_keys.root`, which its tmpfiles.d turns
+    /// into root's authorized_keys when root has none).
+    pub credentials: Vec<(String, Vec<u8>)>,
 }
 
 impl VmConfig {
@@ -47,6 +51,7 @@ impl VmConfig {
             forwards: Vec::new(),
             qmp: None,
             rng: false,
+            credentials: Vec::new(),
         }
     }
 
@@ -88,11 +93,22 @@ impl VmConfig {
         if self.rng {
             cmd.args(["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]);
         }
+        for (name, value) in &self.credentials {
+            cmd.arg("-smbios").arg(smbios_credential(name, value));
+        }
         if self.no_reboot {
             cmd.arg("-no-reboot");
         }
         cmd
     }
+}
+
+/// `-smbios` for one systemd credential: base64 (no commas, which qemu's option syntax would
+/// need doubled) under the `io.systemd.credential.binary:` prefix.
+fn smbios_credential(name: &str, value: &[u8]) -> String {
+    use base64::Engine;
+    let value = base64::engine::general_purpose::STANDARD.encode(value);
+    format!("type=11,value=io.systemd.credential.binary:{name}={value}")
 }
 
 pub struct Vm {
@@ -214,4 +230,22 @@ impl Drop for Vm {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_become_smbios_type_11_strings() {
+        let mut config = VmConfig::new(Accel::Tcg);
+        config.credentials.push(("ssh.authorized_keys.root".into(), b"ssh-ed25519 AAAA x,y\n".to_vec()));
+        let cmd = config.command(Path::new("/tmp/console"));
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let i = args.iter().position(|a| a == "-smbios").expect("an -smbios option");
+        assert_eq!(
+            args[i + 1],
+            "type=11,value=io.systemd.credential.binary:ssh.authorized_keys.root=c3NoLWVkMjU1MTkgQUFBQSB4LHkK"
+        );
+    }
 }

@@ -70,6 +70,17 @@ impl Runner {
     /// Boots `disk` (a qcow2 the guest may write: the stage's new layer) and starts
     /// following its console.
     pub fn boot(options: &BootOptions, disk: &Path, log: &StageLog, bar: &ProgressBar) -> Result<Runner> {
+        Runner::boot_with_credentials(options, &[], disk, log, bar)
+    }
+
+    /// [`Runner::boot`] with systemd credentials (name, value) for the guest (SMBIOS type 11).
+    pub fn boot_with_credentials(
+        options: &BootOptions,
+        credentials: &[(String, Vec<u8>)],
+        disk: &Path,
+        log: &StageLog,
+        bar: &ProgressBar,
+    ) -> Result<Runner> {
         let scratch = crate::engine::cache::scratch_dir(&options.work_dir, "vm")?;
         let mut dirs = Vec::new();
         // A unix socket path must fit in 108 bytes; a deep work directory would not.
@@ -91,6 +102,7 @@ impl Runner {
         config.qmp = Some(qmp.clone());
         config.rng = true;
         config.no_reboot = options.no_reboot;
+        config.credentials = credentials.to_vec();
         bar.set_message("booting");
         let vm = Vm::start_logged(&config, &console, Some(log.clone()))?;
         log.line(format!("guest SSH forwarded from 127.0.0.1:{port}"));
@@ -176,6 +188,17 @@ impl Runner {
     /// Waits until the guest's sshd lets the run's key in as root, at most `timeout` from
     /// now; records the guest's host key in the key's known_hosts.
     pub fn wait_for_ssh(&self, key: &AccessKey, timeout: Duration) -> Result<Session> {
+        Ok(self.wait_for_ssh_unless_refused(key, timeout)??)
+    }
+
+    /// Like [`Runner::wait_for_ssh`], but sshd refusing the key is an answer, not an error:
+    /// `Ok(Err(why))` as soon as it does, so a caller with another way in need not wait for
+    /// the whole timeout.
+    pub fn wait_for_ssh_unless_refused(
+        &self,
+        key: &AccessKey,
+        timeout: Duration,
+    ) -> Result<std::result::Result<Session, anyhow::Error>> {
         let start = Instant::now();
         let mut last_error = anyhow!("no attempt made");
         loop {
@@ -191,7 +214,11 @@ impl Runner {
             match Session::connect_once(&self.endpoint, key.private_key_path(), key.known_hosts_path()) {
                 Ok(session) => {
                     self.log.line(format!("SSH answered after {}s", start.elapsed().as_secs()));
-                    return Ok(session);
+                    return Ok(Ok(session));
+                }
+                Err(ConnectError::Refused(e)) => {
+                    self.log.line(format!("SSH refused the key after {}s: {e:#}", start.elapsed().as_secs()));
+                    return Ok(Err(e.context(format!("last console lines:\n{}", self.last_console_lines()))));
                 }
                 Err(ConnectError::Fatal(e)) => {
                     return Err(e.context(format!("last console lines:\n{}", self.last_console_lines())))
@@ -249,13 +276,34 @@ impl Runner {
     /// Stops the guest cleanly, so everything it wrote is on the disk: `poweroff` over the
     /// session, then the ACPI power button, then (a failure) kill.
     pub fn shutdown(self, session: Option<Session>) -> Result<()> {
+        self.shutdown_with(session, "poweroff")
+    }
+
+    /// Like [`Runner::shutdown`], for a guest whose work is done and whose running services
+    /// have nothing left to save: on a systemd guest `systemctl poweroff --force`, which skips
+    /// stopping the units one by one (most of a clean poweroff's time under TCG) but still
+    /// goes through systemd-shutdown — every process is sent SIGTERM (then SIGKILL), every
+    /// filesystem unmounted or, for the root, remounted read-only (the journal committed, the
+    /// filesystem marked clean), the disks synced — before the power goes off. So the disk
+    /// holds everything written and clean filesystems, as after a full poweroff; what is
+    /// skipped is the units' own stop actions (ExecStop=, state saved on the way down, a
+    /// shutdown record in wtmp), which an image does not need. Not for a guest that has to
+    /// shut down as it would in use. Other inits get a plain `poweroff`.
+    pub fn shutdown_forced(self, session: Session) -> Result<()> {
+        self.shutdown_with(
+            Some(session),
+            "sync; if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then systemctl poweroff --force; else poweroff; fi",
+        )
+    }
+
+    fn shutdown_with(self, session: Option<Session>, poweroff: &str) -> Result<()> {
         self.console_on_bar(true);
         self.bar.set_message("shutting down");
         if let Some(session) = session {
-            self.log.line("shutdown: `poweroff` over SSH");
+            self.log.line(format!("shutdown: `{poweroff}` over SSH"));
             session.set_deadline(Some(Instant::now() + POWEROFF_COMMAND_TIMEOUT));
             // The guest closes the connection while it powers off: no answer is normal.
-            if let Ok((status, output)) = session.exec("poweroff") {
+            if let Ok((status, output)) = session.exec(poweroff) {
                 if status != 0 {
                     self.log.line(format!("poweroff exited {status}: {}", output.trim()));
                 }

@@ -99,6 +99,8 @@ impl Endpoint {
 #[derive(Debug)]
 pub enum ConnectError {
     NotYet(anyhow::Error),
+    /// sshd answered and said no to the key (a decision, not a guest still booting).
+    Refused(anyhow::Error),
     Fatal(anyhow::Error),
 }
 
@@ -126,7 +128,7 @@ impl Session {
             crate::interrupt::check()?;
             match Session::connect_once(endpoint, key, known_hosts) {
                 Ok(session) => return Ok(session),
-                Err(ConnectError::Fatal(e)) => return Err(e),
+                Err(ConnectError::Fatal(e) | ConnectError::Refused(e)) => return Err(e),
                 Err(ConnectError::NotYet(e)) if start.elapsed() >= timeout => {
                     return Err(e.context(format!(
                         "no SSH connection to {} ({}@{}:{}) within {}s",
@@ -175,7 +177,7 @@ impl Session {
                     ConnectError::Fatal(anyhow!("cannot use the SSH key {}: {e}", key.display()))
                 }
                 // Authentication failed / public key unverified: the server said no.
-                ssh2::ErrorCode::Session(-18) | ssh2::ErrorCode::Session(-19) => ConnectError::Fatal(anyhow!(
+                ssh2::ErrorCode::Session(-18) | ssh2::ErrorCode::Session(-19) => ConnectError::Refused(anyhow!(
                     "the SSH server of {} ({addr}) refused the key for user {}: {e}; check /etc/ssh/sshd_config in the image (`PermitRootLogin prohibit-password` or `yes` for root, `PubkeyAuthentication yes`, `AuthorizedKeysFile` including .ssh/authorized_keys)",
                     endpoint.name, endpoint.user
                 )),
@@ -184,7 +186,7 @@ impl Session {
             });
         }
         if !session.authenticated() {
-            return Err(ConnectError::Fatal(anyhow!(
+            return Err(ConnectError::Refused(anyhow!(
                 "the SSH server of {} did not accept the run's key",
                 endpoint.name
             )));
