@@ -188,7 +188,7 @@ impl Runner {
     /// Waits until the guest's sshd lets the run's key in as root, at most `timeout` from
     /// now; records the guest's host key in the key's known_hosts.
     pub fn wait_for_ssh(&self, key: &AccessKey, timeout: Duration) -> Result<Session> {
-        Ok(self.wait_for_ssh_unless_refused(key, timeout)??)
+        self.wait_for_ssh_unless_refused(key, timeout)?
     }
 
     /// Like [`Runner::wait_for_ssh`], but sshd refusing the key is an answer, not an error:
@@ -263,7 +263,7 @@ impl Runner {
                         self.last_console_lines()
                     );
                 }
-                self.log.line("the guest powered off");
+                self.log.line(format!("the guest powered off ({:.1}s of waiting)", start.elapsed().as_secs_f64()));
                 return Ok(Some(()));
             }
             if start.elapsed() >= timeout {
