@@ -316,6 +316,21 @@ impl Guest {
         })
     }
 
+    /// An ext2/3/4 superblock's fields as `tune2fs -l` names them, read by the appliance's
+    /// own tune2fs (the guest needs none).
+    pub fn tune2fs_l(&self, device: &str) -> Result<Vec<(String, String)>> {
+        let d = cstring("tune2fs_l", device)?;
+        self.pairs("tune2fs_l", unsafe { sys::guestfs_tune2fs_l(self.g, d.as_ptr()) })
+    }
+
+    /// The GPT partition type GUID (e.g. the EFI system partition's).
+    pub fn part_set_gpt_type(&self, device: &str, partnum: i32, guid: &str) -> Result<()> {
+        let (d, t) = (cstring("part_set_gpt_type", device)?, cstring("part_set_gpt_type", guid)?);
+        self.check("part_set_gpt_type", unsafe {
+            sys::guestfs_part_set_gpt_type(self.g, d.as_ptr(), partnum, t.as_ptr())
+        })
+    }
+
     pub fn mkfs(&self, fstype: &str, device: &str) -> Result<()> {
         self.mkfs_with_block_size(fstype, device, None)
     }

@@ -142,10 +142,13 @@ fn register_secrets(p: &Pipeline) -> Result<()> {
         }
     }
     for stage in &f.stages {
-        if let StageConfig::Install(crate::pipeline::InstallConfig::Debootstrap(d)) = stage {
-            if let Some(spec) = &d.root_password {
-                secrets::register_password_spec(spec, &p.dir);
-            }
+        let password = match stage {
+            StageConfig::Install(InstallConfig::Debootstrap(d)) => d.root_password.as_ref(),
+            StageConfig::Install(InstallConfig::Script(s)) => s.root_password.as_ref(),
+            _ => None,
+        };
+        if let Some(spec) = password {
+            secrets::register_password_spec(spec, &p.dir);
         }
     }
     Ok(())

@@ -90,6 +90,7 @@ pub enum InstallConfig {
     Iso(IsoConfig),
     Debootstrap(DebootstrapConfig),
     Image(ImageConfig),
+    Script(ScriptConfig),
 }
 
 /// `method = "netboot"`: an installer booted with an answers file injected into its initrd.
@@ -190,6 +191,70 @@ pub struct DebootstrapConfig {
     /// A public key (the key text, or a path to a .pub file) authorised for root.
     #[serde(default)]
     pub ssh_key: Option<String>,
+}
+
+/// `method = "script"`: a root tree filled on the host by a user's install script (PVC's
+/// phases: setup, prepare, install, finish, cleanup), laid onto a new disk by the tool.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptConfig {
+    /// The bash file defining the phase functions (`install` at least).
+    pub script: String,
+    /// The script's own settings, passed to every phase as `ARG_<KEY>` (upper case).
+    #[serde(default)]
+    pub args: toml::Table,
+    /// Environment for the phases (e.g. `http_proxy`), over the file's `[env]`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_disk_size")]
+    pub disk_size: String,
+    /// The default prepare phase's partitioning: `mbr` (BIOS boot) or `gpt-uefi`.
+    #[serde(default)]
+    pub layout: DiskLayout,
+    /// Each phase may take at most this long.
+    #[serde(default = "default_command_timeout")]
+    pub timeout: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// virt-customize syntax: `password:SECRET`, `file:PATH`, `random`, `disabled`.
+    #[serde(default)]
+    pub root_password: Option<String>,
+    /// A public key (the key text, or a path to a .pub file) authorised for root.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+}
+
+/// How the tool partitions a new disk for a root tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", try_from = "String")]
+pub enum DiskLayout {
+    /// An MBR table with one bootable ext4 partition: BIOS boot with GRUB's i386-pc target.
+    #[default]
+    Mbr,
+    /// GPT with a 512 MiB EFI system partition (vfat, /boot/efi) and an ext4 root.
+    GptUefi,
+}
+
+/// Parsed by hand so that the message names the key: serde's own loses the key path inside
+/// the internally tagged install table.
+impl TryFrom<String> for DiskLayout {
+    type Error = String;
+    fn try_from(text: String) -> Result<DiskLayout, String> {
+        match text.as_str() {
+            "mbr" => Ok(DiskLayout::Mbr),
+            "gpt-uefi" => Ok(DiskLayout::GptUefi),
+            _ => Err(format!("layout `{text}` is not one of mbr, gpt-uefi")),
+        }
+    }
+}
+
+impl DiskLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskLayout::Mbr => "mbr",
+            DiskLayout::GptUefi => "gpt-uefi",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

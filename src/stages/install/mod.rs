@@ -1,11 +1,14 @@
 //! `[stages.install]`: how the first layer is made, one module per method: an installer
-//! booted with an injected answers file (netboot, iso), debootstrap, or an existing image.
+//! booted with an injected answers file (netboot, iso), debootstrap, a user's install script
+//! (both through `tree`, the phases they share), or an existing image.
 
 pub mod debootstrap;
 pub mod expand;
 pub mod image;
 pub mod netboot;
+pub mod script;
 pub mod stall;
+pub mod tree;
 
 use crate::bad_input;
 use crate::engine::stage::Stage;
@@ -37,6 +40,7 @@ pub fn build(config: &InstallConfig, pipeline: &Pipeline, at: &str) -> Result<Bo
             c.env = pipeline.stage_env(&c.env, &format!("{at}.env"))?;
             Box::new(debootstrap::DebootstrapStage::new(c, &pipeline.dir, &where_)?)
         }
+        InstallConfig::Script(c) => Box::new(script::ScriptStage::new(c, pipeline, at)?),
         InstallConfig::Netboot(c) => Box::new(netboot::NetbootStage::new(c.into(), pipeline, at)?),
         InstallConfig::Iso(c) => Box::new(netboot::NetbootStage::new(c.into(), pipeline, at)?),
     })
