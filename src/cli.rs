@@ -67,6 +67,11 @@ pub enum Command {
         #[arg(long)]
         sign_key: Option<String>,
     },
+    /// Run every pipeline under PATHs (default: pipelines/) in dependency order, each once:
+    /// bases first (`from = { pipeline }`, or a local repository entry another pipeline
+    /// publishes); a failed pipeline skips those built on it, the others go on. Prints a
+    /// summary; exits 1 when any pipeline failed or was skipped.
+    Rebuild(RebuildArgs),
     /// Check a pipeline file without running anything.
     Validate {
         #[command(flatten)]
@@ -113,6 +118,33 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    /// Pipeline files, or directories searched for them (TOML files with a [pipeline] table).
+    pub paths: Vec<PathBuf>,
+    /// Show the order and each pipeline's plan; run nothing.
+    #[arg(long)]
+    pub plan: bool,
+    /// Also write what happened as JSON (the README documents the schema).
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// When another rebuild holds the work directory's lock, wait for it instead of exiting.
+    #[arg(long)]
+    pub wait: bool,
+    /// Use only cached downloads.
+    #[arg(long)]
+    pub offline: bool,
+    /// Fingerprint of the key that signs published indexes.
+    #[arg(long)]
+    pub sign_key: Option<String>,
+    /// Where each stage's full log goes (default: WORK_DIR/logs).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// Use this ID as every stage's cache key (see `run --build-id`).
+    #[arg(long)]
+    pub build_id: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! What each subcommand does, on top of the library.
 
 use crate::bad_input;
-use crate::cli::{CacheCommand, Cli, Command, ExecArgs, GlobalArgs, PipelineArgs, RepoCommand, SeedArgs};
+use crate::cli::{CacheCommand, Cli, Command, ExecArgs, GlobalArgs, PipelineArgs, RebuildArgs, RepoCommand, SeedArgs};
 use crate::engine::cache::{Cache, Layer};
 use crate::engine::stage::RunSettings;
 use crate::engine::ui::Ui;
@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let options = EngineOptions { no_cache, build_id, log_dir };
             run_command(g, &pipeline, options, output.as_deref(), offline, sign_key)
         }
+        Command::Rebuild(args) => rebuild_command(g, &args),
         Command::Validate { pipeline } => {
             let p = load_checked(&pipeline.file, &pipeline.sets)?;
             println!("{}: ok ({} stages)", pipeline.file.display(), p.file.stages.len());
@@ -134,6 +135,194 @@ fn run_command(
         qemu_img::convert(&layer.path, out, format)?;
     }
     println!("{}", layer.path.display());
+    Ok(())
+}
+
+/// `pipeline rebuild`: every pipeline under the paths, bases first, each once. All files
+/// are loaded and checked before anything runs; a pipeline whose base failed is skipped.
+fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
+    use crate::rebuild::{self, PipelineReport, Report};
+    let paths = if args.paths.is_empty() { vec![std::path::PathBuf::from("pipelines")] } else { args.paths.clone() };
+    let graph = rebuild::graph(&rebuild::find_files(&paths)?)?;
+    for node in &graph.nodes {
+        load_checked(&node.path, &[])?;
+    }
+    let ui = Ui::new();
+    let options = EngineOptions { build_id: args.build_id.clone(), log_dir: args.log_dir.clone(), ..Default::default() };
+    let base_names = |i: usize| -> Vec<&str> { graph.nodes[i].bases.iter().map(|&b| graph.nodes[b].pipeline.name()).collect() };
+    if args.plan {
+        let engine = Engine::read_only(settings(g, args.offline, None)?, options, &ui)?;
+        for &i in &graph.order {
+            let node = &graph.nodes[i];
+            let after = base_names(i);
+            let after = if after.is_empty() { String::new() } else { format!(", after {}", after.join(", ")) };
+            println!("{} ({}{after})", node.pipeline.name(), node.path.display());
+            if let Err(e) = plan_pipeline(&node.pipeline, &engine, 0) {
+                // A repository entry its base has not published yet cannot be planned
+                // against; the rebuild builds the base first.
+                if node.bases.is_empty() {
+                    return Err(e);
+                }
+                println!("    planned after its base is built ({})", format!("{e:#}").lines().next().unwrap_or_default());
+            }
+        }
+        return Ok(());
+    }
+
+    std::fs::create_dir_all(&g.work_dir)
+        .with_context(|| format!("cannot create the work directory {}", g.work_dir.display()))?;
+    let _lock = rebuild_lock(&g.work_dir, args.wait, &ui)?;
+    crate::interrupt::install_handler();
+    let engine = Engine::new(settings(g, args.offline, args.sign_key.clone())?, options, &ui)?;
+    for node in &graph.nodes {
+        preflight_chain(&node.pipeline, &engine)?;
+    }
+    let started = std::time::SystemTime::now();
+    let clock = std::time::Instant::now();
+    let mut reports: Vec<Option<PipelineReport>> = graph.nodes.iter().map(|_| None).collect();
+    for &i in &graph.order {
+        let node = &graph.nodes[i];
+        let name = node.pipeline.name().to_string();
+        let mut report = PipelineReport {
+            name: name.clone(),
+            file: node.path.clone(),
+            result: "skipped".into(),
+            reason: None,
+            stages_cached: 0,
+            stages_run: 0,
+            published: Vec::new(),
+            duration_seconds: 0.0,
+            layer: None,
+        };
+        let failed_base = node.bases.iter().find(|&&b| reports[b].as_ref().is_none_or(|r| r.result != "ok"));
+        if let Some(&b) = failed_base {
+            let base = reports[b].as_ref().map_or("not built", |r| r.result.as_str());
+            report.reason = Some(format!("base {} {base}", graph.nodes[b].pipeline.name()));
+            ui.line(format!("== {name}: skipped (base {} {base})", graph.nodes[b].pipeline.name()));
+            reports[i] = Some(report);
+            continue;
+        }
+        if crate::interrupt::interrupted() {
+            report.reason = Some("the rebuild was interrupted".into());
+            reports[i] = Some(report);
+            continue;
+        }
+        ui.line(format!("== {name} ({})", node.path.display()));
+        let clock = std::time::Instant::now();
+        engine.outcomes.borrow_mut().clear();
+        let result = run_pipeline(&node.pipeline, &engine, 0);
+        for outcome in engine.outcomes.take().into_iter().filter(|o| o.pipeline == name) {
+            match outcome.status {
+                Status::Cached => report.stages_cached += 1,
+                Status::ToRun => {
+                    report.stages_run += 1;
+                    report.published.extend(outcome.record);
+                }
+            }
+        }
+        report.duration_seconds = clock.elapsed().as_secs_f64();
+        match result {
+            Ok(layer) => {
+                report.result = "ok".into();
+                report.layer = Some(layer.path);
+            }
+            Err(e) => {
+                let text = crate::engine::secrets::scrub(&format!("{e:#}")).into_owned();
+                ui.line(format!("== {name}: failed: {text}"));
+                report.result = "failed".into();
+                report.reason = Some(text);
+            }
+        }
+        reports[i] = Some(report);
+    }
+
+    let pipelines: Vec<PipelineReport> = graph.order.iter().filter_map(|&i| reports[i].take()).collect();
+    let not_ok: Vec<String> =
+        pipelines.iter().filter(|r| r.result != "ok").map(|r| format!("{} ({})", r.name, r.result)).collect();
+    let report = Report {
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        result: if not_ok.is_empty() { "ok".into() } else { "failed".into() },
+        pipelines,
+    };
+    print_rebuild_summary(&report);
+    if let Some(path) = &args.report {
+        write_atomically(path, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    if !not_ok.is_empty() {
+        anyhow::bail!("rebuild: {} of {} pipelines did not succeed: {}", not_ok.len(), report.pipelines.len(), not_ok.join(", "));
+    }
+    Ok(())
+}
+
+fn print_rebuild_summary(report: &crate::rebuild::Report) {
+    println!("{:<28} {:<8} {:>6} {:>4}  {:<32} {:>8}", "pipeline", "result", "cached", "ran", "published", "time");
+    for p in &report.pipelines {
+        let published: Vec<String> = p
+            .published
+            .iter()
+            .map(|r| format!("{} r{}", r["name"].as_str().unwrap_or("?"), r["revision"].as_u64().unwrap_or(0)))
+            .collect();
+        println!(
+            "{:<28} {:<8} {:>6} {:>4}  {:<32} {:>7.0}s",
+            p.name,
+            p.result,
+            p.stages_cached,
+            p.stages_run,
+            if published.is_empty() { "-".to_string() } else { published.join(", ") },
+            p.duration_seconds
+        );
+        if let Some(reason) = &p.reason {
+            println!("    {}", reason.lines().next().unwrap_or_default());
+        }
+    }
+    println!("{} in {:.0}s", report.result, report.duration_seconds);
+}
+
+/// Two rebuilds in one work directory never overlap: an exclusive lock on
+/// WORK_DIR/rebuild.lock, which names its holder for the one that finds it taken.
+fn rebuild_lock(work_dir: &Path, wait: bool, ui: &Ui) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::Write;
+    let path = work_dir.join("rebuild.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() { "holder unknown" } else { holder.trim() };
+            if !wait {
+                anyhow::bail!(
+                    "another rebuild is running in this work directory ({holder}; lock {}); pass --wait to wait for it",
+                    path.display()
+                );
+            }
+            ui.line(format!("waiting for the rebuild that holds {} ({holder})", path.display()));
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))?
+        }
+        Err((_, e)) => anyhow::bail!("cannot lock {}: {e}", path.display()),
+    };
+    lock.set_len(0)?;
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    write!(lock, "pid {} since {since}", std::process::id())?;
+    Ok(lock)
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory and a rename, so
+/// a reader never sees half a file.
+fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write into {}", dir.display()))?;
+    temp.write_all(data)?;
+    temp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod image;
 pub mod interrupt;
 pub mod pipeline;
 pub mod provision;
+pub mod rebuild;
 pub mod repo;
 pub mod seed;
 pub mod stages;

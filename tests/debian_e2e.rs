@@ -68,6 +68,8 @@ steps = [
   {{ run_command = "echo \"token is $API_TOKEN\"; printf '%s' \"$API_TOKEN\" | wc -c > /etc/token-length" }},
   {{ install = ["tree", "less", "tzdata"] }},
   {{ uninstall = ["less"] }},
+  {{ update = true }},
+  {{ run_command = "apt-get -s upgrade | grep -c '^Inst' > /etc/upgradable || true" }},
   {{ timezone = "Europe/Oslo" }},
   {{ copy_in = {{ source = "files/{{{{ App }}}}", dest = "/opt" }} }},
   {{ run_command = "useradd -m -s /bin/sh deploy" }},
@@ -94,6 +96,12 @@ steps = [
             assert!(text.contains("token is [redacted]"), "the command's output is scrubbed, not dropped:\n{text}");
         }
     }
+
+    let upgraded = derived_logs.iter().filter(|l| l.ends_with("01-customize.log")).any(|l| {
+        let text = std::fs::read_to_string(l).unwrap();
+        text.contains("force-confold upgrade") && text.contains(" upgraded, ")
+    });
+    assert!(upgraded, "update ran apt-get upgrade: {derived_logs:?}");
 
     // A guest command that never ends is stopped after the stage's timeout.
     let hangs = write_file(
@@ -133,6 +141,7 @@ steps = [
     assert!(status.contains("Package: tree\nStatus: install ok installed"), "dpkg knows tree");
     assert_eq!(g.read_string("/etc/hostname").unwrap(), "derived.example.net\n");
     assert_eq!(g.read_string("/etc/timezone").unwrap(), "Europe/Oslo\n");
+    assert_eq!(g.read_string("/etc/upgradable").unwrap(), "0\n", "update left nothing to upgrade");
     assert!(g.is_symlink("/etc/localtime").unwrap());
     assert_eq!(g.read_string("/opt/app/bin/hello").unwrap(), "#!/bin/sh\necho hello\n", "copy-in, templated path");
     let passwd = g.read_string("/etc/passwd").unwrap();

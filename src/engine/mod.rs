@@ -37,21 +37,32 @@ pub enum Status {
     ToRun,
 }
 
+/// What happened to one stage in a run, for summaries (`pipeline rebuild`).
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    pub pipeline: String,
+    pub status: Status,
+    /// An output stage's record (a publish names its repository, entry and revision).
+    pub record: Option<serde_json::Value>,
+}
+
 pub struct Engine<'a> {
     pub cache: Cache,
     pub settings: RunSettings,
     pub options: EngineOptions,
     pub ui: &'a Ui,
+    /// Every stage this engine ran or found cached, in order.
+    pub outcomes: std::cell::RefCell<Vec<StageOutcome>>,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine { cache: Cache::open(&settings.work_dir)?, settings, options, ui })
+        Ok(Engine { cache: Cache::open(&settings.work_dir)?, settings, options, ui, outcomes: Default::default() })
     }
 
     /// An engine that only plans: it creates nothing in the work directory.
     pub fn read_only(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine { cache: Cache::open_read_only(&settings.work_dir)?, settings, options, ui })
+        Ok(Engine { cache: Cache::open_read_only(&settings.work_dir)?, settings, options, ui, outcomes: Default::default() })
     }
 
     /// Resolves every stage's upstream inputs (see `Stage::resolve`); call once before `plan`.
@@ -136,6 +147,8 @@ impl<'a> Engine<'a> {
                     current = self.cache.get(&planned.key);
                 }
                 self.ui.line(format!("{label}: cached ({short})"));
+                let record = (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
+                self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), status: Status::Cached, record });
                 continue;
             }
             let log_path = log_dir.join(format!("{n:02}-{}.log", stage.kind()));
@@ -152,6 +165,8 @@ impl<'a> Engine<'a> {
             match outcome {
                 Ok(next) => {
                     self.ui.line(format!("{label}: done in {}", humantime::format_duration(round(started.elapsed()))));
+                    let record = (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
+                    self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), status: Status::ToRun, record });
                     if let Some(next) = next {
                         current = Some(next);
                     }

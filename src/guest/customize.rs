@@ -75,8 +75,14 @@ pub fn step_name(step: &CustomizeStep) -> &'static str {
         CustomizeStep::Run(_) => "run",
         CustomizeStep::Install(_) => "install",
         CustomizeStep::Uninstall(_) => "uninstall",
+        CustomizeStep::Update(_) => "update",
         CustomizeStep::SshInject { .. } => "ssh-inject",
     }
+}
+
+/// Whether a step runs the guest's package manager (and so needs the appliance network).
+pub fn uses_package_manager(step: &CustomizeStep) -> bool {
+    matches!(step, CustomizeStep::Install(_) | CustomizeStep::Uninstall(_) | CustomizeStep::Update(true))
 }
 
 /// Applies steps to a mounted guest, in one appliance launch; host paths resolve against
@@ -107,6 +113,17 @@ impl<'a> StepRunner<'a> {
     /// A shell command in the guest, with the stage's environment.
     fn shell(&self, cmd: &str) -> Result<()> {
         run_in_guest(self.g, cmd, self.env, self.timeout, self.log)
+    }
+
+    /// The package lists, downloaded once per launch.
+    fn refresh_lists(&self) -> Result<()> {
+        if !self.lists_refreshed.get() {
+            if let Some(cmd) = refresh_command(self.os) {
+                self.shell(cmd)?;
+            }
+            self.lists_refreshed.set(true);
+        }
+        Ok(())
     }
 
     pub fn apply(&self, step: &CustomizeStep) -> Result<()> {
@@ -152,13 +169,13 @@ impl<'a> StepRunner<'a> {
                 result?;
             }
             CustomizeStep::Install(pkgs) => {
-                if !self.lists_refreshed.get() {
-                    if let Some(cmd) = refresh_command(os) {
-                        self.shell(cmd)?;
-                    }
-                    self.lists_refreshed.set(true);
-                }
+                self.refresh_lists()?;
                 self.shell(&package_command(os, "install", pkgs)?)?
+            }
+            CustomizeStep::Update(false) => {}
+            CustomizeStep::Update(true) => {
+                self.refresh_lists()?;
+                self.shell(upgrade_command(os)?)?
             }
             CustomizeStep::Uninstall(pkgs) => self.shell(&package_command(os, "remove", pkgs)?)?,
             CustomizeStep::SshInject { user, key } => {
@@ -257,6 +274,18 @@ pub fn is_package_name(spec: &str) -> bool {
             && v.chars().all(|c| c.is_ascii_alphanumeric() || "+.~:_-".contains(c))
     });
     name_ok && arch_ok && version_ok
+}
+
+/// Upgrades every package, as virt-customize --update does (apt keeps the guest's changed
+/// configuration files rather than prompting).
+fn upgrade_command(os: &Inspection) -> Result<&'static str> {
+    Ok(match os.package_management.as_str() {
+        "apt" => "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold upgrade",
+        "dnf" => "dnf -y --best upgrade",
+        "yum" => "yum -y update",
+        "zypper" => "zypper -n update",
+        other => bail!("cannot update packages: the guest's package manager is `{other}`"),
+    })
 }
 
 fn package_command(os: &Inspection, action: &str, pkgs: &[String]) -> Result<String> {

@@ -66,6 +66,7 @@ pub enum StageConfig {
     Publish(PublishConfig),
     Provision(ProvisionConfig),
     Export(ExportConfig),
+    Check(CheckConfig),
 }
 
 impl StageConfig {
@@ -78,8 +79,29 @@ impl StageConfig {
             StageConfig::Publish(_) => "publish",
             StageConfig::Provision(_) => "provision",
             StageConfig::Export(_) => "export",
+            StageConfig::Check(_) => "check",
         }
     }
+}
+
+/// `[stages.check]`: boot a throwaway copy of the layer and refuse it unless the system
+/// comes up with no failed unit (before a publish: never publish an image that does not boot).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// From power-on to the guest's SSH answering.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout: String,
+    /// How long the system may take to finish starting once SSH answers.
+    #[serde(default = "default_settle_timeout")]
+    pub settle_timeout: String,
+    /// Units allowed to fail (e.g. one that needs hardware the VM lacks).
+    #[serde(default)]
+    pub allow_failed: Vec<String>,
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
 }
 
 /// `[stages.install]`: how the first layer is made.
@@ -318,6 +340,9 @@ pub enum CustomizeStep {
     Run(String),
     Install(Vec<String>),
     Uninstall(Vec<String>),
+    /// `update = true`: upgrade every package with the guest's package manager
+    /// (virt-customize's --update).
+    Update(bool),
     SshInject { user: String, key: String },
 }
 
@@ -483,6 +508,9 @@ pub struct ProvisionConfig {
     pub pull: Option<String>,
 }
 
+fn default_settle_timeout() -> String {
+    "5m".into()
+}
 fn default_boot_timeout() -> String {
     "10m".into()
 }

@@ -4,7 +4,7 @@
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::guest::customize::{check_steps, step_name, StepRunner};
 use crate::guest::{Drive, Guest};
-use crate::pipeline::{CustomizeConfig, CustomizeStep, Pipeline};
+use crate::pipeline::{CustomizeConfig, Pipeline};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -27,7 +27,7 @@ impl CustomizeStage {
 
     fn needs_network(&self) -> bool {
         self.config.network.unwrap_or_else(|| {
-            self.config.steps.iter().any(|s| matches!(s, CustomizeStep::Install(_) | CustomizeStep::Uninstall(_)))
+            self.config.steps.iter().any(crate::guest::customize::uses_package_manager)
         })
     }
 }

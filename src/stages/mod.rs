@@ -2,6 +2,7 @@
 //! pipeline file's stage tables into stages, checking what the schema cannot (files exist,
 //! operation names, sizes) so that bad input fails before anything runs.
 
+pub mod check;
 pub mod customize;
 pub mod export;
 pub mod firstboot;
@@ -31,6 +32,7 @@ pub fn build(pipeline: &Pipeline) -> Result<Vec<Box<dyn Stage>>> {
             StageConfig::Publish(c) => Box::new(publish::PublishStage::new(c.clone(), &pipeline.path, &at)?),
             StageConfig::Provision(c) => Box::new(provision::ProvisionStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Export(c) => Box::new(export::ExportStage::new(c.clone(), pipeline, &at)?),
+            StageConfig::Check(c) => Box::new(check::CheckStage::new(c.clone(), pipeline, &at)?),
         };
         stages.push(stage);
     }

@@ -162,6 +162,7 @@ impl Stage for PublishStage {
             record: Some(serde_json::json!({
                 "repo": std::fs::canonicalize(&self.repo_dir)?,
                 "name": self.config.name,
+                "revision": entry.revision(),
                 "checksum": compressed.sha512,
             })),
         })

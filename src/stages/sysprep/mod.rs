@@ -204,9 +204,7 @@ impl Stage for SysprepStage {
         let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
         // Package installs in customize steps need the appliance network.
         let network = self.operations.iter().any(|op| op.name == "customize")
-            && self.config.customize.iter().any(|s| {
-                matches!(s, crate::pipeline::CustomizeStep::Install(_) | crate::pipeline::CustomizeStep::Uninstall(_))
-            });
+            && self.config.customize.iter().any(crate::guest::customize::uses_package_manager);
         g.set_network(network)?;
         g.add_drive(Drive { path: &ctx.output, format: "qcow2", readonly: false, discard: true })?;
         ctx.bar.set_message("launching the appliance");

@@ -1,0 +1,47 @@
+//! `[stages.check]` before a publish: the Debian fixture boots and passes; the same image
+//! with a unit that fails at boot fails the pipeline, the message names the unit and its
+//! error, and the publish after it never runs (the repository is not even created).
+
+mod common;
+
+use common::*;
+
+const CHECK: &str = "[[stages]]\n[stages.check]\nboot_timeout = \"8m\"\n";
+
+#[test]
+fn the_debian_image_passes_the_check() {
+    let fixture = debian_fixture();
+    let tmp = tempfile::tempdir_in(&fixture.dir).unwrap();
+    let file = fixture_pipeline(tmp.path(), &fixture, "check-pass", CHECK);
+    let out = run_on_fixture(&fixture, &file, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), fixture.layer.to_str().unwrap(), "the check passes the layer on unchanged");
+    let err = stderr(&out);
+    assert!(err.contains("check: the image booted and came up running"), "{err}");
+}
+
+#[test]
+fn a_unit_failing_at_boot_stops_the_pipeline_before_publish() {
+    let fixture = debian_fixture();
+    let tmp = tempfile::tempdir_in(&fixture.dir).unwrap();
+    let repo = tmp.path().join("repo");
+    let unit = "[Unit]\\nDescription=Broken on purpose\\n[Service]\\nType=oneshot\\n\
+                ExecStart=/bin/sh -c 'echo cannot reach the licence server >&2; exit 3'\\n\
+                [Install]\\nWantedBy=multi-user.target\\n";
+    let stages = format!(
+        "[[stages]]\n[stages.customize]\nsteps = [\n\
+         {{ write = {{ path = \"/etc/systemd/system/broken-on-purpose.service\", content = \"{unit}\" }} }},\n\
+         {{ link = {{ target = \"/etc/systemd/system/broken-on-purpose.service\", \
+         link = \"/etc/systemd/system/multi-user.target.wants/broken-on-purpose.service\" }} }},\n]\n\
+         {CHECK}[[stages]]\n[stages.publish]\nrepo = \"{}\"\nname = \"broken\"\n",
+        repo.display()
+    );
+    let file = fixture_pipeline(tmp.path(), &fixture, "check-fail", &stages);
+    let out = run_on_fixture(&fixture, &file, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stage 2 (check) failed"), "{err}");
+    assert!(err.contains("broken-on-purpose.service failed"), "names the unit: {err}");
+    assert!(err.contains("cannot reach the licence server"), "with its own message: {err}");
+    assert!(!repo.exists(), "nothing was published");
+}

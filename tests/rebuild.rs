@@ -1,0 +1,185 @@
+//! `pipeline rebuild` on three local pipelines: a base published to a local repository and
+//! two children built on it, one through `from = { pipeline }` and one through
+//! `from = { repo }` (the publish writes `repo/` in the working directory, as `pipeline run`
+//! does; the child names it relative to its own file, `../repo`). The first rebuild builds all, bases first; the second runs nothing;
+//! touching a child rebuilds that child only; changing the base rebuilds the base and both
+//! children; a failing base skips both children and exits 1; a cycle is bad input; two
+//! rebuilds do not overlap.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn base_pipeline(dir: &Path, content: &str) {
+    let image = &fake_images().debian;
+    write_file(
+        dir,
+        "base.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"base\"\n[[stages]]\n[stages.customize]\n\
+             steps = [{{ write = {{ path = \"/etc/base-version\", content = \"{content}\" }} }}]\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\n\
+             name = \"base\"\nosinfo = \"debian12\"\n",
+            image.display()
+        ),
+    );
+}
+
+fn child_pipeline(dir: &Path, name: &str, from: &str, content: &str) {
+    write_file(
+        dir,
+        &format!("{name}.toml"),
+        &format!(
+            "version = 1\nfrom = {from}\n[pipeline]\nname = \"{name}\"\n[[stages]]\n[stages.customize]\n\
+             steps = [{{ write = {{ path = \"/etc/{name}\", content = \"{content}\" }} }}]\n"
+        ),
+    );
+}
+
+struct Rebuild {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    report: serde_json::Value,
+}
+
+fn rebuild(dir: &Path, extra: &[&str]) -> Rebuild {
+    let gnupg = gnupg_home(dir);
+    let report = dir.join("report.json");
+    let _ = std::fs::remove_file(&report);
+    let mut args = vec!["--work-dir", "work", "rebuild", "pipelines", "--report", report.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = pipeline(dir, &gnupg, &args);
+    let report = std::fs::read(&report).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or(serde_json::Value::Null);
+    Rebuild { code: out.status.code(), stdout: stdout(&out), stderr: stderr(&out), report }
+}
+
+impl Rebuild {
+    /// (name, result, stages run) per pipeline, in the order they were taken.
+    fn runs(&self) -> Vec<(String, String, u64)> {
+        self.report["pipelines"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no report: {}\n{}", self.stdout, self.stderr))
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["result"].as_str().unwrap().to_string(),
+                    p["stages_run"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn runs(list: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+    list.iter().map(|(n, r, s)| (n.to_string(), r.to_string(), *s)).collect()
+}
+
+#[test]
+fn rebuild_builds_bases_first_and_only_what_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pipelines = dir.join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    base_pipeline(&pipelines, "1");
+    child_pipeline(&pipelines, "child-pipeline", "{ pipeline = \"base.toml\" }", "1");
+    child_pipeline(&pipelines, "child-repo", "{ repo = \"../repo\", name = \"base\" }", "1");
+
+    let plan = rebuild(dir, &["--plan"]);
+    assert_eq!(plan.code, Some(0), "{}", plan.stderr);
+    // Each pipeline's heading: `NAME (FILE[, after BASES])`; its stages' lines follow.
+    let order: Vec<&str> = plan.stdout.lines().filter(|l| l.contains(".toml") && l.ends_with(')')).collect();
+    assert!(order[0].starts_with("base ") && order[1].starts_with("child-pipeline ") && order[2].starts_with("child-repo "), "{}", plan.stdout);
+    assert!(order[2].contains("after base"), "{}", plan.stdout);
+    assert!(!dir.join("work/layers").exists() || std::fs::read_dir(dir.join("work/layers/outputs")).unwrap().next().is_none(), "--plan builds nothing");
+
+    // First night: everything, the base first (import, customize, publish).
+    let first = rebuild(dir, &[]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(first.runs(), runs(&[("base", "ok", 3), ("child-pipeline", "ok", 1), ("child-repo", "ok", 2)]));
+    assert_eq!(first.report["result"], "ok");
+    let published = &first.report["pipelines"][0]["published"][0];
+    assert_eq!((published["name"].as_str(), published["revision"].as_u64()), (Some("base"), Some(1)), "{published}");
+    assert!(first.stdout.contains("base r1"), "the summary names the revision: {}", first.stdout);
+
+    // Nothing changed: nothing runs.
+    let second = rebuild(dir, &[]);
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    assert_eq!(second.runs(), runs(&[("base", "ok", 0), ("child-pipeline", "ok", 0), ("child-repo", "ok", 0)]));
+
+    // A child's own input changed: that child only.
+    child_pipeline(&pipelines, "child-repo", "{ repo = \"../repo\", name = \"base\" }", "2");
+    let third = rebuild(dir, &[]);
+    assert_eq!(third.runs(), runs(&[("base", "ok", 0), ("child-pipeline", "ok", 0), ("child-repo", "ok", 1)]));
+
+    // The base changed: the base (customize, publish revision 2), then both children.
+    base_pipeline(&pipelines, "2");
+    let fourth = rebuild(dir, &[]);
+    assert_eq!(fourth.code, Some(0), "{}", fourth.stderr);
+    assert_eq!(fourth.runs(), runs(&[("base", "ok", 2), ("child-pipeline", "ok", 1), ("child-repo", "ok", 2)]));
+    assert_eq!(fourth.report["pipelines"][0]["published"][0]["revision"], 2);
+
+    // A failing base: both children skipped, the report says why, exit 1, and the
+    // repository keeps revision 2.
+    write_file(
+        &pipelines,
+        "base.toml",
+        &std::fs::read_to_string(pipelines.join("base.toml")).unwrap().replace(
+            "steps = [",
+            "steps = [{ run_command = \"exit 7\" }, ",
+        ),
+    );
+    let failed = rebuild(dir, &[]);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    assert_eq!(failed.runs(), runs(&[("base", "failed", 0), ("child-pipeline", "skipped", 0), ("child-repo", "skipped", 0)]));
+    assert_eq!(failed.report["result"], "failed");
+    assert_eq!(failed.report["pipelines"][1]["reason"], "base base failed");
+    let index = std::fs::read_to_string(dir.join("repo/index")).unwrap();
+    assert!(index.contains("revision=2"), "{index}");
+}
+
+#[test]
+fn a_cycle_is_bad_input_and_nothing_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pipelines = dir.join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    for (name, other) in [("one", "two"), ("two", "one")] {
+        write_file(
+            &pipelines,
+            &format!("{name}.toml"),
+            &format!(
+                "version = 1\nfrom = {{ repo = \"../repo\", name = \"{other}\" }}\n[pipeline]\nname = \"{name}\"\n\
+                 [[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"{name}\"\n"
+            ),
+        );
+    }
+    let out = rebuild(dir, &[]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("cycle") && out.stderr.contains("one.toml -> ") && out.stderr.contains("two.toml"), "{}", out.stderr);
+    assert!(!dir.join("work/layers").exists(), "nothing ran");
+}
+
+#[test]
+fn a_second_rebuild_does_not_overlap_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pipelines = dir.join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    child_pipeline(&pipelines, "lone", &format!("{{ image = \"{}\" }}", fake_images().debian.display()), "1");
+    // Another rebuild's lock, held by a process of the test's own.
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg(dir.join("work/rebuild.lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = rebuild(dir, &[]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("another rebuild is running") && out.stderr.contains("--wait"), "{}", out.stderr);
+    assert!(!dir.join("work/layers").exists(), "nothing ran");
+}
