@@ -216,7 +216,9 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
                 Status::Cached => report.stages_cached += 1,
                 Status::ToRun => {
                     report.stages_run += 1;
-                    report.published.extend(outcome.record);
+                    if outcome.kind == "publish" {
+                        report.published.extend(outcome.record);
+                    }
                 }
             }
         }

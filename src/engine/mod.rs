@@ -41,6 +41,7 @@ pub enum Status {
 #[derive(Debug, Clone)]
 pub struct StageOutcome {
     pub pipeline: String,
+    pub kind: &'static str,
     pub status: Status,
     /// An output stage's record (a publish names its repository, entry and revision).
     pub record: Option<serde_json::Value>,
@@ -148,7 +149,7 @@ impl<'a> Engine<'a> {
                 }
                 self.ui.line(format!("{label}: cached ({short})"));
                 let record = (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
-                self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), status: Status::Cached, record });
+                self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), kind: stage.kind(), status: Status::Cached, record });
                 continue;
             }
             let log_path = log_dir.join(format!("{n:02}-{}.log", stage.kind()));
@@ -166,7 +167,7 @@ impl<'a> Engine<'a> {
                 Ok(next) => {
                     self.ui.line(format!("{label}: done in {}", humantime::format_duration(round(started.elapsed()))));
                     let record = (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
-                    self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), status: Status::ToRun, record });
+                    self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), kind: stage.kind(), status: Status::ToRun, record });
                     if let Some(next) = next {
                         current = Some(next);
                     }
