@@ -34,3 +34,29 @@ fn a_unit_failing_at_boot_stops_the_pipeline_before_publish() {
     assert!(err.contains("cannot reach the licence server"), "with its own message: {err}");
     assert!(!repo.exists(), "nothing was published");
 }
+
+#[test]
+fn bad_check_keys_are_refused_before_anything_runs() {
+    let image = &fake_images().debian;
+    for (keys, needle) in [
+        ("memory = \"lots\"", "stages[0].check.memory"),
+        ("cpus = 0", "stages[0].check.cpus"),
+        ("settle_timeout = \"0s\"", "stages[0].check.settle_timeout"),
+        ("allow_failed = [\"x; reboot\"]", "stages[0].check.allow_failed"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = write_file(
+            tmp.path(),
+            "check.toml",
+            &format!(
+                "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"check-bad\"\n[[stages]]\n[stages.check]\n{keys}\n",
+                image.display()
+            ),
+        );
+        let gnupg = gnupg_home(tmp.path());
+        let out = pipeline(tmp.path(), &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{keys}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{keys}: {}", stderr(&out));
+        assert!(!tmp.path().join("work/layers").exists(), "{keys}: nothing ran");
+    }
+}

@@ -45,6 +45,21 @@ impl Pipeline {
         }
     }
 
+    /// A VM's `memory` (a size, at least 128M) and `cpus` (1 to 256), checked as bad input
+    /// naming the keys under `at`.
+    pub fn check_vm_size(&self, memory: &str, cpus: u32, at: &str) -> Result<()> {
+        let shown = self.path.display();
+        if crate::image::qemu_img::parse_size(memory).is_none_or(|m| m < 128 << 20) {
+            return Err(bad_input!(
+                "{shown}: {at}.memory: `{memory}` is not a memory size such as 1024M or 2G (at least 128M)"
+            ));
+        }
+        if !(1..=256).contains(&cpus) {
+            return Err(bad_input!("{shown}: {at}.cpus: {cpus} is not a number of CPUs from 1 to 256"));
+        }
+        Ok(())
+    }
+
     /// The environment a stage's commands run with: the file's `[env]` with the stage's own
     /// `env` (at `at`) over it. Names must be shell variable names.
     pub fn stage_env(&self, own: &BTreeMap<String, String>, at: &str) -> Result<BTreeMap<String, String>> {

@@ -27,15 +27,7 @@ impl CheckStage {
         let shown = pipeline.path.display();
         let boot_timeout = pipeline.duration(&config.boot_timeout, &format!("{at}.boot_timeout"))?;
         let settle_timeout = pipeline.duration(&config.settle_timeout, &format!("{at}.settle_timeout"))?;
-        if qemu_img::parse_size(&config.memory).is_none_or(|m| m < 128 << 20) {
-            return Err(bad_input!(
-                "{shown}: {at}.memory: `{}` is not a memory size such as 1024M or 2G (at least 128M)",
-                config.memory
-            ));
-        }
-        if !(1..=256).contains(&config.cpus) {
-            return Err(bad_input!("{shown}: {at}.cpus: {} is not a number of CPUs from 1 to 256", config.cpus));
-        }
+        pipeline.check_vm_size(&config.memory, config.cpus, at)?;
         if let Some(bad) = config.allow_failed.iter().find(|u| !is_unit_name(u)) {
             return Err(bad_input!("{shown}: {at}.allow_failed: `{bad}` is not a unit name such as foo.service"));
         }

@@ -42,15 +42,7 @@ impl ProvisionStage {
         let shown = pipeline.path.display();
         let boot_timeout = pipeline.duration(&config.boot_timeout, &format!("{at}.boot_timeout"))?;
         let timeout = pipeline.duration(&config.timeout, &format!("{at}.timeout"))?;
-        if qemu_img::parse_size(&config.memory).is_none_or(|m| m < 128 << 20) {
-            return Err(bad_input!(
-                "{shown}: {at}.memory: `{}` is not a memory size such as 1024M or 2G (at least 128M)",
-                config.memory
-            ));
-        }
-        if !(1..=256).contains(&config.cpus) {
-            return Err(bad_input!("{shown}: {at}.cpus: {} is not a number of CPUs from 1 to 256", config.cpus));
-        }
+        pipeline.check_vm_size(&config.memory, config.cpus, at)?;
         let pull_override = match &config.pull {
             Some(p) => Some(p.parse::<PullPolicy>().map_err(|e| bad_input!("{shown}: {at}.pull: {e}"))?),
             None => None,
