@@ -158,11 +158,11 @@ impl Drop for PuppetServer {
     }
 }
 
-/// The firstboot stage's keys for an agent run against `server`.
-fn agent_stage(server: &PuppetServer) -> String {
+/// The firstboot stage's keys for an agent run as `certname` against `server`.
+fn agent_stage(server: &PuppetServer, certname: &str) -> String {
     format!(
         r#"commands = ["echo '10.0.2.2 puppet.test' >> /etc/hosts"]
-puppet = {{ server = "puppet.test", environment = "production", certname = "web1.example.net", extra_args = ["--serverport", "{}"] }}
+puppet = {{ server = "puppet.test", environment = "production", certname = "{certname}", extra_args = ["--serverport", "{}"] }}
 "#,
         server.port
     )
@@ -184,24 +184,34 @@ const SERVICE_FILES: &[&str] = &[
     "/root/virt-sysprep-firstboot.log",
 ];
 
-/// The seed's step 2: the agent in the guest gets a certificate from the server, applies its
-/// catalogue, and the guest powers itself off; the layer holds the catalogue's effect and a
-/// host script's, and none of the firstboot machinery.
+/// The seed's step 2, and masterless Puppet, in one boot: the agent in the guest gets a
+/// certificate from the server and applies its catalogue, `puppet apply` applies a host
+/// manifest with its module path copied in, and the guest powers itself off; the layer holds
+/// the catalogue's, the manifest's and a host script's effects, and neither the copies nor
+/// the firstboot machinery.
 #[test]
-fn puppet_agent_applies_the_servers_catalogue_and_the_guest_powers_off() {
+fn puppet_agent_and_apply_configure_the_layer_and_the_guest_powers_off() {
     let fx = debian_fixture();
     let base = agent_base(&fx);
     let site = "node default {\n  file { '/etc/puppet-applied': content => \"certname=${trusted['certname']} environment=${server_facts['environment']}\\n\" }\n}\n";
-    let server = PuppetServer::start(site);
+    let server = &PuppetServer::start(site);
     let dir = tempfile::tempdir().unwrap();
     write_file(dir.path(), "hello.sh", "#!/bin/sh\necho \"hello from $(hostname)\" > /root/hello\n");
+    let module = dir.path().join("modules/motd/manifests");
+    std::fs::create_dir_all(&module).unwrap();
+    write_file(
+        &module,
+        "init.pp",
+        "class motd(String $text) {\n  file { '/etc/motd-puppet': content => \"${text}\\n\", mode => '0640' }\n}\n",
+    );
+    write_file(dir.path(), "site.pp", "class { 'motd': text => 'configured masterless' }\n");
     let file = write_file(
         dir.path(),
         "p.toml",
         &format!(
-            "version = 1\nfrom = {{ pipeline = \"{}\" }}\n[pipeline]\nname = \"firstboot-agent\"\n[[stages]]\n[stages.firstboot]\nscripts = [\"hello.sh\"]\n{}timeout = \"40m\"\n",
+            "version = 1\nfrom = {{ pipeline = \"{}\" }}\n[pipeline]\nname = \"firstboot-agent\"\n[[stages]]\n[stages.firstboot]\nscripts = [\"hello.sh\"]\npuppet_apply = {{ manifest = \"site.pp\", modules = \"modules\" }}\n{}timeout = \"40m\"\n",
             base.display(),
-            agent_stage(&server)
+            agent_stage(server, "web1.example.net")
         ),
     );
     let logs = dir.path().join("logs");
@@ -226,6 +236,8 @@ fn puppet_agent_applies_the_servers_catalogue_and_the_guest_powers_off() {
         "the catalogue's effect is in the layer"
     );
     assert!(g.read_string("/root/hello").unwrap().starts_with("hello from "));
+    assert_eq!(g.read_string("/etc/motd-puppet").unwrap(), "configured masterless\n", "puppet apply's effect");
+    assert_eq!(g.lstat_mode("/etc/motd-puppet").unwrap() & 0o777, 0o640);
     layer_paths_absent(&g, SERVICE_FILES);
 }
 
@@ -236,7 +248,7 @@ fn puppet_agent_applies_the_servers_catalogue_and_the_guest_powers_off() {
 fn failing_puppet_runs_fail_the_stage_with_puppets_messages() {
     let fx = debian_fixture();
     let base = agent_base(&fx);
-    let server = PuppetServer::start("node default {\n  exec { 'refused-by-test': command => '/bin/false' }\n}\n");
+    let server = &PuppetServer::start("node default {\n  exec { 'refused-by-test': command => '/bin/false' }\n}\n");
     let dir = tempfile::tempdir().unwrap();
     write_file(dir.path(), "fail.pp", "fail('the manifest says no')\n");
     let file = write_file(
@@ -245,7 +257,7 @@ fn failing_puppet_runs_fail_the_stage_with_puppets_messages() {
         &format!(
             "version = 1\nfrom = {{ pipeline = \"{}\" }}\n[pipeline]\nname = \"firstboot-fail\"\n[[stages]]\n[stages.firstboot]\npuppet_apply = {{ manifest = \"fail.pp\" }}\n{}timeout = \"40m\"\n",
             base.display(),
-            agent_stage(&server)
+            agent_stage(server, "refused.example.net")
         ),
     );
     let logs = dir.path().join("logs");
@@ -260,47 +272,6 @@ fn failing_puppet_runs_fail_the_stage_with_puppets_messages() {
     );
     assert!(err.contains("Exec[refused-by-test]") && err.contains("returned 1 instead of one of [0]"), "{err}");
     assert!(firstboot_log(&logs, "firstboot-fail").contains("the guest powered itself off"));
-}
-
-/// Masterless: a host manifest and module path copied in, applied by `puppet apply`; the
-/// copies are not left in the layer.
-#[test]
-fn puppet_apply_configures_the_layer_without_a_server() {
-    let fx = debian_fixture();
-    let base = agent_base(&fx);
-    let dir = tempfile::tempdir().unwrap();
-    let module = dir.path().join("modules/motd/manifests");
-    std::fs::create_dir_all(&module).unwrap();
-    write_file(
-        &module,
-        "init.pp",
-        "class motd(String $text) {\n  file { '/etc/motd-puppet': content => \"${text}\\n\", mode => '0640' }\n}\n",
-    );
-    // A comment unique to this run: the stage must run (not come from the cache) for its log.
-    let run_id = dir.path().file_name().unwrap().to_string_lossy().into_owned();
-    write_file(
-        dir.path(),
-        "site.pp",
-        &format!("# run {run_id}\nclass {{ 'motd': text => 'configured masterless' }}\n"),
-    );
-    let file = write_file(
-        dir.path(),
-        "p.toml",
-        &format!(
-            "version = 1\nfrom = {{ pipeline = \"{}\" }}\n[pipeline]\nname = \"firstboot-apply\"\n[[stages]]\n[stages.firstboot]\npuppet_apply = {{ manifest = \"site.pp\", modules = \"modules\" }}\ntimeout = \"40m\"\n",
-            base.display()
-        ),
-    );
-    let logs = dir.path().join("logs");
-    let out = run(&fx, &file, &logs);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let layer = PathBuf::from(stdout(&out).trim());
-    assert!(firstboot_log(&logs, "firstboot-apply").contains("the guest powered itself off"));
-    let g = open_readonly(&[&layer]);
-    g.inspect_and_mount(true).unwrap();
-    assert_eq!(g.read_string("/etc/motd-puppet").unwrap(), "configured masterless\n");
-    assert_eq!(g.lstat_mode("/etc/motd-puppet").unwrap() & 0o777, 0o640);
-    layer_paths_absent(&g, SERVICE_FILES);
 }
 
 /// `run = false`: the scripts are installed as virt-customize installs them and wait; a plain

@@ -1,37 +1,43 @@
 //! `pipeline rebuild` on three local pipelines: a base published to a local repository and
-//! two children built on it, one through `from = { pipeline }` and one through
-//! `from = { repo }` (the publish writes `repo/` in the working directory, as `pipeline run`
-//! does; the child names it relative to its own file, `../repo`). The first rebuild builds all, bases first; the second runs nothing;
-//! touching a child rebuilds that child only; changing the base rebuilds the base and both
-//! children; a failing base skips both children and exits 1; a cycle is bad input; two
-//! rebuilds do not overlap.
+//! two children built on it, each publishing its own entry, one through
+//! `from = { pipeline }` and one through `from = { repo }` (a publish writes `repo/` in the
+//! working directory, as `pipeline run` does; the child names it relative to its own file,
+//! `../repo`). The first rebuild builds all, bases first; the second runs nothing; touching a
+//! child rebuilds that child only; a new base rebuilds the base and both children; a failing
+//! base skips both children and exits 1; a cycle is bad input; two rebuilds do not overlap.
 
 mod common;
 
 use common::*;
 use std::path::Path;
 
-fn base_pipeline(dir: &Path, content: &str) {
-    let image = &fake_images().debian;
+/// The base: an image imported from images/base.qcow2 (a copy of the fake Debian disk; a
+/// new night's base is a different file there) and published as entry `base`. Import and
+/// publish need no appliance, which keeps the five rebuilds below cheap.
+fn base_pipeline(dir: &Path, extra_steps: &str) {
+    let stages = if extra_steps.is_empty() {
+        String::new()
+    } else {
+        format!("[[stages]]\n[stages.customize]\nsteps = [{extra_steps}]\n")
+    };
     write_file(
         dir,
         "base.toml",
         &format!(
-            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"base\"\n[[stages]]\n[stages.customize]\n\
-             steps = [{{ write = {{ path = \"/etc/base-version\", content = \"{content}\" }} }}]\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\n\
-             name = \"base\"\nosinfo = \"debian12\"\n",
-            image.display()
+            "version = 1\nfrom = {{ image = \"../images/base.qcow2\" }}\n[pipeline]\nname = \"base\"\n{stages}\
+             [[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"base\"\nosinfo = \"debian12\"\n"
         ),
     );
 }
 
-fn child_pipeline(dir: &Path, name: &str, from: &str, content: &str) {
+/// A child that publishes its own entry, with `notes` standing for its own inputs.
+fn child_pipeline(dir: &Path, name: &str, from: &str, notes: &str) {
     write_file(
         dir,
         &format!("{name}.toml"),
         &format!(
-            "version = 1\nfrom = {from}\n[pipeline]\nname = \"{name}\"\n[[stages]]\n[stages.customize]\n\
-             steps = [{{ write = {{ path = \"/etc/{name}\", content = \"{content}\" }} }}]\n"
+            "version = 1\nfrom = {from}\n[pipeline]\nname = \"{name}\"\n[[stages]]\n[stages.publish]\n\
+             repo = \"repo\"\nname = \"{name}\"\nnotes = \"{notes}\"\n"
         ),
     );
 }
@@ -82,7 +88,10 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     let dir = tmp.path();
     let pipelines = dir.join("pipelines");
     std::fs::create_dir_all(&pipelines).unwrap();
-    base_pipeline(&pipelines, "1");
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let base_image = dir.join("images/base.qcow2");
+    std::fs::copy(&fake_images().debian, &base_image).unwrap();
+    base_pipeline(&pipelines, "");
     child_pipeline(&pipelines, "child-pipeline", "{ pipeline = \"base.toml\" }", "1");
     child_pipeline(&pipelines, "child-repo", "{ repo = \"../repo\", name = \"base\" }", "1");
 
@@ -92,12 +101,12 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     let order: Vec<&str> = plan.stdout.lines().filter(|l| l.contains(".toml") && l.ends_with(')')).collect();
     assert!(order[0].starts_with("base ") && order[1].starts_with("child-pipeline ") && order[2].starts_with("child-repo "), "{}", plan.stdout);
     assert!(order[2].contains("after base"), "{}", plan.stdout);
-    assert!(!dir.join("work/layers").exists() || std::fs::read_dir(dir.join("work/layers/outputs")).unwrap().next().is_none(), "--plan builds nothing");
+    assert!(!dir.join("repo").exists(), "--plan builds nothing");
 
-    // First night: everything, the base first (import, customize, publish).
+    // First night: everything, the base first (import, publish).
     let first = rebuild(dir, &[]);
     assert_eq!(first.code, Some(0), "{}", first.stderr);
-    assert_eq!(first.runs(), runs(&[("base", "ok", 3), ("child-pipeline", "ok", 1), ("child-repo", "ok", 2)]));
+    assert_eq!(first.runs(), runs(&[("base", "ok", 2), ("child-pipeline", "ok", 1), ("child-repo", "ok", 2)]));
     assert_eq!(first.report["result"], "ok");
     let published = &first.report["pipelines"][0]["published"][0];
     assert_eq!((published["name"].as_str(), published["revision"].as_u64()), (Some("base"), Some(1)), "{published}");
@@ -113,8 +122,9 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     let third = rebuild(dir, &[]);
     assert_eq!(third.runs(), runs(&[("base", "ok", 0), ("child-pipeline", "ok", 0), ("child-repo", "ok", 1)]));
 
-    // The base changed: the base (customize, publish revision 2), then both children.
-    base_pipeline(&pipelines, "2");
+    // A new base image: the base (import, publish revision 2), then both children (the
+    // `{ repo }` child sees the entry's new checksum, so it imports again).
+    std::fs::copy(&fake_images().fedora, &base_image).unwrap();
     let fourth = rebuild(dir, &[]);
     assert_eq!(fourth.code, Some(0), "{}", fourth.stderr);
     assert_eq!(fourth.runs(), runs(&[("base", "ok", 2), ("child-pipeline", "ok", 1), ("child-repo", "ok", 2)]));
@@ -122,21 +132,15 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
 
     // A failing base: both children skipped, the report says why, exit 1, and the
     // repository keeps revision 2.
-    write_file(
-        &pipelines,
-        "base.toml",
-        &std::fs::read_to_string(pipelines.join("base.toml")).unwrap().replace(
-            "steps = [",
-            "steps = [{ run_command = \"exit 7\" }, ",
-        ),
-    );
+    base_pipeline(&pipelines, "{ run_command = \"exit 7\" }");
     let failed = rebuild(dir, &[]);
     assert_eq!(failed.code, Some(1), "{}", failed.stderr);
     assert_eq!(failed.runs(), runs(&[("base", "failed", 0), ("child-pipeline", "skipped", 0), ("child-repo", "skipped", 0)]));
     assert_eq!(failed.report["result"], "failed");
     assert_eq!(failed.report["pipelines"][1]["reason"], "base base failed");
     let index = std::fs::read_to_string(dir.join("repo/index")).unwrap();
-    assert!(index.contains("revision=2"), "{index}");
+    let base_entry = index.split("\n[").find(|e| e.trim_start_matches('[').starts_with("base]")).unwrap_or_default();
+    assert!(base_entry.contains("\nrevision=2"), "{index}");
 }
 
 #[test]
