@@ -148,8 +148,10 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
         load_checked(&node.path, &[])?;
     }
     let ui = Ui::new();
-    let options = EngineOptions { build_id: args.build_id.clone(), log_dir: args.log_dir.clone(), ..Default::default() };
-    let base_names = |i: usize| -> Vec<&str> { graph.nodes[i].bases.iter().map(|&b| graph.nodes[b].pipeline.name()).collect() };
+    let options =
+        EngineOptions { build_id: args.build_id.clone(), log_dir: args.log_dir.clone(), ..Default::default() };
+    let base_names =
+        |i: usize| -> Vec<&str> { graph.nodes[i].bases.iter().map(|&b| graph.nodes[b].pipeline.name()).collect() };
     if args.plan {
         let engine = Engine::read_only(settings(g, args.offline, None)?, options, &ui)?;
         for &i in &graph.order {
@@ -163,7 +165,10 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
                 if node.bases.is_empty() {
                     return Err(e);
                 }
-                println!("    planned after its base is built ({})", format!("{e:#}").lines().next().unwrap_or_default());
+                println!(
+                    "    planned after its base is built ({})",
+                    format!("{e:#}").lines().next().unwrap_or_default()
+                );
             }
         }
         return Ok(());
@@ -252,7 +257,12 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
         write_atomically(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     if !not_ok.is_empty() {
-        anyhow::bail!("rebuild: {} of {} pipelines did not succeed: {}", not_ok.len(), report.pipelines.len(), not_ok.join(", "));
+        anyhow::bail!(
+            "rebuild: {} of {} pipelines did not succeed: {}",
+            not_ok.len(),
+            report.pipelines.len(),
+            not_ok.join(", ")
+        );
     }
     Ok(())
 }
@@ -322,7 +332,8 @@ fn rebuild_lock(work_dir: &Path, wait: bool, ui: &Ui) -> Result<nix::fcntl::Floc
 fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write into {}", dir.display()))?;
+    let mut temp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write into {}", dir.display()))?;
     temp.write_all(data)?;
     temp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

@@ -250,9 +250,21 @@ mod tests {
         for image in ["x.qcow2", "y.qcow2"] {
             std::fs::write(d.join(image), b"").unwrap();
         }
-        write(d, "base.toml", &format!("from = {{ image = \"x.qcow2\" }}\n[pipeline]\nname = \"base\"\n{}", publish(d, "base")));
-        write(d, "a-child.toml", &format!("from = {{ pipeline = \"base.toml\" }}\n[pipeline]\nname = \"a-child\"\n{SYSPREP}"));
-        write(d, "b-child.toml", &format!("from = {{ repo = \"repo\", name = \"base\" }}\n[pipeline]\nname = \"b-child\"\n{SYSPREP}"));
+        write(
+            d,
+            "base.toml",
+            &format!("from = {{ image = \"x.qcow2\" }}\n[pipeline]\nname = \"base\"\n{}", publish(d, "base")),
+        );
+        write(
+            d,
+            "a-child.toml",
+            &format!("from = {{ pipeline = \"base.toml\" }}\n[pipeline]\nname = \"a-child\"\n{SYSPREP}"),
+        );
+        write(
+            d,
+            "b-child.toml",
+            &format!("from = {{ repo = \"repo\", name = \"base\" }}\n[pipeline]\nname = \"b-child\"\n{SYSPREP}"),
+        );
         write(d, "lone.toml", &format!("from = {{ image = \"y.qcow2\" }}\n[pipeline]\nname = \"0-lone\"\n{SYSPREP}"));
         std::fs::write(d.join("not-a-pipeline.toml"), "version = 1\n[[steps]]\n").unwrap();
         let files = find_files(&[d.to_path_buf()]).unwrap();
@@ -266,8 +278,16 @@ mod tests {
     fn a_cycle_is_bad_input_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write(d, "one.toml", &format!("from = {{ repo = \"repo\", name = \"two\" }}\n[pipeline]\nname = \"one\"\n{}", publish(d, "one")));
-        write(d, "two.toml", &format!("from = {{ repo = \"repo\", name = \"one\" }}\n[pipeline]\nname = \"two\"\n{}", publish(d, "two")));
+        write(
+            d,
+            "one.toml",
+            &format!("from = {{ repo = \"repo\", name = \"two\" }}\n[pipeline]\nname = \"one\"\n{}", publish(d, "one")),
+        );
+        write(
+            d,
+            "two.toml",
+            &format!("from = {{ repo = \"repo\", name = \"one\" }}\n[pipeline]\nname = \"two\"\n{}", publish(d, "two")),
+        );
         let err = graph(&find_files(&[d.to_path_buf()]).unwrap()).err().unwrap();
         assert_eq!(crate::error::exit_code(&err), 2);
         let text = err.to_string();

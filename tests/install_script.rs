@@ -102,7 +102,10 @@ fn a_failing_install_names_the_phase_runs_cleanup_and_leaves_no_layer() {
     assert!(err.contains("phase `install` failed"), "{err}");
     assert!(err.contains("mirror unreachable"), "the script's own message: {err}");
     let log = install_log(tmp.path());
-    assert!(log.contains("== cleanup") && log.contains("cleanup saw: half-done"), "cleanup ran after the failure: {log}");
+    assert!(
+        log.contains("== cleanup") && log.contains("cleanup saw: half-done"),
+        "cleanup ran after the failure: {log}"
+    );
     assert!(leftovers(tmp.path()).is_empty(), "{:?}", leftovers(tmp.path()));
 }
 
@@ -111,7 +114,8 @@ fn a_script_that_writes_outside_target_fails_on_the_read_only_root() {
     let tmp = tempfile::tempdir().unwrap();
     let outside = tmp.path().join("escaped");
     let script = "install() {\n  touch \"$TARGET/inside\"\n  touch \"$ARG_OUTSIDE\"\n}\n";
-    let file = script_pipeline(tmp.path(), script, &format!("[stages.install.args]\noutside = \"{}\"\n", outside.display()));
+    let file =
+        script_pipeline(tmp.path(), script, &format!("[stages.install.args]\noutside = \"{}\"\n", outside.display()));
     let out = run(tmp.path(), &file);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -191,7 +195,11 @@ fn the_mmdebstrap_example_builds_an_image_that_boots() {
     let mut vm = Vm::start(&config, &tmp.path().join("console.log")).unwrap();
     let text = vm.wait_for_console("login:", Duration::from_secs(480)).unwrap_or_else(|e| panic!("{e:#}"));
     vm.kill();
-    assert!(text.contains("Debian GNU/Linux 12 mmdebstrap.example.net ttyS0"), "{}", &text[text.len().saturating_sub(3000)..]);
+    assert!(
+        text.contains("Debian GNU/Linux 12 mmdebstrap.example.net ttyS0"),
+        "{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
 }
 
 /// The Rocky example cannot run here (no Rocky mirror, no dnf), but it must load: bash

@@ -99,7 +99,11 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     assert_eq!(plan.code, Some(0), "{}", plan.stderr);
     // Each pipeline's heading: `NAME (FILE[, after BASES])`; its stages' lines follow.
     let order: Vec<&str> = plan.stdout.lines().filter(|l| l.contains(".toml") && l.ends_with(')')).collect();
-    assert!(order[0].starts_with("base ") && order[1].starts_with("child-pipeline ") && order[2].starts_with("child-repo "), "{}", plan.stdout);
+    assert!(
+        order[0].starts_with("base ") && order[1].starts_with("child-pipeline ") && order[2].starts_with("child-repo "),
+        "{}",
+        plan.stdout
+    );
     assert!(order[2].contains("after base"), "{}", plan.stdout);
     assert!(!dir.join("repo").exists(), "--plan builds nothing");
 
@@ -135,7 +139,10 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     base_pipeline(&pipelines, "{ run_command = \"exit 7\" }");
     let failed = rebuild(dir, &[]);
     assert_eq!(failed.code, Some(1), "{}", failed.stderr);
-    assert_eq!(failed.runs(), runs(&[("base", "failed", 0), ("child-pipeline", "skipped", 0), ("child-repo", "skipped", 0)]));
+    assert_eq!(
+        failed.runs(),
+        runs(&[("base", "failed", 0), ("child-pipeline", "skipped", 0), ("child-repo", "skipped", 0)])
+    );
     assert_eq!(failed.report["result"], "failed");
     assert_eq!(failed.report["pipelines"][1]["reason"], "base base failed");
     let index = std::fs::read_to_string(dir.join("repo/index")).unwrap();
@@ -161,7 +168,11 @@ fn a_cycle_is_bad_input_and_nothing_runs() {
     }
     let out = rebuild(dir, &[]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("cycle") && out.stderr.contains("one.toml -> ") && out.stderr.contains("two.toml"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cycle") && out.stderr.contains("one.toml -> ") && out.stderr.contains("two.toml"),
+        "{}",
+        out.stderr
+    );
     assert!(!dir.join("work/layers").exists(), "nothing ran");
 }
 
@@ -174,11 +185,8 @@ fn a_second_rebuild_does_not_overlap_the_first() {
     child_pipeline(&pipelines, "lone", &format!("{{ image = \"{}\" }}", fake_images().debian.display()), "1");
     // Another rebuild's lock, held by a process of the test's own.
     std::fs::create_dir_all(dir.join("work")).unwrap();
-    let mut holder = std::process::Command::new("flock")
-        .arg(dir.join("work/rebuild.lock"))
-        .args(["sleep", "60"])
-        .spawn()
-        .unwrap();
+    let mut holder =
+        std::process::Command::new("flock").arg(dir.join("work/rebuild.lock")).args(["sleep", "60"]).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let out = rebuild(dir, &[]);
     holder.kill().unwrap();
@@ -186,4 +194,25 @@ fn a_second_rebuild_does_not_overlap_the_first() {
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("another rebuild is running") && out.stderr.contains("--wait"), "{}", out.stderr);
     assert!(!dir.join("work/layers").exists(), "nothing ran");
+}
+
+#[test]
+fn paths_without_pipelines_are_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("pipelines/provision")).unwrap();
+    // A Virter provisioning file is TOML too, but not a pipeline.
+    write_file(
+        &dir.join("pipelines/provision"),
+        "steps.toml",
+        "version = 1\n[[steps]]\nshell = { script = \"true\" }\n",
+    );
+    let empty = rebuild(dir, &[]);
+    assert_eq!(empty.code, Some(2), "{}", empty.stderr);
+    assert!(empty.stderr.contains("no pipeline files") && empty.stderr.contains("pipelines"), "{}", empty.stderr);
+    let gnupg = gnupg_home(dir);
+    let missing = pipeline(dir, &gnupg, &["--work-dir", "work", "rebuild", "nowhere"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("nowhere: no such file or directory"), "{}", stderr(&missing));
+    assert!(!dir.join("work").exists(), "nothing was written");
 }

@@ -63,7 +63,13 @@ impl<'a> Engine<'a> {
 
     /// An engine that only plans: it creates nothing in the work directory.
     pub fn read_only(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine { cache: Cache::open_read_only(&settings.work_dir)?, settings, options, ui, outcomes: Default::default() })
+        Ok(Engine {
+            cache: Cache::open_read_only(&settings.work_dir)?,
+            settings,
+            options,
+            ui,
+            outcomes: Default::default(),
+        })
     }
 
     /// Resolves every stage's upstream inputs (see `Stage::resolve`); call once before `plan`.
@@ -148,8 +154,14 @@ impl<'a> Engine<'a> {
                     current = self.cache.get(&planned.key);
                 }
                 self.ui.line(format!("{label}: cached ({short})"));
-                let record = (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
-                self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), kind: stage.kind(), status: Status::Cached, record });
+                let record =
+                    (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
+                self.outcomes.borrow_mut().push(StageOutcome {
+                    pipeline: pipeline_name.into(),
+                    kind: stage.kind(),
+                    status: Status::Cached,
+                    record,
+                });
                 continue;
             }
             let log_path = log_dir.join(format!("{n:02}-{}.log", stage.kind()));
@@ -166,8 +178,15 @@ impl<'a> Engine<'a> {
             match outcome {
                 Ok(next) => {
                     self.ui.line(format!("{label}: done in {}", humantime::format_duration(round(started.elapsed()))));
-                    let record = (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
-                    self.outcomes.borrow_mut().push(StageOutcome { pipeline: pipeline_name.into(), kind: stage.kind(), status: Status::ToRun, record });
+                    let record = (stage.layer_kind() == LayerKind::Output)
+                        .then(|| self.cache.output_record(&planned.key))
+                        .flatten();
+                    self.outcomes.borrow_mut().push(StageOutcome {
+                        pipeline: pipeline_name.into(),
+                        kind: stage.kind(),
+                        status: Status::ToRun,
+                        record,
+                    });
                     if let Some(next) = next {
                         current = Some(next);
                     }

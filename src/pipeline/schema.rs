@@ -330,12 +330,27 @@ pub enum CustomizeStep {
     RootPassword(String),
     Timezone(String),
     Mkdir(String),
-    Write { path: String, content: String },
-    AppendLine { path: String, line: String },
-    CopyIn { source: String, dest: String },
-    Chmod { mode: String, path: String },
+    Write {
+        path: String,
+        content: String,
+    },
+    AppendLine {
+        path: String,
+        line: String,
+    },
+    CopyIn {
+        source: String,
+        dest: String,
+    },
+    Chmod {
+        mode: String,
+        path: String,
+    },
     Delete(String),
-    Link { target: String, link: String },
+    Link {
+        target: String,
+        link: String,
+    },
     RunCommand(String),
     Run(String),
     Install(Vec<String>),
@@ -343,7 +358,10 @@ pub enum CustomizeStep {
     /// `update = true`: upgrade every package with the guest's package manager
     /// (virt-customize's --update).
     Update(bool),
-    SshInject { user: String, key: String },
+    SshInject {
+        user: String,
+        key: String,
+    },
 }
 
 /// `[stages.sysprep]`: virt-sysprep's operations, then zero-fill and fstrim.

@@ -63,8 +63,13 @@ impl Stage for CheckStage {
             no_reboot: false,
         };
         let deadline = Instant::now() + self.boot_timeout + self.settle_timeout;
-        let runner =
-            Runner::boot_with_credentials(&options, &[access::credential(key.public_line())], &disk, &ctx.log, &ctx.bar)?;
+        let runner = Runner::boot_with_credentials(
+            &options,
+            &[access::credential(key.public_line())],
+            &disk,
+            &ctx.log,
+            &ctx.bar,
+        )?;
         runner.set_deadline(deadline);
         let (runner, session) = match runner.wait_for_ssh_unless_refused(&key, self.boot_timeout) {
             Ok(Ok(session)) => (runner, session),
@@ -165,7 +170,19 @@ fn indent(text: &str) -> String {
 
 /// A systemd unit name: no spaces or shell characters, and a unit type suffix.
 fn is_unit_name(name: &str) -> bool {
-    let types = [".service", ".socket", ".mount", ".target", ".timer", ".path", ".swap", ".device", ".scope", ".slice", ".automount"];
+    let types = [
+        ".service",
+        ".socket",
+        ".mount",
+        ".target",
+        ".timer",
+        ".path",
+        ".swap",
+        ".device",
+        ".scope",
+        ".slice",
+        ".automount",
+    ];
     types.iter().any(|t| name.ends_with(t) && name.len() > t.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c))
 }

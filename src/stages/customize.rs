@@ -26,9 +26,9 @@ impl CustomizeStage {
     }
 
     fn needs_network(&self) -> bool {
-        self.config.network.unwrap_or_else(|| {
-            self.config.steps.iter().any(crate::guest::customize::uses_package_manager)
-        })
+        self.config
+            .network
+            .unwrap_or_else(|| self.config.steps.iter().any(crate::guest::customize::uses_package_manager))
     }
 }
 

@@ -83,7 +83,9 @@ impl Phases {
             let rest = line.strip_prefix("function ").map(str::trim_start);
             let (name, after) = match rest {
                 Some(r) => r.split_at(r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(r.len())),
-                None => line.split_at(line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(line.len())),
+                None => {
+                    line.split_at(line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(line.len()))
+                }
             };
             let after = after.trim_start();
             let is_definition = if rest.is_some() {
@@ -216,7 +218,8 @@ impl TreeInstall<'_> {
             finished.with_context(|| format!("{}: phase `finish` failed in the guest", self.name))?;
         } else {
             ctx.log.line("== finish (default: fstab, network, GRUB)");
-            default_finish(&g, &disk, self.layout, ctx).with_context(|| format!("{}: the default finish phase failed", self.name))?;
+            default_finish(&g, &disk, self.layout, ctx)
+                .with_context(|| format!("{}: the default finish phase failed", self.name))?;
         }
         ctx.bar.set_message("configuring");
         let a = &self.account;
@@ -430,7 +433,8 @@ mod tests {
 
     #[test]
     fn args_become_arg_variables() {
-        let args: toml::Table = toml::from_str("suite = \"bookworm\"\ninclude = [\"a\", \"b\"]\nsize-gb = 4\n").unwrap();
+        let args: toml::Table =
+            toml::from_str("suite = \"bookworm\"\ninclude = [\"a\", \"b\"]\nsize-gb = 4\n").unwrap();
         let env = args_env(&args).unwrap();
         assert_eq!(env["ARG_SUITE"], "bookworm");
         assert_eq!(env["ARG_INCLUDE"], "a b");
