@@ -63,6 +63,26 @@ fn provision_log(logs: &Path, name: &str) -> String {
     std::fs::read_to_string(log).unwrap()
 }
 
+/// Runs a provisioning pipeline written by `write_pipeline` (logs in its directory) and
+/// returns the new layer, its parent, and the provision stage's log.
+fn build_layer(
+    fixture: &DebianFixture,
+    dir: &tempfile::TempDir,
+    file: &Path,
+    name: &str,
+) -> (PathBuf, PathBuf, String) {
+    let logs = dir.path().join("logs");
+    let out = pipeline(
+        &fixture.dir,
+        &fixture.gnupg,
+        &["--work-dir", "work", "run", file.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
+    let parent = backing_file(&layer);
+    (layer, parent, provision_log(&logs, name))
+}
+
 const EXISTING_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHByb3Zpc2lvbi10ZXN0LWV4aXN0aW5nLWtleS0wMDAwMDA existing@test";
 
@@ -125,17 +145,8 @@ copy = {{ source = "/tmp/proof", dest = "container-proof" }}
     for (f, text) in [("a.conf", "A"), ("b.conf", "B"), ("skip.txt", "no"), ("sub/c.conf", "nested")] {
         std::fs::write(dir.path().join("files").join(f), text).unwrap();
     }
-    let logs = dir.path().join("logs");
-    let out = pipeline(
-        &fixture.dir,
-        &fixture.gnupg,
-        &["--work-dir", "work", "run", file.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
-    let parent = backing_file(&layer);
+    let (layer, parent, log) = build_layer(&fixture, &dir, &file, "provision-virter");
     // Root already had a key: the credential could not add the run's, the appliance did.
-    let log = provision_log(&logs, "provision-virter");
     assert!(log.contains("authorising it in the image instead"), "the fallback path was taken: {log}");
 
     let g = open_readonly(&[&parent, &layer]);
@@ -188,16 +199,7 @@ steps = [{{ shell = {{ script = "mkdir -p /srv/fast && echo {nonce} > /srv/fast/
 "#
     );
     let (dir, file) = write_pipeline(&fixture, "provision-credential", &body);
-    let logs = dir.path().join("logs");
-    let out = pipeline(
-        &fixture.dir,
-        &fixture.gnupg,
-        &["--work-dir", "work", "run", file.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
-    let parent = backing_file(&layer);
-    let log = provision_log(&logs, "provision-credential");
+    let (layer, parent, log) = build_layer(&fixture, &dir, &file, "provision-credential");
     assert!(log.contains("the credential let the key in"), "the credential path was taken: {log}");
     assert!(!log.contains("authorising it in the image"), "no appliance launched: {log}");
 
