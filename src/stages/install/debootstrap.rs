@@ -82,7 +82,6 @@ impl Stage for DebootstrapStage {
             layout: DiskLayout::Mbr,
             account: Account {
                 hostname: Some(&c.hostname),
-                debian_hosts: true,
                 root_password: c.root_password.as_deref(),
                 ssh_key: tree::ssh_key_text(c.ssh_key.as_ref(), self.key_file.as_ref())?,
                 base_dir: &self.base_dir,

@@ -109,7 +109,6 @@ impl Stage for ScriptStage {
             layout: c.layout,
             account: Account {
                 hostname: c.hostname.as_deref(),
-                debian_hosts: true,
                 root_password: c.root_password.as_deref(),
                 ssh_key: tree::ssh_key_text(c.ssh_key.as_ref(), self.key_file.as_ref())?,
                 base_dir: &self.base_dir,

@@ -63,14 +63,14 @@ DHCP=yes
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const ESP_SECTORS: i64 = 512 * 1024 * 2;
 
-/// The phase functions a script defines; `install` is required, the others have defaults.
+/// The phase functions a script defines that change what the tool does: `install` is
+/// required, `prepare` refused, a `finish` of its own runs instead of the default. (`setup`
+/// and `cleanup` need no flag: the phase runner defines defaults the script overrides.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Phases {
-    pub setup: bool,
     pub prepare: bool,
     pub install: bool,
     pub finish: bool,
-    pub cleanup: bool,
 }
 
 impl Phases {
@@ -97,11 +97,9 @@ impl Phases {
                 continue;
             }
             match name {
-                "setup" => p.setup = true,
                 "prepare" => p.prepare = true,
                 "install" => p.install = true,
                 "finish" => p.finish = true,
-                "cleanup" => p.cleanup = true,
                 _ => {}
             }
         }
@@ -113,8 +111,6 @@ impl Phases {
 /// after any finish, the script's own too.
 pub struct Account<'a> {
     pub hostname: Option<&'a str>,
-    /// Also add the Debian-style 127.0.1.1 alias to /etc/hosts.
-    pub debian_hosts: bool,
     pub root_password: Option<&'a str>,
     /// The public key text.
     pub ssh_key: Option<String>,
@@ -224,7 +220,8 @@ impl TreeInstall<'_> {
         ctx.bar.set_message("configuring");
         let a = &self.account;
         if let Some(name) = a.hostname {
-            customize::set_hostname(&g, name, a.debian_hosts)?;
+            // The 127.0.1.1 alias too, as debootstrap images have always had it.
+            customize::set_hostname(&g, name, true)?;
         }
         if let Some(spec) = a.root_password {
             customize::set_root_password(&g, spec, a.base_dir, &ctx.log)?;
@@ -422,7 +419,7 @@ mod tests {
     #[test]
     fn phase_functions_are_found_in_both_spellings() {
         let p = Phases::defined_in("setup() {\n:\n}\nfunction install {\n  x\n}\n  finish ( ) { :; }\n");
-        assert_eq!(p, Phases { setup: true, install: true, finish: true, ..Phases::default() });
+        assert_eq!(p, Phases { install: true, finish: true, ..Phases::default() });
     }
 
     #[test]
