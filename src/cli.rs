@@ -83,6 +83,9 @@ pub enum Command {
         pipeline: PipelineArgs,
         #[arg(long)]
         build_id: Option<String>,
+        /// Touch no network: upstream states are those the last build recorded.
+        #[arg(long)]
+        offline: bool,
     },
     /// Inspect a disk image: operating system, version, package manager, filesystems.
     Inspect {

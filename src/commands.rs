@@ -28,7 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}: ok ({} stages)", pipeline.file.display(), p.file.stages.len());
             Ok(())
         }
-        Command::Plan { pipeline, build_id } => plan_command(g, &pipeline, build_id),
+        Command::Plan { pipeline, build_id, offline } => plan_command(g, &pipeline, build_id, offline),
         Command::Inspect { image, json } => inspect_command(g, &image, json),
         Command::Sysprep { list_operations } => {
             if !list_operations {
@@ -423,12 +423,12 @@ fn seed_command(args: &SeedArgs) -> Result<()> {
     Ok(())
 }
 
-fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>) -> Result<()> {
+fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>, offline: bool) -> Result<()> {
     let p = load_checked(&args.file, &args.sets)?;
     let ui = Ui::new();
     // Plan writes nothing: upstream state is read (the network too: a key depends on it) but
     // not kept, and the cache is only looked at (a missing one is empty).
-    let engine = Engine::read_only(settings(g, false, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
+    let engine = Engine::read_only(settings(g, offline, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
     plan_pipeline(&p, &engine, 0)?;
     Ok(())
 }
@@ -457,14 +457,14 @@ fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Option<S
         };
         let inputs: Vec<String> = s.inputs.iter().map(|i| i.display().to_string()).collect();
         let name = if depth > 0 { format!("{}:", p.name()) } else { String::new() };
-        println!(
-            "{name}{:>2}  {:<10} {}  {:<7} {}",
-            s.index + 1,
-            s.kind,
-            short_key(&s.key),
-            status,
-            if inputs.is_empty() { String::new() } else { format!("reads {}", inputs.join(", ")) }
-        );
+        let mut notes = Vec::new();
+        if let Some(reason) = &s.reason {
+            notes.push(reason.clone());
+        }
+        if !inputs.is_empty() {
+            notes.push(format!("reads {}", inputs.join(", ")));
+        }
+        println!("{name}{:>2}  {:<10} {}  {:<7} {}", s.index + 1, s.kind, short_key(&s.key), status, notes.join("; "));
         if stage.layer_kind() != crate::engine::stage::LayerKind::Output {
             last = Some(s.key.clone());
         }

@@ -21,16 +21,19 @@ pub fn cache_path(cache_dir: &Path, url: &str) -> PathBuf {
     cache_dir.join(format!("{hash}-{base}"))
 }
 
-/// The URL's content as a local file, downloading it unless it is cached already. An
-/// interrupted download resumes from its `.part` file only while the server still has the
-/// same version: the validator (ETag, else Last-Modified) of the first response is kept
-/// beside the part, sent as `If-Range`, and a 206 is taken only when it continues exactly
-/// where the part ends; anything else starts again from zero, so two versions are never
-/// spliced.
+/// The URL's content as a local file, downloading it unless the cached copy is still the
+/// server's version. Online, a cached copy is revalidated with a conditional request
+/// (If-None-Match / If-Modified-Since from the validators kept beside it) and downloaded again
+/// when the server has another version; offline it is used as it is. An interrupted download
+/// resumes from its `.part` file only while the server still has the same version: the
+/// validator (ETag, else Last-Modified) of the first response is kept beside the part, sent as
+/// `If-Range`, and a 206 is taken only when it continues exactly where the part ends;
+/// anything else starts again from zero, so two versions are never spliced.
 pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<PathBuf> {
     std::fs::create_dir_all(cache_dir)?;
     let dest = cache_path(cache_dir, url);
-    if dest.exists() {
+    let dest_validator = PathBuf::from(format!("{}.validator", dest.display()));
+    if dest.exists() && offline {
         return Ok(dest);
     }
     if offline {
@@ -38,9 +41,6 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
     }
     let part = dest.with_extension("part");
     let validator_path = PathBuf::from(format!("{}.validator", part.display()));
-    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    // Without a validator a part cannot be matched to a version: start again.
-    let saved = if have > 0 { Validator::load(&validator_path) } else { None };
     let client = reqwest::blocking::Client::builder()
         .timeout(None)
         .connect_timeout(std::time::Duration::from_secs(30))
@@ -54,17 +54,43 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
         }
         req.send().with_context(|| format!("cannot download {url}"))
     };
-    let resume_from = saved.as_ref().and_then(|v| v.if_range().map(|r| (have, r)));
-    let mut resp = get(resume_from)?;
-    let resumed = match (resp.status(), &saved) {
-        (reqwest::StatusCode::PARTIAL_CONTENT, Some(v)) if resume_from.is_some() && v.continues(&resp, have) => true,
-        (reqwest::StatusCode::PARTIAL_CONTENT, _) => {
-            // Another version, or a range we did not ask for: the whole file again.
-            drop(resp);
-            resp = get(None)?;
-            false
+    let (mut resp, resumed, have) = if dest.exists() {
+        let mut req = client.get(url);
+        let saved = Validator::load(&dest_validator).unwrap_or_default();
+        if let Some(etag) = &saved.etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+        } else if let Some(modified) = &saved.last_modified {
+            req = req.header(reqwest::header::IF_MODIFIED_SINCE, modified);
         }
-        _ => false,
+        let resp = req.send().with_context(|| format!("cannot check {url} for a newer version"))?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            // Used now: `cache gc` keeps it.
+            if let Ok(f) = std::fs::File::options().append(true).open(&dest) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+            return Ok(dest);
+        }
+        ui.line(format!("{url}: the server has another version than the cached one; downloading it again"));
+        (resp, false, 0)
+    } else {
+        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        // Without a validator a part cannot be matched to a version: start again.
+        let saved = if have > 0 { Validator::load(&validator_path) } else { None };
+        let resume_from = saved.as_ref().and_then(|v| v.if_range().map(|r| (have, r)));
+        let mut resp = get(resume_from)?;
+        let resumed = match (resp.status(), &saved) {
+            (reqwest::StatusCode::PARTIAL_CONTENT, Some(v)) if resume_from.is_some() && v.continues(&resp, have) => {
+                true
+            }
+            (reqwest::StatusCode::PARTIAL_CONTENT, _) => {
+                // Another version, or a range we did not ask for: the whole file again.
+                drop(resp);
+                resp = get(None)?;
+                false
+            }
+            _ => false,
+        };
+        (resp, resumed, have)
     };
     let status = resp.status();
     if !status.is_success() || (!resumed && status == reqwest::StatusCode::PARTIAL_CONTENT) {
@@ -98,8 +124,12 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
     }
     bar.finish_and_clear();
     file.sync_all()?;
+    // The version's validators stay beside the file, for the next run's revalidation.
+    let _ = std::fs::remove_file(&dest_validator);
     std::fs::rename(&part, &dest)?;
-    let _ = std::fs::remove_file(&validator_path);
+    if validator_path.exists() {
+        std::fs::rename(&validator_path, &dest_validator)?;
+    }
     Ok(dest)
 }
 

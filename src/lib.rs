@@ -15,4 +15,5 @@ pub mod rebuild;
 pub mod repo;
 pub mod seed;
 pub mod stages;
+pub mod upstream;
 pub mod vm;

@@ -56,8 +56,10 @@ pub fn scratch_dir(work_dir: &Path, purpose: &str) -> Result<tempfile::TempDir> 
 impl Cache {
     pub fn open(work_dir: &Path) -> Result<Cache> {
         let dir = work_dir.join("layers");
-        std::fs::create_dir_all(dir.join("outputs"))
-            .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+        for sub in ["outputs", "upstream"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+        }
         // Absolute, so printed layer paths and backing files work from any directory.
         Ok(Cache { dir: std::fs::canonicalize(&dir)? })
     }
@@ -124,6 +126,27 @@ impl Cache {
         Ok(())
     }
 
+    /// The upstream states a stage of this identity (its key before upstream states) was last
+    /// built with: what `plan` compares against, and what `--offline` uses.
+    pub fn upstream_record(&self, identity: &str) -> Option<crate::upstream::States> {
+        serde_json::from_slice(&std::fs::read(self.upstream_record_path(identity)).ok()?).ok()
+    }
+
+    pub fn save_upstream_record(&self, identity: &str, states: &crate::upstream::States) -> Result<()> {
+        crate::repo::write_atomic(&self.upstream_record_path(identity), &serde_json::to_vec_pretty(states)?)
+    }
+
+    /// Marks a record as still in use (a cached stage keyed by it), for `gc`.
+    pub fn touch_upstream_record(&self, identity: &str) {
+        if let Ok(f) = std::fs::File::options().append(true).open(self.upstream_record_path(identity)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    fn upstream_record_path(&self, identity: &str) -> PathBuf {
+        self.dir.join("upstream").join(format!("{identity}.json"))
+    }
+
     /// Every complete layer with its metadata, oldest first.
     pub fn list(&self) -> Result<Vec<(LayerMeta, u64, SystemTime)>> {
         let mut out = Vec::new();
@@ -163,6 +186,14 @@ impl Cache {
         for entry in std::fs::read_dir(self.dir.join("outputs"))?.flatten() {
             if old(&entry.path()) && std::fs::remove_file(entry.path()).is_ok() {
                 report.outputs += 1;
+            }
+        }
+        // Upstream records are rewritten by each build that uses them.
+        if let Ok(records) = std::fs::read_dir(self.dir.join("upstream")) {
+            for entry in records.flatten() {
+                if old(&entry.path()) && std::fs::remove_file(entry.path()).is_ok() {
+                    report.outputs += 1;
+                }
             }
         }
         // A download being written has a fresh .part; a cached one is touched when reused.

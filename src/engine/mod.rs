@@ -8,9 +8,12 @@ pub mod stage;
 pub mod ui;
 
 use crate::image::qemu_img;
+use crate::upstream::{self, States, Upstream};
 use anyhow::{Context, Result};
 use cache::{Cache, KeyHasher, Layer, LayerMeta};
 use stage::{LayerKind, RunSettings, Stage, StageContext};
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use ui::Ui;
 
@@ -27,8 +30,14 @@ pub struct PlannedStage {
     pub index: usize,
     pub kind: &'static str,
     pub key: String,
+    /// The key before upstream states: what the stage's upstream record is filed under.
+    pub identity: String,
     pub status: Status,
     pub inputs: Vec<PathBuf>,
+    /// The upstream states in the key.
+    pub upstream: States,
+    /// Why a stage that was built before runs again, when upstream is why.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +62,23 @@ pub struct Engine<'a> {
     pub options: EngineOptions,
     pub ui: &'a Ui,
     /// Every stage this engine ran or found cached, in order.
-    pub outcomes: std::cell::RefCell<Vec<StageOutcome>>,
+    pub outcomes: RefCell<Vec<StageOutcome>>,
+    /// Upstream states probed by this engine: each upstream is asked once per run.
+    probed: RefCell<HashMap<Upstream, String>>,
+    client: OnceCell<upstream::Client>,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine { cache: Cache::open(&settings.work_dir)?, settings, options, ui, outcomes: Default::default() })
+        Ok(Engine {
+            cache: Cache::open(&settings.work_dir)?,
+            settings,
+            options,
+            ui,
+            outcomes: Default::default(),
+            probed: Default::default(),
+            client: OnceCell::new(),
+        })
     }
 
     /// An engine that only plans: it creates nothing in the work directory.
@@ -69,6 +89,8 @@ impl<'a> Engine<'a> {
             options,
             ui,
             outcomes: Default::default(),
+            probed: Default::default(),
+            client: OnceCell::new(),
         })
     }
 
@@ -81,7 +103,8 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Each stage's key and whether a run would reuse it. Pure: stages must be resolved.
+    /// Each stage's key and whether a run would reuse it. Stages must be resolved; upstream
+    /// states are probed here (each once per engine), or read from the records offline.
     pub fn plan(&self, stages: &[Box<dyn Stage>], base: Option<&Layer>) -> Result<Vec<PlannedStage>> {
         let mut parent_key = base.map(|l| l.key.clone());
         let mut planned = Vec::new();
@@ -89,7 +112,8 @@ impl<'a> Engine<'a> {
         // layer must not be stacked on a new one, even under the same key.
         let mut rebuilt_below = false;
         for (index, stage) in stages.iter().enumerate() {
-            let key = self.key(stage.as_ref(), index, parent_key.as_deref())?;
+            let identity = self.identity(stage.as_ref(), index, parent_key.as_deref())?;
+            let (key, upstream, reason) = self.upstream_key(stage.as_ref(), &identity)?;
             let cached = !self.options.no_cache
                 && !rebuilt_below
                 && match stage.layer_kind() {
@@ -104,14 +128,19 @@ impl<'a> Engine<'a> {
                 index,
                 kind: stage.kind(),
                 key,
+                identity,
                 status: if cached { Status::Cached } else { Status::ToRun },
                 inputs: stage.inputs(),
+                upstream,
+                reason: if cached { None } else { reason },
             });
         }
         Ok(planned)
     }
 
-    fn key(&self, stage: &dyn Stage, index: usize, parent: Option<&str>) -> Result<String> {
+    /// The key of the stage's own inputs on its parent: configuration and files, or the
+    /// build ID.
+    fn identity(&self, stage: &dyn Stage, index: usize, parent: Option<&str>) -> Result<String> {
         let mut h = KeyHasher::new(parent, stage.kind());
         match &self.options.build_id {
             // Virter's --build-id: the ID stands in for the stage's own inputs; a different
@@ -130,6 +159,61 @@ impl<'a> Engine<'a> {
         Ok(h.finish())
     }
 
+    /// The stage's key: its identity, and the current states of its upstreams when it has
+    /// any; also those states and, when they differ from the last build's, what changed.
+    fn upstream_key(&self, stage: &dyn Stage, identity: &str) -> Result<(String, States, Option<String>)> {
+        if self.options.build_id.is_some() {
+            return Ok((identity.to_string(), Vec::new(), None));
+        }
+        let record = self.cache.upstream_record(identity);
+        let from_run = stage.upstream_found_in_run();
+        let upstreams = match (&record, from_run) {
+            (Some(r), true) => r.iter().map(|(u, _)| u.clone()).collect(),
+            // Never built: the run finds the upstreams and the layer is filed under them.
+            (None, true) => return Ok((upstream_keyed(identity, None), Vec::new(), None)),
+            (_, false) => stage.upstream(),
+        };
+        if upstreams.is_empty() && !from_run {
+            return Ok((identity.to_string(), Vec::new(), None));
+        }
+        let mut states = Vec::new();
+        for u in upstreams {
+            let state = self.upstream_state(&u, record.as_ref())?;
+            states.push((u, state));
+        }
+        states.sort();
+        let reason =
+            record.as_ref().map(|r| upstream::changes(r, &states)).filter(|c| !c.is_empty()).map(|c| c.join("; "));
+        Ok((upstream_keyed(identity, Some(&states)), states, reason))
+    }
+
+    /// One upstream's state: probed (once per engine), or offline the recorded one.
+    fn upstream_state(&self, u: &Upstream, record: Option<&States>) -> Result<String> {
+        if let Upstream::Resolved { state, .. } = u {
+            return Ok(state.clone());
+        }
+        if self.settings.offline {
+            let known = record.and_then(|r| r.iter().find(|(r, _)| r == u)).map(|(_, s)| s.clone());
+            return Ok(known.unwrap_or_else(|| "unknown (offline, never checked)".to_string()));
+        }
+        if let Some(state) = self.probed.borrow().get(u) {
+            return Ok(state.clone());
+        }
+        let client = match self.client.get() {
+            Some(c) => c,
+            None => {
+                let _ = self.client.set(upstream::Client::new()?);
+                self.client.get().context("no HTTP client")?
+            }
+        };
+        self.ui.line(format!("checking {u}"));
+        let state = u.probe(client).with_context(|| {
+            format!("cannot check {u} for changes (with --offline the state of the last build is used)")
+        })?;
+        self.probed.borrow_mut().insert(u.clone(), state.clone());
+        Ok(state)
+    }
+
     /// Runs the stages on top of `base` (or from nothing, when the first is an install) and
     /// returns the last layer.
     pub fn run(&self, pipeline_name: &str, stages: &[Box<dyn Stage>], base: Option<Layer>) -> Result<Layer> {
@@ -137,11 +221,12 @@ impl<'a> Engine<'a> {
             stage.preflight(&self.settings)?;
         }
         self.resolve(stages, false)?;
-        let plan = self.plan(stages, base.as_ref())?;
+        let mut plan = self.plan(stages, base.as_ref())?;
         let log_dir = self.log_dir(pipeline_name);
         let total = stages.len();
         let mut current = base;
-        for (stage, planned) in stages.iter().zip(&plan) {
+        for i in 0..stages.len() {
+            let (stage, planned) = (&stages[i], &plan[i]);
             crate::interrupt::check()?;
             let n = planned.index + 1;
             let label = format!("[{n}/{total}] {}", stage.kind());
@@ -153,6 +238,7 @@ impl<'a> Engine<'a> {
                     self.cache.touch(&planned.key);
                     current = self.cache.get(&planned.key);
                 }
+                self.cache.touch_upstream_record(&planned.identity);
                 self.ui.line(format!("{label}: cached ({short})"));
                 let record =
                     (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
@@ -171,6 +257,13 @@ impl<'a> Engine<'a> {
                 "configuration: {}",
                 serde_json::to_string_pretty(&secrets::redact_config(&stage.config()))?
             ));
+            if !planned.upstream.is_empty() {
+                log.line(format!("upstream: {}", describe(&planned.upstream)));
+            }
+            if let Some(reason) = &planned.reason {
+                log.line(format!("runs because {reason}"));
+                self.ui.line(format!("{label}: {reason}"));
+            }
             self.ui.line(format!("{label}: running ({short}), log {}", log_path.display()));
             let started = std::time::Instant::now();
             let temp = self.cache.temp_path(&planned.key);
@@ -188,6 +281,11 @@ impl<'a> Engine<'a> {
                         record,
                     });
                     if let Some(next) = next {
+                        // A stage that found its upstreams as it ran is filed under them: the
+                        // stages above it are keyed on that.
+                        if next.key != planned.key {
+                            self.rekey(stages, &mut plan, i + 1, &next.key)?;
+                        }
                         current = Some(next);
                     }
                 }
@@ -212,6 +310,22 @@ impl<'a> Engine<'a> {
             }
         }
         current.context("the pipeline produced no layer")
+    }
+
+    /// Recomputes the keys of `plan[from..]` on a parent key other than the planned one. They
+    /// all run (a layer below them was just built), so only the keys change.
+    fn rekey(&self, stages: &[Box<dyn Stage>], plan: &mut [PlannedStage], from: usize, parent: &str) -> Result<()> {
+        let mut parent = parent.to_string();
+        for i in from..stages.len() {
+            let stage = stages[i].as_ref();
+            let identity = self.identity(stage, i, Some(&parent))?;
+            let (key, upstream, _) = self.upstream_key(stage, &identity)?;
+            if stage.layer_kind() != LayerKind::Output {
+                parent = key.clone();
+            }
+            plan[i] = PlannedStage { key, identity, upstream, reason: None, inputs: stage.inputs(), ..plan[i] };
+        }
+        Ok(())
     }
 
     fn run_one(
@@ -244,8 +358,23 @@ impl<'a> Engine<'a> {
             self.cache.save_output_record(&planned.key, &result.record.unwrap_or(serde_json::Value::Null))?;
             return Ok(None);
         }
+        let key = match (stage.upstream_found_in_run(), result.upstream) {
+            (true, Some(mut states)) if self.options.build_id.is_none() => {
+                states.sort();
+                ctx.log.line(format!("upstream: {}", describe(&states)));
+                self.cache.save_upstream_record(&planned.identity, &states)?;
+                upstream_keyed(&planned.identity, Some(&states))
+            }
+            _ => {
+                // Offline, the states are the recorded ones (or unknown): nothing new to keep.
+                if !planned.upstream.is_empty() && !self.settings.offline {
+                    self.cache.save_upstream_record(&planned.identity, &planned.upstream)?;
+                }
+                planned.key.clone()
+            }
+        };
         let meta = LayerMeta {
-            key: planned.key.clone(),
+            key,
             parent: parent.map(|p| p.key.clone()),
             pipeline: pipeline_name.to_string(),
             stage_index: planned.index,
@@ -263,6 +392,27 @@ impl<'a> Engine<'a> {
             None => self.settings.work_dir.join("logs").join(pipeline_name).join(stamp),
         }
     }
+}
+
+/// States as one log line: `upstream state, upstream state`.
+fn describe(states: &States) -> String {
+    states.iter().map(|(u, s)| format!("{u} {s}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A key that also holds upstream states (`None`: a stage that finds its upstreams as it
+/// runs and has not run yet).
+fn upstream_keyed(identity: &str, states: Option<&States>) -> String {
+    let mut h = KeyHasher::new(Some(identity), "upstream");
+    match states {
+        Some(states) => {
+            for (u, state) in states {
+                h.part("upstream", serde_json::to_string(u).unwrap_or_default().as_bytes());
+                h.part("state", state.as_bytes());
+            }
+        }
+        None => h.part("upstream", b"found by the run"),
+    }
+    h.finish()
 }
 
 fn round(d: std::time::Duration) -> std::time::Duration {

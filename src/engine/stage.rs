@@ -4,6 +4,7 @@
 use super::cache::Layer;
 use super::log::StageLog;
 use super::ui::Ui;
+use crate::upstream::{States, Upstream};
 use crate::vm::Accel;
 use anyhow::Result;
 use indicatif::ProgressBar;
@@ -31,6 +32,18 @@ pub trait Stage {
     /// A stage keeps what it resolved (interior mutability) for `config` and `run`.
     fn resolve(&self, _ctx: &ResolveContext) -> Result<()> {
         Ok(())
+    }
+    /// What upstream the output depends on (a mirror suite, an image URL's validators), known
+    /// after `resolve`. The engine probes each (or, offline, takes the state the last build
+    /// recorded) and hashes the states into the key.
+    fn upstream(&self) -> Vec<Upstream> {
+        Vec::new()
+    }
+    /// Whether the stage learns its upstreams only while it runs (the guest's own package
+    /// sources, for a step that installs packages). Its key then holds the current states of
+    /// the upstreams its last build reported, and `run` reports them in `StageResult::upstream`.
+    fn upstream_found_in_run(&self) -> bool {
+        false
     }
     /// Host files and directories the stage reads; their contents go into the cache key.
     fn inputs(&self) -> Vec<PathBuf> {
@@ -61,6 +74,8 @@ pub struct StageResult {
     pub inspection: Option<serde_json::Value>,
     /// For output stages: where the output went, checked on the next run.
     pub record: Option<serde_json::Value>,
+    /// For stages that find their upstreams while they run: each with the state the run used.
+    pub upstream: Option<States>,
 }
 
 /// Settings of one `pipeline run` that stages need.

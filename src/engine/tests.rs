@@ -14,6 +14,9 @@ struct PatternStage {
     input: Option<PathBuf>,
     fail: bool,
     runs: Rc<Cell<usize>>,
+    upstream: Vec<crate::upstream::Upstream>,
+    /// Reports `upstream` from its run instead of declaring it (as customize does).
+    found_in_run: bool,
 }
 
 impl Stage for PatternStage {
@@ -33,6 +36,16 @@ impl Stage for PatternStage {
     fn inputs(&self) -> Vec<PathBuf> {
         self.input.iter().cloned().collect()
     }
+    fn upstream(&self) -> Vec<crate::upstream::Upstream> {
+        if self.found_in_run {
+            vec![]
+        } else {
+            self.upstream.clone()
+        }
+    }
+    fn upstream_found_in_run(&self) -> bool {
+        self.found_in_run
+    }
     fn run(&self, ctx: &mut StageContext) -> Result<stage::StageResult> {
         self.runs.set(self.runs.get() + 1);
         if self.base {
@@ -42,7 +55,12 @@ impl Stage for PatternStage {
         if self.fail {
             anyhow::bail!("the test stage fails on purpose");
         }
-        Ok(Default::default())
+        let client = crate::upstream::Client::new()?;
+        let upstream = match self.found_in_run {
+            true => Some(self.upstream.iter().map(|u| Ok((u.clone(), u.probe(&client)?))).collect::<Result<_>>()?),
+            false => None,
+        };
+        Ok(stage::StageResult { upstream, ..Default::default() })
     }
 }
 
@@ -78,15 +96,35 @@ impl Fixture {
                     input: (i == 1).then(|| self.input()),
                     fail: fail_last && i == 2,
                     runs: self.runs[i].clone(),
+                    upstream: vec![],
+                    found_in_run: false,
                 }) as Box<dyn Stage>
             })
             .collect()
     }
+    /// The stages, the middle one depending on a "release file" upstream.
+    fn stages_with_upstream(&self, found_in_run: bool) -> Vec<Box<dyn Stage>> {
+        let mut stages = self.stages(false);
+        let release = self.dir.path().join("InRelease").display().to_string();
+        stages[1] = Box::new(PatternStage {
+            base: false,
+            pattern: 2,
+            input: None,
+            fail: false,
+            runs: self.runs[1].clone(),
+            upstream: vec![crate::upstream::Upstream::Digest { urls: vec![release] }],
+            found_in_run,
+        });
+        stages
+    }
     fn engine<'a>(&self, ui: &'a Ui, options: EngineOptions) -> Engine<'a> {
+        self.engine_offline(ui, options, true)
+    }
+    fn engine_offline<'a>(&self, ui: &'a Ui, options: EngineOptions, offline: bool) -> Engine<'a> {
         let settings = RunSettings {
             accel: Accel::Tcg,
             work_dir: self.dir.path().join("work"),
-            offline: true,
+            offline,
             sign_key: None,
             verbose: false,
         };
@@ -236,4 +274,54 @@ fn layers_above_a_rebuilt_one_are_rebuilt_too() {
     assert_eq!(plan.iter().map(|p| p.status).collect::<Vec<_>>(), vec![Status::Cached, Status::ToRun, Status::ToRun]);
     engine.run("t", &f.stages(false), None).unwrap();
     assert_eq!(f.runs(), vec![1, 2, 2]);
+}
+
+fn statuses(plan: &[PlannedStage]) -> Vec<Status> {
+    plan.iter().map(|p| p.status).collect()
+}
+
+/// An upstream's state is part of the key: a change reruns its stage and those above it and
+/// `plan` names it; the old state reuses the old layers; offline, the recorded state is used
+/// and the upstream is not read at all.
+#[test]
+fn a_changed_upstream_reruns_its_stage_and_offline_uses_the_last_state() {
+    for found_in_run in [false, true] {
+        let f = Fixture::new();
+        let release = f.dir.path().join("InRelease");
+        std::fs::write(&release, "Date: Mon, 30 Nov 2026\n").unwrap();
+        let ui = Ui::new();
+        // Probing a local file needs no network: the engine is online, so it probes.
+        let engine = f.engine_offline(&ui, EngineOptions::default(), false);
+        let stages = f.stages_with_upstream(found_in_run);
+        let first = engine.run("t", &stages, None).unwrap();
+        assert_eq!(f.runs(), vec![1, 1, 1]);
+        let engine = f.engine_offline(&ui, EngineOptions::default(), false);
+        let plan = engine.plan(&stages, None).unwrap();
+        assert_eq!(statuses(&plan), vec![Status::Cached; 3], "found in run: {found_in_run}");
+
+        std::fs::write(&release, "Date: Tue, 01 Dec 2026\n").unwrap();
+        let engine = f.engine_offline(&ui, EngineOptions::default(), false);
+        let plan = engine.plan(&stages, None).unwrap();
+        assert_eq!(statuses(&plan), vec![Status::Cached, Status::ToRun, Status::ToRun]);
+        let reason = plan[1].reason.clone().unwrap_or_default();
+        assert!(reason.contains("InRelease changed"), "{reason}");
+        // Offline: the last build's state, so nothing to run, and the file is not read.
+        std::fs::rename(&release, f.dir.path().join("moved")).unwrap();
+        let plan = f.engine_offline(&ui, EngineOptions::default(), true).plan(&stages, None).unwrap();
+        assert_eq!(statuses(&plan), vec![Status::Cached; 3]);
+        std::fs::rename(f.dir.path().join("moved"), &release).unwrap();
+
+        let second = f.engine_offline(&ui, EngineOptions::default(), false).run("t", &stages, None).unwrap();
+        assert_eq!(f.runs(), vec![1, 2, 2]);
+        assert_ne!(first.key, second.key);
+        let plan = f.engine_offline(&ui, EngineOptions::default(), false).plan(&stages, None).unwrap();
+        assert_eq!(statuses(&plan), vec![Status::Cached; 3], "the new layers are filed under the new state");
+        assert_eq!(plan[2].key, second.key);
+
+        // Back to the first state: the first build's layers are still there.
+        std::fs::write(&release, "Date: Mon, 30 Nov 2026\n").unwrap();
+        let plan = f.engine_offline(&ui, EngineOptions::default(), false).plan(&stages, None).unwrap();
+        assert_eq!(statuses(&plan), vec![Status::Cached; 3]);
+        assert_eq!(plan[2].key, first.key);
+    }
 }

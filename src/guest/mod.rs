@@ -13,6 +13,7 @@ pub mod access;
 pub mod customize;
 pub mod firstboot;
 pub mod inspect;
+pub mod sources;
 pub mod vagrant;
 
 use crate::engine::log::StageLog;

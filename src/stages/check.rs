@@ -96,7 +96,7 @@ impl Stage for CheckStage {
         runner.kill();
         let state = verdict?;
         ctx.ui.line(format!("check: the image booted and came up {state}"));
-        Ok(StageResult { inspection: None, record: Some(serde_json::json!({ "state": state })) })
+        Ok(StageResult { inspection: None, record: Some(serde_json::json!({ "state": state })), upstream: None })
     }
 }
 

@@ -324,7 +324,7 @@ impl Stage for FirstbootStage {
         drop(g);
         let Some(poweroff) = poweroff else {
             ctx.log.line("run = false: the scripts wait for the image's first boot");
-            return Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None });
+            return Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None, upstream: None });
         };
 
         self.boot(ctx)?;
@@ -353,7 +353,7 @@ impl Stage for FirstbootStage {
         g.rm_f(&format!("{}/{poweroff}", fb::SCRIPTS))?;
         g.umount_all()?;
         g.shutdown()?;
-        Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None })
+        Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None, upstream: None })
     }
 }
 

@@ -214,7 +214,7 @@ impl Stage for ProvisionStage {
                 crate::engine::cache::Cache::open_read_only(&ctx.settings.work_dir).ok()?.meta(&parent.key)?.inspection
             }),
         };
-        Ok(StageResult { inspection, record: None })
+        Ok(StageResult { inspection, record: None, upstream: None })
     }
 }
 

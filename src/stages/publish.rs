@@ -165,6 +165,7 @@ impl Stage for PublishStage {
                 "revision": entry.revision(),
                 "checksum": compressed.sha512,
             })),
+            upstream: None,
         })
     }
 

@@ -247,7 +247,11 @@ impl Stage for ExportStage {
         let mut top: Vec<&str> = manifest.files.iter().map(|(f, _)| f.split('/').next().unwrap_or(f)).collect();
         top.dedup();
         ctx.ui.line(format!("exported {} ({}) to {}", self.config.target(), top.join(", "), self.dest.display()));
-        Ok(StageResult { inspection: None, record: Some(serde_json::json!({ "dest": self.dest, "id": manifest.id })) })
+        Ok(StageResult {
+            inspection: None,
+            record: Some(serde_json::json!({ "dest": self.dest, "id": manifest.id })),
+            upstream: None,
+        })
     }
 
     /// Still current while dest holds that very export, every file at its size.

@@ -8,6 +8,7 @@ use crate::bad_input;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::image::qemu_img;
 use crate::pipeline::{DebootstrapConfig, DiskLayout};
+use crate::upstream::Upstream;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,11 @@ impl Stage for DebootstrapStage {
 
     fn config(&self) -> serde_json::Value {
         serde_json::json!({ "method": "debootstrap", "config": self.config })
+    }
+
+    /// The suite's release file: a mirror that publishes new packages rebuilds the image.
+    fn upstream(&self) -> Vec<Upstream> {
+        vec![Upstream::AptSuite { mirror: self.config.mirror.clone(), suite: self.config.suite.clone() }]
     }
 
     fn inputs(&self) -> Vec<PathBuf> {

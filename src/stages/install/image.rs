@@ -9,6 +9,7 @@ use crate::engine::ui::Ui;
 use crate::guest::{Drive, Guest};
 use crate::image::qemu_img::{self, Detected};
 use crate::repo::{self, index::Entry, index::Index, sign, Repo};
+use crate::upstream::Upstream;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -159,11 +160,8 @@ impl Stage for ImageStage {
     fn config(&self) -> serde_json::Value {
         let source = match &self.source {
             ImageSource::File(f) => serde_json::json!({ "image": f }),
-            ImageSource::Repo { repo, name, .. } => {
-                // The entry's checksum (as resolved) makes a republished image a new layer.
-                let checksum = self.resolved.get().and_then(|r| r.entry.checksum());
-                serde_json::json!({ "repo": repo, "name": name, "checksum": checksum })
-            }
+            // The entry's revision and checksum are upstream state (see `upstream`).
+            ImageSource::Repo { repo, name, .. } => serde_json::json!({ "repo": repo, "name": name }),
         };
         let mut source = source;
         if let Some(fmt) = &self.format {
@@ -189,6 +187,22 @@ impl Stage for ImageStage {
             .clone();
         let _ = self.resolved.set(Resolved { base, entry });
         Ok(())
+    }
+
+    /// A URL's validators; a repository entry's revision and checksum from the verified
+    /// index, so a republished image is a new layer.
+    fn upstream(&self) -> Vec<Upstream> {
+        match &self.source {
+            ImageSource::File(f) if download::is_url(f) => vec![Upstream::Validators { url: f.clone() }],
+            ImageSource::File(_) => vec![],
+            ImageSource::Repo { repo, name, .. } => {
+                let state = match self.resolved.get() {
+                    Some(r) => format!("revision {} sha512 {}", r.entry.revision(), r.entry.checksum().unwrap_or("-")),
+                    None => "not resolved".to_string(),
+                };
+                vec![Upstream::Resolved { what: format!("entry {name} of {repo}"), state }]
+            }
+        }
     }
 
     fn inputs(&self) -> Vec<PathBuf> {
@@ -393,13 +407,14 @@ mod tests {
         };
         let ui = Ui::new();
         stage.resolve(&ResolveContext { settings: &settings, ui: &ui, read_only: true }).unwrap();
-        let key = stage.config();
-        assert_eq!(key["source"]["checksum"], "abc123", "{key}");
+        let key = (stage.config(), stage.upstream());
+        let Upstream::Resolved { state, .. } = &key.1[0] else { panic!("{:?}", key.1) };
+        assert!(state.ends_with("sha512 abc123"), "{state}");
 
         stop.send(()).unwrap();
         server.join().unwrap();
         assert!(std::net::TcpStream::connect(addr).is_err(), "the server is gone");
-        assert_eq!(stage.config(), key, "the key does not depend on the network once resolved");
+        assert_eq!((stage.config(), stage.upstream()), key, "the key does not depend on the network once resolved");
         assert!(!work.exists(), "a read-only resolve writes nothing");
         let _ = std::process::Command::new("gpgconf").args(["--kill", "all"]).env("GNUPGHOME", &gnupg).status();
     }

@@ -10,6 +10,7 @@ use crate::engine::log::StageLog;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::image::{initrd, qemu_img};
 use crate::pipeline::{IsoConfig, NetbootConfig, Pipeline};
+use crate::upstream::Upstream;
 use crate::vm::console::{last_lines, ConsoleReader, CONSOLE_TAIL};
 use crate::vm::qemu::{Vm, VmConfig};
 use anyhow::{bail, Context, Result};
@@ -351,6 +352,31 @@ impl Stage for NetbootStage {
         self.local_inputs()
     }
 
+    /// Downloaded installers: their published checksum lists, and the validators of files
+    /// named one by one (local files are inputs, hashed whole).
+    fn upstream(&self) -> Vec<Upstream> {
+        let mut out = Vec::new();
+        let sibling = |url: &str, name: &str| url.rsplit_once('/').map(|(dir, _)| format!("{dir}/{name}"));
+        if let Some(iso) = self.config.iso.as_deref().filter(|i| download::is_url(i)) {
+            out.push(Upstream::Validators { url: iso.to_string() });
+            let lists: Vec<String> = ["SHA256SUMS", "CHECKSUM"].iter().filter_map(|n| sibling(iso, n)).collect();
+            out.push(Upstream::Digest { urls: lists });
+        }
+        for file in [&self.config.kernel, &self.config.initrd].into_iter().flatten() {
+            if download::is_url(file) && self.config.iso.is_none() {
+                out.push(Upstream::Validators { url: file.clone() });
+            }
+        }
+        if let Some(location) = self.config.location.as_deref().filter(|l| download::is_url(l)) {
+            if self.config.kernel.is_none() {
+                let base = location.trim_end_matches('/');
+                let lists = CHECKSUM_FILES.iter().map(|(list, _)| format!("{base}/{list}")).collect();
+                out.push(Upstream::Digest { urls: lists });
+            }
+        }
+        out
+    }
+
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
         let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "netboot")?;
         ctx.bar.set_message("fetching the installer");
@@ -389,7 +415,7 @@ impl Stage for NetbootStage {
         {
             Ok(os) => {
                 ctx.log.line(format!("inspection: {}", os.summary()));
-                Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None })
+                Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None, upstream: None })
             }
             Err(e) => bail!(
                 "the installer's VM stopped, but no operating system was found on the disk ({e}); last console lines:\n{}",

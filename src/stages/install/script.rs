@@ -7,6 +7,7 @@ use crate::bad_input;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::image::qemu_img;
 use crate::pipeline::{Pipeline, ScriptConfig};
+use crate::upstream::Upstream;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +63,12 @@ impl ScriptStage {
                 script_path.display()
             ));
         }
+        if let Some(bad) = config.upstream.iter().find(|u| !crate::download::is_url(u)) {
+            return Err(bad_input!(
+                "{where_}.upstream: `{bad}` is not an http(s) URL; list the URLs of the small files the install \
+                 depends on, such as {{{{ Mirror }}}}/dists/bookworm/InRelease"
+            ));
+        }
         let mut env = pipeline.stage_env(&config.env, &format!("{at}.env"))?;
         let args = tree::args_env(&config.args).map_err(|e| bad_input!("{where_}.{e}"))?;
         env.extend(args);
@@ -91,6 +98,10 @@ impl Stage for ScriptStage {
 
     fn config(&self) -> serde_json::Value {
         serde_json::json!({ "method": "script", "config": self.config })
+    }
+
+    fn upstream(&self) -> Vec<Upstream> {
+        self.config.upstream.iter().map(|url| Upstream::Digest { urls: vec![url.clone()] }).collect()
     }
 
     fn inputs(&self) -> Vec<PathBuf> {

@@ -228,7 +228,7 @@ impl Stage for SysprepStage {
         free_space(&g, &os, self.config.zero_free_space, self.config.fstrim, ctx)?;
         g.umount_all()?;
         g.shutdown()?;
-        Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None })
+        Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None, upstream: None })
     }
 }
 
