@@ -105,6 +105,13 @@ steps = [
         text.contains("force-confold upgrade") && text.contains(" upgraded, ")
     });
     assert!(upgraded, "update ran apt-get upgrade: {derived_logs:?}");
+    // Steps that install packages are keyed by the guest's own package sources: planned
+    // again, the layer is cached (the recorded sources, probed now, are unchanged).
+    let out = pipeline(&base, &gnupg, &["--work-dir", "work", "plan", derived.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let derived_plan = stdout(&out);
+    assert!(derived_plan.lines().last().unwrap().contains("cached"), "{derived_plan}");
+    let derived_meta = std::fs::read_to_string(Path::new(&derived_layer).with_extension("json")).unwrap();
 
     // A guest command that never ends is stopped after the stage's timeout.
     let hangs = write_file(
@@ -145,6 +152,14 @@ steps = [
     assert_eq!(g.read_string("/etc/hostname").unwrap(), "derived.example.net\n");
     assert_eq!(g.read_string("/etc/timezone").unwrap(), "Europe/Oslo\n");
     assert_eq!(g.read_string("/etc/upgradable").unwrap(), "0\n", "update left nothing to upgrade");
+    // The record holds the digest of the very InRelease the guest's apt installed from.
+    let lists = g.glob_expand("/var/lib/apt/lists/*_dists_bookworm_InRelease").unwrap();
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(g.read_file(&lists[0]).unwrap()));
+    assert!(
+        derived_meta.contains("\"suite\": \"bookworm\"") && derived_meta.contains(&digest),
+        "the layer's upstream states do not hold {digest}: {derived_meta}"
+    );
     assert!(g.is_symlink("/etc/localtime").unwrap());
     assert_eq!(g.read_string("/opt/app/bin/hello").unwrap(), "#!/bin/sh\necho hello\n", "copy-in, templated path");
     let passwd = g.read_string("/etc/passwd").unwrap();

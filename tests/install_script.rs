@@ -71,6 +71,7 @@ fn bad_scripts_and_keys_are_refused_before_anything_runs() {
         ("install() { :; }\n", "[stages.install.args]\nx = { y = 1 }\n", "args", &["stages[0].install.args.x"]),
         ("install() { :; }\n", "timeout = \"soon\"\n", "timeout", &["stages[0].install.timeout"]),
         ("install() { :; }\n", "layout = \"zfs\"\n", "layout", &["layout", "mbr", "gpt-uefi"]),
+        ("install() { :; }\n", "upstream = [\"dists/x/InRelease\"]\n", "upstream", &["install.upstream", "URL"]),
     ];
     for (script, extra, what, needles) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -126,16 +127,23 @@ fn a_script_that_writes_outside_target_fails_on_the_read_only_root() {
 }
 
 /// A tiny tree (busybox as /bin/sh) on a gpt-uefi disk, the script's finish run in the
-/// guest with the disk's variables; then the plan: cached while the script is unchanged, to
-/// run once its text changes.
+/// guest with the disk's variables; then the plan: cached while the script and its upstream
+/// release file are unchanged, to run naming the change when the release file changes (and
+/// cached again when it is restored), to run once the script's text changes.
 #[test]
 fn a_tree_goes_onto_a_gpt_uefi_disk_and_the_script_is_part_of_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let script = "install() {\n  mkdir -p \"$TARGET/bin\" \"$TARGET/etc\"\n  cp /bin/busybox \"$TARGET/bin/\"\n\
                   ln -s busybox \"$TARGET/bin/sh\"\n  echo \"$ARG_WORD\" > \"$TARGET/etc/word\"\n}\n\
                   finish() {\n  echo \"$LAYOUT $DISK $ROOT_DEVICE $ESP_DEVICE $ROOT_UUID\" > /etc/finish-proof\n}\n";
-    let extra = "layout = \"gpt-uefi\"\nhostname = \"tiny.example.net\"\n[stages.install.args]\nword = \"hello\"\n";
-    let file = script_pipeline(tmp.path(), script, extra);
+    let (mirror, url) = Mirror::start();
+    let release = "/debian/dists/tiny/InRelease";
+    mirror.put(release, b"Date: Mon, 30 Nov 2026 08:00:00 UTC\n", None);
+    let extra = format!(
+        "layout = \"gpt-uefi\"\nhostname = \"tiny.example.net\"\nupstream = [\"{url}{release}\"]\n\
+         [stages.install.args]\nword = \"hello\"\n"
+    );
+    let file = script_pipeline(tmp.path(), script, &extra);
     let out = run(tmp.path(), &file);
     assert!(out.status.success(), "{}", stderr(&out));
     let layer = PathBuf::from(stdout(&out).trim().lines().last().unwrap());
@@ -166,6 +174,11 @@ fn a_tree_goes_onto_a_gpt_uefi_disk_and_the_script_is_part_of_the_key() {
         stdout(&out)
     };
     assert!(plan("unchanged").contains("cached"), "an unchanged script reuses the layer");
+    mirror.put(release, b"Date: Tue, 01 Dec 2026 08:00:00 UTC\n", None);
+    let moved = plan("mirror moved on");
+    assert!(moved.contains("to run") && moved.contains(&format!("{url}{release} changed")), "{moved}");
+    mirror.put(release, b"Date: Mon, 30 Nov 2026 08:00:00 UTC\n", None);
+    assert!(plan("mirror restored").contains("cached"), "the restored release file finds the layer again");
     let path = tmp.path().join("install.sh");
     std::fs::write(&path, format!("{}# a changed comment\n", std::fs::read_to_string(&path).unwrap())).unwrap();
     let changed = plan("changed");
@@ -203,13 +216,14 @@ fn the_mmdebstrap_example_builds_an_image_that_boots() {
 }
 
 /// The Rocky example cannot run here (no Rocky mirror, no dnf), but it must load: bash
-/// parses the script, it defines install and finish, and the keys are the schema's.
+/// parses the script, it defines install and finish, and the keys are the schema's. Planned
+/// offline: its upstream repositories are not reachable from here.
 #[test]
 fn the_rocky_dnf_example_is_a_valid_pipeline() {
     let tmp = tempfile::tempdir().unwrap();
     let gnupg = gnupg_home(tmp.path());
     let file = repo_root().join("pipelines/rocky-9-dnf.toml");
-    let out = pipeline(tmp.path(), &gnupg, &["--work-dir", "work", "plan", file.to_str().unwrap()]);
+    let out = pipeline(tmp.path(), &gnupg, &["--work-dir", "work", "plan", "--offline", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let plan = stdout(&out);
     assert!(plan.contains("install") && plan.contains("reads") && plan.contains("dnf-installroot.sh"), "{plan}");

@@ -27,6 +27,9 @@ pub struct LayerMeta {
     /// What the guest inspection found, when the stage inspected it.
     #[serde(default)]
     pub inspection: Option<serde_json::Value>,
+    /// The upstream states the layer was built with (mirror release files, validators).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream: crate::upstream::States,
 }
 
 pub struct Cache {

@@ -358,19 +358,19 @@ impl<'a> Engine<'a> {
             self.cache.save_output_record(&planned.key, &result.record.unwrap_or(serde_json::Value::Null))?;
             return Ok(None);
         }
-        let key = match (stage.upstream_found_in_run(), result.upstream) {
+        let (key, upstream) = match (stage.upstream_found_in_run(), result.upstream) {
             (true, Some(mut states)) if self.options.build_id.is_none() => {
                 states.sort();
                 ctx.log.line(format!("upstream: {}", describe(&states)));
                 self.cache.save_upstream_record(&planned.identity, &states)?;
-                upstream_keyed(&planned.identity, Some(&states))
+                (upstream_keyed(&planned.identity, Some(&states)), states)
             }
             _ => {
                 // Offline, the states are the recorded ones (or unknown): nothing new to keep.
                 if !planned.upstream.is_empty() && !self.settings.offline {
                     self.cache.save_upstream_record(&planned.identity, &planned.upstream)?;
                 }
-                planned.key.clone()
+                (planned.key.clone(), planned.upstream.clone())
             }
         };
         let meta = LayerMeta {
@@ -381,6 +381,7 @@ impl<'a> Engine<'a> {
             kind: stage.kind().to_string(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             inspection: result.inspection,
+            upstream,
         };
         Ok(Some(self.cache.commit(temp, &meta)?))
     }

@@ -526,3 +526,53 @@ pub fn fixture_pipeline(dir: &Path, fixture: &DebianFixture, name: &str, stages:
     );
     write_file(dir, &format!("{name}.toml"), &text)
 }
+
+/// Files served by path, each with an optional ETag; every request is counted.
+#[derive(Clone, Default)]
+pub struct Mirror {
+    files: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Option<String>)>>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Mirror {
+    pub fn start() -> (Mirror, String) {
+        let mirror = Mirror::default();
+        let state = mirror.clone();
+        let router = axum::Router::new().fallback(move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+            let state = state.clone();
+            async move { state.answer(&method, uri.path(), &headers) }
+        });
+        let addr = serve_in_background(router);
+        (mirror, format!("http://{addr}"))
+    }
+
+    pub fn put(&self, path: &str, body: &[u8], etag: Option<&str>) {
+        self.files.lock().unwrap().insert(path.to_string(), (body.to_vec(), etag.map(str::to_string)));
+    }
+
+    pub fn remove(&self, path: &str) {
+        self.files.lock().unwrap().remove(path);
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn answer(&self, method: &axum::http::Method, path: &str, headers: &axum::http::HeaderMap) -> axum::response::Response {
+        self.requests.lock().unwrap().push(format!("{method} {path}"));
+        let files = self.files.lock().unwrap();
+        let Some((body, etag)) = files.get(path) else {
+            return axum::response::Response::builder().status(axum::http::StatusCode::NOT_FOUND).body(axum::body::Body::empty()).unwrap();
+        };
+        let mut resp = axum::response::Response::builder().header(axum::http::header::CONTENT_LENGTH, body.len());
+        if let Some(etag) = etag {
+            resp = resp.header(axum::http::header::ETAG, etag.as_str());
+            if headers.get(axum::http::header::IF_NONE_MATCH).is_some_and(|v| v.to_str().unwrap() == etag) {
+                return resp.status(axum::http::StatusCode::NOT_MODIFIED).body(axum::body::Body::empty()).unwrap();
+            }
+        }
+        let body = if method == axum::http::Method::HEAD { Vec::new() } else { body.clone() };
+        resp.body(axum::body::Body::from(body)).unwrap()
+    }
+}
+
