@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
     let mut disk = chain::open(std::path::Path::new(&args[1]))?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(&args[2])?);
     let started = Instant::now();
-    let res = xz::compress(disk.as_mut(), &mut out, &xz::XzOptions::default(), &ProgressBar::hidden())?;
+    let res = xz::compress(disk.as_mut(), &mut out, &xz::XzOptions::default(), &xz::EncodeAll, &ProgressBar::hidden())?;
     println!(
         "{:.2}s {} -> {} bytes ({} data blocks, {} zero blocks)",
         started.elapsed().as_secs_f64(),

@@ -229,8 +229,18 @@ pub enum RepoCommand {
     },
     /// List the entries.
     List { dir: PathBuf },
-    /// Show one entry's fields.
+    /// Show one entry's fields, its package count and where it was built.
     Show { dir: PathBuf, name: String },
+    /// Packages added, removed and changed between two revisions of an entry (default: the
+    /// revision before the latest, and the latest), from their signed manifests.
+    Diff {
+        dir: PathBuf,
+        name: String,
+        rev_a: Option<u64>,
+        rev_b: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an entry and its image.
     Remove {
         dir: PathBuf,
@@ -244,7 +254,8 @@ pub enum RepoCommand {
         #[arg(long, default_value_t = 2)]
         keep: usize,
     },
-    /// Check the signature, every checksum and size, and that every file exists.
+    /// Check the signature, every checksum and size, every package manifest, and that every
+    /// file exists.
     Verify {
         dir: PathBuf,
         /// Require the index to be signed by this key.

@@ -581,7 +581,20 @@ fn repo_command(command: RepoCommand) -> Result<()> {
             for (k, v) in &e.fields {
                 println!("{k}={}", v.replace('\n', "\n "));
             }
+            let repo = Repo::open(&dir)?;
+            match repo.manifest(&name, e.revision()) {
+                Ok(m) => {
+                    println!();
+                    println!("packages:  {}", m.packages.len());
+                    println!("pipeline:  {}", m.provenance.pipeline);
+                    println!("layer:     {}", m.provenance.layer);
+                    println!("tool:      {}", m.provenance.tool);
+                    println!("built:     {}", m.provenance.built);
+                }
+                Err(err) => println!("\nno package manifest: {err:#}"),
+            }
         }
+        RepoCommand::Diff { dir, name, rev_a, rev_b, json } => repo_diff(&dir, &name, rev_a, rev_b, json)?,
         RepoCommand::Remove { dir, name, sign_key } => {
             let e = Repo::open(&dir)?.remove(&name, sign_key.as_deref())?;
             println!("removed {} (revision {})", e.id, e.revision());
@@ -621,4 +634,53 @@ fn human_bytes(n: u64) -> String {
 /// file may be shorter (or not ASCII) and is then shown whole.
 fn short_key(key: &str) -> &str {
     key.get(..16).unwrap_or(key)
+}
+
+/// `repo diff`: the two revisions' manifests, verified, compared.
+fn repo_diff(dir: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u64>, json: bool) -> Result<()> {
+    let repo = Repo::open(dir)?;
+    let known = crate::repo::manifest::revisions(dir, name);
+    if known.is_empty() {
+        return Err(bad_input!("{}: no revision of `{name}` has a package manifest", dir.display()));
+    }
+    let missing = |rev: u64| {
+        bad_input!(
+            "{}: `{name}` has no manifest for revision {rev} (revisions with one: {})",
+            dir.display(),
+            known.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let b = rev_b.unwrap_or(*known.last().expect("not empty"));
+    let a = match rev_a {
+        Some(a) => a,
+        None => *known
+            .iter()
+            .rev()
+            .find(|&&r| r < b)
+            .ok_or_else(|| bad_input!("{}: `{name}` has no revision before {b} to compare with", dir.display()))?,
+    };
+    for rev in [a, b] {
+        if !known.contains(&rev) {
+            return Err(missing(rev));
+        }
+    }
+    let (old, new) = (repo.manifest(name, a)?, repo.manifest(name, b)?);
+    let d = crate::repo::manifest::diff(&old.packages, &new.packages);
+    if json {
+        let out = serde_json::json!({ "name": name, "from": a, "to": b, "added": d.added, "removed": d.removed, "changed": d.changed });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{name}: revision {a} -> {b}");
+    for p in &d.added {
+        println!("+ {} {} ({})", p.name, p.version, p.arch);
+    }
+    for p in &d.removed {
+        println!("- {} {} ({})", p.name, p.version, p.arch);
+    }
+    for c in &d.changed {
+        println!("~ {} {} -> {} ({})", c.name, c.old, c.new, c.arch);
+    }
+    println!("{} added, {} removed, {} changed", d.added.len(), d.removed.len(), d.changed.len());
+    Ok(())
 }

@@ -242,3 +242,113 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
 fn tail(text: &str) -> String {
     virt_pipeline::vm::qemu::tail(text, 40)
 }
+
+/// Every published revision says what it contains: on the Debian image, a second revision
+/// with one package installed and one removed is exactly that to `repo diff`; `repo show`
+/// counts the packages; a tampered manifest fails `repo verify`; and the repository's page,
+/// loaded by headless Chromium from `pipeline serve`, shows the entry, both revisions and the
+/// diff, with notes holding markup rendered as text.
+#[test]
+fn manifests_repo_diff_and_the_page_show_what_changed() {
+    let fixture = debian_fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let repo = dir.join("repo");
+    let publish = format!(
+        "[[stages]]\n[stages.publish]\nrepo = \"{}\"\nname = \"debian\"\nlong_name = \"Debian 12 (test)\"\n\
+         osinfo = \"debian12\"\nxz_level = 1\n\
+         notes = \"\"\"Nightly Debian 12.\n<script>document.title='pwned'</script> & <b>not bold</b>\"\"\"\n",
+        repo.display()
+    );
+    let base = fixture_pipeline(dir, &fixture, "base", &publish);
+    let out = run_on_fixture(&fixture, &base, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let changed = fixture_pipeline(
+        dir,
+        &fixture,
+        "changed",
+        &format!("[[stages]]\n[stages.customize]\nsteps = [{{ install = [\"tree\"] }}, {{ uninstall = [\"rsync\"] }}]\n{publish}"),
+    );
+    let out = run_on_fixture(&fixture, &changed, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reused = stderr(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("publish: ")?.split(" reused").next()?.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(reused > 0, "the second revision reuses the first one's unchanged blocks: {}", stderr(&out));
+
+    let cmd = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .current_dir(dir)
+            .env("GNUPGHOME", &fixture.gnupg)
+            .env("XDG_CONFIG_HOME", fixture.dir.join("xdg-config"))
+            .output()
+            .unwrap();
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    let repo_arg = repo.to_str().unwrap();
+    let (code, json, err) = cmd(&["repo", "diff", repo_arg, "debian", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let diff: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let names = |k: &str| -> Vec<String> {
+        diff[k].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!((diff["from"].as_u64(), diff["to"].as_u64()), (Some(1), Some(2)), "{json}");
+    assert_eq!(names("added"), ["tree"], "{json}");
+    assert_eq!(names("removed"), ["rsync"], "{json}");
+    assert!(diff["changed"].as_array().unwrap().is_empty(), "{json}");
+    let (_, text, _) = cmd(&["repo", "diff", repo_arg, "debian", "1", "2"]);
+    assert!(
+        text.contains("+ tree ") && text.contains("- rsync ") && text.contains("1 added, 1 removed, 0 changed"),
+        "{text}"
+    );
+    let (code, _, err) = cmd(&["repo", "diff", repo_arg, "debian", "1", "7"]);
+    assert_eq!(code, Some(2), "a revision with no manifest is bad input: {err}");
+    assert!(err.contains("revision 7") && err.contains("1, 2"), "{err}");
+    let (code, shown, err) = cmd(&["repo", "show", repo_arg, "debian"]);
+    assert_eq!(code, Some(0), "{err}");
+    let count = shown.lines().find_map(|l| l.strip_prefix("packages:")).map(|n| n.trim().parse::<u64>().unwrap());
+    assert!(count.is_some_and(|n| n > 100), "{shown}");
+    assert!(shown.contains("pipeline:  changed") && shown.contains("tool:      virt-pipeline"), "{shown}");
+
+    // The page, as a browser renders it.
+    let (_server, url) = serve(&repo);
+    let chromium = |args: &[&str]| {
+        let out = std::process::Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            .args(args)
+            .env("HOME", dir)
+            .output()
+            .expect("chromium is installed by scripts/install-deps");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom", &format!("{url}/")]);
+    assert!(dom.contains("<a href=\"/debian/\">Debian 12 (test)</a>"), "{dom}");
+    assert!(dom.contains("data-revision=\"2\"") && dom.contains("data-revision=\"1\""), "{dom}");
+    assert!(dom.contains("2 (current)"), "{dom}");
+    assert!(dom.contains("Changes since revision 1: 1 added, 1 removed, 0 changed"), "{dom}");
+    assert!(dom.contains("<li class=\"added\">+ tree ") && dom.contains("<li class=\"removed\">− rsync "), "{dom}");
+    assert!(
+        dom.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt; &amp; &lt;b&gt;not bold&lt;/b&gt;"),
+        "{dom}"
+    );
+    assert!(!dom.contains("pwned</title>") && !dom.contains("<b>not bold</b>"), "notes are text, not markup: {dom}");
+    assert!(dom.contains("virt-builder --source http://") && dom.contains("/index.asc --fingerprint "), "{dom}");
+    let one = chromium(&["--dump-dom", &format!("{url}/debian/")]);
+    assert!(one.contains("All images") && one.contains("data-revision=\"2\""), "{one}");
+    let screenshot = dir.join("page.png");
+    chromium(&[&format!("--screenshot={}", screenshot.display()), "--window-size=900,1100", &format!("{url}/")]);
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
+    // Kept for the README's picture (docs/repository-page.png is a copy).
+    std::fs::copy(&screenshot, Path::new(env!("CARGO_TARGET_TMPDIR")).join("repository-page.png")).unwrap();
+
+    // A manifest edited after signing fails verification.
+    let file = repo.join("debian-r2.manifest.asc");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("\"tree\"", "\"treX\"", 1)).unwrap();
+    let (code, _, err) = cmd(&["repo", "verify", repo_arg]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("debian-r2.manifest.asc") && err.contains("signature"), "{err}");
+}

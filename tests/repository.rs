@@ -106,9 +106,14 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let cached = http.get(&index_url).header("If-None-Match", &etag).send().unwrap();
     assert_eq!(cached.status(), 304);
     assert_eq!(http.head(&index_url).send().unwrap().status(), 200);
-    for hidden in ["/.lock", "/../repo/index", "/%2e%2e/work", "/"] {
+    for hidden in ["/.lock", "/../repo/index", "/%2e%2e/work", "/nothing-here/"] {
         assert_eq!(http.get(format!("{url}{hidden}")).send().unwrap().status(), 404, "{hidden}");
     }
+    // People get a page (tested in a browser in tests/debian_e2e.rs).
+    let page = http.get(format!("{url}/")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().unwrap().contains("Fake Debian 12"));
 
     let vb_home = dir.join("vb");
     // Downloads the entry into `out` with virt-builder, checking signature and sha512, and
@@ -300,7 +305,7 @@ fn a_published_entry_is_a_verified_starting_point_and_concurrent_publishers_both
                 let tmp = r.temp_image_path(name).with_extension(format!("{name}.xz"));
                 std::fs::copy(f, &tmp).unwrap();
                 let sum = virt_pipeline::repo::sha512_file(&tmp).unwrap();
-                r.publish(name, vec![("size".into(), "1".into())], &tmp, &sum, None).unwrap();
+                r.publish(name, vec![("size".into(), "1".into())], &tmp, &sum, None, None).unwrap();
             });
         }
     });
@@ -419,4 +424,79 @@ fn a_publisher_killed_at_any_moment_leaves_the_repository_valid() {
     assert!(info["backing-filename"].is_null(), "a standalone image: {info}");
     let same = Command::new("qemu-img").args(["compare", "-q"]).arg(&images.debian).arg(&unpacked).status().unwrap();
     assert!(same.success(), "the qcow2 entry holds the published disk");
+}
+
+/// Republishing costs what changed: the same layer again reuses every block and writes the
+/// same bytes; after a customize step that changes one file only the changed blocks are
+/// encoded, and the file equals a full encode byte for byte; with every block map damaged
+/// the publish encodes everything, with a warning, and still writes the same file.
+#[test]
+fn a_republish_reuses_unchanged_blocks_and_writes_what_a_full_encode_writes() {
+    use virt_pipeline::image::{chain, xz};
+    let images = fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let repo = dir.join("repo");
+    let head =
+        format!("version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"reuse\"\n", images.debian.display());
+    let publish = "[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"fake\"\n";
+    let plain = write_file(dir, "plain.toml", &format!("{head}{publish}"));
+    let changed = write_file(
+        dir,
+        "changed.toml",
+        &format!("{head}[[stages]]\n[stages.customize]\nsteps = [{{ write = {{ path = \"/etc/motd\", content = \"changed\\n\" }} }}]\n{publish}"),
+    );
+    let run = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["--work-dir", "work", "run", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = pipeline(dir, &gnupg, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        (stdout(&out).trim().to_string(), stderr(&out))
+    };
+    let counts = |log: &str| -> (u64, u64, u64, u64) {
+        let line = log.lines().find(|l| l.starts_with("publish: ")).unwrap_or_else(|| panic!("{log}"));
+        let n: Vec<u64> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
+        (n[0], n[1], n[2], n[3])
+    };
+    let image = |rev: u32| std::fs::read(repo.join(format!("fake-r{rev}.xz"))).unwrap();
+
+    let (_, log) = run(&plain, &[]);
+    let (total, reused, encoded, zero) = counts(&log);
+    assert_eq!((total, reused), (16, 0), "{log}");
+    assert!(encoded > 0 && encoded + zero == total, "{log}");
+    let (_, log) = run(&plain, &["--no-cache"]);
+    assert_eq!(counts(&log), (16, encoded, 0, zero), "every data block reused: {log}");
+    assert!(image(2) == image(1), "the same layer republished is the same file");
+
+    let (layer, log) = run(&changed, &[]);
+    let (_, reused, changed_blocks, _) = counts(&log);
+    assert!(changed_blocks >= 1 && changed_blocks < encoded && reused >= 1, "{log}");
+    let full_encode = |layer: &str| {
+        let mut full = Vec::new();
+        let mut disk = chain::Qcow2Chain::open(Path::new(layer)).unwrap();
+        let opts = xz::XzOptions::default();
+        xz::compress(&mut disk, &mut full, &opts, &xz::EncodeAll, &indicatif::ProgressBar::hidden()).unwrap();
+        full
+    };
+    assert!(image(3) == full_encode(&layer), "a republish with reuse equals a full encode byte for byte");
+    let verify = pipeline(dir, &gnupg, &["repo", "verify", "repo"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let validate = Command::new("virt-index-validate").arg(repo.join("index")).output().unwrap();
+    assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
+
+    for map in ["fake-r1.xz.blocks", "fake-r2.xz.blocks", "fake-r3.xz.blocks"] {
+        std::fs::write(repo.join(map), b"\x00 not a block map").unwrap();
+    }
+    // (The customize step runs again: the layer differs from the last one in timestamps.)
+    let (layer, log) = run(&changed, &["--no-cache"]);
+    assert!(log.contains("unreadable block map"), "{log}");
+    assert_eq!(counts(&log).1, 0, "nothing reused from damaged maps: {log}");
+    assert!(image(4) == full_encode(&layer), "encoding everything writes what a full encode writes");
+    let prune = pipeline(dir, &gnupg, &["repo", "prune", "repo", "--keep", "1"]);
+    assert!(prune.status.success(), "{}", stderr(&prune));
+    let left: Vec<String> =
+        std::fs::read_dir(&repo).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.contains(&"fake-r4.xz.blocks".to_string()), "the kept revision keeps its map: {left:?}");
+    assert!(!left.iter().any(|f| f.starts_with("fake-r1")), "a pruned revision takes its map along: {left:?}");
 }

@@ -244,6 +244,8 @@ impl Cache {
         for (meta, _, _) in &layers {
             if !kept.contains(&meta.key) {
                 let _ = std::fs::remove_file(self.layer_path(&meta.key));
+                // What stages kept about the layer (publish's package list).
+                let _ = std::fs::remove_file(self.dir.join(format!("{}.packages.json", meta.key)));
                 std::fs::remove_file(self.meta_path(&meta.key))?;
                 removed.push(meta.key.clone());
             }

@@ -142,3 +142,24 @@ pub fn inspect_image(accel: Accel, path: &Path, format: &str, log: &StageLog, ve
     g.shutdown()?;
     Ok(os)
 }
+
+/// The packages installed in the single operating system of a disk image, read in an
+/// appliance of its own (read-only, no guest code runs), sorted by name and architecture.
+pub fn installed_packages(
+    accel: Accel,
+    path: &Path,
+    format: &str,
+    log: &StageLog,
+    verbose: bool,
+) -> Result<(Inspection, Vec<super::Package>)> {
+    let g = Guest::new(accel, Some(log.clone()), verbose)?;
+    g.add_drive(Drive { path, format, readonly: true, discard: false })?;
+    g.launch()?;
+    let os = g.inspect_and_mount(true)?;
+    // Untraced: a Debian system lists hundreds of packages.
+    let mut packages = g.untraced(|g| g.inspect_list_applications(&os.root))?;
+    packages.sort();
+    g.umount_all()?;
+    g.shutdown()?;
+    Ok((os, packages))
+}

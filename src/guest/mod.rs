@@ -45,6 +45,15 @@ impl std::error::Error for GuestError {}
 
 pub type Result<T> = std::result::Result<T, GuestError>;
 
+/// An installed package as inspection reports it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Package {
+    pub name: String,
+    /// `[epoch:]version[-release]`.
+    pub version: String,
+    pub arch: String,
+}
+
 /// How a disk is attached to the appliance.
 #[derive(Debug, Clone, Copy)]
 pub struct Drive<'a> {
@@ -417,6 +426,37 @@ impl Guest {
             .collect();
         unsafe { sys::guestfs_free_partition_list(list) };
         Ok(parts)
+    }
+
+    /// The packages installed in the inspected guest `root`, read by libguestfs from the
+    /// guest's package database (dpkg's status file, the rpm database through librpm, ...)
+    /// without running guest code. The guest's filesystems must be mounted.
+    pub fn inspect_list_applications(&self, root: &str) -> Result<Vec<Package>> {
+        let r = cstring("inspect_list_applications2", root)?;
+        let list = unsafe { sys::guestfs_inspect_list_applications2(self.g, r.as_ptr()) };
+        if list.is_null() {
+            return Err(self.error("inspect_list_applications2"));
+        }
+        let text = |p: *mut c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+            }
+        };
+        let apps = unsafe { std::slice::from_raw_parts((*list).val, (*list).len as usize) }
+            .iter()
+            .map(|a| {
+                let (version, release) = (text(a.app2_version), text(a.app2_release));
+                let mut full = if a.app2_epoch > 0 { format!("{}:{version}", a.app2_epoch) } else { version };
+                if !release.is_empty() {
+                    full = format!("{full}-{release}");
+                }
+                Package { name: text(a.app2_name), version: full, arch: text(a.app2_arch) }
+            })
+            .collect();
+        unsafe { sys::guestfs_free_application2_list(list) };
+        Ok(apps)
     }
 
     /// `/dev/sda1` → `/dev/sda`.

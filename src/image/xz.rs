@@ -8,6 +8,12 @@
 //! lets a block that is all zeros skip the encoder: its compressed form is the same every
 //! time, made once. Preset 9's dictionary (64 MiB) is capped at the block size: a block never
 //! refers beyond itself, so the data compresses the same and each encoder needs less memory.
+//!
+//! Because blocks are independent and liblzma is deterministic at fixed settings, a block
+//! whose content an earlier file already holds can take its compressed bytes from there
+//! (a [`BlockSource`]) instead of going through the encoder: the result is byte for byte what
+//! encoding it would write. Each run returns where every data block went ([`BlockRecord`]),
+//! for a later run to reuse.
 
 use super::chain::DiskRead;
 use anyhow::{bail, Context, Result};
@@ -48,7 +54,69 @@ pub struct Compressed {
     pub compressed_size: u64,
     pub uncompressed_size: u64,
     pub zero_blocks: u64,
+    /// Data blocks, encoded or reused.
     pub data_blocks: u64,
+    /// Data blocks whose compressed bytes came from a `BlockSource`.
+    pub reused_blocks: u64,
+    /// Where each data block sits in the output, in order.
+    pub blocks: Vec<BlockRecord>,
+}
+
+/// Where one data block's compressed form sits in a written file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockRecord {
+    /// SHA-256 of the uncompressed block.
+    pub content: String,
+    pub uncompressed_size: u64,
+    /// The compressed block (header to check, padding included) in the file.
+    pub offset: u64,
+    pub length: u64,
+    /// The block's unpadded size, for the stream index.
+    pub unpadded_size: u64,
+    /// SHA-256 of the compressed bytes, checked before they are reused.
+    pub sha256: String,
+}
+
+/// Compressed blocks made earlier, found by the digest of their content.
+pub trait BlockSource: Sync {
+    /// The compressed form of a block with this content (SHA-256, hex) and size, when one
+    /// is at hand and intact.
+    fn find(&self, content: &str, uncompressed_size: u64) -> Option<Block>;
+}
+
+/// No earlier blocks: everything is encoded.
+pub struct EncodeAll;
+
+impl BlockSource for EncodeAll {
+    fn find(&self, _: &str, _: u64) -> Option<Block> {
+        None
+    }
+}
+
+/// What identifies the encoder's output: the settings, and the bytes this liblzma makes of a
+/// fixed sample at them. Blocks recorded under another identity are never reused (a
+/// different liblzma may compress the same data differently).
+pub fn encoder_identity(opts: &XzOptions) -> Result<String> {
+    let mut sample = Vec::with_capacity(256 << 10);
+    let mut x = 0x2545_f491_u32;
+    while sample.len() < 256 << 10 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        // Text-like runs and noise, so the match finder and the literal coder both show.
+        if x % 3 == 0 {
+            sample.extend_from_slice(b"virt-pipeline encoder sample ");
+        } else {
+            sample.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let block = compress_block(&sample, opts)?;
+    Ok(format!(
+        "lzma2 preset={} block={} sample-sha256={}",
+        opts.preset,
+        opts.block_size,
+        hex::encode(sha2::Sha256::digest(&block.bytes))
+    ))
 }
 
 /// One compressed xz block (header, data, padding, check) and its index record.
@@ -147,13 +215,24 @@ enum Job {
     Data(usize, Vec<u8>),
 }
 
-type Done = Result<(usize, Arc<Block>, bool)>;
+/// How a block was made.
+#[derive(Clone, Copy, PartialEq)]
+enum Made {
+    Zero,
+    Encoded,
+    Reused,
+}
 
-/// Compresses the whole disk into `out`, returning the output's checksum and sizes.
+/// A finished block: its position, bytes, how it was made and its content digest (data).
+type Done = Result<(usize, Arc<Block>, Made, Option<String>)>;
+
+/// Compresses the whole disk into `out`, taking the compressed form of data blocks that
+/// `source` has instead of encoding them; returns the output's checksum, sizes and block map.
 pub fn compress(
     disk: &mut dyn DiskRead,
     out: &mut (dyn Write + Send),
     opts: &XzOptions,
+    source: &dyn BlockSource,
     bar: &ProgressBar,
 ) -> Result<Compressed> {
     let size = disk.size();
@@ -169,9 +248,19 @@ pub fn compress(
             scope.spawn(move || {
                 for job in job_rx {
                     let result = match job {
-                        Job::Zero(i, len) if len == opts.block_size => Ok((i, zero_full.clone(), true)),
-                        Job::Zero(i, len) => compress_block(&vec![0u8; len], opts).map(|b| (i, Arc::new(b), true)),
-                        Job::Data(i, data) => compress_block(&data, opts).map(|b| (i, Arc::new(b), false)),
+                        Job::Zero(i, len) if len == opts.block_size => Ok((i, zero_full.clone(), Made::Zero, None)),
+                        Job::Zero(i, len) => {
+                            compress_block(&vec![0u8; len], opts).map(|b| (i, Arc::new(b), Made::Zero, None))
+                        }
+                        Job::Data(i, data) => {
+                            let content = hex::encode(sha2::Sha256::digest(&data));
+                            match source.find(&content, data.len() as u64) {
+                                Some(b) => Ok((i, Arc::new(b), Made::Reused, Some(content))),
+                                None => {
+                                    compress_block(&data, opts).map(|b| (i, Arc::new(b), Made::Encoded, Some(content)))
+                                }
+                            }
+                        }
                     };
                     if done_tx.send(result).is_err() {
                         break;
@@ -198,18 +287,32 @@ pub fn compress(
             let mut written = header.len() as u64;
             let (mut pending, mut next) = (BTreeMap::new(), 0usize);
             let mut records = Vec::with_capacity(blocks);
-            let (mut zero_blocks, mut data_blocks) = (0u64, 0u64);
+            let mut map = Vec::new();
+            let (mut zero_blocks, mut data_blocks, mut reused_blocks) = (0u64, 0u64, 0u64);
             for result in done_rx {
-                let (i, block, zero) = result?;
-                pending.insert(i, (block, zero));
-                while let Some((block, zero)) = pending.remove(&next) {
+                let (i, block, made, content) = result?;
+                pending.insert(i, (block, made, content));
+                while let Some((block, made, content)) = pending.remove(&next) {
                     emit(&block.bytes, out)?;
+                    if let Some(content) = content {
+                        map.push(BlockRecord {
+                            content,
+                            uncompressed_size: block.uncompressed_size,
+                            offset: written,
+                            length: block.bytes.len() as u64,
+                            unpadded_size: block.unpadded_size,
+                            sha256: hex::encode(sha2::Sha256::digest(&block.bytes)),
+                        });
+                    }
                     written += block.bytes.len() as u64;
                     records.push((block.unpadded_size, block.uncompressed_size));
-                    if zero {
-                        zero_blocks += 1;
-                    } else {
-                        data_blocks += 1;
+                    match made {
+                        Made::Zero => zero_blocks += 1,
+                        Made::Encoded => data_blocks += 1,
+                        Made::Reused => {
+                            data_blocks += 1;
+                            reused_blocks += 1;
+                        }
                     }
                     next += 1;
                 }
@@ -225,6 +328,8 @@ pub fn compress(
                 uncompressed_size: size,
                 zero_blocks,
                 data_blocks,
+                reused_blocks,
+                blocks: map,
             })
         });
         let mut read_error = None;
@@ -308,7 +413,7 @@ mod tests {
         std::thread::spawn(move || {
             let opts = XzOptions { preset: 0, block_size: 4096, threads: 2 };
             let mut out = FailingWriter { written: 0, limit: 10_000 };
-            let res = compress(&mut RawDisk::open(&raw).unwrap(), &mut out, &opts, &ProgressBar::hidden());
+            let res = compress(&mut RawDisk::open(&raw).unwrap(), &mut out, &opts, &EncodeAll, &ProgressBar::hidden());
             let _ = tx.send(res.map(|_| ()).map_err(|e| format!("{e:#}")));
         });
         // A hang guard, not a timing assertion: the compressor used to block here forever.
@@ -330,7 +435,8 @@ mod tests {
         std::fs::write(&raw, &data).unwrap();
         let opts = XzOptions { preset: 6, block_size: 65536, threads: 2 };
         let mut out = Vec::new();
-        let res = compress(&mut RawDisk::open(&raw).unwrap(), &mut out, &opts, &ProgressBar::hidden()).unwrap();
+        let res =
+            compress(&mut RawDisk::open(&raw).unwrap(), &mut out, &opts, &EncodeAll, &ProgressBar::hidden()).unwrap();
         assert_eq!((res.zero_blocks, res.data_blocks), (1, 2));
         assert_eq!(res.compressed_size, out.len() as u64);
         assert_eq!(res.sha512, hex::encode(Sha512::digest(&out)));

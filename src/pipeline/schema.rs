@@ -492,6 +492,13 @@ pub struct PublishConfig {
     /// Fingerprint of the signing key; `--sign-key` overrides it.
     #[serde(default)]
     pub sign_key: Option<String>,
+    /// xz preset, 0 (fastest) to 9 (smallest, the default).
+    #[serde(default = "default_xz_level")]
+    pub xz_level: u32,
+}
+
+fn default_xz_level() -> u32 {
+    9
 }
 
 /// `[stages.provision]`: boots the layer and runs Virter provisioning steps over SSH.

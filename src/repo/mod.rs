@@ -4,7 +4,10 @@
 //! temporary names and renamed into place, index.asc last, so a crash at any moment leaves
 //! the previous signed index valid and every file it names complete.
 
+pub mod blocks;
 pub mod index;
+pub mod manifest;
+pub mod page;
 pub mod serve;
 pub mod sign;
 pub mod trust;
@@ -254,20 +257,31 @@ impl Repo {
     }
 
     /// Adds (or replaces, with the revision bumped) an entry whose compressed image is at
-    /// `temp`. `fields` are the index fields other than file, revision and checksum.
+    /// `temp`. `fields` are the index fields other than file, revision and checksum. The
+    /// package manifest, when given, is signed and written for the new revision first.
     pub fn publish(
         &self,
         name: &str,
         mut fields: Vec<(String, String)>,
         temp: &Path,
         checksum: &str,
+        manifest: Option<manifest::Manifest>,
         sign_key: Option<&str>,
     ) -> Result<Entry> {
         let _lock = self.lock()?;
         let fingerprint = self.signing_key(sign_key)?;
         let mut index = self.signed_index(&fingerprint)?;
-        let revision = index.entries.iter().find(|e| e.id == name).map(|e| e.revision() + 1).unwrap_or(1);
+        // Past revisions count too: a removed entry published again does not reuse the
+        // number (and the files) of an old revision still on disk.
+        let on_disk = manifest::revisions(&self.dir, name).last().copied().unwrap_or(0);
+        let in_index = index.entries.iter().find(|e| e.id == name).map(|e| e.revision()).unwrap_or(0);
+        let revision = in_index.max(on_disk) + 1;
         let file = format!("{name}-r{revision}.xz");
+        if let Some(mut m) = manifest {
+            m.entry = name.to_string();
+            m.revision = revision;
+            manifest::write(&self.dir, &m, &fingerprint)?;
+        }
         std::fs::File::open(temp)?.sync_all()?;
         std::fs::rename(temp, self.dir.join(&file))?;
         fields.insert(0, ("file".into(), file));
@@ -286,7 +300,7 @@ impl Repo {
         let entry = index.remove(name).ok_or_else(|| bad_input!("{}: no entry `{name}`", self.dir.display()))?;
         self.write_index(&index, &fingerprint)?;
         if let Some(file) = entry.file() {
-            let _ = std::fs::remove_file(self.dir.join(file));
+            remove_image(&self.dir.join(file))?;
         }
         Ok(entry)
     }
@@ -311,7 +325,7 @@ impl Repo {
             revisions.sort_by_key(|r| std::cmp::Reverse(r.0));
             for (_, path) in revisions.into_iter().skip(keep.max(1)) {
                 if Some(path.file_name().unwrap_or_default().to_string_lossy().as_ref()) != entry.file() {
-                    std::fs::remove_file(&path)?;
+                    remove_image(&path)?;
                     removed.push(path);
                 }
             }
@@ -319,7 +333,10 @@ impl Repo {
         for e in std::fs::read_dir(&self.dir)? {
             let path = e?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") && !temp_of_live_process(&name) {
+            let orphan_map = name.strip_suffix(blocks::SUFFIX).is_some_and(|image| {
+                name.ends_with(&format!(".xz{}", blocks::SUFFIX)) && !self.dir.join(image).exists()
+            });
+            if (name.starts_with(".tmp-") && !temp_of_live_process(&name)) || orphan_map {
                 std::fs::remove_file(&path)?;
                 removed.push(path);
             }
@@ -392,8 +409,60 @@ impl Repo {
                 problems.push(format!("[{id}]: no valid size= line"));
             }
         }
+        // Every package manifest: signed by the key, naming itself, and for a current
+        // revision naming the image the index names.
+        let mut files: Vec<String> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(manifest::SUFFIX))
+            .collect();
+        files.sort();
+        for file in files {
+            let parsed = file
+                .strip_suffix(manifest::SUFFIX)
+                .and_then(|s| s.rsplit_once("-r"))
+                .and_then(|(name, rev)| Some((name.to_string(), rev.parse::<u64>().ok()?)));
+            let Some((name, revision)) = parsed else {
+                problems.push(format!("{file}: not a manifest name (NAME-rN{})", manifest::SUFFIX));
+                continue;
+            };
+            match manifest::read(&self.dir, &name, revision, &want, published.as_deref()) {
+                Err(e) => problems.push(format!("{file}: {e:#}")),
+                Ok(m) => {
+                    let current = index.get(&name).filter(|e| e.revision() == revision);
+                    if let Some(e) = current.filter(|e| e.checksum() != Some(m.image_sha512.as_str())) {
+                        problems.push(format!(
+                            "{file}: names image sha512 {}, the index's [{}] is {}",
+                            m.image_sha512,
+                            e.id,
+                            e.checksum().unwrap_or("-")
+                        ));
+                    }
+                }
+            }
+        }
         Ok(problems)
     }
+
+    /// The package manifest of a revision, verified against the repository's recorded key.
+    pub fn manifest(&self, name: &str, revision: u64) -> Result<manifest::Manifest> {
+        let pin = self
+            .configured_key()?
+            .ok_or_else(|| anyhow::anyhow!("{}: no key is recorded for this repository", self.dir.display()))?;
+        let published = std::fs::read(self.public_key_path()).ok();
+        manifest::read(&self.dir, name, revision, &pin, published.as_deref())
+    }
+}
+
+/// Deletes an image file and what is kept beside it (its block map).
+fn remove_image(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let _ = std::fs::remove_file(blocks::map_path(path));
+    let _ = std::fs::remove_file(manifest::path_of_image(path));
+    Ok(())
 }
 
 /// The first line where a plain index and the signed text differ (blank lines and trailing

@@ -21,10 +21,43 @@ struct Root {
 pub fn router(dir: &Path) -> Result<Router> {
     let canonical = std::fs::canonicalize(dir).with_context(|| format!("cannot serve {}", dir.display()))?;
     let root = Arc::new(Root { canonical: canonical.clone() });
-    Ok(Router::new()
+    let files = Router::new()
         .fallback_service(ServeDir::new(&canonical).append_index_html_on_directories(false))
-        .layer(middleware::from_fn_with_state(root, guard))
-        .layer(middleware::from_fn(log_request)))
+        .layer(middleware::from_fn_with_state(root.clone(), guard));
+    // The page for people at `/` and `/NAME/`; every other path is a file.
+    let pages = Router::new()
+        .route("/", axum::routing::get(list_page))
+        .route("/{name}/", axum::routing::get(entry_page))
+        .with_state(root);
+    Ok(pages.fallback_service(files).layer(middleware::from_fn(log_request)))
+}
+
+async fn list_page(State(root): State<Arc<Root>>, headers: axum::http::HeaderMap) -> Response {
+    page(&root, None, &headers)
+}
+
+async fn entry_page(
+    State(root): State<Arc<Root>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    page(&root, Some(&name), &headers)
+}
+
+fn page(root: &Root, only: Option<&str>, headers: &axum::http::HeaderMap) -> Response {
+    // The address the client used, for the virt-builder command it is shown.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    match super::page::render(&root.canonical, only, &format!("http://{host}")) {
+        Ok(Some(html)) => {
+            ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], html)
+                .into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        Err(e) => {
+            eprintln!("page: {e:#}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot render the page; see the server's log\n").into_response()
+        }
+    }
 }
 
 /// Serves until SIGTERM or Ctrl-C.

@@ -1,12 +1,15 @@
 //! `[stages.publish]`: the layer chain, flattened and xz-compressed in 16 MiB blocks, into a
 //! signed virt-builder repository (created with a fresh signing key when it does not exist).
 
+use crate::engine::log::StageLog;
 use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
+use crate::guest::{inspect, Package};
 use crate::image::{chain, qemu_img, xz};
 use crate::pipeline::PublishConfig;
-use crate::repo::{self, sign, Repo};
+use crate::repo::manifest::{Manifest, Provenance};
+use crate::repo::{self, blocks, sign, Repo};
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct PublishStage {
     config: PublishConfig,
@@ -25,6 +28,13 @@ impl PublishStage {
                 config.format
             ));
         }
+        if config.xz_level > 9 {
+            return Err(crate::bad_input!(
+                "{}: {at}.xz_level: {} is not an xz preset; give 0 (fastest) to 9 (smallest)",
+                pipeline_path.display(),
+                config.xz_level
+            ));
+        }
         if config.repo.contains("://") {
             return Err(crate::bad_input!(
                 "{}: {at}.repo: publish writes to a local directory, not {}",
@@ -33,6 +43,43 @@ impl PublishStage {
             ));
         }
         Ok(PublishStage { repo_dir: PathBuf::from(&config.repo), config })
+    }
+
+    /// The installed packages of the layer, read once per layer (kept beside it in the cache
+    /// as `KEY.packages.json`: the key names the layer's content). A disk with no operating
+    /// system inspection recognises has an empty list.
+    fn packages(&self, layer: &Path, settings: &RunSettings, log: &StageLog) -> Result<Vec<Package>> {
+        let kept = layer.with_extension("packages.json");
+        if let Some(list) = std::fs::read(&kept).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            log.line(format!("packages: as read before, {}", kept.display()));
+            return Ok(list);
+        }
+        let packages = match inspect::installed_packages(settings.accel, layer, "qcow2", log, settings.verbose) {
+            Ok((os, packages)) => {
+                log.line(format!("packages: {} installed ({})", packages.len(), os.summary()));
+                packages
+            }
+            Err(e) if e.message.contains("no operating system") => {
+                log.line(format!("packages: none listed: {e}"));
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let _ = repo::write_atomic(&kept, &serde_json::to_vec(&packages)?);
+        Ok(packages)
+    }
+
+    /// Where the layer came from: its pipeline (from the layer's metadata), key, the tool.
+    fn provenance(&self, ctx: &StageContext) -> Result<Provenance> {
+        let parent = ctx.parent.context("publish needs a layer")?;
+        let meta: Option<serde_json::Value> =
+            std::fs::read(parent.path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        Ok(Provenance {
+            pipeline: meta.as_ref().and_then(|m| m["pipeline"].as_str()).unwrap_or("").to_string(),
+            layer: parent.key.clone(),
+            tool: format!("virt-pipeline {}", env!("CARGO_PKG_VERSION")),
+            built: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        })
     }
 
     fn fields(&self, size: u64, compressed: u64) -> Vec<(String, String)> {
@@ -114,7 +161,11 @@ impl Stage for PublishStage {
             repo
         };
         let temp = repo.temp_image_path(&self.config.name);
-        let result = (|| -> Result<(xz::Compressed, u64)> {
+        let opts = xz::XzOptions { preset: self.config.xz_level, ..Default::default() };
+        let encoder = xz::encoder_identity(&opts)?;
+        // Blocks an earlier image in the repository already holds are copied, not encoded.
+        let reuse = blocks::ReuseIndex::load(&self.repo_dir, &encoder);
+        let compress = || -> Result<(xz::Compressed, u64)> {
             // qcow2 entries are converted first (a standalone file); raw ones are read
             // straight from the chain.
             let flat_qcow2 = temp.with_extension("qcow2");
@@ -127,11 +178,17 @@ impl Stage for PublishStage {
             let size = qemu_img::info(&layer)?.virtual_size;
             let bar = ctx.ui.bytes("xz", disk.size());
             let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-            let res = xz::compress(disk.as_mut(), &mut out, &xz::XzOptions::default(), &bar);
+            let res = xz::compress(disk.as_mut(), &mut out, &opts, &reuse, &bar);
             bar.finish_and_clear();
             let _ = std::fs::remove_file(&flat_qcow2);
             Ok((res?, size))
-        })();
+        };
+        // The package list is read in an appliance while the image compresses.
+        let (result, packages) = std::thread::scope(|scope| {
+            let packages = scope.spawn(|| self.packages(&layer, ctx.settings, &ctx.log));
+            let result = compress();
+            (result, packages.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the package reader panicked"))))
+        });
         let (compressed, size) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -139,17 +196,52 @@ impl Stage for PublishStage {
                 return Err(e);
             }
         };
+        let packages = match packages {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e.context("cannot read the image's installed packages for its manifest"));
+            }
+        };
+        let manifest = Manifest {
+            entry: self.config.name.clone(),
+            revision: 0,
+            image_sha512: compressed.sha512.clone(),
+            size,
+            compressed_size: compressed.compressed_size,
+            provenance: self.provenance(ctx)?,
+            packages,
+        };
+        for warning in reuse.warnings() {
+            ctx.log.line(format!("warning: {warning}"));
+            ctx.ui.line(format!("warning: {warning}"));
+        }
+        let summary = format!(
+            "{} blocks: {} reused from earlier images, {} encoded, {} skipped as zero",
+            compressed.data_blocks + compressed.zero_blocks,
+            compressed.reused_blocks,
+            compressed.data_blocks - compressed.reused_blocks,
+            compressed.zero_blocks
+        );
         ctx.log.line(format!(
-            "compressed {} bytes to {} ({} data blocks, {} zero blocks)",
-            compressed.uncompressed_size, compressed.compressed_size, compressed.data_blocks, compressed.zero_blocks
+            "compressed {} bytes to {}; {summary}",
+            compressed.uncompressed_size, compressed.compressed_size
         ));
+        ctx.ui.line(format!("publish: {summary}"));
         let fields = self.fields(size, compressed.compressed_size);
         let entry = repo
-            .publish(&self.config.name, fields, &temp, &compressed.sha512, sign_key.as_deref())
+            .publish(&self.config.name, fields, &temp, &compressed.sha512, Some(manifest), sign_key.as_deref())
             .inspect_err(|_| {
                 let _ = std::fs::remove_file(&temp);
             })
             .context("cannot publish into the repository")?;
+        if let Some(file) = entry.file() {
+            let map = blocks::BlockMap { encoder, blocks: compressed.blocks.clone() };
+            // Only a later publish's speed depends on it.
+            if let Err(e) = blocks::save(&self.repo_dir.join(file), &map) {
+                ctx.log.line(format!("warning: cannot write the block map of {file}: {e:#}"));
+            }
+        }
         ctx.ui.line(format!(
             "published {} revision {} into {} ({} bytes)",
             self.config.name,

@@ -538,10 +538,12 @@ impl Mirror {
     pub fn start() -> (Mirror, String) {
         let mirror = Mirror::default();
         let state = mirror.clone();
-        let router = axum::Router::new().fallback(move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
-            let state = state.clone();
-            async move { state.answer(&method, uri.path(), &headers) }
-        });
+        let router = axum::Router::new().fallback(
+            move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+                let state = state.clone();
+                async move { state.answer(&method, uri.path(), &headers) }
+            },
+        );
         let addr = serve_in_background(router);
         (mirror, format!("http://{addr}"))
     }
@@ -558,11 +560,19 @@ impl Mirror {
         self.requests.lock().unwrap().clone()
     }
 
-    fn answer(&self, method: &axum::http::Method, path: &str, headers: &axum::http::HeaderMap) -> axum::response::Response {
+    fn answer(
+        &self,
+        method: &axum::http::Method,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> axum::response::Response {
         self.requests.lock().unwrap().push(format!("{method} {path}"));
         let files = self.files.lock().unwrap();
         let Some((body, etag)) = files.get(path) else {
-            return axum::response::Response::builder().status(axum::http::StatusCode::NOT_FOUND).body(axum::body::Body::empty()).unwrap();
+            return axum::response::Response::builder()
+                .status(axum::http::StatusCode::NOT_FOUND)
+                .body(axum::body::Body::empty())
+                .unwrap();
         };
         let mut resp = axum::response::Response::builder().header(axum::http::header::CONTENT_LENGTH, body.len());
         if let Some(etag) = etag {
@@ -575,4 +585,3 @@ impl Mirror {
         resp.body(axum::body::Body::from(body)).unwrap()
     }
 }
-

@@ -1,0 +1,143 @@
+//! The repository's web page, for people: `/` lists every entry and `/NAME/` one, each with
+//! its long name, osinfo, notes, revisions (date, size, compressed size, package count) and
+//! the package diff of each revision to the one before, and how to use the repository with
+//! virt-builder. Server-rendered HTML (no JavaScript), every value HTML-escaped by minijinja
+//! (entry notes are untrusted text), laid out to read on a phone.
+//!
+//! The page is rendered from the repository's own files on each request. Manifests are read
+//! without checking their signatures here: the server shows its own directory; clients check
+//! what they download (`repo verify`, virt-builder).
+
+use super::manifest::{self, Diff};
+use super::Repo;
+use anyhow::Result;
+use std::path::Path;
+
+const TEMPLATE: &str = include_str!("page.html");
+
+#[derive(serde::Serialize)]
+struct Page {
+    title: String,
+    entries: Vec<EntryView>,
+    /// Only one entry (`/NAME/`): links back to the list.
+    single: bool,
+    fingerprint: String,
+    conf_file: String,
+    source: String,
+}
+
+#[derive(serde::Serialize)]
+struct EntryView {
+    id: String,
+    long_name: String,
+    osinfo: String,
+    arch: String,
+    notes: String,
+    revisions: Vec<RevisionView>,
+}
+
+#[derive(serde::Serialize)]
+struct RevisionView {
+    revision: u64,
+    current: bool,
+    built: String,
+    size: String,
+    compressed_size: String,
+    packages: Option<usize>,
+    /// Against the revision before it, when both have manifests.
+    previous: Option<u64>,
+    diff: Option<Diff>,
+}
+
+/// The page for every entry (`only = None`) or one; `None` when that entry does not exist.
+/// `base_url` is where clients reach the repository (`http://HOST`).
+pub fn render(dir: &Path, only: Option<&str>, base_url: &str) -> Result<Option<String>> {
+    let repo = Repo::open(dir)?;
+    let index = repo.index()?;
+    let mut entries = Vec::new();
+    for e in &index.entries {
+        if only.is_some_and(|n| n != e.id) || (e.get("hidden") == Some("true") && only.is_none()) {
+            continue;
+        }
+        let current = e.revision();
+        let mut revs = manifest::revisions(dir, &e.id);
+        if !revs.contains(&current) {
+            revs.push(current);
+        }
+        revs.sort_unstable();
+        let manifests: Vec<_> = revs.iter().map(|&r| (r, manifest::read_unverified(dir, &e.id, r))).collect();
+        let mut revisions = Vec::new();
+        for (i, (rev, m)) in manifests.iter().enumerate() {
+            let before = i.checked_sub(1).and_then(|j| manifests.get(j));
+            let diff = match (before, m) {
+                (Some((_, Some(old))), Some(new)) => Some(manifest::diff(&old.packages, &new.packages)),
+                _ => None,
+            };
+            let field = |k: &str| e.get(k).and_then(|v| v.parse::<u64>().ok()).filter(|_| *rev == current);
+            let size = m.as_ref().map(|m| m.size).or_else(|| field("size"));
+            let compressed = m.as_ref().map(|m| m.compressed_size).or_else(|| field("compressed_size"));
+            revisions.push(RevisionView {
+                revision: *rev,
+                current: *rev == current,
+                built: m.as_ref().map(|m| m.provenance.built.replace('T', " ")).unwrap_or_default(),
+                size: size.map(human).unwrap_or_default(),
+                compressed_size: compressed.map(human).unwrap_or_default(),
+                packages: m.as_ref().map(|m| m.packages.len()),
+                previous: before.map(|(r, _)| *r),
+                diff,
+            });
+        }
+        revisions.reverse();
+        entries.push(EntryView {
+            id: e.id.clone(),
+            long_name: e.get("name").unwrap_or(&e.id).to_string(),
+            osinfo: e.get("osinfo").unwrap_or("").to_string(),
+            arch: e.get("arch").unwrap_or("").to_string(),
+            notes: e.get("notes").unwrap_or("").to_string(),
+            revisions,
+        });
+    }
+    if only.is_some() && entries.is_empty() {
+        return Ok(None);
+    }
+    let page = Page {
+        title: match only {
+            Some(n) => format!("{n} — {}", repo.name()),
+            None => format!("{} — image repository", repo.name()),
+        },
+        entries,
+        single: only.is_some(),
+        fingerprint: repo.configured_key()?.unwrap_or_default(),
+        conf_file: repo.conf_path().file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        source: format!("{base_url}/index.asc"),
+    };
+    let mut env = minijinja::Environment::new();
+    env.add_template("page.html", TEMPLATE)?;
+    Ok(Some(env.get_template("page.html")?.render(minijinja::Value::from(minijinja::value::Serde(&page)))?))
+}
+
+/// 1.2 GiB, 310 MiB: sizes as people read them.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_people_read_them() {
+        assert_eq!(super::human(512), "512 B");
+        assert_eq!(super::human(4 << 30), "4.0 GiB");
+        assert_eq!(super::human(310 << 20), "310.0 MiB");
+    }
+}
