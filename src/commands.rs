@@ -222,7 +222,7 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
                 Status::ToRun => {
                     report.stages_run += 1;
                     if outcome.kind == "publish" {
-                        report.published.extend(outcome.record);
+                        report.published.extend(outcome.record.map(with_package_changes));
                     }
                 }
             }
@@ -683,4 +683,28 @@ fn repo_diff(dir: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u64>, jso
     }
     println!("{} added, {} removed, {} changed", d.added.len(), d.removed.len(), d.changed.len());
     Ok(())
+}
+
+/// A publish record with what its revision changed in packages against the revision before
+/// it (`packages`: count, previous revision, added, removed, changed), from the signed
+/// manifests; unchanged when they cannot be read.
+fn with_package_changes(mut record: serde_json::Value) -> serde_json::Value {
+    let (Some(dir), Some(name), Some(revision)) =
+        (record["repo"].as_str(), record["name"].as_str(), record["revision"].as_u64())
+    else {
+        return record;
+    };
+    let (dir, name) = (std::path::PathBuf::from(dir), name.to_string());
+    let Ok(repo) = Repo::open(&dir) else { return record };
+    let Ok(new) = repo.manifest(&name, revision) else { return record };
+    let previous = crate::repo::manifest::revisions(&dir, &name).into_iter().filter(|&r| r < revision).next_back();
+    let mut packages = serde_json::json!({ "count": new.packages.len(), "previous": previous });
+    if let Some(old) = previous.and_then(|r| repo.manifest(&name, r).ok()) {
+        let d = crate::repo::manifest::diff(&old.packages, &new.packages);
+        packages["added"] = serde_json::json!(d.added);
+        packages["removed"] = serde_json::json!(d.removed);
+        packages["changed"] = serde_json::json!(d.changed);
+    }
+    record["packages"] = packages;
+    record
 }

@@ -133,6 +133,10 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     assert_eq!(fourth.code, Some(0), "{}", fourth.stderr);
     assert_eq!(fourth.runs(), runs(&[("base", "ok", 2), ("child-pipeline", "ok", 1), ("child-repo", "ok", 2)]));
     assert_eq!(fourth.report["pipelines"][0]["published"][0]["revision"], 2);
+    // Each publish reports its package manifest against the revision before.
+    let packages = &fourth.report["pipelines"][0]["published"][0]["packages"];
+    assert_eq!(packages["previous"], 1, "{packages}");
+    assert!(packages["count"].is_u64() && packages["added"].is_array(), "{packages}");
 
     // A failing base: both children skipped, the report says why, exit 1, and the
     // repository keeps revision 2.
