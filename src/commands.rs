@@ -585,7 +585,10 @@ fn repo_command(command: RepoCommand) -> Result<()> {
             match repo.manifest(&name, e.revision()) {
                 Ok(m) => {
                     println!();
-                    println!("packages:  {}", m.packages.len());
+                    match m.package_list() {
+                        Some(list) => println!("packages:  {}", list.len()),
+                        None => println!("packages:  unknown ({})", m.packages_unreadable.as_deref().unwrap_or("")),
+                    }
                     println!("pipeline:  {}", m.provenance.pipeline);
                     println!("layer:     {}", m.provenance.layer);
                     println!("tool:      {}", m.provenance.tool);
@@ -665,7 +668,16 @@ fn repo_diff(dir: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u64>, jso
         }
     }
     let (old, new) = (repo.manifest(name, a)?, repo.manifest(name, b)?);
-    let d = crate::repo::manifest::diff(&old.packages, &new.packages);
+    let list = |m: &crate::repo::manifest::Manifest| {
+        m.package_list().map(<[_]>::to_vec).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{name} revision {}: its packages could not be read when it was published ({})",
+                m.revision,
+                m.packages_unreadable.as_deref().unwrap_or("")
+            )
+        })
+    };
+    let d = crate::repo::manifest::diff(&list(&old)?, &list(&new)?);
     if json {
         let out = serde_json::json!({ "name": name, "from": a, "to": b, "added": d.added, "removed": d.removed, "changed": d.changed });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -697,10 +709,12 @@ fn with_package_changes(mut record: serde_json::Value) -> serde_json::Value {
     let (dir, name) = (std::path::PathBuf::from(dir), name.to_string());
     let Ok(repo) = Repo::open(&dir) else { return record };
     let Ok(new) = repo.manifest(&name, revision) else { return record };
+    let Some(new_list) = new.package_list() else { return record };
     let previous = crate::repo::manifest::revisions(&dir, &name).into_iter().filter(|&r| r < revision).next_back();
-    let mut packages = serde_json::json!({ "count": new.packages.len(), "previous": previous });
-    if let Some(old) = previous.and_then(|r| repo.manifest(&name, r).ok()) {
-        let d = crate::repo::manifest::diff(&old.packages, &new.packages);
+    let mut packages = serde_json::json!({ "count": new_list.len(), "previous": previous });
+    let old = previous.and_then(|r| repo.manifest(&name, r).ok());
+    if let Some(old_list) = old.as_ref().and_then(|m| m.package_list()) {
+        let d = crate::repo::manifest::diff(old_list, new_list);
         packages["added"] = serde_json::json!(d.added);
         packages["removed"] = serde_json::json!(d.removed);
         packages["changed"] = serde_json::json!(d.changed);

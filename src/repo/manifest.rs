@@ -25,6 +25,17 @@ pub struct Manifest {
     pub provenance: Provenance,
     /// Sorted by name, then architecture.
     pub packages: Vec<Package>,
+    /// Why `packages` is empty though the image has an operating system: its package
+    /// database could not be read at publish time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages_unreadable: Option<String>,
+}
+
+impl Manifest {
+    /// The package list, unless it could not be read at publish time.
+    pub fn package_list(&self) -> Option<&[Package]> {
+        self.packages_unreadable.is_none().then_some(self.packages.as_slice())
+    }
 }
 
 /// Where a revision came from.

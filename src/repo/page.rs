@@ -69,8 +69,9 @@ pub fn render(dir: &Path, only: Option<&str>, base_url: &str) -> Result<Option<S
         let mut revisions = Vec::new();
         for (i, (rev, m)) in manifests.iter().enumerate() {
             let before = i.checked_sub(1).and_then(|j| manifests.get(j));
-            let diff = match (before, m) {
-                (Some((_, Some(old))), Some(new)) => Some(manifest::diff(&old.packages, &new.packages)),
+            let list = |m: &Option<manifest::Manifest>| m.as_ref().and_then(|m| m.package_list().map(<[_]>::to_vec));
+            let diff = match (before.map(|(_, old)| list(old)), list(m)) {
+                (Some(Some(old)), Some(new)) => Some(manifest::diff(&old, &new)),
                 _ => None,
             };
             let field = |k: &str| e.get(k).and_then(|v| v.parse::<u64>().ok()).filter(|_| *rev == current);
@@ -82,7 +83,7 @@ pub fn render(dir: &Path, only: Option<&str>, base_url: &str) -> Result<Option<S
                 built: m.as_ref().map(|m| m.provenance.built.replace('T', " ")).unwrap_or_default(),
                 size: size.map(human).unwrap_or_default(),
                 compressed_size: compressed.map(human).unwrap_or_default(),
-                packages: m.as_ref().map(|m| m.packages.len()),
+                packages: list(m).map(|l| l.len()),
                 previous: before.map(|(r, _)| *r),
                 diff,
             });

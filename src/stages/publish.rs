@@ -11,6 +11,13 @@ use crate::repo::{self, blocks, sign, Repo};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
+/// What `packages` found, as kept beside the layer.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct PackageList {
+    packages: Vec<Package>,
+    unreadable: Option<String>,
+}
+
 pub struct PublishStage {
     config: PublishConfig,
     /// The repository directory, resolved against the working directory: it is output.
@@ -48,25 +55,33 @@ impl PublishStage {
     /// The installed packages of the layer, read once per layer (kept beside it in the cache
     /// as `KEY.packages.json`: the key names the layer's content). A disk with no operating
     /// system inspection recognises has an empty list.
-    fn packages(&self, layer: &Path, settings: &RunSettings, log: &StageLog) -> Result<Vec<Package>> {
+    /// The installed packages of the layer, or why they could not be read (a package
+    /// database libguestfs cannot open); read once per layer and kept beside it in the cache
+    /// as `KEY.packages.json` (the key names the layer's content). A disk with no operating
+    /// system that inspection recognises has an empty list.
+    fn packages(&self, layer: &Path, settings: &RunSettings, log: &StageLog) -> Result<PackageList> {
         let kept = layer.with_extension("packages.json");
         if let Some(list) = std::fs::read(&kept).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
             log.line(format!("packages: as read before, {}", kept.display()));
             return Ok(list);
         }
-        let packages = match inspect::installed_packages(settings.accel, layer, "qcow2", log, settings.verbose) {
+        let list = match inspect::installed_packages(settings.accel, layer, "qcow2", log, settings.verbose) {
             Ok((os, packages)) => {
                 log.line(format!("packages: {} installed ({})", packages.len(), os.summary()));
-                packages
+                PackageList { packages, unreadable: None }
             }
             Err(e) if e.message.contains("no operating system") => {
                 log.line(format!("packages: none listed: {e}"));
-                Vec::new()
+                PackageList::default()
+            }
+            Err(e) if e.call == "inspect_list_applications2" => {
+                log.line(format!("warning: the package list cannot be read: {e}"));
+                PackageList { packages: Vec::new(), unreadable: Some(e.to_string()) }
             }
             Err(e) => return Err(e.into()),
         };
-        let _ = repo::write_atomic(&kept, &serde_json::to_vec(&packages)?);
-        Ok(packages)
+        let _ = repo::write_atomic(&kept, &serde_json::to_vec(&list)?);
+        Ok(list)
     }
 
     /// Where the layer came from: its pipeline (from the layer's metadata), key, the tool.
@@ -196,7 +211,7 @@ impl Stage for PublishStage {
                 return Err(e);
             }
         };
-        let packages = match packages {
+        let list = match packages {
             Ok(p) => p,
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -210,8 +225,12 @@ impl Stage for PublishStage {
             size,
             compressed_size: compressed.compressed_size,
             provenance: self.provenance(ctx)?,
-            packages,
+            packages: list.packages,
+            packages_unreadable: list.unreadable,
         };
+        if let Some(why) = &manifest.packages_unreadable {
+            ctx.ui.line(format!("warning: the manifest lists no packages: {why}"));
+        }
         for warning in reuse.warnings() {
             ctx.log.line(format!("warning: {warning}"));
             ctx.ui.line(format!("warning: {warning}"));
