@@ -70,28 +70,24 @@ pub struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     pub fn new(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine {
-            cache: Cache::open(&settings.work_dir)?,
-            settings,
-            options,
-            ui,
-            outcomes: Default::default(),
-            probed: Default::default(),
-            client: OnceCell::new(),
-        })
+        Ok(Engine::with_cache(Cache::open(&settings.work_dir)?, settings, options, ui))
     }
 
     /// An engine that only plans: it creates nothing in the work directory.
     pub fn read_only(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine {
-            cache: Cache::open_read_only(&settings.work_dir)?,
+        Ok(Engine::with_cache(Cache::open_read_only(&settings.work_dir)?, settings, options, ui))
+    }
+
+    fn with_cache(cache: Cache, settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Engine<'a> {
+        Engine {
+            cache,
             settings,
             options,
             ui,
             outcomes: Default::default(),
             probed: Default::default(),
             client: OnceCell::new(),
-        })
+        }
     }
 
     /// Resolves every stage's upstream inputs (see `Stage::resolve`); call once before `plan`.

@@ -165,6 +165,23 @@ impl DiskRead for Qcow2Chain {
     }
 }
 
+/// Whether the disk's first sectors hold what an operating system needs: a partition table
+/// (MBR or GPT), or a filesystem or volume signature on the whole disk (ext2/3/4, XFS,
+/// btrfs, LVM, ISO 9660). A disk with none of them — blank, or raw data — holds no
+/// operating system, and inspecting it would only cost an appliance launch.
+pub fn has_disk_label(disk: &mut dyn DiskRead) -> Result<bool> {
+    let mut head = vec![0u8; 0x11000];
+    disk.read_at(&mut head, 0)?;
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    Ok(at(510, &[0x55, 0xAA])
+        || at(512, b"EFI PART")
+        || at(0x438, &[0x53, 0xEF])
+        || at(0, b"XFSB")
+        || at(0x10040, b"_BHRfS_M")
+        || (0..4).any(|sector| at(sector * 512, b"LABELONE"))
+        || at(0x8001, b"CD001"))
+}
+
 /// Opens a disk image by its format on disk (its first bytes, never qemu's probe).
 pub fn open(path: &Path) -> Result<Box<dyn DiskRead>> {
     use super::qemu_img::Detected;
@@ -179,6 +196,24 @@ pub fn open(path: &Path) -> Result<Box<dyn DiskRead>> {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn blank_and_data_disks_have_no_label_and_partitioned_ones_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let mut data = vec![0u8; 1 << 20];
+        data[4096..8192].fill(0x33);
+        std::fs::write(&raw, &data).unwrap();
+        assert!(!has_disk_label(&mut RawDisk::open(&raw).unwrap()).unwrap());
+        data[510] = 0x55;
+        data[511] = 0xAA;
+        std::fs::write(&raw, &data).unwrap();
+        assert!(has_disk_label(&mut RawDisk::open(&raw).unwrap()).unwrap(), "an MBR");
+        data[510..512].fill(0);
+        data[0x438..0x43a].copy_from_slice(&[0x53, 0xEF]);
+        std::fs::write(&raw, &data).unwrap();
+        assert!(has_disk_label(&mut RawDisk::open(&raw).unwrap()).unwrap(), "ext4 on the whole disk");
+    }
 
     fn qemu_io(path: &Path, cmd: &str) {
         let st = Command::new("qemu-io").args(["-f", "qcow2", "-c", cmd]).arg(path).output().unwrap();

@@ -65,6 +65,10 @@ impl PublishStage {
             log.line(format!("packages: as read before, {}", kept.display()));
             return Ok(list);
         }
+        if !chain::has_disk_label(&mut chain::Qcow2Chain::open(layer)?)? {
+            log.line("packages: none (the disk has no partition table or filesystem)");
+            return Ok(PackageList::default());
+        }
         let list = match inspect::installed_packages(settings.accel, layer, "qcow2", log, settings.verbose) {
             Ok((os, packages)) => {
                 log.line(format!("packages: {} installed ({})", packages.len(), os.summary()));
