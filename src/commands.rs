@@ -710,7 +710,7 @@ fn with_package_changes(mut record: serde_json::Value) -> serde_json::Value {
     let Ok(repo) = Repo::open(&dir) else { return record };
     let Ok(new) = repo.manifest(&name, revision) else { return record };
     let Some(new_list) = new.package_list() else { return record };
-    let previous = crate::repo::manifest::revisions(&dir, &name).into_iter().filter(|&r| r < revision).next_back();
+    let previous = crate::repo::manifest::revisions(&dir, &name).into_iter().rfind(|&r| r < revision);
     let mut packages = serde_json::json!({ "count": new_list.len(), "previous": previous });
     let old = previous.and_then(|r| repo.manifest(&name, r).ok());
     if let Some(old_list) = old.as_ref().and_then(|m| m.package_list()) {

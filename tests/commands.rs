@@ -427,3 +427,18 @@ fn plan_reads_the_network_and_writes_nothing() {
     assert_eq!(plan.lines().filter(|l| l.contains("cached")).count(), 2, "the run used plan's keys: {plan}");
     assert_eq!(file_list(&work), before, "plan changed the work directory");
 }
+
+/// Two repositories with the same directory name in one keyring (a nightly's scratch
+/// repositories, say) each get a key of their own.
+#[test]
+fn repositories_of_the_same_name_get_their_own_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    run_ok(dir, &gnupg, &["repo", "init", "a/images"]);
+    run_ok(dir, &gnupg, &["repo", "init", "b/images"]);
+    let fpr = |d: &str| std::fs::read_to_string(dir.join(d).join("signing-key.fpr")).unwrap();
+    assert_ne!(fpr("a/images"), fpr("b/images"));
+}

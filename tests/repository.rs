@@ -480,10 +480,23 @@ fn a_republish_reuses_unchanged_blocks_and_writes_what_a_full_encode_writes() {
         full
     };
     assert!(image(3) == full_encode(&layer), "a republish with reuse equals a full encode byte for byte");
+    let raw = dir.join("layer.raw");
+    let st = Command::new("qemu-img").args(["convert", "-q", "-O", "raw", &layer]).arg(&raw).status().unwrap();
+    assert!(st.success());
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(&image(3)[..]), &mut decoded).unwrap();
+    assert!(decoded == std::fs::read(&raw).unwrap(), "it decompresses to the new disk exactly");
     let verify = pipeline(dir, &gnupg, &["repo", "verify", "repo"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
     let validate = Command::new("virt-index-validate").arg(repo.join("index")).output().unwrap();
     assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
+    // virt-builder checks the signature and sha512 and decompresses it.
+    let fpr = std::fs::read_to_string(repo.join("signing-key.fpr")).unwrap().trim().to_string();
+    let source = format!("file://{}/index.asc", repo.display());
+    let out = dir.join("from-virt-builder.img");
+    let args = ["--source", &source, "--fingerprint", &fpr, "--no-cache", "fake", "-o", out.to_str().unwrap()];
+    let built = virt_builder(&dir.join("vb"), &gnupg, &[&args[..], &["--format", "raw"]].concat());
+    assert!(built.status.success(), "virt-builder accepts the republished entry");
 
     for map in ["fake-r1.xz.blocks", "fake-r2.xz.blocks", "fake-r3.xz.blocks"] {
         std::fs::write(repo.join(map), b"\x00 not a block map").unwrap();

@@ -104,7 +104,7 @@ pub fn encoder_identity(opts: &XzOptions) -> Result<String> {
         x ^= x >> 17;
         x ^= x << 5;
         // Text-like runs and noise, so the match finder and the literal coder both show.
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             sample.extend_from_slice(b"virt-pipeline encoder sample ");
         } else {
             sample.extend_from_slice(&x.to_le_bytes());

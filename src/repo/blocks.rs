@@ -58,6 +58,7 @@ impl ReuseIndex {
         for map in maps {
             let image = PathBuf::from(map.to_string_lossy().trim_end_matches(SUFFIX));
             if !image.is_file() {
+                warnings.push(format!("{}: its image is gone, map not used", map.display()));
                 continue;
             }
             let parsed: Result<BlockMap, String> = std::fs::read(&map)
@@ -231,5 +232,10 @@ mod tests {
         let (out, res) = publish(scratch.path(), "img-r4", &disk(0), &other);
         assert_eq!(res.reused_blocks, 0);
         assert!(out == first);
+
+        // A map whose image is gone: not used, and said so.
+        std::fs::remove_file(dir.join("img-r3.xz")).unwrap();
+        let source = index(dir);
+        assert!(source.warnings().iter().any(|w| w.contains("its image is gone")), "{:?}", source.warnings());
     }
 }

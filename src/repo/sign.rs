@@ -10,10 +10,12 @@ fn context() -> Result<Context> {
     Ok(ctx)
 }
 
-/// A new signing key without passphrase, for unattended nightly signing. Returns its fingerprint.
+/// A new signing key without passphrase, for unattended nightly signing. Returns its
+/// fingerprint. A key with the same user ID may exist already (another repository of the same
+/// name in this keyring): the new key is made anyway, and its fingerprint tells them apart.
 pub fn generate_key(user_id: &str) -> Result<String> {
     let mut ctx = context()?;
-    let flags = CreateKeyFlags::SIGN | CreateKeyFlags::NOPASSWD | CreateKeyFlags::NOEXPIRE;
+    let flags = CreateKeyFlags::SIGN | CreateKeyFlags::NOPASSWD | CreateKeyFlags::NOEXPIRE | CreateKeyFlags::FORCE;
     let result = ctx
         .create_key_with_flags(user_id, "default", std::time::Duration::ZERO, flags)
         .with_context(|| format!("cannot generate a signing key for `{user_id}`"))?;

@@ -527,10 +527,13 @@ pub fn fixture_pipeline(dir: &Path, fixture: &DebianFixture, name: &str, stages:
     write_file(dir, &format!("{name}.toml"), &text)
 }
 
+/// A served file: its body and optional ETag, by path.
+type MirrorFiles = std::collections::HashMap<String, (Vec<u8>, Option<String>)>;
+
 /// Files served by path, each with an optional ETag; every request is counted.
 #[derive(Clone, Default)]
 pub struct Mirror {
-    files: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Option<String>)>>>,
+    files: std::sync::Arc<std::sync::Mutex<MirrorFiles>>,
     requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
