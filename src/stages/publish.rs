@@ -52,9 +52,6 @@ impl PublishStage {
         Ok(PublishStage { repo_dir: PathBuf::from(&config.repo), config })
     }
 
-    /// The installed packages of the layer, read once per layer (kept beside it in the cache
-    /// as `KEY.packages.json`: the key names the layer's content). A disk with no operating
-    /// system inspection recognises has an empty list.
     /// The installed packages of the layer, or why they could not be read (a package
     /// database libguestfs cannot open); read once per layer and kept beside it in the cache
     /// as `KEY.packages.json` (the key names the layer's content). A disk with no operating
