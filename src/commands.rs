@@ -4,7 +4,7 @@ use crate::bad_input;
 use crate::cli::{CacheCommand, Cli, Command, ExecArgs, GlobalArgs, PipelineArgs, RebuildArgs, RepoCommand, SeedArgs};
 use crate::engine::cache::{Cache, Layer};
 use crate::engine::stage::RunSettings;
-use crate::engine::ui::Ui;
+use crate::engine::ui::{human_bytes, Ui};
 use crate::engine::{Engine, EngineOptions, Status};
 use crate::guest::{Drive, Guest};
 use crate::image::qemu_img;
@@ -531,7 +531,7 @@ fn cache_command(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
             let keep = std::time::Duration::from_secs(keep_days.saturating_mul(86400));
             let report = cache.gc(&g.work_dir, keep)?;
             println!(
-                "removed {} layers, {} output records, {} downloads, {} scratch directories of dead runs",
+                "removed {} layers, {} output and upstream records, {} downloads, {} scratch directories of dead runs",
                 report.layers.len(),
                 report.outputs,
                 report.downloads,
@@ -620,17 +620,6 @@ fn repo_command(command: RepoCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", units[u])
 }
 
 /// The first 16 characters of a layer key, for listings; a key read from a damaged metadata

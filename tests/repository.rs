@@ -210,16 +210,22 @@ fn bad_publish_input_writes_nothing() {
     let gnupg = gnupg_home(dir);
     let img = dir.join("x.qcow2");
     Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg("16M").status().unwrap();
-    let file = write_file(
-        dir,
-        "p.toml",
-        &format!("version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"../evil\"\n", img.display()),
-    );
-    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("stages[0].publish.name"), "{}", stderr(&out));
-    assert!(!dir.join("repo").exists(), "no repository was created");
-    assert!(!dir.join("work/layers").exists() || std::fs::read_dir(dir.join("work/layers")).unwrap().count() <= 1);
+    let cases = [
+        ("name = \"../evil\"", "stages[0].publish.name"),
+        ("name = \"ok\"\nxz_level = 10", "stages[0].publish.xz_level: 10 is not an xz preset"),
+    ];
+    for (keys, message) in cases {
+        let file = write_file(
+            dir,
+            "p.toml",
+            &format!("version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"p\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\n{keys}\n", img.display()),
+        );
+        let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{keys}");
+        assert!(stderr(&out).contains(message), "{}", stderr(&out));
+        assert!(!dir.join("repo").exists(), "no repository was created");
+        assert!(!dir.join("work").exists(), "nothing was written to the work directory");
+    }
 }
 
 #[test]

@@ -40,6 +40,7 @@ pub struct Cache {
 #[derive(Debug, Default)]
 pub struct GcReport {
     pub layers: Vec<String>,
+    /// Output (publish, export, check) and upstream records.
     pub outputs: usize,
     pub downloads: usize,
     pub scratch: usize,

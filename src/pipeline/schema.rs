@@ -233,8 +233,8 @@ pub struct ScriptConfig {
     /// The default prepare phase's partitioning: `mbr` (BIOS boot) or `gpt-uefi`.
     #[serde(default)]
     pub layout: DiskLayout,
-    /// URLs (or paths) of small files whose content the install depends on, such as a
-    /// mirror's `dists/SUITE/InRelease`: a change of one rebuilds the image.
+    /// http(s) URLs of small files whose content the install depends on, such as a mirror's
+    /// `dists/SUITE/InRelease`: a change of one rebuilds the image.
     #[serde(default)]
     pub upstream: Vec<String>,
     /// Each phase may take at most this long.

@@ -82,6 +82,12 @@ impl ReuseIndex {
         self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
+    fn warn(&self, message: String) {
+        if let Ok(mut w) = self.warnings.lock() {
+            w.push(message);
+        }
+    }
+
     fn read(image: &Path, r: &BlockRecord) -> Result<Vec<u8>> {
         let mut f = std::fs::File::open(image)?;
         f.seek(SeekFrom::Start(r.offset))?;
@@ -115,14 +121,6 @@ impl BlockSource for ReuseIndex {
                 self.warn(format!("{}: cannot read the block at {} ({e}); encoded instead", image.display(), r.offset));
                 None
             }
-        }
-    }
-}
-
-impl ReuseIndex {
-    fn warn(&self, message: String) {
-        if let Ok(mut w) = self.warnings.lock() {
-            w.push(message);
         }
     }
 }

@@ -333,9 +333,10 @@ impl Repo {
         for e in std::fs::read_dir(&self.dir)? {
             let path = e?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let orphan_map = name.strip_suffix(blocks::SUFFIX).is_some_and(|image| {
-                name.ends_with(&format!(".xz{}", blocks::SUFFIX)) && !self.dir.join(image).exists()
-            });
+            let orphan_map = name
+                .strip_suffix(blocks::SUFFIX)
+                .filter(|image| image.ends_with(".xz"))
+                .is_some_and(|image| !self.dir.join(image).exists());
             if (name.starts_with(".tmp-") && !temp_of_live_process(&name)) || orphan_map {
                 std::fs::remove_file(&path)?;
                 removed.push(path);

@@ -10,6 +10,7 @@
 
 use super::manifest::{self, Diff};
 use super::Repo;
+use crate::engine::ui::human_bytes;
 use anyhow::Result;
 use std::path::Path;
 
@@ -81,8 +82,8 @@ pub fn render(dir: &Path, only: Option<&str>, base_url: &str) -> Result<Option<S
                 revision: *rev,
                 current: *rev == current,
                 built: m.as_ref().map(|m| m.provenance.built.replace('T', " ")).unwrap_or_default(),
-                size: size.map(human).unwrap_or_default(),
-                compressed_size: compressed.map(human).unwrap_or_default(),
+                size: size.map(human_bytes).unwrap_or_default(),
+                compressed_size: compressed.map(human_bytes).unwrap_or_default(),
                 packages: list(m).map(|l| l.len()),
                 previous: before.map(|(r, _)| *r),
                 diff,
@@ -115,30 +116,4 @@ pub fn render(dir: &Path, only: Option<&str>, base_url: &str) -> Result<Option<S
     let mut env = minijinja::Environment::new();
     env.add_template("page.html", TEMPLATE)?;
     Ok(Some(env.get_template("page.html")?.render(minijinja::Value::from(minijinja::value::Serde(&page)))?))
-}
-
-/// 1.2 GiB, 310 MiB: sizes as people read them.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes_read_as_people_read_them() {
-        assert_eq!(super::human(512), "512 B");
-        assert_eq!(super::human(4 << 30), "4.0 GiB");
-        assert_eq!(super::human(310 << 20), "310.0 MiB");
-    }
 }
