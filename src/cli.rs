@@ -31,6 +31,10 @@ pub struct GlobalArgs {
     /// More output.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// A layer cache shared with other builders, s3://BUCKET/PREFIX: layers are fetched
+    /// from it instead of built, and the layers built here are uploaded to it.
+    #[arg(long, global = true, env = "PIPELINE_CACHE_REMOTE", value_name = "S3_URL")]
+    pub cache_remote: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

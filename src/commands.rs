@@ -19,7 +19,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key } => {
-            let options = EngineOptions { no_cache, build_id, log_dir };
+            let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: g.cache_remote.clone() };
             run_command(g, &pipeline, options, output.as_deref(), offline, sign_key)
         }
         Command::Rebuild(args) => rebuild_command(g, &args),
@@ -148,8 +148,12 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
         load_checked(&node.path, &[])?;
     }
     let ui = Ui::new();
-    let options =
-        EngineOptions { build_id: args.build_id.clone(), log_dir: args.log_dir.clone(), ..Default::default() };
+    let options = EngineOptions {
+        build_id: args.build_id.clone(),
+        log_dir: args.log_dir.clone(),
+        cache_remote: g.cache_remote.clone(),
+        ..Default::default()
+    };
     let base_names =
         |i: usize| -> Vec<&str> { graph.nodes[i].bases.iter().map(|&b| graph.nodes[b].pipeline.name()).collect() };
     if args.plan {
@@ -542,7 +546,24 @@ fn cache_command(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
     Ok(())
 }
 
+/// The repository URL when a repository argument names object storage.
+fn remote_url(dir: &Path) -> Option<&str> {
+    dir.to_str().filter(|d| crate::s3::is_s3(d))
+}
+
 fn repo_command(command: RepoCommand) -> Result<()> {
+    let remote = match &command {
+        RepoCommand::Init { dir, .. }
+        | RepoCommand::List { dir }
+        | RepoCommand::Show { dir, .. }
+        | RepoCommand::Diff { dir, .. }
+        | RepoCommand::Remove { dir, .. }
+        | RepoCommand::Prune { dir, .. }
+        | RepoCommand::Verify { dir, .. } => remote_url(dir).map(str::to_string),
+    };
+    if let Some(url) = remote {
+        return remote_repo_command(&url, command);
+    }
     match command {
         RepoCommand::Init { dir, generate_key, sign_key, uri } => {
             let (repo, fpr) = Repo::init(&dir, sign_key.as_deref(), generate_key.as_deref(), uri.as_deref())?;
@@ -562,18 +583,7 @@ fn repo_command(command: RepoCommand) -> Result<()> {
                 );
             }
         }
-        RepoCommand::List { dir } => {
-            for e in Repo::open(&dir)?.index()?.entries {
-                println!(
-                    "{:<24} r{:<4} {:<10} {:<8} {}",
-                    e.id,
-                    e.revision(),
-                    e.get("osinfo").unwrap_or("-"),
-                    e.get("arch").unwrap_or("-"),
-                    e.get("compressed_size").and_then(|s| s.parse().ok()).map(human_bytes).unwrap_or_default()
-                );
-            }
-        }
+        RepoCommand::List { dir } => print_entries(&Repo::open(&dir)?.index()?),
         RepoCommand::Show { dir, name } => {
             let index = Repo::open(&dir)?.index()?;
             let e = index.get(&name).ok_or_else(|| bad_input!("{}: no entry `{name}`", dir.display()))?;
@@ -583,17 +593,7 @@ fn repo_command(command: RepoCommand) -> Result<()> {
             }
             let repo = Repo::open(&dir)?;
             match repo.manifest(&name, e.revision()) {
-                Ok(m) => {
-                    println!();
-                    match m.package_list() {
-                        Some(list) => println!("packages:  {}", list.len()),
-                        None => println!("packages:  unknown ({})", m.packages_unreadable.as_deref().unwrap_or("")),
-                    }
-                    println!("pipeline:  {}", m.provenance.pipeline);
-                    println!("layer:     {}", m.provenance.layer);
-                    println!("tool:      {}", m.provenance.tool);
-                    println!("built:     {}", m.provenance.built);
-                }
+                Ok(m) => print_manifest(&m),
                 Err(err) => println!("\nno package manifest: {err:#}"),
             }
         }
@@ -622,6 +622,85 @@ fn repo_command(command: RepoCommand) -> Result<()> {
     Ok(())
 }
 
+/// `repo` commands on a repository on object storage.
+fn remote_repo_command(url: &str, command: RepoCommand) -> Result<()> {
+    use crate::repo::remote::RemoteRepo;
+    match command {
+        RepoCommand::Init { generate_key, sign_key, uri, .. } => {
+            let (repo, fpr) = RemoteRepo::init(url, sign_key.as_deref(), generate_key.as_deref(), uri.as_deref())?;
+            println!("repository {url} signed by {fpr}");
+            let name = repo.name();
+            println!("public key: {}", repo.store.url(&format!("{name}.asc")));
+            println!(
+                "virt-builder sources file: {} (clients: copy it and {name}.asc to {})",
+                repo.store.url(&format!("{name}.conf")),
+                crate::repo::CLIENT_REPOS_D
+            );
+        }
+        RepoCommand::List { .. } => print_entries(&RemoteRepo::connect(url)?.index()?),
+        RepoCommand::Show { name, .. } => {
+            let index = RemoteRepo::connect(url)?.index()?;
+            let e = index.get(&name).ok_or_else(|| bad_input!("{url}: no entry `{name}`"))?;
+            println!("[{}]", e.id);
+            for (k, v) in &e.fields {
+                println!("{k}={}", v.replace('\n', "\n "));
+            }
+            let manifests = RemoteRepo::connect(url)?.manifests(&name)?;
+            if let Some(m) = manifests.get(&e.revision()) {
+                print_manifest(m);
+            }
+        }
+        RepoCommand::Diff { dir, name, rev_a, rev_b, json } => repo_diff(&dir, &name, rev_a, rev_b, json)?,
+        RepoCommand::Remove { name, sign_key, .. } => {
+            let e = RemoteRepo::connect(url)?.remove(&name, sign_key.as_deref())?;
+            println!("removed {} (revision {})", e.id, e.revision());
+        }
+        RepoCommand::Prune { keep, .. } => {
+            for p in RemoteRepo::connect(url)?.prune(keep)? {
+                println!("removed {p}");
+            }
+        }
+        RepoCommand::Verify { fingerprint, .. } => {
+            let ui = Ui::new();
+            let problems = RemoteRepo::connect(url)?.verify(fingerprint.as_deref(), &ui).context("cannot verify")?;
+            if problems.is_empty() {
+                println!("{url}: ok");
+            } else {
+                for p in &problems {
+                    eprintln!("{url}: {p}");
+                }
+                anyhow::bail!("{url}: {} problem(s)", problems.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_manifest(m: &crate::repo::manifest::Manifest) {
+    println!();
+    match m.package_list() {
+        Some(list) => println!("packages:  {}", list.len()),
+        None => println!("packages:  unknown ({})", m.packages_unreadable.as_deref().unwrap_or("")),
+    }
+    println!("pipeline:  {}", m.provenance.pipeline);
+    println!("layer:     {}", m.provenance.layer);
+    println!("tool:      {}", m.provenance.tool);
+    println!("built:     {}", m.provenance.built);
+}
+
+fn print_entries(index: &crate::repo::index::Index) {
+    for e in &index.entries {
+        println!(
+            "{:<24} r{:<4} {:<10} {:<8} {}",
+            e.id,
+            e.revision(),
+            e.get("osinfo").unwrap_or("-"),
+            e.get("arch").unwrap_or("-"),
+            e.get("compressed_size").and_then(|s| s.parse().ok()).map(human_bytes).unwrap_or_default()
+        );
+    }
+}
+
 /// The first 16 characters of a layer key, for listings; a key read from a damaged metadata
 /// file may be shorter (or not ASCII) and is then shown whole.
 fn short_key(key: &str) -> &str {
@@ -630,8 +709,18 @@ fn short_key(key: &str) -> &str {
 
 /// `repo diff`: the two revisions' manifests, verified, compared.
 fn repo_diff(dir: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u64>, json: bool) -> Result<()> {
-    let repo = Repo::open(dir)?;
-    let known = crate::repo::manifest::revisions(dir, name);
+    type Read = Box<dyn Fn(u64) -> Result<crate::repo::manifest::Manifest>>;
+    let (known, manifest): (Vec<u64>, Read) = match remote_url(dir) {
+        Some(url) => {
+            let all = crate::repo::remote::RemoteRepo::connect(url)?.manifests(name)?;
+            (all.keys().copied().collect(), Box::new(move |r| all.get(&r).cloned().context("no manifest")))
+        }
+        None => {
+            let repo = Repo::open(dir)?;
+            let name = name.to_string();
+            (crate::repo::manifest::revisions(dir, &name), Box::new(move |r| repo.manifest(&name, r)))
+        }
+    };
     if known.is_empty() {
         return Err(bad_input!("{}: no revision of `{name}` has a package manifest", dir.display()));
     }
@@ -656,7 +745,7 @@ fn repo_diff(dir: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u64>, jso
             return Err(missing(rev));
         }
     }
-    let (old, new) = (repo.manifest(name, a)?, repo.manifest(name, b)?);
+    let (old, new) = (manifest(a)?, manifest(b)?);
     let list = |m: &crate::repo::manifest::Manifest| {
         m.package_list().map(<[_]>::to_vec).ok_or_else(|| {
             anyhow::anyhow!(

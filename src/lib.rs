@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod provision;
 pub mod rebuild;
 pub mod repo;
+pub mod s3;
 pub mod seed;
 pub mod stages;
 pub mod upstream;

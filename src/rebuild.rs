@@ -125,19 +125,25 @@ fn published_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
         .stages
         .iter()
         .filter_map(|s| match s {
+            StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => {
+                Some((PathBuf::from(c.repo.trim_end_matches('/')), c.name.clone()))
+            }
             StageConfig::Publish(c) => Some((canonical(Path::new(&c.repo)), c.name.clone())),
             _ => None,
         })
         .collect()
 }
 
-/// The local repository entries a pipeline starts from (`from = { repo, name }`, or an
-/// install with `method = "image"` and `repo`); repositories given by URL are left out.
+/// The repository entries a pipeline starts from (`from = { repo, name }`, or an install
+/// with `method = "image"` and `repo`): local ones and ones on object storage; those read
+/// over HTTP are left out.
 fn consumed_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     let mut add = |repo: &Option<String>, name: &Option<String>| {
         if let (Some(repo), Some(name)) = (repo, name) {
-            if !repo.contains("://") {
+            if crate::s3::is_s3(repo) {
+                out.push((PathBuf::from(repo.trim_end_matches('/')), name.clone()));
+            } else if !repo.contains("://") {
                 let repo = p.resolve(repo);
                 // `repo` may name the directory or its index file.
                 let dir = if repo.is_file() { repo.parent().map(Path::to_path_buf).unwrap_or(repo) } else { repo };
@@ -185,9 +191,8 @@ fn cycle(nodes: &[Node], done: &[bool]) -> String {
     let start = (0..nodes.len()).find(|&i| !done[i]).unwrap_or(0);
     let mut path = vec![start];
     let mut current = start;
-    loop {
-        // Every node left has a base that is left too, so this always finds one.
-        let Some(&base) = nodes[current].bases.iter().find(|&&b| !done[b]) else { break };
+    // Every node left has a base that is left too, so this always finds one.
+    while let Some(&base) = nodes[current].bases.iter().find(|&&b| !done[b]) {
         if let Some(at) = path.iter().position(|&p| p == base) {
             let names: Vec<String> =
                 path[at..].iter().chain([&base]).map(|&i| nodes[i].path.display().to_string()).collect();

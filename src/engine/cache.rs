@@ -1,6 +1,7 @@
 //! The layer cache. A layer is `<key>.qcow2` plus `<key>.json` (what made it) in one
-//! directory, so overlays name their backing file relatively. Layers are written under a
-//! temporary name and renamed on success: a failed stage leaves nothing behind.
+//! directory; an overlay names its backing file (the parent layer) by absolute path. Layers
+//! are written under a temporary name and renamed on success: a failed stage leaves nothing
+//! behind.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

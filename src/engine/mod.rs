@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod log;
+pub mod remote_cache;
 pub mod secrets;
 pub mod stage;
 pub mod ui;
@@ -23,6 +24,8 @@ pub struct EngineOptions {
     pub no_cache: bool,
     pub build_id: Option<String>,
     pub log_dir: Option<PathBuf>,
+    /// A layer cache shared with other builders: `s3://BUCKET/PREFIX`.
+    pub cache_remote: Option<String>,
 }
 
 /// A stage with its key, as `plan` shows it.
@@ -66,11 +69,17 @@ pub struct Engine<'a> {
     /// Upstream states probed by this engine: each upstream is asked once per run.
     probed: RefCell<HashMap<Upstream, String>>,
     client: OnceCell<upstream::Client>,
+    remote: Option<remote_cache::RemoteCache>,
+    /// Layers whose remote copy was damaged: uploaded again once built.
+    damaged_remote: RefCell<std::collections::HashSet<String>>,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        Ok(Engine::with_cache(Cache::open(&settings.work_dir)?, settings, options, ui))
+        let remote = options.cache_remote.as_deref().map(remote_cache::RemoteCache::open).transpose()?;
+        let mut engine = Engine::with_cache(Cache::open(&settings.work_dir)?, settings, options, ui);
+        engine.remote = remote;
+        Ok(engine)
     }
 
     /// An engine that only plans: it creates nothing in the work directory.
@@ -87,6 +96,8 @@ impl<'a> Engine<'a> {
             outcomes: Default::default(),
             probed: Default::default(),
             client: OnceCell::new(),
+            remote: None,
+            damaged_remote: Default::default(),
         }
     }
 
@@ -221,21 +232,36 @@ impl<'a> Engine<'a> {
         let log_dir = self.log_dir(pipeline_name);
         let total = stages.len();
         let mut current = base;
+        // Layers are fetched from the remote cache only on layers that came from a cache:
+        // one built here differs block by block from another builder's of the same key.
+        let mut built_here = false;
         for i in 0..stages.len() {
             let (stage, planned) = (&stages[i], &plan[i]);
             crate::interrupt::check()?;
             let n = planned.index + 1;
             let label = format!("[{n}/{total}] {}", stage.kind());
             let short = &planned.key[..12];
-            if planned.status == Status::Cached {
+            let fetched = match planned.status {
+                Status::ToRun if stage.layer_kind() != LayerKind::Output && !built_here && !self.options.no_cache => {
+                    self.fetch_remote(&planned.key, current.as_ref(), &label)
+                }
+                _ => None,
+            };
+            if planned.status == Status::Cached || fetched.is_some() {
                 if stage.layer_kind() == LayerKind::Output {
                     self.cache.touch_output(&planned.key);
                 } else {
                     self.cache.touch(&planned.key);
                     current = self.cache.get(&planned.key);
+                    if fetched.is_none() {
+                        self.share(current.as_ref(), &label);
+                    }
                 }
                 self.cache.touch_upstream_record(&planned.identity);
-                self.ui.line(format!("{label}: cached ({short})"));
+                match &fetched {
+                    Some(remote) => self.ui.line(format!("{label}: fetched from {remote} ({short})")),
+                    None => self.ui.line(format!("{label}: cached ({short})")),
+                }
                 let record =
                     (stage.layer_kind() == LayerKind::Output).then(|| self.cache.output_record(&planned.key)).flatten();
                 self.outcomes.borrow_mut().push(StageOutcome {
@@ -282,6 +308,8 @@ impl<'a> Engine<'a> {
                         if next.key != planned.key {
                             self.rekey(stages, &mut plan, i + 1, &next.key)?;
                         }
+                        built_here = true;
+                        self.share(Some(&next), &label);
                         current = Some(next);
                     }
                 }
@@ -306,6 +334,31 @@ impl<'a> Engine<'a> {
             }
         }
         current.context("the pipeline produced no layer")
+    }
+
+    /// The layer `key` from the remote cache into the local one, when it has it: the remote
+    /// cache's URL. A damaged copy is named and the stage runs (and uploads its layer anew).
+    fn fetch_remote(&self, key: &str, parent: Option<&Layer>, label: &str) -> Option<String> {
+        let remote = self.remote.as_ref()?;
+        match remote.fetch(&self.cache, key, parent, self.ui) {
+            Ok(Some(_)) => Some(remote.url()),
+            Ok(None) => None,
+            Err(e) => {
+                self.ui.line(format!("{label}: not using the remote cache's copy: {e:#}; building it"));
+                self.damaged_remote.borrow_mut().insert(key.to_string());
+                None
+            }
+        }
+    }
+
+    /// Uploads a layer to the remote cache, if there is one and it lacks the layer. The
+    /// build does not depend on it: a failure is a warning.
+    fn share(&self, layer: Option<&Layer>, label: &str) {
+        let (Some(remote), Some(layer)) = (&self.remote, layer) else { return };
+        let replace = self.damaged_remote.borrow().contains(&layer.key);
+        if let Err(e) = remote.upload(&self.cache, layer, self.ui, replace) {
+            self.ui.line(format!("{label}: warning: cannot upload the layer to {}: {e:#}", remote.url()));
+        }
     }
 
     /// Recomputes the keys of `plan[from..]` on a parent key other than the planned one. They

@@ -32,6 +32,14 @@ pub fn create_overlay(parent: &Path, out: &Path, cluster_size: Option<u32>) -> R
     Ok(())
 }
 
+/// Points a qcow2 overlay at another copy of its backing file (`rebase -u`: the data is
+/// not touched), named by its absolute path as `create_overlay` names it.
+pub fn set_backing(path: &Path, backing: &Path) -> Result<()> {
+    let backing = std::fs::canonicalize(backing)?.to_string_lossy().into_owned();
+    run(&["rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", &backing, &path.to_string_lossy()])?;
+    Ok(())
+}
+
 /// A blank qcow2 disk of `size` (qemu-img syntax: 4G, 512M).
 pub fn create_blank(out: &Path, size: &str) -> Result<()> {
     run(&["create", "-q", "-f", "qcow2", &out.to_string_lossy(), size])?;

@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod index;
 pub mod manifest;
 pub mod page;
+pub mod remote;
 pub mod serve;
 pub mod sign;
 pub mod trust;

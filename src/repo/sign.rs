@@ -83,26 +83,77 @@ pub fn clearsign(fingerprint: &str, text: &[u8]) -> Result<Vec<u8>> {
 /// (exported by exact fingerprint) or else from `published` (a repository's `NAME.asc`);
 /// either way it must be exactly the pinned key. Returns the signed text.
 pub fn verify_pinned(signed: &[u8], pin: &str, published: Option<&[u8]>) -> Result<Vec<u8>> {
-    let pin = parse_fingerprint(pin).map_err(|e| anyhow!("trusted key: {e}"))?;
-    let material = match export_exact(&pin) {
-        Some(k) => k,
-        None => published.map(<[u8]>::to_vec).ok_or_else(|| {
-            anyhow!(
-                "the trusted key {pin} is not in your keyring (GNUPGHOME); import the repository's public key \
-                 (`gpg --import NAME.asc`) after checking that `gpg --show-keys NAME.asc` shows that fingerprint"
-            )
-        })?,
-    };
-    let home = tempfile::Builder::new().prefix("pipeline-gpg-").tempdir().context("cannot create a keyring")?;
-    let result = verify_in(home.path(), signed, &pin, &material);
-    // gpg starts no agent for public keys; make sure none outlives the keyring all the same.
-    let _ = std::process::Command::new("gpgconf")
-        .args(["--homedir"])
-        .arg(home.path())
-        .args(["--kill", "all"])
-        .stderr(std::process::Stdio::null())
-        .status();
-    result
+    PinnedVerifier::new(pin, published)?.verify(signed)
+}
+
+/// `verify_pinned` for many texts: one private keyring for all of them (a repository on
+/// object storage checks every entry record at each publish).
+pub struct PinnedVerifier {
+    pin: String,
+    ctx: gpgme::Context,
+    /// The key and its subkeys: those that may have made a signature.
+    allowed: Vec<String>,
+    home: tempfile::TempDir,
+}
+
+impl PinnedVerifier {
+    pub fn new(pin: &str, published: Option<&[u8]>) -> Result<PinnedVerifier> {
+        let pin = parse_fingerprint(pin).map_err(|e| anyhow!("trusted key: {e}"))?;
+        let material = match export_exact(&pin) {
+            Some(k) => k,
+            None => published.map(<[u8]>::to_vec).ok_or_else(|| {
+                anyhow!(
+                    "the trusted key {pin} is not in your keyring (GNUPGHOME); import the repository's public key \
+                     (`gpg --import NAME.asc`) after checking that `gpg --show-keys NAME.asc` shows that fingerprint"
+                )
+            })?,
+        };
+        let home = tempfile::Builder::new().prefix("pipeline-gpg-").tempdir().context("cannot create a keyring")?;
+        let mut ctx = context()?;
+        let home_str = home.path().to_str().context("the temporary keyring's path is not UTF-8")?;
+        ctx.set_engine_home_dir(home_str).context("cannot use a private keyring")?;
+        ctx.import(&material).context("cannot read the trusted key's public half")?;
+        let keys: Vec<gpgme::Key> = ctx.keys()?.filter_map(|k| k.ok()).collect();
+        let found: Vec<String> = keys.iter().filter_map(|k| k.fingerprint().ok().map(str::to_string)).collect();
+        if found != [pin.as_str()] {
+            bail!("the public key material holds {} instead of exactly the trusted key {pin}", describe(&found));
+        }
+        let allowed = keys[0].subkeys().filter_map(|s| s.fingerprint().ok().map(str::to_ascii_uppercase)).collect();
+        Ok(PinnedVerifier { pin, ctx, allowed, home })
+    }
+
+    /// The signed text, if `signed` carries a good signature by the pinned key.
+    pub fn verify(&mut self, signed: &[u8]) -> Result<Vec<u8>> {
+        let mut plain = Vec::new();
+        let result = self.ctx.verify_opaque(signed, &mut plain).context("cannot read the signature")?;
+        let mut good = false;
+        for sig in result.signatures() {
+            let fpr = sig.fingerprint().unwrap_or("?").to_ascii_uppercase();
+            if !self.allowed.contains(&fpr) {
+                bail!("signed by {fpr}, which is not the trusted key {}", self.pin);
+            }
+            if let Err(e) = sig.status() {
+                bail!("bad signature by {fpr}: {e}");
+            }
+            good = true;
+        }
+        if !good {
+            bail!("no signature by the trusted key {}", self.pin);
+        }
+        Ok(plain)
+    }
+}
+
+impl Drop for PinnedVerifier {
+    fn drop(&mut self) {
+        // gpg starts no agent for public keys; make sure none outlives the keyring all the same.
+        let _ = std::process::Command::new("gpgconf")
+            .args(["--homedir"])
+            .arg(self.home.path())
+            .args(["--kill", "all"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// The public key with exactly this (primary key) fingerprint from the user's keyring.
@@ -115,38 +166,6 @@ fn export_exact(pin: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     ctx.export_keys(&[key], ExportMode::MINIMAL, &mut out).ok()?;
     (!out.is_empty()).then_some(out)
-}
-
-fn verify_in(home: &std::path::Path, signed: &[u8], pin: &str, material: &[u8]) -> Result<Vec<u8>> {
-    let mut ctx = context()?;
-    let home_str = home.to_str().context("the temporary keyring's path is not UTF-8")?;
-    ctx.set_engine_home_dir(home_str).context("cannot use a private keyring")?;
-    ctx.import(material).context("cannot read the trusted key's public half")?;
-    let keys: Vec<gpgme::Key> = ctx.keys()?.filter_map(|k| k.ok()).collect();
-    let found: Vec<String> = keys.iter().filter_map(|k| k.fingerprint().ok().map(str::to_string)).collect();
-    if found != [pin] {
-        bail!("the public key material holds {} instead of exactly the trusted key {pin}", describe(&found));
-    }
-    // The key itself or one of its subkeys may have made the signature.
-    let allowed: Vec<String> =
-        keys[0].subkeys().filter_map(|s| s.fingerprint().ok().map(str::to_ascii_uppercase)).collect();
-    let mut plain = Vec::new();
-    let result = ctx.verify_opaque(signed, &mut plain).context("cannot read the signature")?;
-    let mut good = false;
-    for sig in result.signatures() {
-        let fpr = sig.fingerprint().unwrap_or("?").to_ascii_uppercase();
-        if !allowed.contains(&fpr) {
-            bail!("signed by {fpr}, which is not the trusted key {pin}");
-        }
-        if let Err(e) = sig.status() {
-            bail!("bad signature by {fpr}: {e}");
-        }
-        good = true;
-    }
-    if !good {
-        bail!("no signature by the trusted key {pin}");
-    }
-    Ok(plain)
 }
 
 fn describe(fprs: &[String]) -> String {

@@ -2,7 +2,8 @@
 //! repository (whoever can write a repository could otherwise name their own key in it):
 //! one file per repository in `$XDG_CONFIG_HOME/virt-pipeline/trusted-repositories/`
 //! (`~/.config/...` without it), named by a hash of the repository's absolute path and
-//! holding `FINGERPRINT PATH`.
+//! holding `FINGERPRINT PATH`; a repository on object storage is named by its URL and
+//! endpoint instead of a path.
 
 use super::sign;
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,34 +19,50 @@ pub fn store_dir() -> Option<PathBuf> {
     Some(config.join("virt-pipeline").join("trusted-repositories"))
 }
 
-fn entry_path(store: &Path, repo_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+fn entry_path(store: &Path, id: &str) -> PathBuf {
+    store.join(hex::encode(&Sha256::digest(id.as_bytes())[..16]))
+}
+
+/// A local repository's name in the store: its absolute path.
+fn local_id(repo_dir: &Path) -> Result<String> {
     let abs = std::fs::canonicalize(repo_dir).with_context(|| format!("cannot find {}", repo_dir.display()))?;
-    let hash = hex::encode(&Sha256::digest(abs.as_os_str().as_encoded_bytes())[..16]);
-    Ok((store.join(hash), abs))
+    Ok(abs.to_string_lossy().into_owned())
 }
 
 /// Records `fingerprint` as the key of the repository at `repo_dir` (which must exist).
 pub fn record(repo_dir: &Path, fingerprint: &str) -> Result<()> {
-    let store = store_dir()
-        .ok_or_else(|| anyhow!("cannot record the repository's key: neither XDG_CONFIG_HOME nor HOME is set"))?;
-    std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
-    let (path, abs) = entry_path(&store, repo_dir)?;
-    super::write_atomic(&path, format!("{fingerprint} {}\n", abs.display()).as_bytes())
-        .with_context(|| format!("cannot record the key of {}", repo_dir.display()))
+    record_id(&local_id(repo_dir)?, fingerprint)
 }
 
 /// The key recorded for the repository at `repo_dir`, if any.
 pub fn pinned(repo_dir: &Path) -> Result<Option<String>> {
+    match local_id(repo_dir) {
+        Ok(id) => pinned_id(&id),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Records `fingerprint` as the key of the repository named `id` (a path, or a URL).
+pub fn record_id(id: &str, fingerprint: &str) -> Result<()> {
+    let store = store_dir()
+        .ok_or_else(|| anyhow!("cannot record the repository's key: neither XDG_CONFIG_HOME nor HOME is set"))?;
+    std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
+    super::write_atomic(&entry_path(&store, id), format!("{fingerprint} {id}\n").as_bytes())
+        .with_context(|| format!("cannot record the key of {id}"))
+}
+
+/// The key recorded for the repository named `id`, if any.
+pub fn pinned_id(id: &str) -> Result<Option<String>> {
     let Some(store) = store_dir() else { return Ok(None) };
-    let Ok((path, abs)) = entry_path(&store, repo_dir) else { return Ok(None) };
+    let path = entry_path(&store, id);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let (fpr, recorded) = text.trim_end_matches('\n').split_once(' ').unwrap_or((text.trim(), ""));
-    if Path::new(recorded) != abs {
-        bail!("{}: records {recorded}, not {}", path.display(), abs.display());
+    if recorded != id {
+        bail!("{}: records {recorded}, not {id}", path.display());
     }
     let fpr = sign::parse_fingerprint(fpr).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(Some(fpr))

@@ -1,5 +1,6 @@
 //! `[stages.publish]`: the layer chain, flattened and xz-compressed in 16 MiB blocks, into a
-//! signed virt-builder repository (created with a fresh signing key when it does not exist).
+//! signed virt-builder repository (created with a fresh signing key when it does not exist),
+//! or into one on object storage (`repo = "s3://BUCKET/PREFIX"`, made by `repo init`).
 
 use crate::engine::log::StageLog;
 use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
@@ -7,6 +8,7 @@ use crate::guest::{inspect, Package};
 use crate::image::{chain, qemu_img, xz};
 use crate::pipeline::PublishConfig;
 use crate::repo::manifest::{Manifest, Provenance};
+use crate::repo::remote::{NewImage, RemoteRepo};
 use crate::repo::{self, blocks, sign, Repo};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub struct PublishStage {
     config: PublishConfig,
     /// The repository directory, resolved against the working directory: it is output.
     repo_dir: PathBuf,
+    /// The repository's URL when it is on object storage.
+    remote: Option<String>,
 }
 
 impl PublishStage {
@@ -42,14 +46,18 @@ impl PublishStage {
                 config.xz_level
             ));
         }
-        if config.repo.contains("://") {
+        let remote = crate::s3::is_s3(&config.repo).then(|| config.repo.clone());
+        if let Some(url) = &remote {
+            crate::s3::Location::parse(url)
+                .map_err(|e| crate::bad_input!("{}: {at}.repo: {e}", pipeline_path.display()))?;
+        } else if config.repo.contains("://") {
             return Err(crate::bad_input!(
-                "{}: {at}.repo: publish writes to a local directory, not {}",
+                "{}: {at}.repo: publish writes to a local directory or s3://BUCKET/PREFIX, not {}",
                 pipeline_path.display(),
                 config.repo
             ));
         }
-        Ok(PublishStage { repo_dir: PathBuf::from(&config.repo), config })
+        Ok(PublishStage { repo_dir: PathBuf::from(&config.repo), remote, config })
     }
 
     /// The installed packages of the layer, or why they could not be read (a package
@@ -140,6 +148,21 @@ impl Stage for PublishStage {
     }
 
     fn preflight(&self, settings: &RunSettings) -> Result<()> {
+        if let Some(url) = &self.remote {
+            // Never made here: builders racing to create it would each make their own key.
+            let key = RemoteRepo::connect(url)?.configured_key()?.ok_or_else(|| {
+                crate::bad_input!("{url} is not a repository yet (no signing key); run `pipeline repo init {url}`")
+            })?;
+            return match settings.sign_key.as_deref().or(self.config.sign_key.as_deref()) {
+                Some(k) if !sign::same_key(k, &key) => {
+                    Err(crate::bad_input!("{url} is signed by {key} and its clients trust only that key, not {k}"))
+                }
+                _ if !sign::has_secret_key(&key) => Err(crate::bad_input!(
+                    "{url}: signing key {key}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
+                )),
+                _ => Ok(()),
+            };
+        }
         let chosen = settings.sign_key.as_deref().or(self.config.sign_key.as_deref());
         let chosen = chosen
             .map(|k| {
@@ -165,7 +188,12 @@ impl Stage for PublishStage {
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
         let layer = ctx.parent_path()?.to_path_buf();
         let sign_key = ctx.settings.sign_key.clone().or(self.config.sign_key.clone());
-        let repo = if self.repo_dir.join("index.asc").exists() {
+        // On object storage the image is compressed in the work directory, then uploaded.
+        let scratch;
+        let repo = if self.remote.is_some() {
+            scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "publish")?;
+            Repo { dir: scratch.path().to_path_buf() }
+        } else if self.repo_dir.join("index.asc").exists() {
             Repo::open(&self.repo_dir)?
         } else {
             let (repo, fpr) = Repo::init(&self.repo_dir, sign_key.as_deref(), None, None)?;
@@ -180,7 +208,7 @@ impl Stage for PublishStage {
         let opts = xz::XzOptions { preset: self.config.xz_level, ..Default::default() };
         let encoder = xz::encoder_identity(&opts)?;
         // Blocks an earlier image in the repository already holds are copied, not encoded.
-        let reuse = blocks::ReuseIndex::load(&self.repo_dir, &encoder);
+        let reuse = blocks::ReuseIndex::load(&repo.dir, &encoder);
         let compress = || -> Result<(xz::Compressed, u64)> {
             // qcow2 entries are converted first (a standalone file); raw ones are read
             // straight from the chain.
@@ -249,6 +277,35 @@ impl Stage for PublishStage {
         ));
         ctx.ui.line(format!("publish: {summary}"));
         let fields = self.fields(size, compressed.compressed_size);
+        if let Some(url) = &self.remote {
+            let remote = RemoteRepo::connect(url)?;
+            let entry = remote
+                .publish(
+                    NewImage {
+                        name: &self.config.name,
+                        fields,
+                        image: &temp,
+                        checksum: &compressed.sha512,
+                        manifest: Some(manifest),
+                    },
+                    sign_key.as_deref(),
+                    ctx.ui,
+                )
+                .context("cannot publish into the repository")?;
+            ctx.ui.line(format!(
+                "published {} revision {} into {url} ({} bytes)",
+                self.config.name,
+                entry.revision(),
+                compressed.compressed_size
+            ));
+            let record = serde_json::json!({
+                "repo": url,
+                "name": self.config.name,
+                "revision": entry.revision(),
+                "checksum": compressed.sha512,
+            });
+            return Ok(StageResult { inspection: None, record: Some(record), upstream: None });
+        }
         let entry = repo
             .publish(&self.config.name, fields, &temp, &compressed.sha512, Some(manifest), sign_key.as_deref())
             .inspect_err(|_| {
@@ -283,6 +340,11 @@ impl Stage for PublishStage {
 
     /// Still current while the repository's index names this exact image.
     fn output_current(&self, record: &serde_json::Value) -> bool {
+        if let Some(url) = &self.remote {
+            let index = RemoteRepo::connect(url).and_then(|r| r.index());
+            return index
+                .is_ok_and(|i| i.get(&self.config.name).is_some_and(|e| e.checksum() == record["checksum"].as_str()));
+        }
         let Ok(repo) = Repo::open(&self.repo_dir) else {
             return false;
         };

@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use virt_pipeline::guest::{Drive, Guest};
 use virt_pipeline::vm::{Accel, AccelChoice};
 
+pub mod garage;
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pipeline"))
 }

@@ -8,6 +8,7 @@ use crate::engine::stage::{LayerKind, ResolveContext, Stage, StageContext, Stage
 use crate::engine::ui::Ui;
 use crate::guest::{Drive, Guest};
 use crate::image::qemu_img::{self, Detected};
+use crate::repo::remote::RemoteRepo;
 use crate::repo::{self, index::Entry, index::Index, sign, Repo};
 use crate::upstream::Upstream;
 use anyhow::{bail, Context, Result};
@@ -115,6 +116,22 @@ impl ImageStage {
         fingerprint: Option<&str>,
         (cache, offline, keep_copy, ui): (&Path, bool, bool, &Ui),
     ) -> Result<(Index, String)> {
+        if crate::s3::is_s3(repo) {
+            let remote = RemoteRepo::connect(repo)?;
+            let pin = match fingerprint {
+                Some(f) => f.to_string(),
+                None => remote.pinned_key()?.ok_or_else(|| {
+                    bad_input!(
+                        "{}.fingerprint: no key is recorded for the repository {repo} (`pipeline repo init` records \
+                         it, for the user who ran it); add fingerprint = \"...\", the full fingerprint of the key that \
+                         signs it",
+                        self.where_
+                    )
+                })?,
+            };
+            let index = remote.index_signed_by(&pin).with_context(|| format!("{repo}: cannot read its index"))?;
+            return Ok((index, repo.to_string()));
+        }
         let (index_src, base, local) = if download::is_url(repo) {
             let base = repo.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or_default();
             (repo.to_string(), base, None)
@@ -244,7 +261,11 @@ impl ImageStage {
                 let Resolved { base, entry } = self.resolved.get().context("the repository entry was not resolved")?;
                 let file = entry.file().context("the entry has no file=")?;
                 let src = format!("{base}/{file}");
-                let local = download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?;
+                let local = if crate::s3::is_s3(base) {
+                    fetch_from_object_storage(base, file, &src, &cache, ctx.ui)?
+                } else {
+                    download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?
+                };
                 ctx.bar.set_message("checking sha512");
                 let got = repo::sha512_file(&local)?;
                 if Some(got.as_str()) != entry.checksum() {
@@ -303,6 +324,28 @@ impl ImageStage {
         let _ = std::fs::remove_file(&decompressed);
         result
     }
+}
+
+/// An image of a repository on object storage, kept in the download cache (its name is
+/// unique to one publish, so a kept copy is that image; the caller checks its sha512).
+fn fetch_from_object_storage(repo: &str, file: &str, src: &str, cache: &Path, ui: &Ui) -> Result<PathBuf> {
+    let local = download::cache_path(cache, src);
+    if local.exists() {
+        return Ok(local);
+    }
+    std::fs::create_dir_all(cache)?;
+    let temp = local.with_extension("part");
+    let result = (|| -> Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
+        RemoteRepo::connect(repo)?.download(file, &mut out, ui)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&temp, &local)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map(|()| local)
 }
 
 /// Grows the layer to `size` when it is smaller, then the `expand` partition into the new space.

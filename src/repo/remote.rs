@@ -1,0 +1,533 @@
+//! A virt-builder repository on S3-compatible object storage, written by several builders
+//! at once without locks and without conditional writes (Garage ignores them).
+//!
+//! Layout under `s3://BUCKET/PREFIX/`:
+//! - `NAME-ID.xz`: an image, under a name no other publish uses (ID: time and randomness);
+//! - `records/NAME/ID.asc`: what one publish or removal did, clearsigned JSON. Records and
+//!   images are only ever created, never rewritten;
+//! - `index.asc`: the clearsigned virt-builder index, a deterministic function of the
+//!   records (for each entry its newest record; revision = how many publishes the entry has
+//!   had). Every publisher derives it, signs it, writes it, and reads the listing and the
+//!   index back until the index it finds is the one the listing gives. The last writer's
+//!   final check saw every record written before it, so no publish is lost whatever order
+//!   the writes of `index.asc` land in;
+//! - `signing-key.fpr`, `NAME.asc` (public key) and `NAME.conf` (sources file for clients),
+//!   written by `repo init`.
+
+use super::index::{Entry, Index};
+use super::manifest::Manifest;
+use super::sign::{self, PinnedVerifier};
+use super::trust;
+use crate::bad_input;
+use crate::engine::ui::Ui;
+use crate::s3::{self, Location, Store};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+const INDEX: &str = "index.asc";
+const KEY_FILE: &str = "signing-key.fpr";
+const RECORDS: &str = "records/";
+/// Small objects (index, records, keys) are read whole, up to this size.
+const SMALL: u64 = 16 << 20;
+/// How many times a publisher writes the index before it gives up on it settling.
+const SETTLE_ROUNDS: usize = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Publish,
+    Remove,
+}
+
+/// What one publish or removal did; the index is derived from these alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub action: Action,
+    pub entry: String,
+    /// The record's own ID (its object name): sorts by when it was made.
+    pub id: String,
+    /// Publish: the image object, its sha512 and the other index fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
+    /// Host and process that wrote it, for people reading the bucket.
+    pub publisher: String,
+    /// Publish: the image's packages and provenance (its revision is the record's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
+}
+
+/// An image to publish: the entry, its index fields other than file, revision and
+/// checksum, the compressed file and its sha512, and its package manifest.
+pub struct NewImage<'a> {
+    pub name: &'a str,
+    pub fields: Vec<(String, String)>,
+    pub image: &'a Path,
+    pub checksum: &'a str,
+    pub manifest: Option<Manifest>,
+}
+
+pub struct RemoteRepo {
+    pub store: Store,
+}
+
+impl RemoteRepo {
+    pub fn connect(url: &str) -> Result<RemoteRepo> {
+        Ok(RemoteRepo { store: Store::open(&Location::parse(url)?)? })
+    }
+
+    pub fn url(&self) -> String {
+        self.store.location.to_string()
+    }
+
+    /// The repository's name (the prefix's last part, else the bucket): of the key and
+    /// sources files.
+    pub fn name(&self) -> &str {
+        self.store.location.name()
+    }
+
+    /// What the trust store knows the repository by: its URL at its endpoint.
+    fn trust_id(&self) -> String {
+        format!("{} at {}", self.url(), self.store.endpoint)
+    }
+
+    /// Creates the repository (or completes one): signing key (generated when none is
+    /// given), its public half, the sources file for clients reading `uri`, and an empty
+    /// signed index. The key is pinned in this user's trust store.
+    pub fn init(
+        url: &str,
+        sign_key: Option<&str>,
+        generate_name: Option<&str>,
+        uri: Option<&str>,
+    ) -> Result<(RemoteRepo, String)> {
+        let sign_key =
+            sign_key.map(|k| sign::parse_fingerprint(k).map_err(|e| bad_input!("signing key: {e}"))).transpose()?;
+        let repo = RemoteRepo::connect(url)?;
+        // Fails early, with the bucket named, when it does not exist.
+        repo.store.list(KEY_FILE)?;
+        let existing = repo.configured_key()?;
+        let has_index = repo.store.size(INDEX)?.is_some();
+        let fingerprint = match (sign_key, &existing) {
+            (Some(k), Some(e)) if &k != e => {
+                return Err(bad_input!(
+                    "{url} is signed by {e}; moving a repository on object storage to another key is not supported"
+                ))
+            }
+            (Some(k), _) => k,
+            (None, Some(e)) => e.clone(),
+            (None, None) if has_index => {
+                return Err(bad_input!(
+                    "{url}: has an index.asc but no key is recorded for it; pass the key that signed it with --sign-key"
+                ))
+            }
+            (None, None) => sign::generate_key(
+                &generate_name.map(str::to_string).unwrap_or_else(|| format!("{} repository signing key", repo.name())),
+            )?,
+        };
+        if !sign::has_secret_key(&fingerprint) {
+            return Err(bad_input!(
+                "signing key {fingerprint}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
+            ));
+        }
+        let name = repo.name().to_string();
+        repo.store.put(KEY_FILE, format!("{fingerprint}\n").into_bytes())?;
+        repo.store.put(&format!("{name}.asc"), sign::export_public_key(&fingerprint)?)?;
+        let uri = match uri {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            // Path-style public URL: what a public-read bucket on RGW or AWS answers at.
+            None => format!(
+                "{}/{}",
+                repo.store.endpoint.trim_end_matches('/'),
+                repo.store.url("").trim_start_matches("s3://")
+            )
+            .trim_end_matches('/')
+            .to_string(),
+        };
+        let conf = format!("[{name}]\nuri={uri}/index.asc\ngpgkey=file://{}/{name}.asc\n", super::CLIENT_REPOS_D);
+        repo.store.put(&format!("{name}.conf"), conf.into_bytes())?;
+        trust::record_id(&repo.trust_id(), &fingerprint)?;
+        if !has_index {
+            repo.settle(&fingerprint)?;
+        }
+        Ok((repo, fingerprint))
+    }
+
+    /// The key recorded for the repository in this user's trust store, else the one its
+    /// `signing-key.fpr` names; the two must agree.
+    pub fn configured_key(&self) -> Result<Option<String>> {
+        let pinned = trust::pinned_id(&self.trust_id())?;
+        let named = match self.store.get(KEY_FILE, 1024)? {
+            Some(b) => Some(
+                sign::parse_fingerprint(String::from_utf8_lossy(&b).trim())
+                    .map_err(|e| bad_input!("{}: {e}", self.store.url(KEY_FILE)))?,
+            ),
+            None => None,
+        };
+        match (pinned, named) {
+            (Some(p), Some(n)) if p != n => Err(bad_input!(
+                "{} names key {n}, but the repository was initialised with key {p}: the object was changed outside \
+                 pipeline; put {p} back in it",
+                self.store.url(KEY_FILE)
+            )),
+            (p, n) => Ok(p.or(n)),
+        }
+    }
+
+    /// The repository's key; a key given for one update must be that key.
+    pub fn signing_key(&self, override_key: Option<&str>) -> Result<String> {
+        let override_key =
+            override_key.map(|k| sign::parse_fingerprint(k).map_err(|e| bad_input!("signing key: {e}"))).transpose()?;
+        match (override_key, self.configured_key()?) {
+            (Some(k), Some(c)) if k != c => {
+                Err(bad_input!("{} is signed by {c} and its clients trust only that key, not {k}", self.url()))
+            }
+            (_, Some(c)) => Ok(c),
+            (_, None) => Err(bad_input!(
+                "{} is not a repository (no signing key); run `pipeline repo init {}`",
+                self.url(),
+                self.url()
+            )),
+        }
+    }
+
+    fn verifier(&self, pin: &str) -> Result<PinnedVerifier> {
+        let published = self.store.get(&format!("{}.asc", self.name()), SMALL)?;
+        PinnedVerifier::new(pin, published.as_deref())
+    }
+
+    /// Every record, each verified against the key and checked to be where it says it is.
+    /// Sorted by entry, then age.
+    pub fn records(&self, verifier: &mut PinnedVerifier) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        for listed in self.store.list(RECORDS)? {
+            let Some((entry, id)) =
+                listed.name.strip_prefix(RECORDS).and_then(|n| n.strip_suffix(".asc")).and_then(|n| n.split_once('/'))
+            else {
+                continue;
+            };
+            let url = self.store.url(&listed.name);
+            // Listed but gone: removed by hand since; nothing to derive from.
+            let Some(signed) = self.store.get(&listed.name, SMALL)? else { continue };
+            let text = verifier.verify(&signed).with_context(|| {
+                format!("{url}: signature check failed; nothing is signed while a record is not the repository's own")
+            })?;
+            let record: Record =
+                serde_json::from_slice(&text).with_context(|| format!("{url}: not an entry record"))?;
+            if record.entry != entry || record.id != id {
+                bail!("{url}: the record is for {}/{}, not for where it lies", record.entry, record.id);
+            }
+            records.push(record);
+        }
+        records.sort_by(|a, b| (&a.entry, &a.id).cmp(&(&b.entry, &b.id)));
+        Ok(records)
+    }
+
+    /// The signed index as it is now, verified (None: none written yet).
+    pub fn signed_index(&self, verifier: &mut PinnedVerifier) -> Result<Option<String>> {
+        let Some(signed) = self.store.get(INDEX, SMALL)? else { return Ok(None) };
+        let text =
+            verifier.verify(&signed).with_context(|| format!("{}: signature check failed", self.store.url(INDEX)))?;
+        Ok(Some(String::from_utf8(text).map_err(|_| anyhow::anyhow!("{}: not UTF-8", self.store.url(INDEX)))?))
+    }
+
+    /// The index, verified against the repository's key.
+    pub fn index(&self) -> Result<Index> {
+        self.index_signed_by(&self.signing_key(None)?)
+    }
+
+    /// The index, verified against `pin` only.
+    pub fn index_signed_by(&self, pin: &str) -> Result<Index> {
+        let text = self.signed_index(&mut self.verifier(pin)?)?.unwrap_or_default();
+        Index::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", self.store.url(INDEX)))
+    }
+
+    /// The key this user's trust store records for the repository (`repo init` records it):
+    /// the only one a reader trusts without a fingerprint given.
+    pub fn pinned_key(&self) -> Result<Option<String>> {
+        trust::pinned_id(&self.trust_id())
+    }
+
+    /// Downloads an image of the repository into `out`, returning its size.
+    pub fn download(&self, file: &str, out: &mut dyn std::io::Write, ui: &Ui) -> Result<u64> {
+        if file.contains('/') || file.starts_with('.') {
+            bail!("{}: file {file} is outside the repository", self.url());
+        }
+        self.store.download(file, out, ui, &format!("download {file}"))
+    }
+
+    /// Writes the index derived from the records until the index found is the one the
+    /// records give (see the module's comment), and returns it.
+    fn settle(&self, pin: &str) -> Result<Index> {
+        let mut verifier = self.verifier(pin)?;
+        for round in 0..SETTLE_ROUNDS {
+            let derived = derive(&self.records(&mut verifier)?);
+            let text = derived.render();
+            if self.signed_index(&mut verifier)?.is_some_and(|signed| same_text(&signed, &text)) {
+                return Ok(derived);
+            }
+            self.store.put(INDEX, sign::clearsign(pin, text.as_bytes())?)?;
+            // Publishers that collide check back at different times.
+            let jitter = rand::random::<u64>() % (50 + 50 * round.min(10) as u64);
+            std::thread::sleep(Duration::from_millis(50 + jitter));
+        }
+        bail!("{}: the index did not settle after {SETTLE_ROUNDS} writes; run the publish again", self.url())
+    }
+
+    /// Uploads an image as a new revision of its entry and settles the index.
+    pub fn publish(&self, new: NewImage, sign_key: Option<&str>, ui: &Ui) -> Result<Entry> {
+        let NewImage { name, fields, image, checksum, manifest } = new;
+        let pin = self.signing_key(sign_key)?;
+        let mut verifier = self.verifier(&pin)?;
+        // Refused before anything is uploaded: an index or a record the key did not sign.
+        self.signed_index(&mut verifier)?;
+        self.records(&mut verifier)?;
+        let id = s3::unique_id();
+        let file = format!("{name}-{id}.xz");
+        let size = std::fs::metadata(image)?.len();
+        ui.line(format!("uploading {file} ({}) to {}", crate::engine::ui::human_bytes(size), self.url()));
+        self.store.upload(&file, image, ui, &format!("upload {file}"))?;
+        let record = Record {
+            action: Action::Publish,
+            entry: name.to_string(),
+            id: id.clone(),
+            file: Some(file),
+            checksum: Some(checksum.to_string()),
+            fields,
+            publisher: publisher(),
+            manifest,
+        };
+        self.write_record(&record, &pin)?;
+        let index = self.settle(&pin)?;
+        // Our revision: this entry's publishes up to ours (a later one may already lead).
+        let records = self.records(&mut verifier)?;
+        let revision = records.iter().filter(|r| r.entry == name && r.action == Action::Publish && r.id <= id).count();
+        let mut entry = index.get(name).cloned().unwrap_or_else(|| Entry { id: name.into(), fields: Vec::new() });
+        if entry.file() != record.file.as_deref() {
+            entry = entry_of(&record, revision as u64);
+        }
+        Ok(entry)
+    }
+
+    /// Signs a record and creates it; `If-None-Match` guards it where the server honours it.
+    fn write_record(&self, record: &Record, pin: &str) -> Result<()> {
+        let name = format!("{RECORDS}{}/{}.asc", record.entry, record.id);
+        let signed = sign::clearsign(pin, &serde_json::to_vec_pretty(record)?)?;
+        if !self.store.put_if_absent(&name, signed)? {
+            bail!("{}: already exists; record IDs are unique, so another writer used this one", self.store.url(&name));
+        }
+        Ok(())
+    }
+
+    /// Removes an entry from the index (a removal record) and deletes the images of its
+    /// earlier publishes.
+    pub fn remove(&self, name: &str, sign_key: Option<&str>) -> Result<Entry> {
+        let pin = self.signing_key(sign_key)?;
+        let mut verifier = self.verifier(&pin)?;
+        let entry = derive(&self.records(&mut verifier)?)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| bad_input!("{}: no entry `{name}`", self.url()))?;
+        let record = Record {
+            action: Action::Remove,
+            entry: name.to_string(),
+            id: s3::unique_id(),
+            file: None,
+            checksum: None,
+            fields: Vec::new(),
+            publisher: publisher(),
+            manifest: None,
+        };
+        self.write_record(&record, &pin)?;
+        self.settle(&pin)?;
+        for r in self.records(&mut verifier)?.iter().filter(|r| r.entry == name && r.id < record.id) {
+            if let Some(f) = &r.file {
+                self.store.delete(f)?;
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Deletes the images of older publishes beyond the newest `keep` per entry (never one
+    /// the index names), and images no record names that are over a day old (a publish
+    /// uploads its image before it writes its record). Records stay: revisions count them.
+    pub fn prune(&self, keep: usize) -> Result<Vec<String>> {
+        let pin = self.signing_key(None)?;
+        let records = self.records(&mut self.verifier(&pin)?)?;
+        let mut by_entry: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+        for r in records.iter().filter(|r| r.action == Action::Publish) {
+            by_entry.entry(&r.entry).or_default().push(r);
+        }
+        let mut removed = Vec::new();
+        for publishes in by_entry.values() {
+            for r in publishes.iter().rev().skip(keep.max(1)) {
+                if let Some(f) = &r.file {
+                    if self.store.size(f)?.is_some() {
+                        self.store.delete(f)?;
+                        removed.push(f.clone());
+                    }
+                }
+            }
+        }
+        let named: std::collections::HashSet<&str> = records.iter().filter_map(|r| r.file.as_deref()).collect();
+        let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
+        for listed in self.store.list("")? {
+            let top_level_image = !listed.name.contains('/') && listed.name.ends_with(".xz");
+            if top_level_image && !named.contains(listed.name.as_str()) && listed.modified < day_ago {
+                self.store.delete(&listed.name)?;
+                removed.push(listed.name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The package manifests of an entry's publishes, by revision (verified records).
+    pub fn manifests(&self, name: &str) -> Result<BTreeMap<u64, Manifest>> {
+        let pin = self.signing_key(None)?;
+        let mut found = BTreeMap::new();
+        let mut revision = 0;
+        for r in self.records(&mut self.verifier(&pin)?)?.into_iter().filter(|r| r.entry == name) {
+            if r.action == Action::Publish {
+                revision += 1;
+                if let Some(mut m) = r.manifest {
+                    m.revision = revision;
+                    found.insert(revision, m);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every problem: signatures (index and records), an index that is not the one the
+    /// records give, missing or altered images.
+    pub fn verify(&self, fingerprint: Option<&str>, ui: &Ui) -> Result<Vec<String>> {
+        let pin = match fingerprint {
+            Some(f) => sign::parse_fingerprint(f).map_err(|e| bad_input!("--fingerprint: {e}"))?,
+            None => match self.configured_key()? {
+                Some(k) => k,
+                None => return Ok(vec!["no key is recorded for this repository: pass --fingerprint".into()]),
+            },
+        };
+        let mut verifier = self.verifier(&pin)?;
+        let text = match self.signed_index(&mut verifier) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(vec![format!("{}: missing", self.store.url(INDEX))]),
+            Err(e) => return Ok(vec![format!("{e:#}")]),
+        };
+        let index = match Index::parse(&text) {
+            Ok(i) => i,
+            Err(e) => return Ok(vec![format!("{}: {e}", self.store.url(INDEX))]),
+        };
+        let mut problems = Vec::new();
+        match self.records(&mut verifier) {
+            Ok(records) if !same_text(&derive(&records).render(), &text) => problems.push(format!(
+                "{}: is not the index its records give (a publish that did not finish: publishing again settles it)",
+                self.store.url(INDEX)
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+        for entry in &index.entries {
+            let id = &entry.id;
+            let Some(file) = entry.file().filter(|f| !f.contains('/')) else {
+                problems.push(format!("[{id}]: no file in the repository"));
+                continue;
+            };
+            let mut hasher = crate::digest::HashingWriter::<sha2::Sha512, _>::new(std::io::sink());
+            match self.store.download(file, &mut hasher, ui, &format!("verify {file}")) {
+                Err(e) => problems.push(format!("[{id}]: {e:#}")),
+                Ok(size) => {
+                    let got = hasher.finish().0;
+                    if entry.get("compressed_size").and_then(|s| s.parse::<u64>().ok()).is_some_and(|cs| cs != size) {
+                        problems.push(format!("[{id}]: {file} is {size} bytes, not the index's compressed_size"));
+                    }
+                    if entry.checksum() != Some(got.as_str()) {
+                        problems.push(format!("[{id}]: {file}: sha512 {got} does not match the index"));
+                    }
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// The index the records give: for each entry whose newest record is a publish, that
+/// publish, with the entry's count of publishes as its revision. Sorted by entry.
+pub fn derive(records: &[Record]) -> Index {
+    let mut latest: BTreeMap<&str, (&Record, u64)> = BTreeMap::new();
+    for r in records {
+        let publishes = latest.get(r.entry.as_str()).map(|(_, n)| *n).unwrap_or(0);
+        let n = publishes + u64::from(r.action == Action::Publish);
+        latest.insert(&r.entry, (r, n));
+    }
+    let entries = latest
+        .into_values()
+        .filter(|(r, _)| r.action == Action::Publish)
+        .map(|(r, revision)| entry_of(r, revision))
+        .collect();
+    Index { entries }
+}
+
+/// Whether a signed text is `text`: clearsigning drops trailing blanks of lines (and adds a
+/// line end to an empty text).
+fn same_text(signed: &str, text: &str) -> bool {
+    let lines = |t: &str| t.trim_end().lines().map(str::trim_end).map(str::to_string).collect::<Vec<_>>();
+    lines(signed) == lines(text)
+}
+
+fn entry_of(r: &Record, revision: u64) -> Entry {
+    let mut fields = vec![
+        ("file".to_string(), r.file.clone().unwrap_or_default()),
+        ("revision".to_string(), revision.to_string()),
+        ("checksum[sha512]".to_string(), r.checksum.clone().unwrap_or_default()),
+    ];
+    fields.extend(r.fields.iter().cloned());
+    Entry { id: r.entry.clone(), fields }
+}
+
+fn publisher() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    format!("{host} pid {}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(action: Action, entry: &str, id: &str) -> Record {
+        Record {
+            action,
+            entry: entry.into(),
+            id: id.into(),
+            file: (action == Action::Publish).then(|| format!("{entry}-{id}.xz")),
+            checksum: Some("c".into()),
+            fields: vec![("format".into(), "raw".into())],
+            publisher: "test".into(),
+            manifest: None,
+        }
+    }
+
+    /// Revisions count publishes, so they only grow: after a removal, a record that lands
+    /// late (sorting before others) or a concurrent publish.
+    #[test]
+    fn the_index_is_the_newest_record_per_entry_with_publishes_counted() {
+        use Action::*;
+        let mut records = vec![record(Publish, "a", "1"), record(Publish, "b", "1"), record(Publish, "a", "3")];
+        let index = derive(&records);
+        assert_eq!(index.get("a").map(|e| (e.revision(), e.file())), Some((2, Some("a-3.xz"))));
+        assert_eq!(index.get("b").map(|e| e.revision()), Some(1));
+        records.insert(1, record(Publish, "a", "2"));
+        let index = derive(&records);
+        assert_eq!(index.get("a").map(|e| (e.revision(), e.file())), Some((3, Some("a-3.xz"))));
+        records.push(record(Remove, "a", "4"));
+        assert!(derive(&records).get("a").is_none());
+        records.push(record(Publish, "a", "5"));
+        assert_eq!(derive(&records).get("a").map(|e| e.revision()), Some(4));
+        assert_eq!(derive(&records).render(), derive(&records).render(), "deterministic");
+    }
+}

@@ -1,0 +1,345 @@
+//! The repository and the layer cache on S3-compatible object storage, against a real
+//! Garage cluster of three nodes on loopback (replication factor 3). Garage ignores
+//! conditional writes, so these also show that nothing depends on them.
+
+mod common;
+
+use common::garage::Garage;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use virt_pipeline::s3::{Location, Store};
+
+const BUCKET: &str = "images";
+
+/// The tests set the S3 environment of their own cluster in this process: one at a time.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+/// `pipeline ARGS` in `cwd` with the cluster's S3 environment and `extra` on top.
+fn pipeline_s3(cwd: &Path, gnupg: &Path, garage: &Garage, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let out = command_s3(cwd, gnupg, garage, args, extra).output().expect("run pipeline");
+    eprintln!(
+        "$ pipeline {}\n--- stdout\n{}--- stderr\n{}--- exit {:?}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+fn command_s3(cwd: &Path, gnupg: &Path, garage: &Garage, args: &[&str], extra: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("GNUPGHOME", gnupg)
+        .env("XDG_CONFIG_HOME", gnupg.parent().unwrap().join("xdg-config"))
+        .envs(garage.env());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The cluster's client, as the tool configures it, for looking at (and damaging) objects.
+fn store(garage: &Garage, url: &str) -> Store {
+    for (k, v) in garage.env() {
+        std::env::set_var(k, v);
+    }
+    Store::open(&Location::parse(url).unwrap()).unwrap()
+}
+
+/// A pipeline that imports `image` and publishes it as `name` into `repo`.
+fn publish_pipeline(dir: &Path, file: &str, image: &Path, repo: &str, name: &str) -> PathBuf {
+    write_file(
+        dir,
+        file,
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"{name}\"\n[[stages]]\n[stages.publish]\n\
+             repo = \"{repo}\"\nname = \"{name}\"\nformat = \"raw\"\n",
+            image.display()
+        ),
+    )
+}
+
+/// A raw disk of random bytes (no partition table: publish reads no package list).
+fn random_disk(path: &Path, mib: usize) {
+    let data: Vec<u8> = (0..mib << 20).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(path, data).unwrap();
+}
+
+/// `repo init` on the cluster: the signing key's fingerprint.
+fn init_repo(dir: &Path, gnupg: &Path, garage: &Garage, url: &str, uri: &str) -> String {
+    let out = pipeline_s3(dir, gnupg, garage, &["repo", "init", url, "--uri", uri], &[]);
+    assert!(out.status.success(), "repo init: {}", stderr(&out));
+    let text = stdout(&out);
+    text.split_whitespace().find(|w| w.len() == 40 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap().to_string()
+}
+
+fn verify_ok(dir: &Path, gnupg: &Path, garage: &Garage, url: &str) {
+    let out = pipeline_s3(dir, gnupg, garage, &["repo", "verify", url], &[]);
+    assert!(out.status.success(), "repo verify: {}", stderr(&out));
+}
+
+/// Garage answers 200 to a PUT with `If-None-Match: *` on an existing key and overwrites it
+/// (its documentation: conditional writes need consensus, which it does not have). The
+/// publish protocol must not rely on them; this keeps the hazard in view should a later
+/// Garage start honouring them.
+#[test]
+fn garage_ignores_conditional_writes() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = Garage::start(tmp.path(), BUCKET);
+    let s3 = store(&garage, "s3://images/probe");
+    assert!(s3.put_if_absent("object", b"first".to_vec()).unwrap());
+    let second = s3.put_if_absent("object", b"second".to_vec()).unwrap();
+    assert!(second, "Garage now refuses a second If-None-Match: * write; conditional writes could be used");
+    assert_eq!(s3.get("object", 100).unwrap().as_deref(), Some(&b"second"[..]), "and the object was overwritten");
+    assert!(!s3.honours_conditional_put().unwrap(), "the probe the tool uses finds the same");
+}
+
+/// Bad input and bad weather: no credentials, no endpoint, a bucket that does not exist, a
+/// repository never initialised. Then a publish lands, `repo verify` passes, and virt-builder
+/// lists and builds the entry from the website endpoint with no credentials, while a node
+/// killed in the middle of a second publish does not stop it (quorum of two).
+#[test]
+fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let mut garage = Garage::start(&dir.join("garage"), BUCKET);
+    let url = "s3://images/repo";
+    let web = format!("{}/repo", garage.web_url(0));
+
+    let no_creds = pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[("AWS_ACCESS_KEY_ID", "")]);
+    assert_eq!(no_creds.status.code(), Some(2));
+    assert!(stderr(&no_creds).contains("AWS_ACCESS_KEY_ID"), "names the variable to set");
+    let no_endpoint =
+        pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[("AWS_ENDPOINT_URL", ""), ("AWS_REGION", "")]);
+    assert_eq!(no_endpoint.status.code(), Some(2));
+    assert!(stderr(&no_endpoint).contains("AWS_ENDPOINT_URL"), "names the variable to set");
+    let no_bucket = pipeline_s3(dir, &gnupg, &garage, &["repo", "init", "s3://no-such-bucket/repo"], &[]);
+    assert_eq!(no_bucket.status.code(), Some(1));
+    assert!(stderr(&no_bucket).contains("does not exist"), "{}", stderr(&no_bucket));
+
+    let image = fake_images().debian.clone();
+    let pipeline_file = publish_pipeline(dir, "publish.toml", &image, url, "fake-debian");
+    let uninitialised = pipeline_s3(dir, &gnupg, &garage, &["run", pipeline_file.to_str().unwrap()], &[]);
+    assert_eq!(uninitialised.status.code(), Some(2));
+    assert!(stderr(&uninitialised).contains("repo init"), "says what to do");
+    assert!(store(&garage, url).list("").unwrap().is_empty(), "nothing was written");
+
+    let fpr = init_repo(dir, &gnupg, &garage, url, &web);
+    let run = pipeline_s3(dir, &gnupg, &garage, &["run", pipeline_file.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "publish: {}", stderr(&run));
+    verify_ok(dir, &gnupg, &garage, url);
+    let list = pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[]);
+    assert!(stdout(&list).contains("fake-debian") && stdout(&list).contains("r1"), "{}", stdout(&list));
+
+    // Clients: plain HTTP from the website endpoint, Range requests included.
+    let http = reqwest::blocking::Client::new();
+    let conf = http.get(format!("{web}/repo.conf")).send().unwrap().text().unwrap();
+    assert!(conf.contains(&format!("uri={web}/index.asc")), "{conf}");
+    let ranged = http.get(format!("{web}/index.asc")).header("Range", "bytes=0-9").send().unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(ranged.bytes().unwrap().len(), 10);
+    let vb_home = dir.join("vb");
+    let virt_builder = |args: &[&str]| {
+        std::fs::create_dir_all(vb_home.join("empty")).unwrap();
+        accel();
+        let out = Command::new("virt-builder")
+            .args(args)
+            .env("VIRT_BUILDER_DIRS", vb_home.join("empty"))
+            .env("XDG_CACHE_HOME", vb_home.join("cache"))
+            .env("XDG_CONFIG_HOME", vb_home.join("config"))
+            .env("GNUPGHOME", &gnupg)
+            .output()
+            .unwrap();
+        eprintln!("$ virt-builder {}\n{}{}", args.join(" "), stdout(&out), stderr(&out));
+        out
+    };
+    let index_url = format!("{web}/index.asc");
+    let listed = virt_builder(&["--source", &index_url, "--fingerprint", &fpr, "--list"]);
+    assert!(listed.status.success() && stdout(&listed).contains("fake-debian"), "virt-builder lists it");
+    let out_img = dir.join("out.img");
+    let source = ["--source", &index_url, "--fingerprint", &fpr, "--no-cache"];
+    let built =
+        virt_builder(&[&source[..], &["fake-debian", "-o", out_img.to_str().unwrap(), "--format", "raw"]].concat());
+    assert!(built.status.success(), "virt-builder checks signature and sha512 and builds the entry");
+    assert_eq!(std::fs::metadata(&out_img).unwrap().len(), qemu_virtual_size(&image));
+
+    // A second publish of 64 MiB (four parts) with node 2 killed as it uploads.
+    let big = dir.join("big.raw");
+    random_disk(&big, 64);
+    let second = publish_pipeline(dir, "second.toml", &big, url, "fake-debian");
+    let mut child = command_s3(dir, &gnupg, &garage, &["run", second.to_str().unwrap()], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut said = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push(line.clone());
+        if line.contains("uploading") {
+            break;
+        }
+    }
+    garage.kill(2);
+    said.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    eprintln!("second publish:\n{}", said.join("\n"));
+    assert!(said.iter().any(|l| l.contains("uploading")), "the upload was seen starting");
+    assert!(status.success(), "the publish completes on a quorum of two");
+    verify_ok(dir, &gnupg, &garage, url);
+    let list = pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[]);
+    assert!(stdout(&list).contains("r2"), "the second publish is revision 2: {}", stdout(&list));
+    garage.restart(2);
+    verify_ok(dir, &gnupg, &garage, url);
+}
+
+fn qemu_virtual_size(image: &Path) -> u64 {
+    let out = Command::new("qemu-img").args(["info", "--output=json"]).arg(image).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["virtual-size"].as_u64().unwrap()
+}
+
+/// Six publishers in separate processes, four of them on two names and two on two others,
+/// ten times: every publish lands, each name's revisions are 1..n with no number given
+/// twice, and the index is signed and names the newest image of every name.
+#[test]
+fn racing_publishers_all_land_with_consistent_revisions() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let garage = Garage::start(&dir.join("garage"), BUCKET);
+    let url = "s3://images/race";
+    init_repo(dir, &gnupg, &garage, url, &format!("{}/race", garage.web_url(0)));
+    let names = ["alpha", "alpha", "beta", "beta", "gamma", "delta"];
+    let mut revisions: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    for round in 1..=10 {
+        let children: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let work = dir.join(format!("work-{round}-{i}"));
+                std::fs::create_dir_all(&work).unwrap();
+                let disk = work.join("disk.raw");
+                random_disk(&disk, 1);
+                let file = publish_pipeline(&work, "p.toml", &disk, url, name);
+                let child = command_s3(&work, &gnupg, &garage, &["run", file.to_str().unwrap()], &[])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (*name, child)
+            })
+            .collect();
+        for (name, child) in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}, {name}: {}", stderr(&out));
+            let line = stdout(&out) + &stderr(&out);
+            let revision: u64 = line
+                .split(&format!("published {name} revision "))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_else(|| panic!("round {round}, {name}: no revision reported in {line}"));
+            revisions.entry(name).or_default().push(revision);
+        }
+        verify_ok(dir, &gnupg, &garage, url);
+        let list = stdout(&pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[]));
+        for (name, per_round) in [("alpha", 2), ("beta", 2), ("gamma", 1), ("delta", 1)] {
+            let want = format!("r{}", per_round * round);
+            let line = list.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {list}"));
+            assert!(line.split_whitespace().any(|w| w == want), "round {round}: {name} is {want}: {line}");
+        }
+    }
+    for (name, mut got) in revisions {
+        got.sort();
+        let n = got.len() as u64;
+        assert_eq!(got, (1..=n).collect::<Vec<_>>(), "{name}: every revision given once");
+    }
+}
+
+/// A second work directory builds a pipeline with every stage fetched from the remote cache
+/// (no stage runs); a damaged remote layer is detected by its digest, built again and
+/// replaced.
+#[test]
+fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let garage = Garage::start(&dir.join("garage"), BUCKET);
+    let cache = "s3://images/cache";
+    let file = write_file(
+        dir,
+        "layers.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"shared\"\n[[stages]]\n\
+             [stages.customize]\nsteps = [{{ write = {{ path = \"/etc/motd\", content = \"built once\" }} }}]\n",
+            fake_images().debian.display()
+        ),
+    );
+    let file = file.to_str().unwrap();
+    let run = |work: &str| {
+        let out = pipeline_s3(dir, &gnupg, &garage, &["--work-dir", work, "--cache-remote", cache, "run", file], &[]);
+        assert!(out.status.success(), "{work}: {}", stderr(&out));
+        stdout(&out) + &stderr(&out)
+    };
+    let first = run("builder-a");
+    assert_eq!(first.matches(": running").count(), 2, "{first}");
+    let second = run("builder-b");
+    assert_eq!(second.matches("fetched from s3://images/cache").count(), 2, "{second}");
+    assert!(!second.contains(": running"), "no stage runs: {second}");
+    let layer = |work: &str| {
+        let layers = std::fs::read_dir(dir.join(work).join("layers")).unwrap();
+        let mut keys: Vec<String> = layers
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".qcow2").map(str::to_string))
+            .filter(|k| !k.starts_with('.'))
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(layer("builder-a"), layer("builder-b"), "the same layers");
+    let path = |work: &str, key: &str| dir.join(work).join("layers").join(format!("{key}.qcow2"));
+    for key in layer("builder-a") {
+        let (a, b) = (path("builder-a", &key), path("builder-b", &key));
+        let same =
+            Command::new("qemu-img").args(["compare", "-q", "-f", "qcow2", "-F", "qcow2"]).arg(&a).arg(&b).status();
+        assert!(same.unwrap().success(), "{key}: the same disk content on both builders");
+        let backing = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(&b).output().unwrap();
+        let backing: serde_json::Value = serde_json::from_slice(&backing.stdout).unwrap();
+        if let Some(file) = backing["backing-filename"].as_str() {
+            assert!(file.starts_with(dir.join("builder-b").to_str().unwrap()), "{key}: backed by builder-b's own copy");
+        }
+    }
+
+    // Damage the customize layer (the one with a parent) in the bucket.
+    let s3 = store(&garage, cache);
+    let records: Vec<serde_json::Value> = s3
+        .list("layers/")
+        .unwrap()
+        .iter()
+        .filter(|o| o.name.ends_with(".json"))
+        .map(|o| serde_json::from_slice(&s3.get(&o.name, 1 << 20).unwrap().unwrap()).unwrap())
+        .collect();
+    let top = records.iter().find(|r| !r["meta"]["parent"].is_null()).expect("a layer with a parent");
+    let key = top["meta"]["key"].as_str().unwrap();
+    let mut bytes = Vec::new();
+    s3.download(&format!("layers/{key}.qcow2"), &mut bytes, &virt_pipeline::engine::ui::Ui::new(), "test").unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    s3.put(&format!("layers/{key}.qcow2"), bytes).unwrap();
+    let third = run("builder-c");
+    assert_eq!(third.matches("fetched from s3://images/cache").count(), 1, "the base is fetched: {third}");
+    assert!(third.contains("damaged or truncated"), "the damage is named: {third}");
+    assert_eq!(third.matches(": running").count(), 1, "the damaged layer is built: {third}");
+    let fourth = run("builder-d");
+    assert_eq!(fourth.matches("fetched from s3://images/cache").count(), 2, "replaced in the bucket: {fourth}");
+}
