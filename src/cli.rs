@@ -152,6 +152,15 @@ pub struct RebuildArgs {
     /// Use this ID as every stage's cache key (see `run --build-id`).
     #[arg(long)]
     pub build_id: Option<String>,
+    /// Build only this builder's share of the pipelines, I of N (each pipeline belongs to
+    /// one shard, by its name); a base another builder builds is waited for through the
+    /// remote cache (needs --cache-remote).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// How long to wait for a base another shard builds before giving up on the pipelines
+    /// standing on it.
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub base_timeout: std::time::Duration,
 }
 
 #[derive(Args, Debug)]

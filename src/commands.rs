@@ -147,6 +147,20 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
     for node in &graph.nodes {
         load_checked(&node.path, &[])?;
     }
+    let shard = args.shard.as_deref().map(rebuild::Shard::parse).transpose()?;
+    if shard.is_some() && g.cache_remote.is_none() {
+        return Err(bad_input!(
+            "--shard needs --cache-remote s3://BUCKET/PREFIX (or PIPELINE_CACHE_REMOTE): the builders find the \
+             bases the others build there"
+        ));
+    }
+    // Which shard builds pipeline `i`, when it is not this builder.
+    let elsewhere = |i: usize| {
+        shard.and_then(|s| {
+            let name = graph.nodes[i].pipeline.name();
+            (!s.owns(name)).then(|| rebuild::Shard::of(name, s.count))
+        })
+    };
     let ui = Ui::new();
     let options = EngineOptions {
         build_id: args.build_id.clone(),
@@ -162,8 +176,12 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
             let node = &graph.nodes[i];
             let after = base_names(i);
             let after = if after.is_empty() { String::new() } else { format!(", after {}", after.join(", ")) };
+            if let Some(other) = elsewhere(i) {
+                println!("{} ({}{after}): built by shard {other}", node.pipeline.name(), node.path.display());
+                continue;
+            }
             println!("{} ({}{after})", node.pipeline.name(), node.path.display());
-            if let Err(e) = plan_pipeline(&node.pipeline, &engine, 0) {
+            if let Err(e) = plan_pipeline(&node.pipeline, &engine, 0, true) {
                 // A repository entry its base has not published yet cannot be planned
                 // against; the rebuild builds the base first.
                 if node.bases.is_empty() {
@@ -190,6 +208,9 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
     let clock = std::time::Instant::now();
     let mut reports: Vec<Option<PipelineReport>> = graph.nodes.iter().map(|_| None).collect();
     for &i in &graph.order {
+        if elsewhere(i).is_some() {
+            continue;
+        }
         let node = &graph.nodes[i];
         let name = node.pipeline.name().to_string();
         let mut report = PipelineReport {
@@ -203,7 +224,11 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
             duration_seconds: 0.0,
             layer: None,
         };
-        let failed_base = node.bases.iter().find(|&&b| reports[b].as_ref().is_none_or(|r| r.result != "ok"));
+        let failed_base = node
+            .bases
+            .iter()
+            .filter(|&&b| elsewhere(b).is_none())
+            .find(|&&b| reports[b].as_ref().is_none_or(|r| r.result != "ok"));
         if let Some(&b) = failed_base {
             let base = reports[b].as_ref().map_or("not built", |r| r.result.as_str());
             report.reason = Some(format!("base {} {base}", graph.nodes[b].pipeline.name()));
@@ -213,6 +238,18 @@ fn rebuild_command(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
         }
         if crate::interrupt::interrupted() {
             report.reason = Some("the rebuild was interrupted".into());
+            reports[i] = Some(report);
+            continue;
+        }
+        let waited = node.bases.iter().filter_map(|&b| Some((b, elsewhere(b)?))).try_for_each(|(b, other)| {
+            wait_for_base(&graph.nodes[b].pipeline, other, &engine, args.base_timeout)
+                .with_context(|| format!("base {} (built by shard {other})", graph.nodes[b].pipeline.name()))
+        });
+        if let Err(e) = waited {
+            let text = format!("{e:#}");
+            ui.line(format!("== {name}: failed: {text}"));
+            report.result = "failed".into();
+            report.reason = Some(text);
             reports[i] = Some(report);
             continue;
         }
@@ -433,20 +470,74 @@ fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>, o
     // Plan writes nothing: upstream state is read (the network too: a key depends on it) but
     // not kept, and the cache is only looked at (a missing one is empty).
     let engine = Engine::read_only(settings(g, offline, None)?, EngineOptions { build_id, ..Default::default() }, &ui)?;
-    plan_pipeline(&p, &engine, 0)?;
+    plan_pipeline(&p, &engine, 0, true)?;
     Ok(())
 }
 
 /// Prints a pipeline's plan (after the plan of the pipeline it starts from) and returns the
 /// key of its last layer, the base of a pipeline that starts from it.
-fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Option<String>> {
+/// Waits until another builder has built `base`: its last layer is in the remote cache and
+/// each entry it publishes on object storage names that layer in its newest manifest.
+fn wait_for_base(base: &Pipeline, shard: u64, engine: &Engine, timeout: std::time::Duration) -> Result<()> {
+    let key = plan_pipeline(base, engine, 0, false)?.context("it makes no layer")?;
+    let entries: Vec<(&str, &str)> = base
+        .file
+        .stages
+        .iter()
+        .filter_map(|s| match s {
+            pipeline::StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => Some((c.repo.as_str(), c.name.as_str())),
+            _ => None,
+        })
+        .collect();
+    let published = |url: &str, name: &str| -> Result<bool> {
+        let manifests = crate::repo::remote::RemoteRepo::connect(url)?.manifests(name)?;
+        Ok(manifests.values().last().is_some_and(|m| m.provenance.layer == key))
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        crate::interrupt::check()?;
+        let mut ready = engine.cache.get(&key).is_some() || engine.remote_has(&key)?;
+        for (url, name) in &entries {
+            ready = ready && published(url, name)?;
+        }
+        if ready {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            anyhow::bail!(
+                "not built after {}: its layer {} is not in the remote cache{}; see shard {shard}'s report, or \
+                 raise --base-timeout",
+                humantime::format_duration(timeout),
+                short_key(&key),
+                if entries.is_empty() { "" } else { " or its entries do not name it yet" }
+            );
+        }
+        if !said {
+            engine.ui.line(format!(
+                "== waiting for {} (shard {shard} builds it; layer {}) for up to {}",
+                base.name(),
+                short_key(&key),
+                humantime::format_duration(timeout)
+            ));
+            said = true;
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_secs(5)));
+    }
+}
+
+/// Plans a pipeline (and the one it starts from), printing each stage when `show`, and
+/// returns the key of its last layer.
+fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize, show: bool) -> Result<Option<String>> {
     if depth > 8 {
         return Err(bad_input!("{}: from = {{ pipeline }} nests more than 8 deep (a cycle?)", p.path.display()));
     }
     let base = match p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
         Some(other) => {
             let other = pipeline::load(&p.resolve(other), &[])?;
-            plan_pipeline(&other, engine, depth + 1)?.map(|key| Layer { path: engine.cache.layer_path(&key), key })
+            plan_pipeline(&other, engine, depth + 1, show)?
+                .map(|key| Layer { path: engine.cache.layer_path(&key), key })
         }
         None => None,
     };
@@ -468,7 +559,16 @@ fn plan_pipeline(p: &Pipeline, engine: &Engine, depth: usize) -> Result<Option<S
         if !inputs.is_empty() {
             notes.push(format!("reads {}", inputs.join(", ")));
         }
-        println!("{name}{:>2}  {:<10} {}  {:<7} {}", s.index + 1, s.kind, short_key(&s.key), status, notes.join("; "));
+        if show {
+            println!(
+                "{name}{:>2}  {:<10} {}  {:<7} {}",
+                s.index + 1,
+                s.kind,
+                short_key(&s.key),
+                status,
+                notes.join("; ")
+            );
+        }
         if stage.layer_kind() != crate::engine::stage::LayerKind::Output {
             last = Some(s.key.clone());
         }

@@ -1,7 +1,8 @@
 //! `pipeline rebuild`: the pipelines under some paths as one graph — an edge from a pipeline
 //! to each pipeline it is built on (`from = { pipeline }`, or a local repository entry that
 //! the other pipeline's publish stage writes) — and the order that builds every base before
-//! what stands on it. Running them, the lock and the report are in `commands`.
+//! what stands on it. Running them, the lock and the report are in `commands`. Several
+//! builders split the graph with `--shard I/N` (see [`Shard`]).
 
 use crate::bad_input;
 use crate::pipeline::{self, InstallConfig, Pipeline, StageConfig};
@@ -21,6 +22,38 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Indices of `nodes`, every base before the pipelines built on it; ties by name.
     pub order: Vec<usize>,
+}
+
+/// One builder's share of the pipelines, `--shard I/N` (I from 1): a pipeline belongs to
+/// the shard its name hashes to, so every builder agrees without talking to the others and a
+/// pipeline stays with its builder from night to night.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub fn parse(text: &str) -> Result<Shard> {
+        let parsed = text
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.trim().parse::<u64>().ok()?, n.trim().parse::<u64>().ok()?)));
+        match parsed {
+            Some((index, count)) if (1..=count).contains(&index) => Ok(Shard { index, count }),
+            _ => Err(bad_input!("--shard {text}: give I/N with 1 <= I <= N, e.g. --shard 2/3")),
+        }
+    }
+
+    /// The shard (from 1) that builds the pipeline named `name`.
+    pub fn of(name: &str, count: u64) -> u64 {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(name.as_bytes());
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % count + 1
+    }
+
+    pub fn owns(&self, name: &str) -> bool {
+        Shard::of(name, self.count) == self.index
+    }
 }
 
 /// The pipeline files under `paths`: files as given, directories searched recursively for
@@ -277,6 +310,21 @@ mod tests {
         let g = graph(&files).unwrap();
         let names: Vec<&str> = g.order.iter().map(|&i| g.nodes[i].pipeline.name()).collect();
         assert_eq!(names, ["0-lone", "base", "a-child", "b-child"]);
+    }
+
+    #[test]
+    fn shards_split_pipelines_by_name_and_bad_ones_are_bad_input() {
+        let names: Vec<String> = (0..60).map(|i| format!("pipeline-{i}")).collect();
+        let shards: Vec<Shard> = (1..=3).map(|i| Shard::parse(&format!("{i}/3")).unwrap()).collect();
+        for name in &names {
+            assert_eq!(shards.iter().filter(|s| s.owns(name)).count(), 1, "{name} has exactly one builder");
+        }
+        for s in &shards {
+            assert!(names.iter().filter(|n| s.owns(n)).count() >= 10, "no shard is left nearly idle");
+        }
+        for bad in ["0/3", "4/3", "1/0", "x/2", "2"] {
+            assert_eq!(crate::error::exit_code(&Shard::parse(bad).unwrap_err()), 2, "{bad}");
+        }
     }
 
     #[test]

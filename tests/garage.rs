@@ -343,3 +343,80 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
     let fourth = run("builder-d");
     assert_eq!(fourth.matches("fetched from s3://images/cache").count(), 2, "replaced in the bucket: {fourth}");
 }
+
+/// Two builders split a base and the pipeline standing on it (`--shard 1/2`, `--shard 2/2`,
+/// started together): the child's builder waits for the base's layer in the remote cache,
+/// fetches it instead of building it again, and builds only the child. Alone, with no base
+/// built anywhere, it gives up after `--base-timeout` and says why.
+#[test]
+fn sharded_rebuilds_wait_for_a_base_built_elsewhere() {
+    use virt_pipeline::rebuild::Shard;
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let garage = Garage::start(&dir.join("garage"), BUCKET);
+    // Names that land in different shards of two.
+    let pick =
+        |prefix: &str, shard: u64| (0..).map(|i| format!("{prefix}-{i}")).find(|n| Shard::of(n, 2) == shard).unwrap();
+    let (base, child) = (pick("base", 1), pick("child", 2));
+    let pipelines = dir.join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let customize = |text: &str| {
+        format!("[[stages]]\n[stages.customize]\nsteps = [{{ write = {{ path = \"/etc/motd\", content = \"{text}\" }} }}]\n")
+    };
+    write_file(
+        &pipelines,
+        "base.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"{base}\"\n{}",
+            fake_images().debian.display(),
+            customize("base")
+        ),
+    );
+    write_file(
+        &pipelines,
+        "child.toml",
+        &format!(
+            "version = 1\nfrom = {{ pipeline = \"base.toml\" }}\n[pipeline]\nname = \"{child}\"\n{}",
+            customize("child")
+        ),
+    );
+    let rebuild = |work: &str, cache: &str, extra: &[&str]| {
+        let mut args = vec!["--work-dir", work, "--cache-remote", cache, "rebuild", "pipelines"];
+        args.extend_from_slice(extra);
+        command_s3(dir, &gnupg, &garage, &args, &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let no_cache = pipeline_s3(dir, &gnupg, &garage, &["rebuild", "pipelines", "--shard", "1/2"], &[]);
+    assert_eq!(no_cache.status.code(), Some(2), "--shard without a remote cache is bad input");
+    assert!(stderr(&no_cache).contains("--cache-remote"), "and says what is missing");
+    let cache = "s3://images/shards";
+    let first = rebuild("builder-1", cache, &["--shard", "1/2"]);
+    let second = rebuild("builder-2", cache, &["--shard", "2/2"]);
+    let said = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        let text = stdout(&out) + &stderr(&out);
+        eprintln!("{text}");
+        (out.status.success(), text)
+    };
+    let (ok1, text1) = said(first);
+    let (ok2, text2) = said(second);
+    assert!(ok1 && ok2, "both builders succeed");
+    assert_eq!(text1.matches(": running").count(), 2, "builder 1 builds the base's two layers: {text1}");
+    assert!(!text1.contains(&format!("== {child}")), "and not the child");
+    assert!(text2.contains(&format!("waiting for {base}")), "builder 2 waits for the base: {text2}");
+    assert_eq!(text2.matches("fetched from s3://images/shards").count(), 2, "fetches the base's layers: {text2}");
+    assert_eq!(text2.matches(": running").count(), 1, "and builds only the child's layer: {text2}");
+
+    let alone = rebuild("builder-3", "s3://images/empty", &["--shard", "2/2", "--base-timeout", "2s"]);
+    let out = alone.wait_with_output().unwrap();
+    let text = stdout(&out) + &stderr(&out);
+    eprintln!("{text}");
+    assert_eq!(out.status.code(), Some(1), "the child fails");
+    assert!(text.contains(&format!("base {base} (built by shard 1)")) && text.contains("not built after 2s"), "{text}");
+    assert!(!text.contains(": running"), "nothing is built twice");
+}

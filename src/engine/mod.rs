@@ -351,6 +351,14 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Whether the remote cache (if any) has the layer `key`.
+    pub fn remote_has(&self, key: &str) -> Result<bool> {
+        match &self.remote {
+            Some(remote) => remote.has(key),
+            None => Ok(false),
+        }
+    }
+
     /// Uploads a layer to the remote cache, if there is one and it lacks the layer. The
     /// build does not depend on it: a failure is a warning.
     fn share(&self, layer: Option<&Layer>, label: &str) {

@@ -41,6 +41,11 @@ impl RemoteCache {
         (format!("layers/{key}.qcow2"), format!("layers/{key}.json"))
     }
 
+    /// Whether the remote cache has the layer (its record; the image is checked on fetch).
+    pub fn has(&self, key: &str) -> Result<bool> {
+        Ok(self.store.size(&Self::names(key).1)?.is_some())
+    }
+
     /// Uploads a committed layer unless the remote cache has it already (`replace`: a
     /// damaged copy is there).
     pub fn upload(&self, cache: &Cache, layer: &Layer, ui: &Ui, replace: bool) -> Result<()> {
