@@ -729,6 +729,17 @@ fn remote_repo_command(url: &str, command: RepoCommand) -> Result<()> {
         RepoCommand::Init { generate_key, sign_key, uri, .. } => {
             let (repo, fpr) = RemoteRepo::init(url, sign_key.as_deref(), generate_key.as_deref(), uri.as_deref())?;
             println!("repository {url} signed by {fpr}");
+            // Only for the operator's information: publishing never depends on it.
+            match repo.store.honours_conditional_put() {
+                Ok(true) => println!("{}: honours conditional writes (an extra guard on records)", repo.store.endpoint),
+                Ok(false) => println!(
+                    "{}: ignores conditional writes (as Garage does); publishing does not need them",
+                    repo.store.endpoint
+                ),
+                Err(e) => {
+                    println!("{}: could not tell whether it honours conditional writes: {e:#}", repo.store.endpoint)
+                }
+            }
             let name = repo.name();
             println!("public key: {}", repo.store.url(&format!("{name}.asc")));
             println!(

@@ -204,22 +204,34 @@ impl Store {
         })
     }
 
-    /// Streams an object into `out` with progress, returning its size.
-    pub fn download(&self, name: &str, out: &mut dyn Write, ui: &Ui, label: &str) -> Result<u64> {
+    /// Streams an object of at most `limit` bytes into `out` with progress, returning its
+    /// size; a larger one is refused (before or while it is read).
+    pub fn download(&self, name: &str, out: &mut dyn Write, ui: &Ui, label: &str, limit: u64) -> Result<u64> {
         self.runtime.block_on(async {
             let got = self.client.get(&self.path(name)).await.map_err(|e| self.explain(name, e))?;
+            let too_big = || anyhow!("{}: larger than the {limit} bytes expected", self.url(name));
+            if got.meta.size > limit {
+                return Err(too_big());
+            }
             let bar = ui.bytes(label, got.meta.size);
             let mut stream = got.into_stream();
             let mut total = 0u64;
-            while let Some(chunk) = stream.next().await {
-                crate::interrupt::check()?;
-                let chunk = chunk.map_err(|e| self.explain(name, e))?;
-                out.write_all(&chunk)?;
-                total += chunk.len() as u64;
-                bar.set_position(total);
+            let result = async {
+                while let Some(chunk) = stream.next().await {
+                    crate::interrupt::check()?;
+                    let chunk = chunk.map_err(|e| self.explain(name, e))?;
+                    total += chunk.len() as u64;
+                    if total > limit {
+                        return Err(too_big());
+                    }
+                    out.write_all(&chunk)?;
+                    bar.set_position(total);
+                }
+                Ok(total)
             }
+            .await;
             bar.finish_and_clear();
-            Ok(total)
+            result
         })
     }
 
@@ -283,6 +295,11 @@ impl Store {
                 }
             }
             .await;
+            // Every part in before completing: `finish` aborts only a failed completion.
+            let result = match result {
+                Ok(()) => writer.wait_for_capacity(0).await.map_err(|e| self.explain(name, e)),
+                Err(e) => Err(e),
+            };
             bar.finish_and_clear();
             match result {
                 Ok(()) => {

@@ -64,9 +64,9 @@ fn publish_pipeline(dir: &Path, file: &str, image: &Path, repo: &str, name: &str
 }
 
 /// A raw disk of random bytes (no partition table: publish reads no package list).
-fn random_disk(path: &Path, mib: usize) {
-    let data: Vec<u8> = (0..mib << 20).map(|_| rand::random::<u8>()).collect();
-    std::fs::write(path, data).unwrap();
+fn random_disk(path: &Path, mib: u64) {
+    let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), mib << 20);
+    std::io::copy(&mut random, &mut std::fs::File::create(path).unwrap()).unwrap();
 }
 
 /// `repo init` on the cluster: the signing key's fingerprint.
@@ -74,6 +74,7 @@ fn init_repo(dir: &Path, gnupg: &Path, garage: &Garage, url: &str, uri: &str) ->
     let out = pipeline_s3(dir, gnupg, garage, &["repo", "init", url, "--uri", uri], &[]);
     assert!(out.status.success(), "repo init: {}", stderr(&out));
     let text = stdout(&out);
+    assert!(text.contains("ignores conditional writes"), "init tells what the server does with them: {text}");
     text.split_whitespace().find(|w| w.len() == 40 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap().to_string()
 }
 
@@ -170,10 +171,13 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
     assert!(built.status.success(), "virt-builder checks signature and sha512 and builds the entry");
     assert_eq!(std::fs::metadata(&out_img).unwrap().len(), qemu_virtual_size(&image));
 
-    // A second publish of 64 MiB (four parts) with node 2 killed as it uploads.
+    // A second publish of 256 MiB (sixteen parts; xz preset 0 keeps the compression
+    // short) with node 2 killed as it uploads.
     let big = dir.join("big.raw");
-    random_disk(&big, 64);
+    random_disk(&big, 256);
     let second = publish_pipeline(dir, "second.toml", &big, url, "fake-debian");
+    std::fs::write(&second, std::fs::read_to_string(&second).unwrap() + "xz_level = 0\n").unwrap();
+    let images_before = store(&garage, url).list("").unwrap().iter().filter(|o| o.name.ends_with(".xz")).count();
     let mut child = command_s3(dir, &gnupg, &garage, &["run", second.to_str().unwrap()], &[])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -188,6 +192,8 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
             break;
         }
     }
+    let images_now = store(&garage, url).list("").unwrap().iter().filter(|o| o.name.ends_with(".xz")).count();
+    assert_eq!(images_now, images_before, "the node is killed before the upload completes");
     garage.kill(2);
     said.extend(lines.map_while(Result::ok));
     let status = child.wait().unwrap();
@@ -330,18 +336,39 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
         .map(|o| serde_json::from_slice(&s3.get(&o.name, 1 << 20).unwrap().unwrap()).unwrap())
         .collect();
     let top = records.iter().find(|r| !r["meta"]["parent"].is_null()).expect("a layer with a parent");
-    let key = top["meta"]["key"].as_str().unwrap();
+    let image = top["image"].as_str().unwrap().to_string();
     let mut bytes = Vec::new();
-    s3.download(&format!("layers/{key}.qcow2"), &mut bytes, &virt_pipeline::engine::ui::Ui::new(), "test").unwrap();
+    s3.download(&image, &mut bytes, &virt_pipeline::engine::ui::Ui::new(), "test", 1 << 30).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
-    s3.put(&format!("layers/{key}.qcow2"), bytes).unwrap();
+    s3.put(&image, bytes).unwrap();
     let third = run("builder-c");
     assert_eq!(third.matches("fetched from s3://images/cache").count(), 1, "the base is fetched: {third}");
     assert!(third.contains("damaged or truncated"), "the damage is named: {third}");
     assert_eq!(third.matches(": running").count(), 1, "the damaged layer is built: {third}");
     let fourth = run("builder-d");
     assert_eq!(fourth.matches("fetched from s3://images/cache").count(), 2, "replaced in the bucket: {fourth}");
+
+    // A forged layer whose record and digest agree, backed by a host file: refused.
+    let key = top["meta"]["key"].as_str().unwrap();
+    let forged = dir.join("forged.qcow2");
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/hostname"])
+        .arg(&forged)
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let bytes = std::fs::read(&forged).unwrap();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&s3.get(&format!("layers/{key}.json"), 1 << 20).unwrap().unwrap()).unwrap();
+    record["image"] = format!("layers/{key}-forged.qcow2").into();
+    record["size"] = bytes.len().into();
+    record["sha256"] = virt_pipeline::digest::file_hex::<sha2::Sha256>(&forged).unwrap().into();
+    s3.put(&format!("layers/{key}-forged.qcow2"), bytes).unwrap();
+    s3.put(&format!("layers/{key}.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+    let fifth = run("builder-e");
+    assert!(fifth.contains("not a layer of this cache"), "the foreign backing file is named: {fifth}");
+    assert_eq!(fifth.matches(": running").count(), 1, "and the layer built instead: {fifth}");
 }
 
 /// Two builders split a base and the pipeline standing on it (`--shard 1/2`, `--shard 2/2`,

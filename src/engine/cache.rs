@@ -31,6 +31,10 @@ pub struct LayerMeta {
     /// The upstream states the layer was built with (mirror release files, validators).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream: crate::upstream::States,
+    /// Names this build of the layer (random): a layer built again under the same key gets
+    /// another, and an overlay is only stacked on the build it was made on (remote cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 pub struct Cache {

@@ -341,11 +341,21 @@ impl<'a> Engine<'a> {
     fn fetch_remote(&self, key: &str, parent: Option<&Layer>, label: &str) -> Option<String> {
         let remote = self.remote.as_ref()?;
         match remote.fetch(&self.cache, key, parent, self.ui) {
-            Ok(Some(_)) => Some(remote.url()),
-            Ok(None) => None,
-            Err(e) => {
-                self.ui.line(format!("{label}: not using the remote cache's copy: {e:#}; building it"));
+            Ok(remote_cache::Fetched::Layer(_)) => Some(remote.url()),
+            Ok(remote_cache::Fetched::Absent) => None,
+            Ok(remote_cache::Fetched::OtherParent) => {
+                self.ui.line(format!(
+                    "{label}: the remote cache's copy was built on another build of the layer below; building it"
+                ));
+                None
+            }
+            Ok(remote_cache::Fetched::Damaged(why)) => {
+                self.ui.line(format!("{label}: not using the remote cache's copy: {why}; building it"));
                 self.damaged_remote.borrow_mut().insert(key.to_string());
+                None
+            }
+            Err(e) => {
+                self.ui.line(format!("{label}: cannot read the remote cache: {e:#}; building it"));
                 None
             }
         }
@@ -439,6 +449,7 @@ impl<'a> Engine<'a> {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             inspection: result.inspection,
             upstream,
+            origin: Some(format!("{:032x}", rand::random::<u128>())),
         };
         Ok(Some(self.cache.commit(temp, &meta)?))
     }

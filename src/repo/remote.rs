@@ -75,11 +75,13 @@ pub struct NewImage<'a> {
 
 pub struct RemoteRepo {
     pub store: Store,
+    /// Records already read and verified, by object name: they never change.
+    verified: std::cell::RefCell<std::collections::HashMap<String, Record>>,
 }
 
 impl RemoteRepo {
     pub fn connect(url: &str) -> Result<RemoteRepo> {
-        Ok(RemoteRepo { store: Store::open(&Location::parse(url)?)? })
+        Ok(RemoteRepo { store: Store::open(&Location::parse(url)?)?, verified: Default::default() })
     }
 
     pub fn url(&self) -> String {
@@ -94,12 +96,26 @@ impl RemoteRepo {
 
     /// What the trust store knows the repository by: its URL at its endpoint.
     fn trust_id(&self) -> String {
-        format!("{} at {}", self.url(), self.store.endpoint)
+        format!("{} at {}", self.url(), self.store.endpoint.trim_end_matches('/'))
     }
 
-    /// Creates the repository (or completes one): signing key (generated when none is
-    /// given), its public half, the sources file for clients reading `uri`, and an empty
-    /// signed index. The key is pinned in this user's trust store.
+    /// The fingerprint `signing-key.fpr` in the bucket names. Anyone who can write the bucket
+    /// can change it: it is only compared with the pinned key, never trusted alone.
+    fn named_key(&self) -> Result<Option<String>> {
+        match self.store.get(KEY_FILE, 1024)? {
+            Some(b) => Ok(Some(
+                sign::parse_fingerprint(String::from_utf8_lossy(&b).trim())
+                    .map_err(|e| bad_input!("{}: {e}", self.store.url(KEY_FILE)))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates the repository, or pins an existing one's key on this machine. A new one
+    /// gets its signing key (generated when none is given), public half, the sources file
+    /// for clients reading `uri`, and an empty signed index. An existing one is taken only
+    /// with its key named by `--sign-key` (the bucket's own word for it is not proof); its
+    /// sources file is rewritten when `uri` is given.
     pub fn init(
         url: &str,
         sign_key: Option<&str>,
@@ -111,46 +127,63 @@ impl RemoteRepo {
         let repo = RemoteRepo::connect(url)?;
         // Fails early, with the bucket named, when it does not exist.
         repo.store.list(KEY_FILE)?;
-        let existing = repo.configured_key()?;
+        let pinned = repo.pinned_key()?;
+        let named = repo.named_key()?;
         let has_index = repo.store.size(INDEX)?.is_some();
-        let fingerprint = match (sign_key, &existing) {
-            (Some(k), Some(e)) if &k != e => {
+        let fingerprint = match (sign_key.as_ref().or(pinned.as_ref()), &pinned, &named) {
+            (Some(k), _, Some(n)) if k != n => {
                 return Err(bad_input!(
-                    "{url} is signed by {e}; moving a repository on object storage to another key is not supported"
+                    "{url}: its signing-key.fpr names {n}, not {k}; moving a repository on object storage to \
+                     another key is not supported (if the object was changed by someone else, put {k} back)"
                 ))
             }
-            (Some(k), _) => k,
-            (None, Some(e)) => e.clone(),
-            (None, None) if has_index => {
+            (Some(k), Some(p), _) if k != p => {
+                return Err(bad_input!("{url} was initialised here with key {p}, not {k}"));
+            }
+            (Some(k), _, _) => k.clone(),
+            (None, _, Some(n)) => {
                 return Err(bad_input!(
-                    "{url}: has an index.asc but no key is recorded for it; pass the key that signed it with --sign-key"
+                    "{url} is a repository already, signed by {n} as its signing-key.fpr says; the bucket's word \
+                     is not proof: check the fingerprint with whoever created it, then run `pipeline repo init \
+                     {url} --sign-key {n}`"
                 ))
             }
-            (None, None) => sign::generate_key(
+            (None, _, None) if has_index => {
+                return Err(bad_input!(
+                    "{url}: has an index.asc but no signing-key.fpr; pass the key that signed it with --sign-key"
+                ))
+            }
+            (None, _, None) => sign::generate_key(
                 &generate_name.map(str::to_string).unwrap_or_else(|| format!("{} repository signing key", repo.name())),
             )?,
         };
-        if !sign::has_secret_key(&fingerprint) {
-            return Err(bad_input!(
-                "signing key {fingerprint}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
-            ));
-        }
         let name = repo.name().to_string();
-        repo.store.put(KEY_FILE, format!("{fingerprint}\n").into_bytes())?;
-        repo.store.put(&format!("{name}.asc"), sign::export_public_key(&fingerprint)?)?;
-        let uri = match uri {
-            Some(u) => u.trim_end_matches('/').to_string(),
-            // Path-style public URL: what a public-read bucket on RGW or AWS answers at.
-            None => format!(
-                "{}/{}",
-                repo.store.endpoint.trim_end_matches('/'),
-                repo.store.url("").trim_start_matches("s3://")
-            )
-            .trim_end_matches('/')
-            .to_string(),
-        };
-        let conf = format!("[{name}]\nuri={uri}/index.asc\ngpgkey=file://{}/{name}.asc\n", super::CLIENT_REPOS_D);
-        repo.store.put(&format!("{name}.conf"), conf.into_bytes())?;
+        let public_key = format!("{name}.asc");
+        let conf_name = format!("{name}.conf");
+        if named.is_none() || !has_index {
+            if !sign::has_secret_key(&fingerprint) {
+                return Err(bad_input!(
+                    "signing key {fingerprint}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
+                ));
+            }
+            repo.store.put(KEY_FILE, format!("{fingerprint}\n").into_bytes())?;
+        }
+        if repo.store.size(&public_key)?.is_none() {
+            repo.store.put(&public_key, sign::export_public_key(&fingerprint)?)?;
+        }
+        if uri.is_some() || repo.store.size(&conf_name)?.is_none() {
+            let uri = match uri {
+                Some(u) => u.trim_end_matches('/').to_string(),
+                // Path-style public URL: what a public-read bucket on RGW or AWS answers at.
+                None => format!(
+                    "{}/{}",
+                    repo.store.endpoint.trim_end_matches('/'),
+                    repo.store.url("").trim_start_matches("s3://").trim_end_matches('/')
+                ),
+            };
+            let conf = format!("[{name}]\nuri={uri}/index.asc\ngpgkey=file://{}/{public_key}\n", super::CLIENT_REPOS_D);
+            repo.store.put(&conf_name, conf.into_bytes())?;
+        }
         trust::record_id(&repo.trust_id(), &fingerprint)?;
         if !has_index {
             repo.settle(&fingerprint)?;
@@ -158,42 +191,46 @@ impl RemoteRepo {
         Ok((repo, fingerprint))
     }
 
-    /// The key recorded for the repository in this user's trust store, else the one its
-    /// `signing-key.fpr` names; the two must agree.
-    pub fn configured_key(&self) -> Result<Option<String>> {
-        let pinned = trust::pinned_id(&self.trust_id())?;
-        let named = match self.store.get(KEY_FILE, 1024)? {
-            Some(b) => Some(
-                sign::parse_fingerprint(String::from_utf8_lossy(&b).trim())
-                    .map_err(|e| bad_input!("{}: {e}", self.store.url(KEY_FILE)))?,
-            ),
-            None => None,
-        };
-        match (pinned, named) {
-            (Some(p), Some(n)) if p != n => Err(bad_input!(
-                "{} names key {n}, but the repository was initialised with key {p}: the object was changed outside \
-                 pipeline; put {p} back in it",
-                self.store.url(KEY_FILE)
-            )),
-            (p, n) => Ok(p.or(n)),
-        }
+    /// The key this user's trust store records for the repository (`repo init` records it):
+    /// the only one trusted without a fingerprint given. It must still be the one the bucket
+    /// names (a mismatch means the object was changed).
+    pub fn pinned_key(&self) -> Result<Option<String>> {
+        trust::pinned_id(&self.trust_id())
     }
 
-    /// The repository's key; a key given for one update must be that key.
-    pub fn signing_key(&self, override_key: Option<&str>) -> Result<String> {
-        let override_key =
-            override_key.map(|k| sign::parse_fingerprint(k).map_err(|e| bad_input!("signing key: {e}"))).transpose()?;
-        match (override_key, self.configured_key()?) {
-            (Some(k), Some(c)) if k != c => {
-                Err(bad_input!("{} is signed by {c} and its clients trust only that key, not {k}", self.url()))
+    /// The repository's key: the pinned one, or `given` (a fingerprint the user named, which
+    /// must be the one the bucket names); pinned and given must agree.
+    pub fn signing_key(&self, given: Option<&str>) -> Result<String> {
+        let given =
+            given.map(|k| sign::parse_fingerprint(k).map_err(|e| bad_input!("signing key: {e}"))).transpose()?;
+        let Some(named) = self.named_key()? else {
+            return Err(bad_input!(
+                "{url} is not a repository (no signing-key.fpr); run `pipeline repo init {url}`",
+                url = self.url()
+            ));
+        };
+        let pinned = self.pinned_key()?;
+        let key = match (given, pinned) {
+            (Some(k), Some(p)) if k != p => {
+                return Err(bad_input!("{} is signed by {p} and its clients trust only that key, not {k}", self.url()))
             }
-            (_, Some(c)) => Ok(c),
-            (_, None) => Err(bad_input!(
-                "{} is not a repository (no signing key); run `pipeline repo init {}`",
-                self.url(),
-                self.url()
-            )),
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => {
+                return Err(bad_input!(
+                    "{url}: no key is pinned for this repository on this machine; run `pipeline repo init {url} \
+                     --sign-key FPR` with the fingerprint of its key (pass --fingerprint to `repo verify`)",
+                    url = self.url()
+                ))
+            }
+        };
+        if named != key {
+            return Err(bad_input!(
+                "{} names key {named}, but this repository's key is {key}: the object was changed outside \
+                 pipeline; put {key} back in it",
+                self.store.url(KEY_FILE)
+            ));
         }
+        Ok(key)
     }
 
     fn verifier(&self, pin: &str) -> Result<PinnedVerifier> {
@@ -211,17 +248,29 @@ impl RemoteRepo {
             else {
                 continue;
             };
+            if let Some(known) = self.verified.borrow().get(&listed.name) {
+                records.push(known.clone());
+                continue;
+            }
             let url = self.store.url(&listed.name);
             // Listed but gone: removed by hand since; nothing to derive from.
             let Some(signed) = self.store.get(&listed.name, SMALL)? else { continue };
-            let text = verifier.verify(&signed).with_context(|| {
-                format!("{url}: signature check failed; nothing is signed while a record is not the repository's own")
-            })?;
+            let foreign = |why: String| {
+                anyhow::anyhow!(
+                    "{url}: {why}. Nothing is published while the bucket holds a record the repository's key did \
+                     not make: look at it (`gpg --verify`), and delete it if it is not the repository's own"
+                )
+            };
+            let text = verifier.verify(&signed).map_err(|e| foreign(format!("signature check failed: {e:#}")))?;
             let record: Record =
-                serde_json::from_slice(&text).with_context(|| format!("{url}: not an entry record"))?;
+                serde_json::from_slice(&text).map_err(|e| foreign(format!("not an entry record ({e})")))?;
             if record.entry != entry || record.id != id {
-                bail!("{url}: the record is for {}/{}, not for where it lies", record.entry, record.id);
+                return Err(foreign(format!(
+                    "the record is for {}/{}, not for where it lies",
+                    record.entry, record.id
+                )));
             }
+            self.verified.borrow_mut().insert(listed.name.clone(), record.clone());
             records.push(record);
         }
         records.sort_by(|a, b| (&a.entry, &a.id).cmp(&(&b.entry, &b.id)));
@@ -247,18 +296,18 @@ impl RemoteRepo {
         Index::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", self.store.url(INDEX)))
     }
 
-    /// The key this user's trust store records for the repository (`repo init` records it):
-    /// the only one a reader trusts without a fingerprint given.
-    pub fn pinned_key(&self) -> Result<Option<String>> {
-        trust::pinned_id(&self.trust_id())
-    }
-
-    /// Downloads an image of the repository into `out`, returning its size.
-    pub fn download(&self, file: &str, out: &mut dyn std::io::Write, ui: &Ui) -> Result<u64> {
-        if file.contains('/') || file.starts_with('.') {
-            bail!("{}: file {file} is outside the repository", self.url());
+    /// Downloads the image of a (verified) index entry into `out`, returning its size; no
+    /// more than the entry's `compressed_size` is read.
+    pub fn download(&self, entry: &Entry, out: &mut dyn std::io::Write, ui: &Ui) -> Result<u64> {
+        let file = entry.file().unwrap_or_default();
+        if file.is_empty() || file.contains('/') || file.starts_with('.') {
+            bail!("{}: [{}]: file {file} is not an image in the repository", self.url(), entry.id);
         }
-        self.store.download(file, out, ui, &format!("download {file}"))
+        let limit = entry
+            .get("compressed_size")
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("{}: [{}] has no compressed_size", self.url(), entry.id))?;
+        self.store.download(file, out, ui, &format!("download {file}"), limit)
     }
 
     /// Writes the index derived from the records until the index found is the one the
@@ -276,7 +325,11 @@ impl RemoteRepo {
             let jitter = rand::random::<u64>() % (50 + 50 * round.min(10) as u64);
             std::thread::sleep(Duration::from_millis(50 + jitter));
         }
-        bail!("{}: the index did not settle after {SETTLE_ROUNDS} writes; run the publish again", self.url())
+        bail!(
+            "{}: the index did not settle after {SETTLE_ROUNDS} writes (other publishers kept changing it); the \
+             record is written, so the next publish into the repository settles the index with it",
+            self.url()
+        )
     }
 
     /// Uploads an image as a new revision of its entry and settles the index.
@@ -287,11 +340,11 @@ impl RemoteRepo {
         // Refused before anything is uploaded: an index or a record the key did not sign.
         self.signed_index(&mut verifier)?;
         self.records(&mut verifier)?;
-        let id = s3::unique_id();
-        let file = format!("{name}-{id}.xz");
-        let size = std::fs::metadata(image)?.len();
+        let file = format!("{name}-{}.xz", s3::unique_id());
+        let size = std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?.len();
         ui.line(format!("uploading {file} ({}) to {}", crate::engine::ui::human_bytes(size), self.url()));
         self.store.upload(&file, image, ui, &format!("upload {file}"))?;
+        let id = next_id(&self.records(&mut verifier)?, name);
         let record = Record {
             action: Action::Publish,
             entry: name.to_string(),
@@ -307,11 +360,13 @@ impl RemoteRepo {
         // Our revision: this entry's publishes up to ours (a later one may already lead).
         let records = self.records(&mut verifier)?;
         let revision = records.iter().filter(|r| r.entry == name && r.action == Action::Publish && r.id <= id).count();
-        let mut entry = index.get(name).cloned().unwrap_or_else(|| Entry { id: name.into(), fields: Vec::new() });
-        if entry.file() != record.file.as_deref() {
-            entry = entry_of(&record, revision as u64);
+        if let Some(leader) = index.get(name).filter(|e| e.file() != record.file.as_deref()) {
+            ui.line(format!(
+                "{name}: a newer publish from another builder leads the index already (revision {})",
+                leader.revision()
+            ));
         }
-        Ok(entry)
+        Ok(entry_of(&record, revision as u64))
     }
 
     /// Signs a record and creates it; `If-None-Match` guards it where the server honours it.
@@ -336,7 +391,7 @@ impl RemoteRepo {
         let record = Record {
             action: Action::Remove,
             entry: name.to_string(),
-            id: s3::unique_id(),
+            id: next_id(&self.records(&mut verifier)?, name),
             file: None,
             checksum: None,
             fields: Vec::new(),
@@ -357,16 +412,27 @@ impl RemoteRepo {
     /// the index names), and images no record names that are over a day old (a publish
     /// uploads its image before it writes its record). Records stay: revisions count them.
     pub fn prune(&self, keep: usize) -> Result<Vec<String>> {
+        if keep == 0 {
+            return Err(bad_input!(
+                "{}: --keep 0 would delete the images the index names; keep at least 1",
+                self.url()
+            ));
+        }
         let pin = self.signing_key(None)?;
-        let records = self.records(&mut self.verifier(&pin)?)?;
+        let mut verifier = self.verifier(&pin)?;
+        let records = self.records(&mut verifier)?;
+        // What the index names now stays, whatever the records say (a publish still settling).
+        let index = Index::parse(&self.signed_index(&mut verifier)?.unwrap_or_default()).unwrap_or_default();
+        let in_index: std::collections::HashSet<String> =
+            index.entries.iter().filter_map(|e| e.file().map(str::to_string)).collect();
         let mut by_entry: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
         for r in records.iter().filter(|r| r.action == Action::Publish) {
             by_entry.entry(&r.entry).or_default().push(r);
         }
         let mut removed = Vec::new();
         for publishes in by_entry.values() {
-            for r in publishes.iter().rev().skip(keep.max(1)) {
-                if let Some(f) = &r.file {
+            for r in publishes.iter().rev().skip(keep) {
+                if let Some(f) = r.file.as_ref().filter(|f| !in_index.contains(*f)) {
                     if self.store.size(f)?.is_some() {
                         self.store.delete(f)?;
                         removed.push(f.clone());
@@ -408,10 +474,7 @@ impl RemoteRepo {
     pub fn verify(&self, fingerprint: Option<&str>, ui: &Ui) -> Result<Vec<String>> {
         let pin = match fingerprint {
             Some(f) => sign::parse_fingerprint(f).map_err(|e| bad_input!("--fingerprint: {e}"))?,
-            None => match self.configured_key()? {
-                Some(k) => k,
-                None => return Ok(vec!["no key is recorded for this repository: pass --fingerprint".into()]),
-            },
+            None => self.signing_key(None)?,
         };
         let mut verifier = self.verifier(&pin)?;
         let text = match self.signed_index(&mut verifier) {
@@ -439,7 +502,7 @@ impl RemoteRepo {
                 continue;
             };
             let mut hasher = crate::digest::HashingWriter::<sha2::Sha512, _>::new(std::io::sink());
-            match self.store.download(file, &mut hasher, ui, &format!("verify {file}")) {
+            match self.download(entry, &mut hasher, ui) {
                 Err(e) => problems.push(format!("[{id}]: {e:#}")),
                 Ok(size) => {
                     let got = hasher.finish().0;
@@ -488,6 +551,17 @@ fn entry_of(r: &Record, revision: u64) -> Entry {
     ];
     fields.extend(r.fields.iter().cloned());
     Entry { id: r.entry.clone(), fields }
+}
+
+/// A record ID for `entry` that sorts after every record of it in `records` (taken just
+/// before the record is written): a publisher whose clock runs behind still files its record
+/// after the newest it has seen. Time in microseconds, then 64 random bits.
+fn next_id(records: &[Record], entry: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    let newest =
+        records.iter().filter(|r| r.entry == entry).filter_map(|r| r.id.split('-').next()?.parse::<u128>().ok()).max();
+    let micros = newest.map_or(now, |n| now.max(n + 1));
+    format!("{micros:016}-{:016x}", rand::random::<u64>())
 }
 
 fn publisher() -> String {

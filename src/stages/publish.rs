@@ -150,18 +150,14 @@ impl Stage for PublishStage {
     fn preflight(&self, settings: &RunSettings) -> Result<()> {
         if let Some(url) = &self.remote {
             // Never made here: builders racing to create it would each make their own key.
-            let key = RemoteRepo::connect(url)?.configured_key()?.ok_or_else(|| {
-                crate::bad_input!("{url} is not a repository yet (no signing key); run `pipeline repo init {url}`")
-            })?;
-            return match settings.sign_key.as_deref().or(self.config.sign_key.as_deref()) {
-                Some(k) if !sign::same_key(k, &key) => {
-                    Err(crate::bad_input!("{url} is signed by {key} and its clients trust only that key, not {k}"))
-                }
-                _ if !sign::has_secret_key(&key) => Err(crate::bad_input!(
+            let chosen = settings.sign_key.as_deref().or(self.config.sign_key.as_deref());
+            let key = RemoteRepo::connect(url)?.signing_key(chosen)?;
+            if !sign::has_secret_key(&key) {
+                return Err(crate::bad_input!(
                     "{url}: signing key {key}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
-                )),
-                _ => Ok(()),
-            };
+                ));
+            }
+            return Ok(());
         }
         let chosen = settings.sign_key.as_deref().or(self.config.sign_key.as_deref());
         let chosen = chosen

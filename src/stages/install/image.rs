@@ -262,14 +262,14 @@ impl ImageStage {
                 let file = entry.file().context("the entry has no file=")?;
                 let src = format!("{base}/{file}");
                 let local = if crate::s3::is_s3(base) {
-                    fetch_from_object_storage(base, file, &src, &cache, ctx.ui)?
+                    fetch_from_object_storage(base, entry, &src, &cache, ctx.ui)?
                 } else {
                     download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?
                 };
                 ctx.bar.set_message("checking sha512");
                 let got = repo::sha512_file(&local)?;
                 if Some(got.as_str()) != entry.checksum() {
-                    if download::is_url(&src) {
+                    if download::is_url(&src) || crate::s3::is_s3(base) {
                         let _ = std::fs::remove_file(&local);
                     }
                     bail!("{src}: sha512 {got} does not match the signed index; refusing the image");
@@ -328,16 +328,16 @@ impl ImageStage {
 
 /// An image of a repository on object storage, kept in the download cache (its name is
 /// unique to one publish, so a kept copy is that image; the caller checks its sha512).
-fn fetch_from_object_storage(repo: &str, file: &str, src: &str, cache: &Path, ui: &Ui) -> Result<PathBuf> {
+fn fetch_from_object_storage(repo: &str, entry: &Entry, src: &str, cache: &Path, ui: &Ui) -> Result<PathBuf> {
     let local = download::cache_path(cache, src);
     if local.exists() {
         return Ok(local);
     }
     std::fs::create_dir_all(cache)?;
-    let temp = local.with_extension("part");
+    let temp = local.with_extension(format!("part-{}", std::process::id()));
     let result = (|| -> Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-        RemoteRepo::connect(repo)?.download(file, &mut out, ui)?;
+        RemoteRepo::connect(repo)?.download(entry, &mut out, ui)?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&temp, &local)?;
         Ok(())
