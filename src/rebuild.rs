@@ -158,9 +158,7 @@ fn published_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
         .stages
         .iter()
         .filter_map(|s| match s {
-            StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => {
-                Some((PathBuf::from(c.repo.trim_end_matches('/')), c.name.clone()))
-            }
+            StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => Some((object_storage(&c.repo), c.name.clone())),
             StageConfig::Publish(c) => Some((canonical(Path::new(&c.repo)), c.name.clone())),
             _ => None,
         })
@@ -175,7 +173,7 @@ fn consumed_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
     let mut add = |repo: &Option<String>, name: &Option<String>| {
         if let (Some(repo), Some(name)) = (repo, name) {
             if crate::s3::is_s3(repo) {
-                out.push((PathBuf::from(repo.trim_end_matches('/')), name.clone()));
+                out.push((object_storage(repo), name.clone()));
             } else if !repo.contains("://") {
                 let repo = p.resolve(repo);
                 // `repo` may name the directory or its index file.
@@ -193,6 +191,11 @@ fn consumed_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
         }
     }
     out
+}
+
+/// A repository on object storage as one spelling of its URL (`s3://b/p/` is `s3://b/p`).
+fn object_storage(url: &str) -> PathBuf {
+    PathBuf::from(crate::s3::Location::parse(url).map(|l| l.to_string()).unwrap_or_else(|_| url.to_string()))
 }
 
 /// Kahn's algorithm, taking the ready pipeline with the smallest name first so that the

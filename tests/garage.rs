@@ -18,27 +18,12 @@ static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 
 /// `pipeline ARGS` in `cwd` with the cluster's S3 environment and `extra` on top.
 fn pipeline_s3(cwd: &Path, gnupg: &Path, garage: &Garage, args: &[&str], extra: &[(&str, &str)]) -> Output {
-    let out = command_s3(cwd, gnupg, garage, args, extra).output().expect("run pipeline");
-    eprintln!(
-        "$ pipeline {}\n--- stdout\n{}--- stderr\n{}--- exit {:?}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status.code()
-    );
-    out
+    run_shown(command_s3(cwd, gnupg, garage, args, extra), args)
 }
 
 fn command_s3(cwd: &Path, gnupg: &Path, garage: &Garage, args: &[&str], extra: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("GNUPGHOME", gnupg)
-        .env("XDG_CONFIG_HOME", gnupg.parent().unwrap().join("xdg-config"))
-        .envs(garage.env());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
+    let mut cmd = pipeline_command(cwd, gnupg, args);
+    cmd.envs(garage.env()).envs(extra.iter().copied());
     cmd
 }
 
@@ -138,6 +123,63 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
     verify_ok(dir, &gnupg, &garage, url);
     let list = pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[]);
     assert!(stdout(&list).contains("fake-debian") && stdout(&list).contains("r1"), "{}", stdout(&list));
+
+    // The same through an AWS profile (config and credentials files) instead of variables.
+    let (key_id, secret) = garage.credentials();
+    let aws = dir.join("aws");
+    write_file(
+        &aws,
+        "config",
+        &format!("[profile garage]\nregion = garage\nendpoint_url = {}\n", garage.s3_endpoint(0)),
+    );
+    write_file(
+        &aws,
+        "credentials",
+        &format!("[garage]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"),
+    );
+    let (config, credentials) = (aws.join("config"), aws.join("credentials"));
+    let from_profile = [
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_ENDPOINT_URL", ""),
+        ("AWS_REGION", ""),
+        ("AWS_PROFILE", "garage"),
+        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+    ];
+    let listed = pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &from_profile);
+    assert!(stdout(&listed).contains("fake-debian"), "the profile's endpoint and key reach the repository");
+
+    // A record the repository's key did not sign stops a publish before it uploads anything.
+    let other = dir.join("other-gnupg");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new("gpg")
+            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .env("GNUPGHOME", &other)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        child.wait_with_output().unwrap().stdout
+    };
+    gpg(&["--quick-gen-key", "intruder", "default", "default", "never"], b"");
+    let forged = gpg(&["--clearsign"], br#"{"action":"publish","entry":"fake-debian","id":"9","publisher":"x"}"#);
+    let s3 = store(&garage, url);
+    s3.put("records/fake-debian/9.asc", forged).unwrap();
+    let objects = s3.list("").unwrap().len();
+    let small = dir.join("small.raw");
+    random_disk(&small, 1);
+    let refused_file = publish_pipeline(dir, "refused.toml", &small, url, "fake-debian");
+    let refused = pipeline_s3(dir, &gnupg, &garage, &["run", refused_file.to_str().unwrap()], &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("records/fake-debian/9.asc: signature check failed"), "names the record");
+    assert!(stderr(&refused).contains("delete it"), "and what to do");
+    assert_eq!(s3.list("").unwrap().len(), objects, "nothing was uploaded");
+    s3.delete("records/fake-debian/9.asc").unwrap();
 
     // Clients: plain HTTP from the website endpoint, Range requests included.
     let http = reqwest::blocking::Client::new();

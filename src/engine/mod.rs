@@ -247,6 +247,8 @@ impl<'a> Engine<'a> {
                 }
                 _ => None,
             };
+            // A fetch cut short by a signal is no reason to build the layer.
+            crate::interrupt::check()?;
             if planned.status == Status::Cached || fetched.is_some() {
                 if stage.layer_kind() == LayerKind::Output {
                     self.cache.touch_output(&planned.key);

@@ -10,7 +10,8 @@
 //!   had). Every publisher derives it, signs it, writes it, and reads the listing and the
 //!   index back until the index it finds is the one the listing gives. The last writer's
 //!   final check saw every record written before it, so no publish is lost whatever order
-//!   the writes of `index.asc` land in;
+//!   the writes of `index.asc` land in (short of a publisher dying with a write still on
+//!   its way, which `repo verify` reports and the next publish settles);
 //! - `signing-key.fpr`, `NAME.asc` (public key) and `NAME.conf` (sources file for clients),
 //!   written by `repo init`.
 

@@ -45,15 +45,21 @@ pub fn gnupg_home(dir: &Path) -> PathBuf {
 
 /// Runs `pipeline ARGS` in `cwd` with a GnuPG home and returns its output.
 pub fn pipeline(cwd: &Path, gnupg: &Path, args: &[&str]) -> Output {
+    run_shown(pipeline_command(cwd, gnupg, args), args)
+}
+
+/// `pipeline ARGS` in `cwd` with a GnuPG home, to run.
+pub fn pipeline_command(cwd: &Path, gnupg: &Path, args: &[&str]) -> Command {
     // The trust store of repository pins lives in the user's config directory: one per test.
     let config = gnupg.parent().unwrap_or(gnupg).join("xdg-config");
-    let out = Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .env("GNUPGHOME", gnupg)
-        .env("XDG_CONFIG_HOME", config)
-        .output()
-        .expect("run pipeline");
+    let mut cmd = Command::new(bin());
+    cmd.args(args).current_dir(cwd).env("GNUPGHOME", gnupg).env("XDG_CONFIG_HOME", config);
+    cmd
+}
+
+/// Runs a `pipeline ARGS` command and shows what it printed (in the test's output).
+pub fn run_shown(mut cmd: Command, args: &[&str]) -> Output {
+    let out = cmd.output().expect("run pipeline");
     eprintln!(
         "$ pipeline {}\n--- stdout\n{}--- stderr\n{}--- exit {:?}",
         args.join(" "),
