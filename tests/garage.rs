@@ -127,6 +127,7 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
     // The same through an AWS profile (config and credentials files) instead of variables.
     let (key_id, secret) = garage.credentials();
     let aws = dir.join("aws");
+    std::fs::create_dir_all(&aws).unwrap();
     write_file(
         &aws,
         "config",
@@ -213,10 +214,10 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
     assert!(built.status.success(), "virt-builder checks signature and sha512 and builds the entry");
     assert_eq!(std::fs::metadata(&out_img).unwrap().len(), qemu_virtual_size(&image));
 
-    // A second publish of 256 MiB (sixteen parts; xz preset 0 keeps the compression
+    // A second publish of 128 MiB (eight parts; xz preset 0 keeps the compression
     // short) with node 2 killed as it uploads.
     let big = dir.join("big.raw");
-    random_disk(&big, 256);
+    random_disk(&big, 128);
     let second = publish_pipeline(dir, "second.toml", &big, url, "fake-debian");
     std::fs::write(&second, std::fs::read_to_string(&second).unwrap() + "xz_level = 0\n").unwrap();
     let images_before = store(&garage, url).list("").unwrap().iter().filter(|o| o.name.ends_with(".xz")).count();
