@@ -83,7 +83,7 @@ pub struct Store {
     runtime: tokio::runtime::Runtime,
 }
 
-/// The setting of the environment a name reads, with AWS's own fallbacks.
+/// An environment variable's value; an empty one counts as unset.
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -113,8 +113,8 @@ impl Store {
         let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).or_else(|| profile.get("region").cloned());
         let region = match (&endpoint, region) {
             (_, Some(r)) => r,
-            // Garage and RGW take any region name in signatures unless configured otherwise;
-            // AWS itself needs the bucket's.
+            // The usual default of S3-compatible servers (Garage wants its `s3_region`); AWS
+            // itself needs the bucket's region.
             (Some(_), None) => "us-east-1".to_string(),
             (None, None) => {
                 return Err(missing(

@@ -248,6 +248,24 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
     assert!(stdout(&list).contains("r2"), "the second publish is revision 2: {}", stdout(&list));
     garage.restart(2);
     verify_ok(dir, &gnupg, &garage, url);
+
+    // A pipeline starts from the entry (`from = { repo }`): its signed index read through
+    // S3, the image downloaded and checked, imported as the first layer (and published into
+    // a local directory, a stage that needs no appliance for a disk with no partitions).
+    let from_repo = write_file(
+        dir,
+        "from-repo.toml",
+        &format!(
+            "version = 1\nfrom = {{ repo = \"{url}\", name = \"fake-debian\" }}\n[pipeline]\nname = \"from-repo\"\n\
+             [[stages]]\n[stages.publish]\nrepo = \"local-copy\"\nname = \"copy\"\nxz_level = 0\n"
+        ),
+    );
+    let run = pipeline_s3(dir, &gnupg, &garage, &["run", from_repo.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "from = {{ repo = s3://... }}: {}", stderr(&run));
+    let layer = stdout(&run).trim().to_string();
+    let same =
+        Command::new("qemu-img").args(["compare", "-q", "-f", "raw", "-F", "qcow2"]).arg(&big).arg(&layer).status();
+    assert!(same.unwrap().success(), "the layer holds the published disk");
 }
 
 fn qemu_virtual_size(image: &Path) -> u64 {
