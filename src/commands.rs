@@ -480,26 +480,27 @@ fn plan_command(g: &GlobalArgs, args: &PipelineArgs, build_id: Option<String>, o
 /// each entry it publishes on object storage names that layer in its newest manifest.
 fn wait_for_base(base: &Pipeline, shard: u64, engine: &Engine, timeout: std::time::Duration) -> Result<()> {
     let key = plan_pipeline(base, engine, 0, false)?.context("it makes no layer")?;
-    let entries: Vec<(&str, &str)> = base
+    // Connected once: a repository keeps the records it verified between polls.
+    let entries = base
         .file
         .stages
         .iter()
         .filter_map(|s| match s {
-            pipeline::StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => Some((c.repo.as_str(), c.name.as_str())),
+            pipeline::StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => Some((&c.repo, c.name.as_str())),
             _ => None,
         })
-        .collect();
-    let published = |url: &str, name: &str| -> Result<bool> {
-        let manifests = crate::repo::remote::RemoteRepo::connect(url)?.manifests(name)?;
-        Ok(manifests.values().last().is_some_and(|m| m.provenance.layer == key))
+        .map(|(url, name)| Ok((crate::repo::remote::RemoteRepo::connect(url)?, name)))
+        .collect::<Result<Vec<_>>>()?;
+    let published = |repo: &crate::repo::remote::RemoteRepo, name: &str| -> Result<bool> {
+        Ok(repo.manifests(name)?.values().last().is_some_and(|m| m.provenance.layer == key))
     };
     let deadline = std::time::Instant::now() + timeout;
     let mut said = false;
     loop {
         crate::interrupt::check()?;
         let mut ready = engine.cache.get(&key).is_some() || engine.remote_has(&key)?;
-        for (url, name) in &entries {
-            ready = ready && published(url, name)?;
+        for (repo, name) in &entries {
+            ready = ready && published(repo, name)?;
         }
         if ready {
             return Ok(());
@@ -750,13 +751,14 @@ fn remote_repo_command(url: &str, command: RepoCommand) -> Result<()> {
         }
         RepoCommand::List { .. } => print_entries(&RemoteRepo::connect(url)?.index()?),
         RepoCommand::Show { name, .. } => {
-            let index = RemoteRepo::connect(url)?.index()?;
+            let repo = RemoteRepo::connect(url)?;
+            let index = repo.index()?;
             let e = index.get(&name).ok_or_else(|| bad_input!("{url}: no entry `{name}`"))?;
             println!("[{}]", e.id);
             for (k, v) in &e.fields {
                 println!("{k}={}", v.replace('\n', "\n "));
             }
-            let manifests = RemoteRepo::connect(url)?.manifests(&name)?;
+            let manifests = repo.manifests(&name)?;
             if let Some(m) = manifests.get(&e.revision()) {
                 print_manifest(m);
             }

@@ -269,9 +269,11 @@ impl Store {
         Ok(refused)
     }
 
-    /// Uploads a file in parts with progress. The object appears only when the last part is
-    /// in; on any failure (or a signal) the upload is aborted and nothing is left.
-    pub fn upload(&self, name: &str, file: &Path, ui: &Ui, label: &str) -> Result<u64> {
+    /// Uploads a file in parts with progress, returning its size and the sha256 of what was
+    /// sent. The object appears only when the last part is in; on any failure (or a signal)
+    /// the upload is aborted and nothing is left.
+    pub fn upload(&self, name: &str, file: &Path, ui: &Ui, label: &str) -> Result<(u64, String)> {
+        use sha2::Digest;
         let mut input = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
         let total = input.metadata()?.len();
         let path = self.path(name);
@@ -281,6 +283,7 @@ impl Store {
             let bar = ui.bytes(label, total);
             let mut buf = vec![0u8; PART_SIZE];
             let mut sent = 0u64;
+            let mut sha256 = sha2::Sha256::new();
             let result: Result<()> = async {
                 loop {
                     crate::interrupt::check()?;
@@ -290,6 +293,7 @@ impl Store {
                     }
                     writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| self.explain(name, e))?;
                     writer.write(&buf[..n]);
+                    sha256.update(&buf[..n]);
                     sent += n as u64;
                     bar.set_position(sent);
                 }
@@ -304,7 +308,7 @@ impl Store {
             match result {
                 Ok(()) => {
                     writer.finish().await.map_err(|e| self.explain(name, e))?;
-                    Ok(sent)
+                    Ok((sent, hex::encode(sha256.finalize())))
                 }
                 Err(e) => {
                     let _ = writer.abort().await;

@@ -80,8 +80,8 @@ impl RemoteCache {
         let parent_origin = meta.parent.as_deref().and_then(|p| cache.meta(p)).and_then(|m| m.origin);
         let origin = meta.origin.clone().unwrap_or_else(|| "unknown".into());
         let image = format!("layers/{}-{origin}.qcow2", layer.key);
-        let sha256 = crate::digest::file_hex::<Sha256>(&layer.path)?;
-        let size = self.store.upload(&image, &layer.path, ui, &format!("cache upload {}", &layer.key[..12]))?;
+        let (size, sha256) =
+            self.store.upload(&image, &layer.path, ui, &format!("cache upload {}", &layer.key[..12]))?;
         let record_body = RemoteRecord { meta, image, size, sha256, parent_origin };
         self.store.put(&record, serde_json::to_vec_pretty(&record_body)?)?;
         Ok(())

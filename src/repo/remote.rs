@@ -360,14 +360,15 @@ impl RemoteRepo {
         let index = self.settle(&pin)?;
         // Our revision: this entry's publishes up to ours (a later one may already lead).
         let records = self.records(&mut verifier)?;
-        let revision = records.iter().filter(|r| r.entry == name && r.action == Action::Publish && r.id <= id).count();
+        let revision =
+            numbered(&records).into_iter().find(|(r, _)| r.entry == name && r.id == id).map_or(0, |(_, n)| n);
         if let Some(leader) = index.get(name).filter(|e| e.file() != record.file.as_deref()) {
             ui.line(format!(
                 "{name}: a newer publish from another builder leads the index already (revision {})",
                 leader.revision()
             ));
         }
-        Ok(entry_of(&record, revision as u64))
+        Ok(entry_of(&record, revision))
     }
 
     /// Signs a record and creates it; `If-None-Match` guards it where the server honours it.
@@ -456,15 +457,11 @@ impl RemoteRepo {
     /// The package manifests of an entry's publishes, by revision (verified records).
     pub fn manifests(&self, name: &str) -> Result<BTreeMap<u64, Manifest>> {
         let pin = self.signing_key(None)?;
+        let records = self.records(&mut self.verifier(&pin)?)?;
         let mut found = BTreeMap::new();
-        let mut revision = 0;
-        for r in self.records(&mut self.verifier(&pin)?)?.into_iter().filter(|r| r.entry == name) {
-            if r.action == Action::Publish {
-                revision += 1;
-                if let Some(mut m) = r.manifest {
-                    m.revision = revision;
-                    found.insert(revision, m);
-                }
+        for (r, revision) in numbered(&records).into_iter().filter(|(r, _)| r.entry == name) {
+            if let Some(m) = r.manifest.as_ref().filter(|_| r.action == Action::Publish) {
+                found.insert(revision, Manifest { revision, ..m.clone() });
             }
         }
         Ok(found)
@@ -524,9 +521,7 @@ impl RemoteRepo {
 /// publish, with the entry's count of publishes as its revision. Sorted by entry.
 pub fn derive(records: &[Record]) -> Index {
     let mut latest: BTreeMap<&str, (&Record, u64)> = BTreeMap::new();
-    for r in records {
-        let publishes = latest.get(r.entry.as_str()).map(|(_, n)| *n).unwrap_or(0);
-        let n = publishes + u64::from(r.action == Action::Publish);
+    for (r, n) in numbered(records) {
         latest.insert(&r.entry, (r, n));
     }
     let entries = latest
@@ -535,6 +530,20 @@ pub fn derive(records: &[Record]) -> Index {
         .map(|(r, revision)| entry_of(r, revision))
         .collect();
     Index { entries }
+}
+
+/// Each record (sorted by entry, then ID) with its entry's count of publishes up to and
+/// including it: a publish record's revision.
+fn numbered(records: &[Record]) -> Vec<(&Record, u64)> {
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    records
+        .iter()
+        .map(|r| {
+            let n = counts.entry(&r.entry).or_default();
+            *n += u64::from(r.action == Action::Publish);
+            (r, *n)
+        })
+        .collect()
 }
 
 /// Whether a signed text is `text`: clearsigning drops trailing blanks of lines (and adds a
