@@ -124,6 +124,20 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
     let list = pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[]);
     assert!(stdout(&list).contains("fake-debian") && stdout(&list).contains("r1"), "{}", stdout(&list));
 
+    // Bad input, each exit 2 with nothing changed in the bucket: another machine (no pin)
+    // reading or re-initialising without naming the key, and a prune that would keep nothing.
+    let objects = store(&garage, url).list("").unwrap().len();
+    let elsewhere = gnupg_home(&dir.join("elsewhere"));
+    for args in [&["repo", "list", url][..], &["repo", "init", url], &["repo", "verify", url]] {
+        let out = pipeline_s3(dir, &elsewhere, &garage, args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("--sign-key"), "{args:?} says how to pin the key: {}", stderr(&out));
+    }
+    let prune = pipeline_s3(dir, &gnupg, &garage, &["repo", "prune", url, "--keep", "0"], &[]);
+    assert_eq!(prune.status.code(), Some(2));
+    assert!(stderr(&prune).contains("keep at least 1"), "{}", stderr(&prune));
+    assert_eq!(store(&garage, url).list("").unwrap().len(), objects, "nothing was written or deleted");
+
     // The same through an AWS profile (config and credentials files) instead of variables.
     let (key_id, secret) = garage.credentials();
     let aws = dir.join("aws");
