@@ -70,7 +70,7 @@ fn boot_with_seed(disk: &Path, iso: &Path, key: &SshKey, user: &str, scratch: &P
 fn the_cloud_image_takes_hostname_and_key_from_nocloud_and_configdrive_seeds() {
     let fixture = debian_fixture();
     let dir = tempfile::tempdir().unwrap();
-    let key = common::ssh_keygen(dir.path(), "cloud-test");
+    let key = common::test_ssh_key("cloud-test");
     let dest = dir.path().join("cloud");
     let seed = seed_file(dir.path(), "nocloud", "cloud-nocloud", &key);
     let stages = format!(

@@ -13,7 +13,7 @@ use virt_pipeline::vm::qemu::{Vm, VmConfig};
 fn the_ramdisk_boots_from_memory_with_no_disk_and_sshd_answers() {
     let fixture = debian_fixture();
     let dir = tempfile::tempdir().unwrap();
-    let key = common::ssh_keygen(dir.path(), "ramdisk-test");
+    let key = common::test_ssh_key("ramdisk-test");
     let dest = dir.path().join("ramdisk");
     let stages = format!(
         "[[stages]]\n[stages.customize]\nsteps = [{{ ssh_inject = {{ user = \"root\", key = \"{}\" }} }}]\n\

@@ -144,21 +144,16 @@ fn vagrant_adds_both_boxes_and_the_catalogue_and_the_libvirt_disk_lets_vagrant_i
     assert_eq!(vmdk["format-specific"]["data"]["create-type"], "streamOptimized", "{vmdk}");
     assert_eq!(vmdk["virtual-size"].as_u64().unwrap(), bytes);
 
-    // Debian's vagrant adds each box file and, from the catalogue, each provider.
+    // Debian's vagrant adds each provider's box from the catalogue: it fetches each box file
+    // the catalogue names, checks its checksum, unpacks it and reads its metadata.json (an add
+    // by file name would only repeat the unpacking and the metadata check).
     let home = dir.path().join("vagrant-home");
-    vagrant_ok(&home, &["box", "add", "--name", "test/libvirt-file", libvirt_box.to_str().unwrap()]);
-    vagrant_ok(&home, &["box", "add", "--name", "test/virtualbox-file", vbox_box.to_str().unwrap()]);
     let catalogue_path = dest.join("box.json");
     for provider in ["libvirt", "virtualbox"] {
         vagrant_ok(&home, &["box", "add", "--provider", provider, catalogue_path.to_str().unwrap()]);
     }
     let list = vagrant_ok(&home, &["box", "list"]);
-    for line in [
-        "test/libvirt-file (libvirt, 0)".to_string(),
-        "test/virtualbox-file (virtualbox, 0)".to_string(),
-        format!("test/debian (libvirt, {VERSION})"),
-        format!("test/debian (virtualbox, {VERSION})"),
-    ] {
+    for line in [format!("test/debian (libvirt, {VERSION})"), format!("test/debian (virtualbox, {VERSION})")] {
         // Vagrant pads the names into a column.
         assert!(
             list.lines().any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == line),

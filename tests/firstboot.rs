@@ -184,17 +184,29 @@ const SERVICE_FILES: &[&str] = &[
     "/root/virt-sysprep-firstboot.log",
 ];
 
+/// One puppetserver (its start and CA set-up take a minute) serves both Puppet tests: the
+/// node `refused.example.net` gets a catalogue that fails, every other node one that works.
+#[test]
+fn puppet_runs_against_a_puppetserver() {
+    let fx = debian_fixture();
+    let base = agent_base(&fx);
+    let site = "node 'refused.example.net' {\n  exec { 'refused-by-test': command => '/bin/false' }\n}\n\
+                node default {\n  file { '/etc/puppet-applied': content => \"certname=${trusted['certname']} environment=${server_facts['environment']}\\n\" }\n}\n";
+    let server = PuppetServer::start(site);
+    puppet_agent_and_apply_configure_the_layer_and_the_guest_powers_off(&fx, &base, &server);
+    failing_puppet_runs_fail_the_stage_with_puppets_messages(&fx, &base, &server);
+}
+
 /// The seed's step 2, and masterless Puppet, in one boot: the agent in the guest gets a
 /// certificate from the server and applies its catalogue, `puppet apply` applies a host
 /// manifest with its module path copied in, and the guest powers itself off; the layer holds
 /// the catalogue's, the manifest's and a host script's effects, and neither the copies nor
 /// the firstboot machinery.
-#[test]
-fn puppet_agent_and_apply_configure_the_layer_and_the_guest_powers_off() {
-    let fx = debian_fixture();
-    let base = agent_base(&fx);
-    let site = "node default {\n  file { '/etc/puppet-applied': content => \"certname=${trusted['certname']} environment=${server_facts['environment']}\\n\" }\n}\n";
-    let server = &PuppetServer::start(site);
+fn puppet_agent_and_apply_configure_the_layer_and_the_guest_powers_off(
+    fx: &DebianFixture,
+    base: &Path,
+    server: &PuppetServer,
+) {
     let dir = tempfile::tempdir().unwrap();
     write_file(dir.path(), "hello.sh", "#!/bin/sh\necho \"hello from $(hostname)\" > /root/hello\n");
     let module = dir.path().join("modules/motd/manifests");
@@ -215,7 +227,7 @@ fn puppet_agent_and_apply_configure_the_layer_and_the_guest_powers_off() {
         ),
     );
     let logs = dir.path().join("logs");
-    let out = run(&fx, &file, &logs);
+    let out = run(fx, &file, &logs);
     assert!(out.status.success(), "the firstboot stage failed:\n{}\nserver log:\n{}", stderr(&out), server.log());
     let layer = PathBuf::from(stdout(&out).trim());
     assert!(server.signed("web1.example.net"), "the server signed the agent's certificate");
@@ -244,11 +256,7 @@ fn puppet_agent_and_apply_configure_the_layer_and_the_guest_powers_off() {
 /// A catalogue whose resource fails (agent exit 4/6 under --detailed-exitcodes) and a
 /// masterless manifest that fails to evaluate (exit 1) both run in one boot; the stage fails
 /// with each script's status and Puppet's own messages, and no layer is committed.
-#[test]
-fn failing_puppet_runs_fail_the_stage_with_puppets_messages() {
-    let fx = debian_fixture();
-    let base = agent_base(&fx);
-    let server = &PuppetServer::start("node default {\n  exec { 'refused-by-test': command => '/bin/false' }\n}\n");
+fn failing_puppet_runs_fail_the_stage_with_puppets_messages(fx: &DebianFixture, base: &Path, server: &PuppetServer) {
     let dir = tempfile::tempdir().unwrap();
     write_file(dir.path(), "fail.pp", "fail('the manifest says no')\n");
     let file = write_file(
@@ -261,7 +269,7 @@ fn failing_puppet_runs_fail_the_stage_with_puppets_messages() {
         ),
     );
     let logs = dir.path().join("logs");
-    let out = run(&fx, &file, &logs);
+    let out = run(fx, &file, &logs);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(stdout(&out).trim().is_empty(), "no layer is printed");

@@ -211,9 +211,14 @@ steps = [{{ shell = {{ script = "mkdir -p /srv/fast && echo {nonce} > /srv/fast/
     // synced): ext4 has no journal to replay. Checked before anything mounts it.
     let layer_fs = &g.list_partitions().unwrap()[1];
     let superblock = g.tune2fs_l(layer_fs).unwrap();
-    let field = |name: &str| superblock.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    let field = |name: &str| {
+        let value = superblock.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        value.unwrap_or_else(|| panic!("tune2fs -l prints no {name:?}: {superblock:?}"))
+    };
     assert_eq!(field("Filesystem state"), "clean", "{superblock:?}");
-    assert!(!field("Filesystem features").contains("needs_recovery"), "{superblock:?}");
+    let features = field("Filesystem features");
+    assert!(features.contains("has_journal"), "an ext4 with a journal: {features}");
+    assert!(!features.contains("needs_recovery"), "{superblock:?}");
     mount_disk(&g, 1);
     assert_eq!(g.read_string("/srv/fast/nonce").unwrap(), format!("{nonce}\n"), "the step ran");
     assert_eq!(g.is_dir("/root/.ssh").unwrap(), ssh_before, "/root/.ssh as the parent had it");
@@ -233,14 +238,7 @@ fn pipeline_exec_runs_a_virter_file_on_a_running_vm() {
     use virt_pipeline::vm::qemu::{Vm, VmConfig};
     let fixture = debian_fixture();
     let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("id_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "exec-test", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let SshKey { private: key, public } = test_ssh_key("exec-test");
     let body = format!(
         "[[stages]]\n[stages.customize]\nsteps = [{{ ssh_inject = {{ user = \"root\", key = \"{}\" }} }}]\n",
         public.trim()

@@ -30,7 +30,8 @@ fn virt_builder(home: &Path, gnupg: &Path, args: &[&str]) -> std::process::Outpu
     out
 }
 
-fn publish_pipeline(dir: &Path, image: &Path, repo: &Path) -> PathBuf {
+/// A pipeline that imports `image` and publishes it into `repo` at xz preset `xz_level`.
+fn publish_pipeline(dir: &Path, image: &Path, repo: &Path, xz_level: u32) -> PathBuf {
     write_file(
         dir,
         "publish.toml",
@@ -46,6 +47,7 @@ name = "fake-debian"
 long_name = "Fake Debian 12"
 osinfo = "debian12"
 expand = "/dev/sda1"
+xz_level = {xz_level}
 notes = """Test image.
 Second line of notes."""
 "#,
@@ -63,7 +65,7 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let gnupg = gnupg_home(dir);
     let repo = dir.join("repo");
     let work = dir.join("work");
-    let file = publish_pipeline(dir, &images.debian, &repo);
+    let file = publish_pipeline(dir, &images.debian, &repo, 1);
     let run = |extra: &[&str]| {
         let mut args = vec!["--work-dir", work.to_str().unwrap(), "run", file.to_str().unwrap()];
         args.extend_from_slice(extra);
@@ -235,7 +237,7 @@ fn a_published_entry_is_a_verified_starting_point_and_concurrent_publishers_both
     let dir = tmp.path();
     let gnupg = gnupg_home(dir);
     let repo = dir.join("repo");
-    let file = publish_pipeline(dir, &images.debian, &repo);
+    let file = publish_pipeline(dir, &images.debian, &repo, 1);
     let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -245,7 +247,7 @@ fn a_published_entry_is_a_verified_starting_point_and_concurrent_publishers_both
         dir,
         "from-repo.toml",
         &format!(
-            "version = 1\nfrom = {{ repo = \"{}\", name = \"fake-debian\" }}\n[pipeline]\nname = \"from-repo\"\n[[stages]]\n[stages.publish]\nrepo = \"{}\"\nname = \"copy\"\n",
+            "version = 1\nfrom = {{ repo = \"{}\", name = \"fake-debian\" }}\n[pipeline]\nname = \"from-repo\"\n[[stages]]\n[stages.publish]\nrepo = \"{}\"\nname = \"copy\"\nxz_level = 1\n",
             repo.display(),
             dir.join("repo2").display()
         ),
@@ -336,12 +338,12 @@ fn a_pipeline_starts_from_another() {
     write_file(
         dir,
         "base.toml",
-        "version = 1\nfrom = { image = \"blank.qcow2\" }\n[pipeline]\nname = \"base\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"base\"\n",
+        "version = 1\nfrom = { image = \"blank.qcow2\" }\n[pipeline]\nname = \"base\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"base\"\nxz_level = 1\n",
     );
     let top = write_file(
         dir,
         "top.toml",
-        "version = 1\nfrom = { pipeline = \"base.toml\" }\n[pipeline]\nname = \"top\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"top\"\n",
+        "version = 1\nfrom = { pipeline = \"base.toml\" }\n[pipeline]\nname = \"top\"\n[[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"top\"\nxz_level = 1\n",
     );
     let plan = stdout(&pipeline(dir, &gnupg, &["--work-dir", "work", "plan", top.to_str().unwrap()]));
     assert!(
@@ -366,26 +368,44 @@ fn a_publisher_killed_at_any_moment_leaves_the_repository_valid() {
     let dir = tmp.path();
     let gnupg = gnupg_home(dir);
     let repo = dir.join("repo");
-    let file = publish_pipeline(dir, &images.debian, &repo);
+    // The default preset (9): the publish must last long enough to be killed at many points.
+    let file = publish_pipeline(dir, &images.debian, &repo, 9);
     let file = file.to_str().unwrap();
-    let started = std::time::Instant::now();
     let first = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let publish_time = started.elapsed();
 
-    // Kill points spread over a whole republish (a changed note makes it run again).
-    let verify = || pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
-    for step in 0..8u32 {
-        let notes = format!("stages[0].publish.notes=attempt {step}");
-        let mut child = Command::new(bin())
-            .args(["--work-dir", "work", "run", file, "--set", &notes])
+    // A republish (a changed note makes it run again) with the block maps gone encodes every
+    // block, as the first publish did: that is what is killed, so time one.
+    let republish = |notes: &str| {
+        for entry in std::fs::read_dir(&repo).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(".blocks") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let mut cmd = Command::new(bin());
+        cmd.args(["--work-dir", "work", "run", file, "--set", &format!("stages[0].publish.notes={notes}")])
             .current_dir(dir)
             .env("GNUPGHOME", &gnupg)
-            .stderr(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(publish_time * step / 8 + std::time::Duration::from_millis(50));
+            .env("XDG_CONFIG_HOME", dir.join("xdg-config"));
+        cmd
+    };
+    let started = std::time::Instant::now();
+    let timed = republish("timed").output().unwrap();
+    assert!(timed.status.success(), "{}", stderr(&timed));
+    let publish_time = started.elapsed();
+
+    // Kill points spread over the first 70 % of a republish; each must find it still running.
+    let verify = || pipeline(dir, &gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    for step in 0..8u32 {
+        let mut child =
+            republish(&format!("attempt {step}")).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(publish_time * step / 10 + std::time::Duration::from_millis(50));
+        let exited = child.try_wait().unwrap();
+        assert!(
+            exited.is_none(),
+            "the publisher ended ({exited:?}) before its kill at step {step} of {publish_time:?}"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         let out = verify();

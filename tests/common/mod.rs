@@ -20,12 +20,79 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Fixtures shared by every test binary of one `cargo test` run (and reused by later runs
-/// in the same target directory).
-pub fn fixture_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+/// Where fixtures are kept between runs on this machine, outside the clone:
+/// VIRT_PIPELINE_FIXTURE_CACHE, by default ~/.cache/virt-pipeline/test-fixtures
+/// (`scripts/test --fresh` points it at an empty directory).
+pub fn fixture_cache() -> PathBuf {
+    let dir = std::env::var_os("VIRT_PIPELINE_FIXTURE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
+        cache.join("virt-pipeline/test-fixtures")
+    });
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// What shapes every fixture: the tool's and the test helpers' sources and the locked
+/// dependencies. A fixture adds its own inputs (a pipeline file, a host binary).
+const FIXTURE_SOURCES: &[&str] = &["Cargo.toml", "Cargo.lock", "src", "tests/common"];
+
+/// A digest of files and directory trees (paths relative to the checkout, or absolute), by
+/// name and content, in a fixed order.
+pub fn digest_of(paths: &[&str]) -> String {
+    fn add(hash: &mut Sha256, root: &Path, path: &Path) {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
+            entries.sort();
+            for entry in entries {
+                add(hash, root, &entry);
+            }
+        } else {
+            let name = path.strip_prefix(root).unwrap_or(path);
+            hash.update(name.as_os_str().as_encoded_bytes());
+            hash.update([0]);
+            let content = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            hash.update((content.len() as u64).to_le_bytes());
+            hash.update(content);
+        }
+    }
+    let root = repo_root();
+    let mut hash = Sha256::new();
+    for path in paths {
+        add(&mut hash, &root, &root.join(path));
+    }
+    hex::encode(hash.finalize())
+}
+
+/// A fixture kept between runs: the directory `<cache>/NAME-KEY`, where KEY digests
+/// `FIXTURE_SOURCES` and `inputs`, so a fixture made by other code or from other inputs is
+/// never taken for it. `prepare` runs on it under an exclusive lock on the fixture's name, so
+/// two test processes never build one fixture at once; it must leave the fixture complete
+/// (or finish what an interrupted build left). The directories of other keys of the same
+/// name are removed. Returns the directory and what `prepare` returned.
+pub fn cached_fixture<T>(name: &str, inputs: &[&str], prepare: impl FnOnce(&Path) -> T) -> (PathBuf, T) {
+    use nix::fcntl::{Flock, FlockArg};
+    let cache = fixture_cache();
+    let key = &digest_of(&[FIXTURE_SOURCES, inputs].concat())[..16];
+    let lock = std::fs::File::create(cache.join(format!("{name}.lock"))).unwrap();
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    let dir = cache.join(format!("{name}-{key}"));
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let path = entry.unwrap().path();
+        let stale = path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .strip_prefix(&format!("{name}-"))
+            .is_some_and(|k| k.len() == key.len() && k.chars().all(|c| c.is_ascii_hexdigit()) && k != key);
+        if stale && path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        }
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = prepare(&dir);
+    (dir, made)
 }
 
 pub fn accel() -> Accel {
@@ -266,63 +333,62 @@ pub struct FakeImages {
 }
 
 /// The fake Debian (with 64 MiB of marker blocks in /big), Fedora, RHEL and GPT disks, built in one
-/// appliance launch the first time any test asks.
+/// appliance launch when the fixture cache has none made by this code.
 pub fn fake_images() -> &'static FakeImages {
     static IMAGES: OnceLock<FakeImages> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        let dir = fixture_dir();
-        let images = FakeImages {
+        let (dir, uuids) = cached_fixture("fake-images", &[], |dir| {
+            let uuids_file = dir.join("fake-rhel.lvm-uuids");
+            let done = dir.join("done");
+            if !done.exists() {
+                build_fake_images(dir, &uuids_file);
+                std::fs::write(&done, "").unwrap();
+            }
+            std::fs::read_to_string(&uuids_file).unwrap()
+        });
+        let (pv, vg) = uuids.trim().split_once(' ').unwrap();
+        FakeImages {
             debian: dir.join("fake-debian.qcow2"),
             fedora: dir.join("fake-fedora.qcow2"),
             rhel: dir.join("fake-rhel.qcow2"),
-            rhel_lvm_uuids: Default::default(),
+            rhel_lvm_uuids: (pv.to_string(), vg.to_string()),
             gpt: dir.join("fake-gpt.qcow2"),
             debian_sector63: dir.join("fake-debian-sector63.qcow2"),
-        };
-        let uuids_file = dir.join("fake-rhel.lvm-uuids");
-        let with_uuids = |mut images: FakeImages| {
-            let text = std::fs::read_to_string(&uuids_file).unwrap();
-            let (pv, vg) = text.trim().split_once(' ').unwrap();
-            images.rhel_lvm_uuids = (pv.to_string(), vg.to_string());
-            images
-        };
-        let disks = [&images.debian, &images.fedora, &images.rhel, &images.gpt, &images.debian_sector63];
-        // The marker holds a digest of this file, so changing how the disks are made rebuilds them.
-        let done = dir.join("fake-images.done");
-        let trees = hex::encode(Sha256::digest(include_str!("mod.rs").as_bytes()));
-        if std::fs::read_to_string(&done).is_ok_and(|d| d == trees) && disks.iter().all(|p| p.exists()) {
-            return with_uuids(images);
         }
-        for p in disks {
-            let size = if p == &images.gpt { "128M" } else { "256M" };
-            let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg(size).status().unwrap();
-            assert!(st.success());
-        }
-        let g = Guest::new(accel(), None, false).unwrap();
-        for p in disks {
-            g.add_drive(Drive { path: p, format: "qcow2", readonly: false, discard: false }).unwrap();
-        }
-        g.launch().unwrap();
-        let devices = g.list_devices().unwrap();
-        // Debian: 4 KiB blocks as on real systems; Fedora: the 1 KiB blocks mke2fs picks for
-        // a disk this small, so both of sysprep's zero-fill paths are exercised.
-        fill_disk(&g, &devices[0], DEBIAN_FILES, 64, Some(4096));
-        fill_disk(&g, &devices[1], FEDORA_FILES, 0, None);
-        fill_lvm_disk(&g, &devices[2], "rhel", RHEL_FILES);
-        fill_gpt_disk(&g, &devices[3]);
-        fill_misaligned_disk(&g, &devices[4], DEBIAN_FILES, 8);
-        let uuids = format!("{} {}", g.pvuuid(&format!("{}1", devices[2])).unwrap(), g.vguuid("rhel").unwrap());
-        g.shutdown().unwrap();
-        std::fs::write(&uuids_file, uuids).unwrap();
-        std::fs::write(done, trees).unwrap();
-        with_uuids(images)
     })
 }
 
-/// The debootstrapped Debian 12 of `pipelines/debian-bookworm.toml`, built once per target
-/// directory and shared by every test that needs a real, bootable guest: tests run their
-/// pipelines in `dir` with `--work-dir work` and `GNUPGHOME=gnupg`, and start from it with
-/// `from = { pipeline = "<pipeline>" }` (all of its layers are then cached).
+fn build_fake_images(dir: &Path, uuids_file: &Path) {
+    let disks = ["fake-debian", "fake-fedora", "fake-rhel", "fake-gpt", "fake-debian-sector63"]
+        .map(|name| dir.join(format!("{name}.qcow2")));
+    for p in &disks {
+        let size = if p.ends_with("fake-gpt.qcow2") { "128M" } else { "256M" };
+        let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg(size).status().unwrap();
+        assert!(st.success());
+    }
+    let g = Guest::new(accel(), None, false).unwrap();
+    for p in &disks {
+        g.add_drive(Drive { path: p, format: "qcow2", readonly: false, discard: false }).unwrap();
+    }
+    g.launch().unwrap();
+    let devices = g.list_devices().unwrap();
+    // Debian: 4 KiB blocks as on real systems; Fedora: the 1 KiB blocks mke2fs picks for
+    // a disk this small, so both of sysprep's zero-fill paths are exercised.
+    fill_disk(&g, &devices[0], DEBIAN_FILES, 64, Some(4096));
+    fill_disk(&g, &devices[1], FEDORA_FILES, 0, None);
+    fill_lvm_disk(&g, &devices[2], "rhel", RHEL_FILES);
+    fill_gpt_disk(&g, &devices[3]);
+    fill_misaligned_disk(&g, &devices[4], DEBIAN_FILES, 8);
+    let uuids = format!("{} {}", g.pvuuid(&format!("{}1", devices[2])).unwrap(), g.vguuid("rhel").unwrap());
+    g.shutdown().unwrap();
+    std::fs::write(uuids_file, uuids).unwrap();
+}
+
+/// The debootstrapped Debian 12 of `pipelines/debian-bookworm.toml` (publishing at xz preset 0),
+/// kept in the fixture cache and shared by every test that needs a real, bootable guest: tests
+/// run their pipelines in `dir` with `--work-dir work` and `GNUPGHOME=gnupg`, and start from
+/// it with `from = { pipeline = "<pipeline>" }` (all of its layers are then cached). Its
+/// layers stay current the way any work directory's do: a new mirror release rebuilds them.
 pub struct DebianFixture {
     pub dir: PathBuf,
     pub gnupg: PathBuf,
@@ -332,48 +398,62 @@ pub struct DebianFixture {
 }
 
 pub fn debian_fixture() -> DebianFixture {
-    // Several checkouts on one machine may share one (VIRT_PIPELINE_DEBIAN_FIXTURE=DIR).
-    let dir = std::env::var_os("VIRT_PIPELINE_DEBIAN_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| fixture_dir().join("debian-bookworm"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let gnupg = gnupg_home(&dir);
-    let file = repo_root().join("pipelines/debian-bookworm.toml");
-    let out = pipeline(&dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    let shipped = "pipelines/debian-bookworm.toml";
+    let (dir, (gnupg, file, out)) = cached_fixture("debian-bookworm", &[shipped], |dir| {
+        let gnupg = gnupg_home(dir);
+        // The shipped pipeline with one key changed: the fixture's publish compresses at the
+        // fastest preset (what compression costs is measured by the benchmarks, and the
+        // presets are tested on small disks).
+        let text = std::fs::read_to_string(repo_root().join(shipped)).unwrap();
+        assert!(text.trim_end().rsplit("[[stages]]").next().unwrap().contains("[stages.publish]"));
+        let file = write_file(dir, "debian-bookworm.toml", &format!("{text}xz_level = 0\n"));
+        let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+        (gnupg, file, out)
+    });
     assert!(out.status.success(), "the Debian fixture failed to build:\n{}", stderr(&out));
     let layer = PathBuf::from(stdout(&out).trim());
     DebianFixture { dir, gnupg, pipeline: file, layer }
 }
 
-/// The busybox test image's name.
-pub const BUSYBOX_IMAGE: &str = "local/virt-pipeline-provision-test:1";
-
-/// A container image of busybox-static and its links, imported into podman once (no
-/// registry here); its name.
+/// A container image of busybox-static and its links, imported into podman (no registry
+/// here); its name. Tagged with the digest of what makes it, so an image made by other code
+/// or from another busybox is never used; older tags are removed.
 pub fn busybox_image() -> &'static str {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let exists =
-            Command::new("podman").args(["image", "exists", BUSYBOX_IMAGE]).status().expect("podman is installed");
-        if exists.success() {
-            return;
-        }
-        let root = tempfile::tempdir().unwrap();
-        let bin = root.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
-        for tool in ["sh", "echo", "cat", "ls", "mkdir", "env", "head", "grep", "test", "wc", "sleep"] {
-            std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
-        }
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("tar -C '{}' -c . | podman import - {BUSYBOX_IMAGE} >/dev/null", root.path().display()))
-            .status()
-            .unwrap();
-        assert!(status.success(), "podman import");
-    });
-    BUSYBOX_IMAGE
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let (_, name) = cached_fixture("busybox-image", &["/bin/busybox"], |dir| {
+            let key = dir.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_string();
+            let repository = "local/virt-pipeline-provision-test";
+            let name = format!("{repository}:{key}");
+            let exists = Command::new("podman").args(["image", "exists", &name]).status().expect("podman is installed");
+            if exists.success() {
+                return name;
+            }
+            let root = tempfile::tempdir().unwrap();
+            let bin = root.path().join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+            std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+            for tool in ["sh", "echo", "cat", "ls", "mkdir", "env", "head", "grep", "test", "wc", "sleep"] {
+                std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+            }
+            let old = Command::new("podman")
+                .args(["images", "--format", "{{.Repository}}:{{.Tag}}", repository])
+                .output()
+                .unwrap();
+            for stale in String::from_utf8_lossy(&old.stdout).lines() {
+                let _ = Command::new("podman").args(["rmi", "--force", stale]).output();
+            }
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(format!("tar -C '{}' -c . | podman import - {name} >/dev/null", root.path().display()))
+                .status()
+                .unwrap();
+            assert!(status.success(), "podman import");
+            name
+        });
+        name
+    })
 }
 
 /// Opens disk images read-only in one appliance, mounted by inspection, to check results.
@@ -466,21 +546,30 @@ pub fn serve_in_background(router: axum::Router) -> std::net::SocketAddr {
     addr
 }
 
-/// A new passphrase-less ed25519 key pair made by ssh-keygen.
+/// A passphrase-less ed25519 key pair made by ssh-keygen.
 pub struct SshKey {
     pub private: PathBuf,
     /// The public key line.
     pub public: String,
 }
 
-pub fn ssh_keygen(dir: &Path, comment: &str) -> SshKey {
-    let private = dir.join(format!("id_ed25519-{comment}"));
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-        .arg(&private)
-        .status()
-        .expect("ssh-keygen (openssh-client) is installed by scripts/install-deps");
-    assert!(st.success());
+/// The test key named `comment`, made by ssh-keygen once and kept with the fixtures: a
+/// customize step that authorises it makes the same layer every run, so the layer is cached.
+/// Where the key itself is under test, a test makes its own.
+pub fn test_ssh_key(comment: &str) -> SshKey {
+    let (dir, ()) = cached_fixture(&format!("ssh-key-{comment}"), &[], |dir| {
+        let private = dir.join("id_ed25519");
+        if !private.with_extension("pub").exists() {
+            let _ = std::fs::remove_file(&private);
+            let st = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(&private)
+                .status()
+                .expect("ssh-keygen (openssh-client) is installed by scripts/install-deps");
+            assert!(st.success());
+        }
+    });
+    let private = dir.join("id_ed25519");
     let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
     SshKey { private, public }
 }
