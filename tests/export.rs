@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{debian_fixture, fixture_pipeline as pipeline_file, run_on_fixture as run, stderr, stdout, DebianFixture};
+use common::{
+    debian_fixture, fixture_pipeline as pipeline_file, leftover_scratch, run_on_fixture as run, stderr, stdout,
+};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -198,29 +200,18 @@ fn a_failing_export_leaves_nothing_at_dest() {
     let stages =
         format!("[[stages]]\n[stages.export]\ntarget = \"docker\"\ndest = \"{}\"\noci = true\n", dest.display());
     let file = pipeline_file(dir.path(), &fixture, "export-full-disk", &stages);
-    let scratch_before = export_scratch(&fixture);
+    let scratch_before = leftover_scratch(&fixture.dir.join("work"), &["export"]);
     let out = run(&fixture, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("No space left on device"), "{}", stderr(&out));
     let left: Vec<_> = std::fs::read_dir(&small).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "the failed export left {left:?}");
     // Nor did it leave scratch files in the work directory.
-    assert_eq!(export_scratch(&fixture), scratch_before);
+    assert_eq!(leftover_scratch(&fixture.dir.join("work"), &["export"]), scratch_before);
 }
 
 fn nix_uid() -> u32 {
     std::fs::metadata("/proc/self").unwrap().uid()
-}
-
-/// The export stage's scratch directories in the fixture's work directory.
-fn export_scratch(fixture: &DebianFixture) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(fixture.dir.join("work"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("scratch-export-"))
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

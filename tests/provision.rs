@@ -43,14 +43,6 @@ fn layer_files(work: &Path) -> Vec<String> {
     names
 }
 
-fn scratch_dirs(work: &Path) -> Vec<String> {
-    std::fs::read_dir(work)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("scratch-vm-") || n.starts_with("scratch-provision-"))
-        .collect()
-}
-
 /// The provision stage's log of the newest run of `name` under `logs`.
 fn provision_log(logs: &Path, name: &str) -> String {
     let mut runs: Vec<PathBuf> = std::fs::read_dir(logs.join(name)).unwrap().map(|e| e.unwrap().path()).collect();
@@ -179,7 +171,7 @@ copy = {{ source = "/tmp/proof", dest = "container-proof" }}
     assert!(proof.contains("-----BEGIN OPENSSH PRIVATE KEY-----"), "the run's key is bound in: {proof}");
     assert!(proof.contains("HostName 127.0.0.1") && proof.contains("Port "), "ssh_config.virter: {proof}");
     assert!(proof.contains("pipeline.toml"), "the working directory is /virter/workspace: {proof}");
-    assert!(scratch_dirs(&fixture.dir.join("work")).is_empty(), "scratch files removed");
+    assert!(leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]).is_empty(), "scratch files removed");
 }
 
 /// A systemd guest whose root has no authorized_keys (the fixture's) takes the run's key as
@@ -226,7 +218,7 @@ steps = [{{ shell = {{ script = "mkdir -p /srv/fast && echo {nonce} > /srv/fast/
         assert_eq!(g.ls("/root/.ssh").unwrap(), keys_before, "nothing added to /root/.ssh");
     }
     drop(g);
-    assert!(scratch_dirs(&fixture.dir.join("work")).is_empty(), "scratch files removed");
+    assert!(leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]).is_empty(), "scratch files removed");
 }
 
 /// `pipeline exec` on a machine that already runs (Virter's `vm exec`): the test boots the
@@ -320,7 +312,7 @@ steps = [
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
     assert!(temps.is_empty(), "no temporary layer left: {temps:?}");
-    assert!(scratch_dirs(&work).is_empty(), "scratch files removed");
+    assert!(leftover_scratch(&work, &["vm", "provision"]).is_empty(), "scratch files removed");
 }
 
 /// Bad input for the stage's own keys: exit 2 before anything boots.

@@ -574,6 +574,25 @@ pub fn test_ssh_key(comment: &str) -> SshKey {
     SshKey { private, public }
 }
 
+/// Scratch directories (`scratch-PURPOSE-PID-…`) in a work directory that a finished
+/// process left behind: those of running processes belong to other tests' runs in the same
+/// work directory (tests run side by side on the shared fixture).
+pub fn leftover_scratch(work: &Path, purposes: &[&str]) -> Vec<String> {
+    let mut left: Vec<String> = std::fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            let Some((purpose, rest)) = name.strip_prefix("scratch-").and_then(|r| r.split_once('-')) else {
+                return false;
+            };
+            let pid = rest.split('-').next().unwrap_or_default();
+            purposes.contains(&purpose) && !Path::new("/proc").join(pid).exists()
+        })
+        .collect();
+    left.sort();
+    left
+}
+
 /// A free TCP port on 127.0.0.1 for a guest's forwarded port.
 pub fn free_port() -> u16 {
     virt_pipeline::vm::free_port().unwrap()
