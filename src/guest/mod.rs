@@ -68,8 +68,6 @@ pub struct Guest {
     g: *mut sys::guestfs_h,
     // Boxed so the pointer given to the event callback stays valid while the handle lives.
     log: Option<Box<StageLog>>,
-    /// This process's turn at qemu while the appliance runs (see `vm::turn`).
-    turn: std::cell::RefCell<Option<crate::vm::turn::QemuTurn>>,
 }
 
 const LOGGED_EVENTS: u32 =
@@ -125,7 +123,7 @@ impl Guest {
         }
         // Errors are returned to the caller; without this libguestfs also prints them.
         unsafe { sys::guestfs_set_error_handler(g, None, std::ptr::null_mut()) };
-        let guest = Guest { g, log: log.map(Box::new), turn: Default::default() };
+        let guest = Guest { g, log: log.map(Box::new) };
         if let Some(log) = &guest.log {
             let opaque = log.as_ref() as *const StageLog as *mut c_void;
             let rc = unsafe { sys::guestfs_set_event_callback(g, Some(log_event), LOGGED_EVENTS as u64, 0, opaque) };
@@ -244,17 +242,12 @@ impl Guest {
     }
 
     pub fn launch(&self) -> Result<()> {
-        let turn =
-            crate::vm::turn::take().map_err(|e| GuestError { call: "launch".into(), message: format!("{e:#}") })?;
-        *self.turn.borrow_mut() = Some(turn);
         self.check("launch", unsafe { sys::guestfs_launch(self.g) })
     }
 
     /// Syncs and stops the appliance, reporting write-back errors (drop alone would not).
     pub fn shutdown(&self) -> Result<()> {
-        let stopped = self.check("shutdown", unsafe { sys::guestfs_shutdown(self.g) });
-        self.turn.borrow_mut().take();
-        stopped
+        self.check("shutdown", unsafe { sys::guestfs_shutdown(self.g) })
     }
 
     // --- inspection ----------------------------------------------------------------------
@@ -850,10 +843,8 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         unsafe { sys::guestfs_close(self.g) };
-        // The callback's StageLog is dropped after the handle that could call it; the turn
-        // at qemu once the appliance is gone.
+        // The callback's StageLog is dropped after the handle that could call it.
         self.log.take();
-        self.turn.borrow_mut().take();
     }
 }
 

@@ -5,7 +5,6 @@ pub mod console;
 pub mod qemu;
 pub mod runner;
 pub mod ssh;
-pub mod turn;
 pub use accel::{Accel, AccelChoice};
 
 /// A TCP port on 127.0.0.1 that is free now (the OS picks it), for a forwarded guest port.

@@ -119,8 +119,6 @@ pub struct Vm {
     stderr: Arc<Mutex<Vec<String>>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     pub started: Instant,
-    /// Dropped after qemu is killed (fields drop after `Drop::drop`).
-    _turn: super::turn::QemuTurn,
 }
 
 /// How many lines of qemu's stderr are kept for error messages.
@@ -135,7 +133,6 @@ impl Vm {
     /// when it is SIGKILLed (a parent-death signal).
     pub fn start_logged(config: &VmConfig, console: &Path, log: Option<StageLog>) -> Result<Vm> {
         std::fs::write(console, b"")?;
-        let turn = super::turn::take()?;
         let mut cmd = config.command(console);
         if let Some(log) = &log {
             log.line(format!("$ {}", crate::engine::secrets::describe_command(&cmd)));
@@ -170,7 +167,6 @@ impl Vm {
             stderr,
             stderr_reader: Some(stderr_reader),
             started: Instant::now(),
-            _turn: turn,
         })
     }
 

@@ -21,22 +21,27 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Where fixtures are kept between runs on this machine, outside the clone:
-/// VIRT_PIPELINE_FIXTURE_CACHE, by default ~/.cache/virt-pipeline/test-fixtures
-/// (`scripts/test --fresh` points it at an empty directory).
+/// VIRT_PIPELINE_FIXTURE_CACHE, by default virt-pipeline/test-fixtures under $XDG_CACHE_HOME
+/// or ~/.cache (`scripts/test --fresh` points it at an empty directory).
 pub fn fixture_cache() -> PathBuf {
     let dir = std::env::var_os("VIRT_PIPELINE_FIXTURE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
         let cache = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
         cache.join("virt-pipeline/test-fixtures")
     });
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-/// What shapes every fixture: the tool's and the test helpers' sources and the locked
-/// dependencies. A fixture adds its own inputs (a pipeline file, a host binary).
-const FIXTURE_SOURCES: &[&str] = &["Cargo.toml", "Cargo.lock", "src", "tests/common"];
+/// What shapes every fixture: the tool's sources, the locked dependencies and the helpers
+/// that make fixtures. A fixture adds its own inputs (a pipeline file, a host binary).
+const FIXTURE_SOURCES: &[&str] = &["Cargo.toml", "Cargo.lock", "src", "tests/common/mod.rs"];
+
+/// A fixture of another key unused this long is removed (one in use by a run of other sources
+/// on this machine, or by the run that read the sources before an edit, is left alone).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A digest of files and directory trees (paths relative to the checkout, or absolute), by
 /// name and content, in a fixed order.
@@ -70,7 +75,8 @@ pub fn digest_of(paths: &[&str]) -> String {
 /// never taken for it. `prepare` runs on it under an exclusive lock on the fixture's name, so
 /// two test processes never build one fixture at once; it must leave the fixture complete
 /// (or finish what an interrupted build left). The directories of other keys of the same
-/// name are removed. Returns the directory and what `prepare` returned.
+/// name are removed once unused for `STALE_AFTER`. Returns the directory and what `prepare`
+/// returned.
 pub fn cached_fixture<T>(name: &str, inputs: &[&str], prepare: impl FnOnce(&Path) -> T) -> (PathBuf, T) {
     use nix::fcntl::{Flock, FlockArg};
     let cache = fixture_cache();
@@ -86,11 +92,16 @@ pub fn cached_fixture<T>(name: &str, inputs: &[&str], prepare: impl FnOnce(&Path
             .to_string_lossy()
             .strip_prefix(&format!("{name}-"))
             .is_some_and(|k| k.len() == key.len() && k.chars().all(|c| c.is_ascii_hexdigit()) && k != key);
-        if stale && path.is_dir() {
+        let unused = |dir: &Path| {
+            let used = std::fs::metadata(dir.join(".used")).and_then(|m| m.modified());
+            used.map_or(true, |t| t.elapsed().unwrap_or_default() > STALE_AFTER)
+        };
+        if stale && path.is_dir() && unused(&path) {
             std::fs::remove_dir_all(&path).unwrap();
         }
     }
     std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".used"), "").unwrap();
     let made = prepare(&dir);
     (dir, made)
 }
