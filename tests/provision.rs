@@ -88,6 +88,8 @@ const EXISTING_KEY: &str =
 #[test]
 fn a_virter_provisioning_builds_a_layer_that_keeps_no_trace_of_the_run_key() {
     let fixture = debian_fixture();
+    // What killed runs of earlier test runs may have left in the kept fixture is theirs.
+    let scratch_before = leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]);
     let image = busybox_image();
     let nonce = nonce();
     let body = format!(
@@ -171,7 +173,11 @@ copy = {{ source = "/tmp/proof", dest = "container-proof" }}
     assert!(proof.contains("-----BEGIN OPENSSH PRIVATE KEY-----"), "the run's key is bound in: {proof}");
     assert!(proof.contains("HostName 127.0.0.1") && proof.contains("Port "), "ssh_config.virter: {proof}");
     assert!(proof.contains("pipeline.toml"), "the working directory is /virter/workspace: {proof}");
-    assert!(leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]).is_empty(), "scratch files removed");
+    assert_eq!(
+        leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]),
+        scratch_before,
+        "scratch files removed"
+    );
 }
 
 /// A systemd guest whose root has no authorized_keys (the fixture's) takes the run's key as
@@ -181,6 +187,8 @@ copy = {{ source = "/tmp/proof", dest = "container-proof" }}
 #[test]
 fn the_key_comes_in_as_a_systemd_credential_and_leaves_no_trace() {
     let fixture = debian_fixture();
+    // What killed runs of earlier test runs may have left in the kept fixture is theirs.
+    let scratch_before = leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]);
     let nonce = nonce();
     let body = format!(
         r#"[[stages]]
@@ -218,7 +226,11 @@ steps = [{{ shell = {{ script = "mkdir -p /srv/fast && echo {nonce} > /srv/fast/
         assert_eq!(g.ls("/root/.ssh").unwrap(), keys_before, "nothing added to /root/.ssh");
     }
     drop(g);
-    assert!(leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]).is_empty(), "scratch files removed");
+    assert_eq!(
+        leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]),
+        scratch_before,
+        "scratch files removed"
+    );
 }
 
 /// `pipeline exec` on a machine that already runs (Virter's `vm exec`): the test boots the
@@ -285,6 +297,8 @@ fn pipeline_exec_runs_a_virter_file_on_a_running_vm() {
 #[test]
 fn a_failing_step_gives_its_exit_code_and_leaves_no_layer() {
     let fixture = debian_fixture();
+    // What killed runs of earlier test runs may have left in the kept fixture is theirs.
+    let scratch_before = leftover_scratch(&fixture.dir.join("work"), &["vm", "provision"]);
     let work = fixture.dir.join("work");
     let body = format!(
         r#"[[stages]]
@@ -312,7 +326,7 @@ steps = [
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
     assert!(temps.is_empty(), "no temporary layer left: {temps:?}");
-    assert!(leftover_scratch(&work, &["vm", "provision"]).is_empty(), "scratch files removed");
+    assert_eq!(leftover_scratch(&work, &["vm", "provision"]), scratch_before, "scratch files removed");
 }
 
 /// Bad input for the stage's own keys: exit 2 before anything boots.
