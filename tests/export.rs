@@ -1,6 +1,6 @@
 //! The export stage on the shared Debian fixture, each artifact checked by the client that
 //! consumes it: podman (import and run with runc), skopeo and umoci for the OCI layout.
-//! Run under the VM lock: `flock /tmp/vm.lock cargo test --test export -- --test-threads=1`.
+//! `scripts/test` runs it with the other booting tests, one at a time.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The cloud export on the shared Debian fixture, checked by its consumer: cloud-init in the
 //! booted image, given a `pipeline seed` NoCloud ISO and then a ConfigDrive ISO, takes the
 //! hostname and the SSH key from each (we log in with that key and ask for the hostname).
-//! Run under the VM lock: `flock /tmp/vm.lock cargo test --test export_cloud`.
+//! `scripts/test` runs it with the other booting tests, one at a time.
 
 mod common;
 

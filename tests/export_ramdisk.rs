@@ -1,7 +1,7 @@
 //! The ramdisk export on the shared Debian fixture, checked by its consumer: qemu boots the
 //! kernel and the cpio with no disk attached, to a login prompt, and sshd lets us in to a
 //! root filesystem in a tmpfs.
-//! Run under the VM lock: `flock /tmp/vm.lock cargo test --test export_ramdisk`.
+//! `scripts/test` runs it with the other booting tests, one at a time.
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! Debian's vagrant (with vagrant-libvirt) adds both boxes and the catalogue offline, and the
 //! libvirt box's disk, booted under qemu, lets `vagrant` in with Vagrant's insecure key and
 //! gives it sudo without a password. An export stopped half-way leaves the earlier one.
-//! Run under the VM lock: `flock /tmp/vm.lock cargo test --test export_vagrant -- --test-threads=1`.
+//! `scripts/test` runs it with the other booting tests, one at a time.
 
 mod common;
 

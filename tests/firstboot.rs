@@ -2,8 +2,9 @@
 //! the seed's agent run against a `puppetserver` this test starts on the host (reached from
 //! the guest as 10.0.2.2 through qemu's user networking), masterless `puppet apply`, failures
 //! carrying Puppet's own messages, and scripts left for the image's first boot running once
-//! under a plain qemu boot, as virt-customize's do. One boot per test; run them one at a
-//! time under the VM lock.
+//! under a plain qemu boot, as virt-customize's do. One boot per firstboot stage; the two
+//! Puppet stages share one puppetserver. `scripts/test` runs them one at a time (the `boots`
+//! group of .config/nextest.toml).
 
 mod common;
 

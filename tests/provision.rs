@@ -1,6 +1,6 @@
 //! The provision stage on the shared Debian fixture: a real boot under qemu, SSH with the
-//! run's ephemeral key, steps run over it, the key taken out again. One boot per test; run
-//! them under the VM lock (`flock /tmp/vm.lock cargo test --test provision -- --test-threads=1`).
+//! run's ephemeral key, steps run over it, the key taken out again. One boot per test;
+//! `scripts/test` runs them one at a time with the other booting tests.
 
 mod common;
 
