@@ -101,7 +101,7 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
         let _ = std::fs::remove_file(&validator_path);
         let v = Validator::of(&resp);
         if v.if_range().is_some() {
-            crate::repo::write_atomic(&validator_path, v.render().as_bytes())?;
+            crate::atomic::write(&validator_path, v.render().as_bytes())?;
         }
     }
     let mut file =
@@ -267,7 +267,7 @@ pub fn read_small_with(
         }
         let bytes = read_limited(resp, source)?;
         if keep_copy && std::fs::create_dir_all(cache_dir).is_ok() {
-            let _ = crate::repo::write_atomic(&cache_path(cache_dir, source), &bytes);
+            let _ = crate::atomic::write(&cache_path(cache_dir, source), &bytes);
         }
         return Ok(bytes);
     }

@@ -1,5 +1,7 @@
 //! virt-pipeline: build VM disk images in layers from a pipeline file.
 
+pub mod atomic;
+pub mod chain;
 pub mod cli;
 pub mod commands;
 pub mod digest;

@@ -128,11 +128,7 @@ impl Cache {
     }
 
     pub fn save_output_record(&self, key: &str, record: &serde_json::Value) -> Result<()> {
-        let path = self.dir.join("outputs").join(format!("{key}.json"));
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)?;
-        std::fs::rename(tmp, path)?;
-        Ok(())
+        crate::atomic::write(&self.dir.join("outputs").join(format!("{key}.json")), &serde_json::to_vec_pretty(record)?)
     }
 
     /// The upstream states a stage of this identity (its key before upstream states) was last
@@ -142,7 +138,7 @@ impl Cache {
     }
 
     pub fn save_upstream_record(&self, identity: &str, states: &crate::upstream::States) -> Result<()> {
-        crate::repo::write_atomic(&self.upstream_record_path(identity), &serde_json::to_vec_pretty(states)?)
+        crate::atomic::write(&self.upstream_record_path(identity), &serde_json::to_vec_pretty(states)?)
     }
 
     /// Marks a record as still in use (a cached stage keyed by it), for `gc`.
@@ -270,6 +266,12 @@ impl Cache {
 /// `.tmp-<key>-<pid>.qcow2`: is that stage's process still running?
 fn temp_owner_alive(name: &str) -> bool {
     name.trim_end_matches(".qcow2").rsplit('-').next().and_then(|p| p.parse::<u32>().ok()).is_some_and(pid_alive)
+}
+
+/// The first 16 characters of a layer key, for listings; a key read from a damaged metadata
+/// file may be shorter (or not ASCII) and is then shown whole.
+pub fn short_key(key: &str) -> &str {
+    key.get(..16).unwrap_or(key)
 }
 
 pub fn pid_alive(pid: u32) -> bool {

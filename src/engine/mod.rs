@@ -221,12 +221,15 @@ impl<'a> Engine<'a> {
         Ok(state)
     }
 
-    /// Runs the stages on top of `base` (or from nothing, when the first is an install) and
-    /// returns the last layer.
+    /// Checks the stages against the run's settings (see `Stage::preflight`); call before
+    /// `run`, for every pipeline of a chain before the first runs.
+    pub fn preflight(&self, stages: &[Box<dyn Stage>]) -> Result<()> {
+        stages.iter().try_for_each(|stage| stage.preflight(&self.settings))
+    }
+
+    /// Runs the preflighted stages on top of `base` (or from nothing, when the first is an
+    /// install) and returns the last layer.
     pub fn run(&self, pipeline_name: &str, stages: &[Box<dyn Stage>], base: Option<Layer>) -> Result<Layer> {
-        for stage in stages {
-            stage.preflight(&self.settings)?;
-        }
         self.resolve(stages, false)?;
         let mut plan = self.plan(stages, base.as_ref())?;
         let log_dir = self.log_dir(pipeline_name);

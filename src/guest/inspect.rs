@@ -69,6 +69,23 @@ impl Inspection {
     }
 }
 
+/// The operating system on an image file given by the user (what `pipeline inspect` shows):
+/// its format from its first bytes, never qemu's probe (see qemu_img).
+pub fn inspect_file(accel: Accel, image: &Path) -> anyhow::Result<Inspection> {
+    use crate::image::qemu_img;
+    use anyhow::Context;
+    if !image.exists() {
+        return Err(crate::bad_input!("{}: no such image", image.display()));
+    }
+    let format = match qemu_img::detect_format(image)? {
+        qemu_img::Detected::Xz => {
+            return Err(crate::bad_input!("{}: decompress the image first (xz)", image.display()))
+        }
+        other => other.as_str(),
+    };
+    inspect_image(accel, image, format, None, false).with_context(|| format!("cannot inspect {}", image.display()))
+}
+
 impl Guest {
     /// Inspects the launched appliance's disks and mounts the single operating system's
     /// filesystems (read-only if asked).
@@ -134,8 +151,14 @@ impl Guest {
 
 /// Inspects one disk image in an appliance of its own (read-only): the single operating
 /// system it holds, or an error saying none (or several) was found.
-pub fn inspect_image(accel: Accel, path: &Path, format: &str, log: &StageLog, verbose: bool) -> Result<Inspection> {
-    let g = Guest::new(accel, Some(log.clone()), verbose)?;
+pub fn inspect_image(
+    accel: Accel,
+    path: &Path,
+    format: &str,
+    log: Option<&StageLog>,
+    verbose: bool,
+) -> Result<Inspection> {
+    let g = Guest::new(accel, log.cloned(), verbose)?;
     g.add_drive(Drive { path, format, readonly: true, discard: false })?;
     g.launch()?;
     let os = g.inspect()?;

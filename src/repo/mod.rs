@@ -5,6 +5,7 @@
 //! the previous signed index valid and every file it names complete.
 
 pub mod blocks;
+pub mod changes;
 pub mod index;
 pub mod manifest;
 pub mod page;
@@ -104,9 +105,9 @@ impl Repo {
             }
             None => repo.signed_index(&fingerprint)?,
         };
-        write_atomic(&dir.join(KEY_FILE), format!("{fingerprint}\n").as_bytes())?;
+        crate::atomic::write(&dir.join(KEY_FILE), format!("{fingerprint}\n").as_bytes())?;
         let name = repo.name();
-        write_atomic(&repo.public_key_path(), &sign::export_public_key(&fingerprint)?)?;
+        crate::atomic::write(&repo.public_key_path(), &sign::export_public_key(&fingerprint)?)?;
         let abs = std::fs::canonicalize(dir)?;
         // virt-builder takes the key only from a local file (it ignores a gpgkey= that is not
         // file://), so remote clients install it next to the sources file.
@@ -115,7 +116,7 @@ impl Repo {
             None => (format!("file://{}/index.asc", abs.display()), abs.clone()),
         };
         let conf = format!("[{name}]\nuri={uri}\ngpgkey=file://{}\n", key.join(format!("{name}.asc")).display());
-        write_atomic(&repo.conf_path(), conf.as_bytes())?;
+        crate::atomic::write(&repo.conf_path(), conf.as_bytes())?;
         // A new index, or the existing one signed again when the key changed.
         if existing.as_deref() != Some(fingerprint.as_str()) || !dir.join("index.asc").exists() {
             repo.write_index(&index, &fingerprint)?;
@@ -247,8 +248,8 @@ impl Repo {
     fn write_index(&self, index: &Index, fingerprint: &str) -> Result<()> {
         let text = index.render();
         let signed = sign::clearsign(fingerprint, text.as_bytes())?;
-        write_atomic(&self.dir.join("index"), text.as_bytes())?;
-        write_atomic(&self.dir.join("index.asc"), &signed)?;
+        crate::atomic::write(&self.dir.join("index"), text.as_bytes())?;
+        crate::atomic::write(&self.dir.join("index.asc"), &signed)?;
         Ok(())
     }
 
@@ -498,19 +499,6 @@ fn temp_of_live_process(file_name: &str) -> bool {
 /// The hex SHA-512 of a file, as the index's `checksum[sha512]` holds it.
 pub fn sha512_file(path: &Path) -> Result<String> {
     crate::digest::file_hex::<Sha512>(path)
-}
-
-/// Writes a file under a temporary name in the same directory, syncs and renames it.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    std::io::Write::write_all(&mut tmp, data)?;
-    // Repository files are served and read by clients: world-readable like any web content.
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 /// Checks that a name is safe as an index id and a file name.

@@ -89,7 +89,7 @@ impl PublishStage {
             }
             Err(e) => return Err(e.into()),
         };
-        let _ = repo::write_atomic(&kept, &serde_json::to_vec(&list)?);
+        let _ = crate::atomic::write(&kept, &serde_json::to_vec(&list)?);
         Ok(list)
     }
 

@@ -404,10 +404,7 @@ fn record_host_key(known_hosts: &Path, name: &str, line: &str) -> Result<()> {
         old.lines().filter(|l| l.split_whitespace().next() != Some(name)).map(|l| format!("{l}\n")).collect();
     text.push_str(line);
     text.push('\n');
-    let tmp = known_hosts.with_extension("new");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, known_hosts).with_context(|| format!("cannot write {}", known_hosts.display()))?;
-    Ok(())
+    crate::atomic::write(known_hosts, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -411,7 +411,7 @@ impl Stage for NetbootStage {
         // qemu exits 0 under -no-reboot for a reboot, a triple fault or a kernel panic as
         // well as a power-off: only an operating system on the disk says the install worked.
         ctx.bar.set_message("inspecting the installed disk");
-        match crate::guest::inspect::inspect_image(ctx.settings.accel, &ctx.output, "qcow2", &ctx.log, ctx.settings.verbose)
+        match crate::guest::inspect::inspect_image(ctx.settings.accel, &ctx.output, "qcow2", Some(&ctx.log), ctx.settings.verbose)
         {
             Ok(os) => {
                 ctx.log.line(format!("inspection: {}", os.summary()));

@@ -1,21 +1,31 @@
 //! `pipeline rebuild`: the pipelines under some paths as one graph — an edge from a pipeline
 //! to each pipeline it is built on (`from = { pipeline }`, or a local repository entry that
 //! the other pipeline's publish stage writes) — and the order that builds every base before
-//! what stands on it. Running them, the lock and the report are in `commands`. Several
-//! builders split the graph with `--shard I/N` (see [`Shard`]).
+//! what stands on it. Running them, the lock and the report are in [`run`]. Several builders
+//! split the graph with `--shard I/N` (see [`Shard`]).
+
+pub mod run;
 
 use crate::bad_input;
-use crate::pipeline::{self, InstallConfig, Pipeline, StageConfig};
+use crate::chain::{Chain, Loader};
+use crate::pipeline::{InstallConfig, Pipeline, StageConfig};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// One pipeline file and the pipelines (indices into [`Graph::nodes`]) it is built on.
+/// One pipeline file, its chain, and the pipelines (indices into [`Graph::nodes`]) it is
+/// built on.
 pub struct Node {
     pub path: PathBuf,
-    pub pipeline: Pipeline,
+    pub chain: Chain,
     pub bases: Vec<usize>,
+}
+
+impl Node {
+    pub fn pipeline(&self) -> &Pipeline {
+        self.chain.pipeline()
+    }
 }
 
 pub struct Graph {
@@ -118,19 +128,19 @@ fn canonical(path: &Path) -> PathBuf {
     out
 }
 
-/// Loads every file (bad input in any of them stops everything before anything runs),
-/// finds the edges, and orders the graph; a cycle is bad input that names it.
+/// Loads every file and its chain, each file once (bad input in any of them stops
+/// everything before anything runs), finds the edges, and orders the graph; a cycle is bad
+/// input that names it.
 pub fn graph(files: &[PathBuf]) -> Result<Graph> {
+    let mut loader = Loader::default();
     let mut nodes = Vec::new();
     for path in files {
-        let pipeline = pipeline::load(path, &[])?;
-        crate::stages::build(&pipeline)?;
-        nodes.push(Node { path: path.clone(), pipeline, bases: Vec::new() });
+        nodes.push(Node { path: path.clone(), chain: loader.chain(path, &[])?, bases: Vec::new() });
     }
-    let publishes: Vec<Vec<(PathBuf, String)>> = nodes.iter().map(|n| published_entries(&n.pipeline)).collect();
+    let publishes: Vec<Vec<(PathBuf, String)>> = nodes.iter().map(|n| published_entries(n.pipeline())).collect();
     for i in 0..nodes.len() {
         let mut bases = BTreeSet::new();
-        let p = &nodes[i].pipeline;
+        let p = nodes[i].pipeline();
         if let Some(other) = p.file.from.as_ref().and_then(|f| f.pipeline.as_ref()) {
             let other = canonical(&p.resolve(other));
             if let Some(j) = nodes.iter().position(|n| n.path == other) {
@@ -207,7 +217,7 @@ fn order(nodes: &[Node]) -> Result<Vec<usize>> {
     while order.len() < nodes.len() {
         let next = (0..nodes.len())
             .filter(|&i| !done[i] && waiting[i] == 0)
-            .min_by(|&a, &b| nodes[a].pipeline.name().cmp(nodes[b].pipeline.name()).then(a.cmp(&b)));
+            .min_by(|&a, &b| nodes[a].pipeline().name().cmp(nodes[b].pipeline().name()).then(a.cmp(&b)));
         let Some(next) = next else {
             return Err(bad_input!("rebuild: the pipelines build on each other in a cycle: {}", cycle(nodes, &done)));
         };
@@ -311,7 +321,7 @@ mod tests {
         let files = find_files(&[d.to_path_buf()]).unwrap();
         assert_eq!(files.len(), 4, "{files:?}");
         let g = graph(&files).unwrap();
-        let names: Vec<&str> = g.order.iter().map(|&i| g.nodes[i].pipeline.name()).collect();
+        let names: Vec<&str> = g.order.iter().map(|&i| g.nodes[i].pipeline().name()).collect();
         assert_eq!(names, ["0-lone", "base", "a-child", "b-child"]);
     }
 

@@ -1,0 +1,48 @@
+//! The command layer: one file per subcommand, each turning its arguments into calls on the
+//! library below (chain, engine, repo, rebuild, provision, seed); this file dispatches.
+//! Nothing below this layer sees clap's types.
+
+mod cache;
+mod exec;
+mod inspect;
+mod plan;
+mod rebuild;
+mod repo;
+mod run;
+mod seed;
+mod serve;
+mod sysprep;
+mod validate;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::engine::stage::RunSettings;
+use crate::engine::EngineOptions;
+use crate::vm::Accel;
+use anyhow::Result;
+
+pub fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key } => {
+            let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: g.cache_remote.clone() };
+            run::run(g, &pipeline, options, output.as_deref(), offline, sign_key)
+        }
+        Command::Rebuild(args) => rebuild::rebuild(g, &args),
+        Command::Validate { pipeline } => validate::validate(&pipeline),
+        Command::Plan { pipeline, build_id, offline } => plan::plan(g, &pipeline, build_id, offline),
+        Command::Inspect { image, json } => inspect::inspect(g, &image, json),
+        Command::Sysprep { list_operations } => sysprep::sysprep(list_operations),
+        Command::Cache { command } => cache::cache(g, command),
+        Command::Repo { command } => repo::repo(command),
+        Command::Exec(args) => exec::exec(g, args),
+        Command::Seed(args) => seed::seed(&args),
+        Command::Serve { dir, listen } => serve::serve(&dir, &listen),
+    }
+}
+
+/// The settings every stage of a run sees; the accelerator is chosen (and probed) here.
+fn settings(g: &GlobalArgs, offline: bool, sign_key: Option<String>) -> Result<RunSettings> {
+    let accel = Accel::choose(g.accel)?;
+    accel.export_to_environment();
+    Ok(RunSettings { accel, work_dir: g.work_dir.clone(), offline, sign_key, verbose: g.verbose })
+}

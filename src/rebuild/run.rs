@@ -1,0 +1,314 @@
+//! Running a rebuild: the graph's pipelines in order, each once, under a lock on the work
+//! directory; a pipeline whose base failed is skipped; with shards, bases built elsewhere
+//! are waited for; the summary and the JSON report.
+
+use super::{PipelineReport, Report, Shard};
+use crate::bad_input;
+use crate::chain::Chain;
+use crate::engine::cache::short_key;
+use crate::engine::stage::RunSettings;
+use crate::engine::ui::Ui;
+use crate::engine::{Engine, EngineOptions, Status};
+use crate::pipeline;
+use crate::repo::changes::with_package_changes;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What `pipeline rebuild` was asked to do.
+pub struct Options {
+    /// Files, and directories searched for pipeline files.
+    pub paths: Vec<PathBuf>,
+    /// Print each pipeline's plan instead of running.
+    pub plan: bool,
+    pub shard: Option<Shard>,
+    /// Wait for another rebuild holding the work directory instead of failing.
+    pub wait: bool,
+    /// How long to wait for a base another shard builds.
+    pub base_timeout: Duration,
+    /// Where to write the JSON report.
+    pub report: Option<PathBuf>,
+    pub engine: EngineOptions,
+}
+
+/// Every pipeline under the paths, bases first, each once. All files are loaded and
+/// checked before anything runs.
+pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
+    let Options { paths, plan, shard, wait, base_timeout, report: report_path, engine: engine_options } = options;
+    let graph = super::graph(&super::find_files(&paths)?)?;
+    if shard.is_some() && engine_options.cache_remote.is_none() {
+        return Err(bad_input!(
+            "--shard needs --cache-remote s3://BUCKET/PREFIX (or PIPELINE_CACHE_REMOTE): the builders find the \
+             bases the others build there"
+        ));
+    }
+    // Which shard builds pipeline `i`, when it is not this builder.
+    let elsewhere = |i: usize| {
+        shard.and_then(|s| {
+            let name = graph.nodes[i].pipeline().name();
+            (!s.owns(name)).then(|| Shard::of(name, s.count))
+        })
+    };
+    let ui = Ui::new();
+    let base_names =
+        |i: usize| -> Vec<&str> { graph.nodes[i].bases.iter().map(|&b| graph.nodes[b].pipeline().name()).collect() };
+    if plan {
+        let engine = Engine::read_only(settings, engine_options, &ui)?;
+        for &i in &graph.order {
+            let node = &graph.nodes[i];
+            let after = base_names(i);
+            let after = if after.is_empty() { String::new() } else { format!(", after {}", after.join(", ")) };
+            if let Some(other) = elsewhere(i) {
+                println!("{} ({}{after}): built by shard {other}", node.pipeline().name(), node.path.display());
+                continue;
+            }
+            println!("{} ({}{after})", node.pipeline().name(), node.path.display());
+            if let Err(e) = print_plan(&node.chain, &engine) {
+                // A repository entry its base has not published yet cannot be planned
+                // against; the rebuild builds the base first.
+                if node.bases.is_empty() {
+                    return Err(e);
+                }
+                println!(
+                    "    planned after its base is built ({})",
+                    format!("{e:#}").lines().next().unwrap_or_default()
+                );
+            }
+        }
+        return Ok(());
+    }
+
+    std::fs::create_dir_all(&settings.work_dir)
+        .with_context(|| format!("cannot create the work directory {}", settings.work_dir.display()))?;
+    let _lock = rebuild_lock(&settings.work_dir, wait, &ui)?;
+    crate::interrupt::install_handler();
+    let engine = Engine::new(settings, engine_options, &ui)?;
+    for node in &graph.nodes {
+        node.chain.preflight(&engine)?;
+    }
+    let started = std::time::SystemTime::now();
+    let clock = std::time::Instant::now();
+    let mut reports: Vec<Option<PipelineReport>> = graph.nodes.iter().map(|_| None).collect();
+    for &i in &graph.order {
+        if elsewhere(i).is_some() {
+            continue;
+        }
+        let node = &graph.nodes[i];
+        let name = node.pipeline().name().to_string();
+        let mut report = PipelineReport {
+            name: name.clone(),
+            file: node.path.clone(),
+            result: "skipped".into(),
+            reason: None,
+            stages_cached: 0,
+            stages_run: 0,
+            published: Vec::new(),
+            duration_seconds: 0.0,
+            layer: None,
+        };
+        let failed_base = node
+            .bases
+            .iter()
+            .filter(|&&b| elsewhere(b).is_none())
+            .find(|&&b| reports[b].as_ref().is_none_or(|r| r.result != "ok"));
+        if let Some(&b) = failed_base {
+            let base = reports[b].as_ref().map_or("not built", |r| r.result.as_str());
+            report.reason = Some(format!("base {} {base}", graph.nodes[b].pipeline().name()));
+            ui.line(format!("== {name}: skipped (base {} {base})", graph.nodes[b].pipeline().name()));
+            reports[i] = Some(report);
+            continue;
+        }
+        if crate::interrupt::interrupted() {
+            report.reason = Some("the rebuild was interrupted".into());
+            reports[i] = Some(report);
+            continue;
+        }
+        let waited = node.bases.iter().filter_map(|&b| Some((b, elsewhere(b)?))).try_for_each(|(b, other)| {
+            wait_for_base(&graph.nodes[b].chain, other, &engine, base_timeout)
+                .with_context(|| format!("base {} (built by shard {other})", graph.nodes[b].pipeline().name()))
+        });
+        if let Err(e) = waited {
+            let text = format!("{e:#}");
+            ui.line(format!("== {name}: failed: {text}"));
+            report.result = "failed".into();
+            report.reason = Some(text);
+            reports[i] = Some(report);
+            continue;
+        }
+        ui.line(format!("== {name} ({})", node.path.display()));
+        let clock = std::time::Instant::now();
+        engine.outcomes.borrow_mut().clear();
+        let result = node.chain.run(&engine);
+        for outcome in engine.outcomes.take().into_iter().filter(|o| o.pipeline == name) {
+            match outcome.status {
+                Status::Cached => report.stages_cached += 1,
+                Status::ToRun => {
+                    report.stages_run += 1;
+                    if outcome.kind == "publish" {
+                        report.published.extend(outcome.record.map(with_package_changes));
+                    }
+                }
+            }
+        }
+        report.duration_seconds = clock.elapsed().as_secs_f64();
+        match result {
+            Ok(layer) => {
+                report.result = "ok".into();
+                report.layer = Some(layer.path);
+            }
+            Err(e) => {
+                let text = crate::engine::secrets::scrub(&format!("{e:#}")).into_owned();
+                ui.line(format!("== {name}: failed: {text}"));
+                report.result = "failed".into();
+                report.reason = Some(text);
+            }
+        }
+        reports[i] = Some(report);
+    }
+
+    let pipelines: Vec<PipelineReport> = graph.order.iter().filter_map(|&i| reports[i].take()).collect();
+    let not_ok: Vec<String> =
+        pipelines.iter().filter(|r| r.result != "ok").map(|r| format!("{} ({})", r.name, r.result)).collect();
+    let report = Report {
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        result: if not_ok.is_empty() { "ok".into() } else { "failed".into() },
+        pipelines,
+    };
+    print_rebuild_summary(&report);
+    if let Some(path) = &report_path {
+        crate::atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    if !not_ok.is_empty() {
+        anyhow::bail!(
+            "rebuild: {} of {} pipelines did not succeed: {}",
+            not_ok.len(),
+            report.pipelines.len(),
+            not_ok.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Prints a chain's plan, as `pipeline plan` does.
+fn print_plan(chain: &Chain, engine: &Engine) -> Result<()> {
+    for link in chain.plan(engine)?.0 {
+        for line in link.lines() {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn print_rebuild_summary(report: &Report) {
+    println!("{:<28} {:<8} {:>6} {:>4}  {:<32} {:>8}", "pipeline", "result", "cached", "ran", "published", "time");
+    for p in &report.pipelines {
+        let published: Vec<String> = p
+            .published
+            .iter()
+            .map(|r| format!("{} r{}", r["name"].as_str().unwrap_or("?"), r["revision"].as_u64().unwrap_or(0)))
+            .collect();
+        println!(
+            "{:<28} {:<8} {:>6} {:>4}  {:<32} {:>7.0}s",
+            p.name,
+            p.result,
+            p.stages_cached,
+            p.stages_run,
+            if published.is_empty() { "-".to_string() } else { published.join(", ") },
+            p.duration_seconds
+        );
+        if let Some(reason) = &p.reason {
+            println!("    {}", reason.lines().next().unwrap_or_default());
+        }
+    }
+    println!("{} in {:.0}s", report.result, report.duration_seconds);
+}
+
+/// Two rebuilds in one work directory never overlap: an exclusive lock on
+/// WORK_DIR/rebuild.lock, which names its holder for the one that finds it taken.
+fn rebuild_lock(work_dir: &Path, wait: bool, ui: &Ui) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::Write;
+    let path = work_dir.join("rebuild.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() { "holder unknown" } else { holder.trim() };
+            if !wait {
+                anyhow::bail!(
+                    "another rebuild is running in this work directory ({holder}; lock {}); pass --wait to wait for it",
+                    path.display()
+                );
+            }
+            ui.line(format!("waiting for the rebuild that holds {} ({holder})", path.display()));
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))?
+        }
+        Err((_, e)) => anyhow::bail!("cannot lock {}: {e}", path.display()),
+    };
+    lock.set_len(0)?;
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    write!(lock, "pid {} since {since}", std::process::id())?;
+    Ok(lock)
+}
+
+/// Waits until another builder has built `base`: its last layer is in the remote cache and
+/// each entry it publishes on object storage names that layer in its newest manifest.
+fn wait_for_base(base: &Chain, shard: u64, engine: &Engine, timeout: Duration) -> Result<()> {
+    let key = base.plan(engine)?.1.context("it makes no layer")?;
+    // Connected once: a repository keeps the records it verified between polls.
+    let entries = base
+        .pipeline()
+        .file
+        .stages
+        .iter()
+        .filter_map(|s| match s {
+            pipeline::StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => Some((&c.repo, c.name.as_str())),
+            _ => None,
+        })
+        .map(|(url, name)| Ok((crate::repo::remote::RemoteRepo::connect(url)?, name)))
+        .collect::<Result<Vec<_>>>()?;
+    let published = |repo: &crate::repo::remote::RemoteRepo, name: &str| -> Result<bool> {
+        Ok(repo.manifests(name)?.values().last().is_some_and(|m| m.provenance.layer == key))
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        crate::interrupt::check()?;
+        let mut ready = engine.cache.get(&key).is_some() || engine.remote_has(&key)?;
+        for (repo, name) in &entries {
+            ready = ready && published(repo, name)?;
+        }
+        if ready {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            anyhow::bail!(
+                "not built after {}: its layer {} is not in the remote cache{}; see shard {shard}'s report, or \
+                 raise --base-timeout",
+                humantime::format_duration(timeout),
+                short_key(&key),
+                if entries.is_empty() { "" } else { " or its entries do not name it yet" }
+            );
+        }
+        if !said {
+            engine.ui.line(format!(
+                "== waiting for {} (shard {shard} builds it; layer {}) for up to {}",
+                base.pipeline().name(),
+                short_key(&key),
+                humantime::format_duration(timeout)
+            ));
+            said = true;
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_secs(5)));
+    }
+}
