@@ -27,7 +27,7 @@ pub struct GlobalArgs {
     pub work_dir: PathBuf,
     /// Accelerator for every VM and appliance: auto picks KVM only where it works.
     #[arg(long, global = true, value_enum, default_value = "auto")]
-    pub accel: AccelChoice,
+    pub accel: AccelArg,
     /// More output.
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -35,6 +35,24 @@ pub struct GlobalArgs {
     /// from it instead of built, and the layers built here are uploaded to it.
     #[arg(long, global = true, env = "PIPELINE_CACHE_REMOTE", value_name = "S3_URL")]
     pub cache_remote: Option<String>,
+}
+
+/// `--accel`, as clap parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<AccelArg> for AccelChoice {
+    fn from(arg: AccelArg) -> AccelChoice {
+        match arg {
+            AccelArg::Auto => AccelChoice::Auto,
+            AccelArg::Kvm => AccelChoice::Kvm,
+            AccelArg::Tcg => AccelChoice::Tcg,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,7 +1,7 @@
 //! Downloads, cached by URL under the work directory: resumed when interrupted (HTTP Range),
 //! shown with a byte progress bar, and reused offline.
 
-use crate::engine::ui::Ui;
+use crate::base::ui::Ui;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -101,7 +101,7 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
         let _ = std::fs::remove_file(&validator_path);
         let v = Validator::of(&resp);
         if v.if_range().is_some() {
-            crate::atomic::write(&validator_path, v.render().as_bytes())?;
+            crate::base::atomic::write(&validator_path, v.render().as_bytes())?;
         }
     }
     let mut file =
@@ -113,7 +113,7 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
     let mut buf = vec![0u8; 1 << 20];
     loop {
         // An interrupt keeps the partial file: the next run resumes from it.
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         let n =
             resp.read(&mut buf).with_context(|| format!("download of {url} was interrupted; run again to resume"))?;
         if n == 0 {
@@ -267,7 +267,7 @@ pub fn read_small_with(
         }
         let bytes = read_limited(resp, source)?;
         if keep_copy && std::fs::create_dir_all(cache_dir).is_ok() {
-            let _ = crate::atomic::write(&cache_path(cache_dir, source), &bytes);
+            let _ = crate::base::atomic::write(&cache_path(cache_dir, source), &bytes);
         }
         return Ok(bytes);
     }

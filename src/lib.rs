@@ -1,16 +1,13 @@
 //! virt-pipeline: build VM disk images in layers from a pipeline file.
 
-pub mod atomic;
+pub mod base;
 pub mod chain;
 pub mod cli;
 pub mod commands;
-pub mod digest;
 pub mod download;
 pub mod engine;
-pub mod error;
 pub mod guest;
 pub mod image;
-pub mod interrupt;
 pub mod pipeline;
 pub mod provision;
 pub mod rebuild;

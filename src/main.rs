@@ -6,9 +6,10 @@ use clap::Parser;
 fn main() {
     let cli = virt_pipeline::cli::Cli::parse();
     if let Err(err) = virt_pipeline::commands::run(cli) {
-        eprintln!("error: {}", virt_pipeline::engine::secrets::scrub(&format!("{err:#}")));
+        eprintln!("error: {}", virt_pipeline::base::secrets::scrub(&format!("{err:#}")));
         // A run stopped by SIGINT/SIGTERM says so in its exit code (130/143), as shells do.
-        let code = virt_pipeline::interrupt::exit_code().unwrap_or_else(|| virt_pipeline::error::exit_code(&err));
+        let code =
+            virt_pipeline::base::interrupt::exit_code().unwrap_or_else(|| virt_pipeline::base::error::exit_code(&err));
         std::process::exit(code);
     }
 }

@@ -5,7 +5,7 @@
 //! object behind.
 
 use crate::bad_input;
-use crate::engine::ui::Ui;
+use crate::base::ui::Ui;
 use anyhow::{anyhow, Context, Result};
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -218,7 +218,7 @@ impl Store {
             let mut total = 0u64;
             let result = async {
                 while let Some(chunk) = stream.next().await {
-                    crate::interrupt::check()?;
+                    crate::base::interrupt::check()?;
                     let chunk = chunk.map_err(|e| self.explain(name, e))?;
                     total += chunk.len() as u64;
                     if total > limit {
@@ -286,7 +286,7 @@ impl Store {
             let mut sha256 = sha2::Sha256::new();
             let result: Result<()> = async {
                 loop {
-                    crate::interrupt::check()?;
+                    crate::base::interrupt::check()?;
                     let n = input.read(&mut buf)?;
                     if n == 0 {
                         return Ok(());
@@ -455,7 +455,7 @@ mod tests {
         assert_eq!((l.prefix.as_str(), l.name()), ("", "images"));
         for bad in ["s3://Images/x", "s3://ab", "s3://images/a/../b", "http://images/x"] {
             let e = Location::parse(bad).unwrap_err();
-            assert_eq!(crate::error::exit_code(&e), 2, "{bad}: {e}");
+            assert_eq!(crate::base::error::exit_code(&e), 2, "{bad}: {e}");
         }
     }
 

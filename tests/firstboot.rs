@@ -129,7 +129,7 @@ impl PuppetServer {
             .current_dir("/usr/share/puppetserver")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        virt_pipeline::interrupt::dies_with_parent(&mut cmd);
+        virt_pipeline::base::interrupt::dies_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap();
         let mut server = PuppetServer { child, dir, port };
         let started = Instant::now();

@@ -413,7 +413,7 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
     let top = records.iter().find(|r| !r["meta"]["parent"].is_null()).expect("a layer with a parent");
     let image = top["image"].as_str().unwrap().to_string();
     let mut bytes = Vec::new();
-    s3.download(&image, &mut bytes, &virt_pipeline::engine::ui::Ui::new(), "test", 1 << 30).unwrap();
+    s3.download(&image, &mut bytes, &virt_pipeline::base::ui::Ui::new(), "test", 1 << 30).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     s3.put(&image, bytes).unwrap();
@@ -438,7 +438,7 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
         serde_json::from_slice(&s3.get(&format!("layers/{key}.json"), 1 << 20).unwrap().unwrap()).unwrap();
     record["image"] = format!("layers/{key}-forged.qcow2").into();
     record["size"] = bytes.len().into();
-    record["sha256"] = virt_pipeline::digest::file_hex::<sha2::Sha256>(&forged).unwrap().into();
+    record["sha256"] = virt_pipeline::base::digest::file_hex::<sha2::Sha256>(&forged).unwrap().into();
     s3.put(&format!("layers/{key}-forged.qcow2"), bytes).unwrap();
     s3.put(&format!("layers/{key}.json"), serde_json::to_vec(&record).unwrap()).unwrap();
     let fifth = run("builder-e");

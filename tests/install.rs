@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use virt_pipeline::engine::log::StageLog;
+use virt_pipeline::base::log::StageLog;
 
 #[test]
 fn netboot_preseed_runs_unattended_and_a_stall_fails_cleanly() {
@@ -121,7 +121,9 @@ fn full_debian_installer_run() {
     let dir = tmp.path();
     let gnupg = gnupg_home(dir);
     let file = repo_root().join("pipelines/debian-bookworm-netinst.toml");
-    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
+    // The repository in the test's directory, not the checkout's repo-index/.
+    let repo = format!("stages[2].publish.repo={}", dir.join("repo-index").display());
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap(), "--set", &repo]);
     assert!(out.status.success(), "{}", stderr(&out));
     let verify = pipeline(dir, &gnupg, &["repo", "verify", "repo-index"]);
     assert!(verify.status.success());
@@ -139,7 +141,7 @@ fn netboot_downloads_are_checked_against_the_tree_checksums() {
     std::fs::create_dir_all(&netboot).unwrap();
     std::fs::copy(d_i.join("linux"), netboot.join("linux")).unwrap();
     std::fs::copy(d_i.join("initrd.gz"), netboot.join("initrd.gz")).unwrap();
-    let initrd_sum = virt_pipeline::digest::file_hex::<sha2::Sha256>(&netboot.join("initrd.gz")).unwrap();
+    let initrd_sum = virt_pipeline::base::digest::file_hex::<sha2::Sha256>(&netboot.join("initrd.gz")).unwrap();
     std::fs::write(
         tree.join("current/images/SHA256SUMS"),
         format!(
@@ -360,7 +362,7 @@ fn a_resumed_download_never_splices_two_versions() {
         };
         let addr = serve_in_background(axum::Router::new().route("/disk.img", axum::routing::get(handler)));
         let url = format!("http://{addr}/disk.img");
-        let ui = virt_pipeline::engine::ui::Ui::new();
+        let ui = virt_pipeline::base::ui::Ui::new();
         let cut = virt_pipeline::download::fetch(&url, &cache, false, &ui);
         assert!(cut.is_err(), "the first download is cut off");
         let part = virt_pipeline::download::cache_path(&cache, &url).with_extension("part");

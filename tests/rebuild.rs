@@ -26,7 +26,7 @@ fn base_pipeline(dir: &Path, extra_steps: &str) {
         "base.toml",
         &format!(
             "version = 1\nfrom = {{ image = \"../images/base.qcow2\" }}\n[pipeline]\nname = \"base\"\n{stages}\
-             [[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"base\"\nosinfo = \"debian12\"\nxz_level = 0\n"
+             [[stages]]\n[stages.publish]\nrepo = \"../repo\"\nname = \"base\"\nosinfo = \"debian12\"\nxz_level = 0\n"
         ),
     );
 }
@@ -38,7 +38,7 @@ fn child_pipeline(dir: &Path, name: &str, from: &str, notes: &str) {
         &format!("{name}.toml"),
         &format!(
             "version = 1\nfrom = {from}\n[pipeline]\nname = \"{name}\"\n[[stages]]\n[stages.publish]\n\
-             repo = \"repo\"\nname = \"{name}\"\nnotes = \"{notes}\"\nxz_level = 0\n"
+             repo = \"../repo\"\nname = \"{name}\"\nnotes = \"{notes}\"\nxz_level = 0\n"
         ),
     );
 }
@@ -168,7 +168,7 @@ fn a_cycle_is_bad_input_and_nothing_runs() {
             &format!("{name}.toml"),
             &format!(
                 "version = 1\nfrom = {{ repo = \"../repo\", name = \"{other}\" }}\n[pipeline]\nname = \"{name}\"\n\
-                 [[stages]]\n[stages.publish]\nrepo = \"repo\"\nname = \"{name}\"\nxz_level = 0\n"
+                 [[stages]]\n[stages.publish]\nrepo = \"../repo\"\nname = \"{name}\"\nxz_level = 0\n"
             ),
         );
     }

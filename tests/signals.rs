@@ -9,7 +9,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use virt_pipeline::interrupt::descendants;
+use virt_pipeline::base::interrupt::descendants;
 
 /// The d-i netboot kernel and initrd Debian packages: a VM that boots without a network.
 const DI: &str = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";

@@ -1,8 +1,8 @@
 //! `pipeline cache ls|gc`: the work directory's layer cache.
 
+use crate::base::ui::human_bytes;
 use crate::cli::{CacheCommand, GlobalArgs};
 use crate::engine::cache::{short_key, Cache};
-use crate::engine::ui::human_bytes;
 use anyhow::Result;
 
 pub fn cache(g: &GlobalArgs, command: CacheCommand) -> Result<()> {

@@ -1,8 +1,8 @@
 //! `pipeline exec`: a Virter provisioning file run on machines that are already running.
 
 use crate::bad_input;
+use crate::base::ui::Ui;
 use crate::cli::{ExecArgs, GlobalArgs};
-use crate::engine::ui::Ui;
 use anyhow::{Context, Result};
 
 /// `pipeline exec`: a Virter provisioning on running machines. Everything the user wrote is
@@ -34,13 +34,13 @@ pub fn exec(g: &GlobalArgs, args: ExecArgs) -> Result<()> {
     let key = exec::user_key(args.ssh_key.as_deref())?;
     let user_known_hosts = exec::user_known_hosts(args.known_hosts.as_deref());
 
-    crate::interrupt::install_handler();
+    crate::base::interrupt::install_handler();
     let ui = Ui::new();
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
-    let log = crate::engine::log::StageLog::create(
+    let log = crate::base::log::StageLog::create(
         &g.work_dir.join("logs").join("exec").join(format!("{stamp}-{}.log", std::process::id())),
     )?;
-    let scratch = crate::engine::cache::scratch_dir(&g.work_dir, "exec")?;
+    let scratch = crate::base::scratch::dir(&g.work_dir, "exec")?;
     // The sessions record the host keys they see here; rsync and containers check them strictly.
     let known_hosts = scratch.path().join("known_hosts");
     std::fs::write(&known_hosts, "")?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use std::path::Path;
 
 pub fn inspect(g: &GlobalArgs, image: &Path, json: bool) -> Result<()> {
-    let os = inspect_file(Accel::choose(g.accel)?, image)?;
+    let os = inspect_file(Accel::choose(g.accel.into())?, image)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&os)?);
         return Ok(());

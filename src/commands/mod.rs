@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// The settings every stage of a run sees; the accelerator is chosen (and probed) here.
 fn settings(g: &GlobalArgs, offline: bool, sign_key: Option<String>) -> Result<RunSettings> {
-    let accel = Accel::choose(g.accel)?;
+    let accel = Accel::choose(g.accel.into())?;
     accel.export_to_environment();
     Ok(RunSettings { accel, work_dir: g.work_dir.clone(), offline, sign_key, verbose: g.verbose })
 }

@@ -1,8 +1,8 @@
 //! `pipeline plan`: what a run would do, stage by stage, writing nothing.
 
+use crate::base::ui::Ui;
 use crate::chain::Chain;
 use crate::cli::{GlobalArgs, PipelineArgs};
-use crate::engine::ui::Ui;
 use crate::engine::{Engine, EngineOptions};
 use anyhow::Result;
 

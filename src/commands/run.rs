@@ -1,8 +1,8 @@
 //! `pipeline run`: the chain loaded and preflighted, then run; the last layer's path printed.
 
+use crate::base::ui::Ui;
 use crate::chain::Chain;
 use crate::cli::{GlobalArgs, PipelineArgs};
-use crate::engine::ui::Ui;
 use crate::engine::{Engine, EngineOptions};
 use crate::image::qemu_img;
 use anyhow::Result;
@@ -18,7 +18,7 @@ pub fn run(
 ) -> Result<()> {
     let chain = Chain::load(&args.file, &args.sets)?;
     // Ctrl-C and SIGTERM stop VMs and remove temporary layers instead of killing us mid-write.
-    crate::interrupt::install_handler();
+    crate::base::interrupt::install_handler();
     let ui = Ui::new();
     let engine = Engine::new(super::settings(g, offline, sign_key)?, options, &ui)?;
     chain.preflight(&engine)?;

@@ -3,6 +3,7 @@
 //! are written under a temporary name and renamed on success: a failed stage leaves nothing
 //! behind.
 
+use crate::base::scratch;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,18 +52,31 @@ pub struct GcReport {
     pub scratch: usize,
 }
 
-/// A scratch directory under the work directory for one stage run, named
-/// `scratch-PURPOSE-PID-RANDOM` so that `gc` can tell one left by a killed run (its process
-/// is gone) from one in use; removed on drop.
-pub fn scratch_dir(work_dir: &Path, purpose: &str) -> Result<tempfile::TempDir> {
-    std::fs::create_dir_all(work_dir)?;
-    tempfile::Builder::new()
-        .prefix(&format!("scratch-{purpose}-{}-", std::process::id()))
-        .tempdir_in(work_dir)
-        .with_context(|| format!("cannot create a scratch directory in {}", work_dir.display()))
+/// A file a stage keeps beside a layer for as long as the layer is cached (what it read from
+/// the layer once, such as publish's package list): `KEY.NAME.json` next to `KEY.qcow2`. `gc`
+/// removes it with the layer.
+pub fn sidecar(layer: &Path, name: &str) -> PathBuf {
+    layer.with_extension(format!("{name}{SIDECAR_SUFFIX}"))
 }
 
+const SIDECAR_SUFFIX: &str = ".sidecar.json";
+
 impl Cache {
+    /// The sidecar files of the layer `key` (see [`sidecar`]).
+    fn sidecars(&self, key: &str) -> Vec<PathBuf> {
+        let prefix = format!("{key}.");
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                // `KEY.packages.json`: the package list as earlier versions named it.
+                name.starts_with(&prefix) && (name.ends_with(SIDECAR_SUFFIX) || name.ends_with(".packages.json"))
+            })
+            .collect()
+    }
+
     pub fn open(work_dir: &Path) -> Result<Cache> {
         let dir = work_dir.join("layers");
         for sub in ["outputs", "upstream"] {
@@ -128,7 +142,10 @@ impl Cache {
     }
 
     pub fn save_output_record(&self, key: &str, record: &serde_json::Value) -> Result<()> {
-        crate::atomic::write(&self.dir.join("outputs").join(format!("{key}.json")), &serde_json::to_vec_pretty(record)?)
+        crate::base::atomic::write(
+            &self.dir.join("outputs").join(format!("{key}.json")),
+            &serde_json::to_vec_pretty(record)?,
+        )
     }
 
     /// The upstream states a stage of this identity (its key before upstream states) was last
@@ -138,7 +155,7 @@ impl Cache {
     }
 
     pub fn save_upstream_record(&self, identity: &str, states: &crate::upstream::States) -> Result<()> {
-        crate::atomic::write(&self.upstream_record_path(identity), &serde_json::to_vec_pretty(states)?)
+        crate::base::atomic::write(&self.upstream_record_path(identity), &serde_json::to_vec_pretty(states)?)
     }
 
     /// Marks a record as still in use (a cached stage keyed by it), for `gc`.
@@ -211,9 +228,7 @@ impl Cache {
         }
         for entry in std::fs::read_dir(work_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("scratch-") else { continue };
-            let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|p| !pid_alive(p)) && entry.path().is_dir() {
+            if scratch::left_by_dead_run(&name) && entry.path().is_dir() {
                 std::fs::remove_dir_all(entry.path())
                     .with_context(|| format!("cannot remove {}", entry.path().display()))?;
                 report.scratch += 1;
@@ -246,8 +261,9 @@ impl Cache {
         for (meta, _, _) in &layers {
             if !kept.contains(&meta.key) {
                 let _ = std::fs::remove_file(self.layer_path(&meta.key));
-                // What stages kept about the layer (publish's package list).
-                let _ = std::fs::remove_file(self.dir.join(format!("{}.packages.json", meta.key)));
+                for sidecar in self.sidecars(&meta.key) {
+                    let _ = std::fs::remove_file(sidecar);
+                }
                 std::fs::remove_file(self.meta_path(&meta.key))?;
                 removed.push(meta.key.clone());
             }
@@ -265,17 +281,17 @@ impl Cache {
 
 /// `.tmp-<key>-<pid>.qcow2`: is that stage's process still running?
 fn temp_owner_alive(name: &str) -> bool {
-    name.trim_end_matches(".qcow2").rsplit('-').next().and_then(|p| p.parse::<u32>().ok()).is_some_and(pid_alive)
+    name.trim_end_matches(".qcow2")
+        .rsplit('-')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(scratch::pid_alive)
 }
 
 /// The first 16 characters of a layer key, for listings; a key read from a damaged metadata
 /// file may be shorter (or not ASCII) and is then shown whole.
 pub fn short_key(key: &str) -> &str {
     key.get(..16).unwrap_or(key)
-}
-
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {
@@ -326,7 +342,7 @@ impl KeyHasher {
                 }
             }
         } else {
-            self.part("file", crate::digest::file_hex::<Sha256>(path)?.as_bytes());
+            self.part("file", crate::base::digest::file_hex::<Sha256>(path)?.as_bytes());
         }
         Ok(())
     }

@@ -2,12 +2,11 @@
 //! order, each on an overlay of the previous layer, and keeps a full log per stage.
 
 pub mod cache;
-pub mod log;
 pub mod remote_cache;
-pub mod secrets;
 pub mod stage;
-pub mod ui;
 
+use crate::base::ui::Ui;
+use crate::base::{log, secrets};
 use crate::image::qemu_img;
 use crate::upstream::{self, States, Upstream};
 use anyhow::{Context, Result};
@@ -16,7 +15,6 @@ use stage::{LayerKind, RunSettings, Stage, StageContext};
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use ui::Ui;
 
 /// The options of one run that the engine itself uses.
 #[derive(Debug, Clone, Default)]
@@ -240,7 +238,7 @@ impl<'a> Engine<'a> {
         let mut built_here = false;
         for i in 0..stages.len() {
             let (stage, planned) = (&stages[i], &plan[i]);
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             let n = planned.index + 1;
             let label = format!("[{n}/{total}] {}", stage.kind());
             let short = &planned.key[..12];
@@ -251,7 +249,7 @@ impl<'a> Engine<'a> {
                 _ => None,
             };
             // A fetch cut short by a signal is no reason to build the layer.
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             if planned.status == Status::Cached || fetched.is_some() {
                 if stage.layer_kind() == LayerKind::Output {
                     self.cache.touch_output(&planned.key);
@@ -320,7 +318,7 @@ impl<'a> Engine<'a> {
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&temp);
-                    if let Some(signal) = crate::interrupt::stopped_by() {
+                    if let Some(signal) = crate::base::interrupt::stopped_by() {
                         // What failed after the signal (a killed appliance) is its effect, not news.
                         log.line(format!("STOPPED by {signal}: {e:#}"));
                         anyhow::bail!(

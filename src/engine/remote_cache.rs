@@ -17,8 +17,8 @@
 //! directory: give only the builders write access to it.
 
 use super::cache::{Cache, Layer, LayerMeta};
-use super::ui::Ui;
-use crate::digest::HashingWriter;
+use crate::base::digest::HashingWriter;
+use crate::base::ui::Ui;
 use crate::image::qemu_img;
 use crate::s3::{Location, Store};
 use anyhow::{Context, Result};

@@ -2,8 +2,8 @@
 //! behind one trait, not a fixed flow with special cases).
 
 use super::cache::Layer;
-use super::log::StageLog;
-use super::ui::Ui;
+use crate::base::log::StageLog;
+use crate::base::ui::Ui;
 use crate::upstream::{States, Upstream};
 use crate::vm::Accel;
 use anyhow::Result;

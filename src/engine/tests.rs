@@ -215,10 +215,14 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
         .filter(|n| n.contains(&plan[2].key))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // gc keeps recent layers and their ancestors.
+    // gc keeps recent layers and their ancestors, and what stages keep beside them.
     let work = f.dir.path().join("work");
+    let sidecar = crate::engine::cache::sidecar(&engine.cache.layer_path(&plan[0].key), "packages");
+    std::fs::write(&sidecar, b"[]").unwrap();
     assert!(engine.cache.gc(&work, std::time::Duration::from_secs(3600)).unwrap().layers.is_empty());
+    assert!(sidecar.exists(), "a kept layer keeps its sidecar");
     assert_eq!(engine.cache.gc(&work, std::time::Duration::ZERO).unwrap().layers.len(), 2);
+    assert!(!sidecar.exists(), "a removed layer's sidecar goes with it");
 }
 
 /// gc sweeps what killed runs leave (scratch directories, temporary layers of dead
@@ -237,7 +241,7 @@ fn gc_sweeps_leftovers_of_dead_runs_and_old_downloads() {
     child.wait().unwrap();
     let live = std::process::id();
     let dead_scratch = work.join(format!("scratch-netboot-{dead}-abc"));
-    let live_scratch = crate::engine::cache::scratch_dir(&work, "netboot").unwrap();
+    let live_scratch = crate::base::scratch::dir(&work, "netboot").unwrap();
     std::fs::create_dir_all(dead_scratch.join("sub")).unwrap();
     let dead_temp = engine.cache.dir.join(format!(".tmp-{}-{dead}.qcow2", "a".repeat(64)));
     let live_temp = engine.cache.dir.join(format!(".tmp-{}-{live}.qcow2", "b".repeat(64)));

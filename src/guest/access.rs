@@ -75,7 +75,7 @@ impl CredentialKey {
     }
 
     /// Takes the key out through the session (over SSH, like [`RootAccess::remove`]).
-    pub fn remove(&self, session: &crate::vm::ssh::Session, log: &crate::engine::log::StageLog) -> Result<()> {
+    pub fn remove(&self, session: &crate::vm::ssh::Session, log: &crate::base::log::StageLog) -> Result<()> {
         run_removal(session, &self.removal_script(), CREDENTIAL_FILE, log)
     }
 }
@@ -191,7 +191,7 @@ impl RootAccess {
     }
 
     /// Takes the key out through the session (see the module's comment for why over SSH).
-    pub fn remove(&self, session: &crate::vm::ssh::Session, log: &crate::engine::log::StageLog) -> Result<()> {
+    pub fn remove(&self, session: &crate::vm::ssh::Session, log: &crate::base::log::StageLog) -> Result<()> {
         run_removal(session, &self.removal_script(), &self.file, log)
     }
 }
@@ -200,7 +200,7 @@ fn run_removal(
     session: &crate::vm::ssh::Session,
     script: &str,
     file: &str,
-    log: &crate::engine::log::StageLog,
+    log: &crate::base::log::StageLog,
 ) -> Result<()> {
     let mut output = String::new();
     let status = session

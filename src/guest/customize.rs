@@ -3,7 +3,7 @@
 //! make with it (hostname, root password, SSH keys, commands in the guest).
 
 use crate::bad_input;
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use crate::guest::inspect::Inspection;
 use crate::guest::Guest;
 use crate::pipeline::{CustomizeStep, Pipeline};
@@ -361,7 +361,7 @@ pub fn set_root_password(g: &Guest, spec: &str, dir: &std::path::Path, log: &Sta
             use rand::distributions::{Alphanumeric, DistString};
             let p = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 16);
             // For the operator, like virt-customize: on the terminal, never in the log.
-            crate::engine::secrets::register(&p);
+            crate::base::secrets::register(&p);
             eprintln!("random root password: {p}");
             log.line("random root password: generated (shown on the terminal only)");
             p

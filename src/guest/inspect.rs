@@ -2,7 +2,7 @@
 //! guest mounts them. Recorded in each layer's metadata and used by the operations.
 
 use super::{Drive, Guest, GuestError, InspectField, Result};
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use crate::vm::Accel;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

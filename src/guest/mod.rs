@@ -16,7 +16,7 @@ pub mod inspect;
 pub mod sources;
 pub mod vagrant;
 
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use crate::vm::Accel;
 use libguestfs_sys as sys;
 use std::ffi::{CStr, CString};

@@ -6,7 +6,7 @@
 
 use super::customize::{inject_ssh_key, StepRunner};
 use super::Guest;
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use crate::pipeline::CustomizeStep;
 use anyhow::{bail, Context, Result};
 

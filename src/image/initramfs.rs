@@ -37,7 +37,7 @@ impl<W: Write> NewcWriter<W> {
     pub fn copy_tar(&mut self, tar: impl Read, replace: &BTreeMap<String, Vec<u8>>, skip: &[&str]) -> Result<()> {
         let mut archive = tar::Archive::new(tar);
         for entry in archive.entries().context("cannot read the tar stream")? {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             let mut entry = entry.context("cannot read the tar stream")?;
             let name = relative_name(&entry.path().context("a tar entry without a name")?);
             if name.is_empty() || skip.contains(&name.as_str()) {

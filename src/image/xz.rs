@@ -334,7 +334,7 @@ pub fn compress(
         });
         let mut read_error = None;
         for i in 0..blocks {
-            if let Err(e) = crate::interrupt::check() {
+            if let Err(e) = crate::base::interrupt::check() {
                 read_error = Some(e);
                 break;
             }

@@ -1,11 +1,11 @@
 //! Reading a pipeline file: TOML syntax, `--set` overrides, templates, then the typed schema.
 //! Every failure here is bad input (exit 2) and names the file and the key.
 
-pub mod overrides;
 pub mod schema;
 pub mod template;
 
 use crate::bad_input;
+use crate::base::overrides;
 use anyhow::Result;
 pub use schema::*;
 use std::collections::BTreeMap;
@@ -124,7 +124,7 @@ fn hint(msg: &str) -> &'static str {
 /// entries named in `secrets`, and root passwords. (Answers files register their passwords
 /// when their stage renders them.)
 fn register_secrets(p: &Pipeline) -> Result<()> {
-    use crate::engine::secrets;
+    use crate::base::secrets;
     let f = &p.file;
     for (i, name) in f.secrets.iter().enumerate() {
         let mut found = false;
@@ -243,7 +243,7 @@ mod tests {
         let p = write(d.path(), text);
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         let e = load(&p, &sets).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::base::error::exit_code(&e), 2);
         format!("{e:#}")
     }
 
@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn missing_file_is_bad_input() {
         let e = load(Path::new("/nonexistent/p.toml"), &[]).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::base::error::exit_code(&e), 2);
         assert!(format!("{e}").contains("/nonexistent/p.toml"));
     }
 }

@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(env["VIRTER_ACCESS_NETWORK"], "10.0.2.2/24");
         assert!(env["SSH_PRIVATE_KEY"].starts_with("-----BEGIN"));
         // The key is never on the command line, so never in a log.
-        let shown = crate::engine::secrets::describe_command(&cmd);
+        let shown = crate::base::secrets::describe_command(&cmd);
         assert!(!shown.contains("xyz") && shown.contains("SSH_PRIVATE_KEY"), "{shown}");
 
         let docker = ContainerEngine::named("docker");
@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn a_missing_engine_is_bad_input() {
         let e = ContainerEngine::named("no-such-container-engine").check_installed("p.toml").unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::base::error::exit_code(&e), 2);
         assert!(format!("{e}").contains("no-such-container-engine"), "{e}");
         assert!(ContainerEngine::named("sh").check_installed("p.toml").is_ok());
     }

@@ -200,7 +200,7 @@ mod tests {
         assert_eq!(t("u@::1"), ("u".into(), "::1".into(), 22));
         for bad in ["", "@host", "host:", "host:0", "host:99999", "host:x", "[::1", "a b"] {
             let e = parse_target(bad).unwrap_err();
-            assert_eq!(crate::error::exit_code(&e), 2, "{bad}");
+            assert_eq!(crate::base::error::exit_code(&e), 2, "{bad}");
         }
         let mut ts = vec![
             parse_target("127.0.0.1:2222").unwrap(),

@@ -7,7 +7,7 @@
 
 use super::gotemplate;
 use crate::bad_input;
-use crate::pipeline::overrides;
+use crate::base::overrides;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -394,7 +394,7 @@ dest = "/root/rpms"
         let (_d, src) = file(text);
         let opts = LoadOptions { sets: sets.iter().map(|s| s.to_string()).collect(), ..Default::default() };
         let e = load(&src, &opts).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2, "{e:#}");
+        assert_eq!(crate::base::error::exit_code(&e), 2, "{e:#}");
         format!("{e:#}")
     }
 

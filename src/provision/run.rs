@@ -1,15 +1,15 @@
 //! Running a provisioning's steps against targets, as Virter's `vm exec` does: steps in
 //! order, each on every target before the next begins (shell steps on all targets at once);
 //! the first failing step stops the run, and the error carries the step's exit status
-//! ([`crate::error::StepFailed`]) so the tool exits with it.
+//! ([`crate::base::error::StepFailed`]) so the tool exits with it.
 
 use super::container::{self, ContainerEngine, ContainerRun};
 use super::format::{ContainerStep, Provisioning, RsyncStep, ShellStep, Step};
 use super::goglob;
 use crate::bad_input;
-use crate::engine::log::StageLog;
-use crate::engine::ui::Ui;
-use crate::error::StepFailed;
+use crate::base::error::StepFailed;
+use crate::base::log::StageLog;
+use crate::base::ui::Ui;
 use crate::vm::ssh::{Endpoint, Session};
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
@@ -106,7 +106,7 @@ pub fn run(p: &Provisioning, targets: &[Target], ctx: &RunContext) -> Result<()>
     check(p, ctx.workdir, ctx.engine)?;
     let names: Vec<&str> = targets.iter().map(|t| t.endpoint.name.as_str()).collect();
     for (i, step) in p.steps.iter().enumerate() {
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         let what = format!("steps[{i}] ({})", step.kind());
         ctx.log.line(format!("=== {what} on {}", names.join(", ")));
         ctx.bar.set_message(what.clone());
@@ -245,7 +245,7 @@ fn rsync(p: &Provisioning, i: usize, step: &RsyncStep, targets: &[Target], ctx: 
         return Ok(());
     }
     for t in targets {
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         let mut cmd = rsync_command(&sources, &step.dest, &t.endpoint, ctx.key, ctx.known_hosts);
         cmd.current_dir(ctx.workdir);
         let status = ctx.log.run(&mut cmd, ctx.bar)?;
@@ -272,7 +272,7 @@ fn run_container(p: &Provisioning, i: usize, step: &ContainerStep, targets: &[Ta
     let files = container::write_files(&dir, ctx.known_hosts, &endpoints)?;
     let key_text =
         std::fs::read_to_string(ctx.key).with_context(|| format!("cannot read the SSH key {}", ctx.key.display()))?;
-    crate::engine::secrets::register(&key_text);
+    crate::base::secrets::register(&key_text);
     let workdir = std::fs::canonicalize(ctx.workdir).unwrap_or_else(|_| ctx.workdir.to_path_buf());
     let run = ContainerRun {
         engine: ctx.engine,
@@ -411,7 +411,7 @@ mod tests {
             let r = check(&p, &work, &engine);
             assert_eq!(r.is_ok(), ok, "{source}: {r:?}");
             if let Err(e) = r {
-                assert_eq!(crate::error::exit_code(&e), 2);
+                assert_eq!(crate::base::error::exit_code(&e), 2);
                 assert!(format!("{e}").contains("steps[0].rsync.source"), "{e}");
             }
         }
@@ -437,7 +437,7 @@ mod tests {
         assert!(format!("{e}").contains("steps[0].container.copy.dest"), "{e}");
         let p = provisioning("version = 1\n[[steps]]\n[steps.container]\nimage = \"x\"\n", d.path());
         let e = check(&p, &work, &ContainerEngine::named("no-such-engine-here")).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::base::error::exit_code(&e), 2);
         assert!(format!("{e}").contains("no-such-engine-here"), "{e}");
     }
 

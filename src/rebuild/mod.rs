@@ -9,6 +9,7 @@ pub mod run;
 use crate::bad_input;
 use crate::chain::{Chain, Loader};
 use crate::pipeline::{InstallConfig, Pipeline, StageConfig};
+use crate::repo::location::Location;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -99,6 +100,11 @@ fn walk(dir: &Path, found: &mut BTreeSet<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// An existing file's path with symlinks resolved: how nodes and `from = { pipeline }` are compared.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// A TOML file with a `[pipeline]` table; unreadable or invalid TOML counts as a pipeline
 /// file, so that loading it reports what is wrong.
 fn is_pipeline_file(path: &Path) -> bool {
@@ -106,26 +112,6 @@ fn is_pipeline_file(path: &Path) -> bool {
         Ok(Ok(table)) => table.get("pipeline").is_some_and(toml::Value::is_table),
         _ => true,
     }
-}
-
-/// The path with symlinks resolved where it exists; otherwise absolute with `.` and `..`
-/// taken out, so that a repository not created yet still compares equal however it is named.
-fn canonical(path: &Path) -> PathBuf {
-    if let Ok(real) = std::fs::canonicalize(path) {
-        return real;
-    }
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = PathBuf::new();
-    for part in absolute.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Loads every file and its chain, each file once (bad input in any of them stops
@@ -137,7 +123,7 @@ pub fn graph(files: &[PathBuf]) -> Result<Graph> {
     for path in files {
         nodes.push(Node { path: path.clone(), chain: loader.chain(path, &[])?, bases: Vec::new() });
     }
-    let publishes: Vec<Vec<(PathBuf, String)>> = nodes.iter().map(|n| published_entries(n.pipeline())).collect();
+    let publishes: Vec<Vec<(Location, String)>> = nodes.iter().map(|n| published_entries(n.pipeline())).collect();
     for i in 0..nodes.len() {
         let mut bases = BTreeSet::new();
         let p = nodes[i].pipeline();
@@ -160,35 +146,26 @@ pub fn graph(files: &[PathBuf]) -> Result<Graph> {
     Ok(Graph { nodes, order })
 }
 
-/// The (repository directory, entry name) pairs a pipeline's publish stages write. A
-/// publish `repo` is relative to the working directory (as `pipeline run` writes it), a
-/// `from = { repo }` to the pipeline file's directory.
-fn published_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
+/// The (repository, entry name) pairs a pipeline's publish stages write.
+fn published_entries(p: &Pipeline) -> Vec<(Location, String)> {
     p.file
         .stages
         .iter()
         .filter_map(|s| match s {
-            StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => Some((object_storage(&c.repo), c.name.clone())),
-            StageConfig::Publish(c) => Some((canonical(Path::new(&c.repo)), c.name.clone())),
+            StageConfig::Publish(c) => Some((Location::parse(&c.repo, &p.dir).ok()?, c.name.clone())),
             _ => None,
         })
         .collect()
 }
 
 /// The repository entries a pipeline starts from (`from = { repo, name }`, or an install
-/// with `method = "image"` and `repo`): local ones and ones on object storage; those read
-/// over HTTP are left out.
-fn consumed_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
+/// with `method = "image"` and `repo`).
+fn consumed_entries(p: &Pipeline) -> Vec<(Location, String)> {
     let mut out = Vec::new();
     let mut add = |repo: &Option<String>, name: &Option<String>| {
         if let (Some(repo), Some(name)) = (repo, name) {
-            if crate::s3::is_s3(repo) {
-                out.push((object_storage(repo), name.clone()));
-            } else if !repo.contains("://") {
-                let repo = p.resolve(repo);
-                // `repo` may name the directory or its index file.
-                let dir = if repo.is_file() { repo.parent().map(Path::to_path_buf).unwrap_or(repo) } else { repo };
-                out.push((canonical(&dir), name.clone()));
+            if let Ok(location) = Location::parse(repo, &p.dir) {
+                out.push((location, name.clone()));
             }
         }
     };
@@ -201,11 +178,6 @@ fn consumed_entries(p: &Pipeline) -> Vec<(PathBuf, String)> {
         }
     }
     out
-}
-
-/// A repository on object storage as one spelling of its URL (`s3://b/p/` is `s3://b/p`).
-fn object_storage(url: &str) -> PathBuf {
-    PathBuf::from(crate::s3::Location::parse(url).map(|l| l.to_string()).unwrap_or_else(|_| url.to_string()))
 }
 
 /// Kahn's algorithm, taking the ready pipeline with the smallest name first so that the
@@ -336,7 +308,7 @@ mod tests {
             assert!(names.iter().filter(|n| s.owns(n)).count() >= 10, "no shard is left nearly idle");
         }
         for bad in ["0/3", "4/3", "1/0", "x/2", "2"] {
-            assert_eq!(crate::error::exit_code(&Shard::parse(bad).unwrap_err()), 2, "{bad}");
+            assert_eq!(crate::base::error::exit_code(&Shard::parse(bad).unwrap_err()), 2, "{bad}");
         }
     }
 
@@ -355,7 +327,7 @@ mod tests {
             &format!("from = {{ repo = \"repo\", name = \"one\" }}\n[pipeline]\nname = \"two\"\n{}", publish(d, "two")),
         );
         let err = graph(&find_files(&[d.to_path_buf()]).unwrap()).err().unwrap();
-        assert_eq!(crate::error::exit_code(&err), 2);
+        assert_eq!(crate::base::error::exit_code(&err), 2);
         let text = err.to_string();
         assert!(text.contains("cycle") && text.contains("one.toml") && text.contains("two.toml"), "{text}");
     }

@@ -4,13 +4,15 @@
 
 use super::{PipelineReport, Report, Shard};
 use crate::bad_input;
+use crate::base::ui::Ui;
 use crate::chain::Chain;
 use crate::engine::cache::short_key;
 use crate::engine::stage::RunSettings;
-use crate::engine::ui::Ui;
 use crate::engine::{Engine, EngineOptions, Status};
 use crate::pipeline;
 use crate::repo::changes::with_package_changes;
+use crate::repo::location::Location;
+use crate::repo::repository::{self, Repository};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,7 +83,7 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
     std::fs::create_dir_all(&settings.work_dir)
         .with_context(|| format!("cannot create the work directory {}", settings.work_dir.display()))?;
     let _lock = rebuild_lock(&settings.work_dir, wait, &ui)?;
-    crate::interrupt::install_handler();
+    crate::base::interrupt::install_handler();
     let engine = Engine::new(settings, engine_options, &ui)?;
     for node in &graph.nodes {
         node.chain.preflight(&engine)?;
@@ -118,7 +120,7 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
             reports[i] = Some(report);
             continue;
         }
-        if crate::interrupt::interrupted() {
+        if crate::base::interrupt::interrupted() {
             report.reason = Some("the rebuild was interrupted".into());
             reports[i] = Some(report);
             continue;
@@ -157,7 +159,7 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
                 report.layer = Some(layer.path);
             }
             Err(e) => {
-                let text = crate::engine::secrets::scrub(&format!("{e:#}")).into_owned();
+                let text = crate::base::secrets::scrub(&format!("{e:#}")).into_owned();
                 ui.line(format!("== {name}: failed: {text}"));
                 report.result = "failed".into();
                 report.reason = Some(text);
@@ -177,7 +179,7 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
     };
     print_rebuild_summary(&report);
     if let Some(path) = &report_path {
-        crate::atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
+        crate::base::atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     if !not_ok.is_empty() {
         anyhow::bail!(
@@ -271,21 +273,23 @@ fn wait_for_base(base: &Chain, shard: u64, engine: &Engine, timeout: Duration) -
         .stages
         .iter()
         .filter_map(|s| match s {
-            pipeline::StageConfig::Publish(c) if crate::s3::is_s3(&c.repo) => Some((&c.repo, c.name.as_str())),
+            pipeline::StageConfig::Publish(c) => Some((Location::parse(&c.repo, &base.pipeline().dir).ok()?, &c.name)),
             _ => None,
         })
-        .map(|(url, name)| Ok((crate::repo::remote::RemoteRepo::connect(url)?, name)))
+        .filter(|(location, _)| location.shared())
+        .map(|(location, name)| Ok((repository::open(&location)?, name.as_str())))
         .collect::<Result<Vec<_>>>()?;
-    let published = |repo: &crate::repo::remote::RemoteRepo, name: &str| -> Result<bool> {
-        Ok(repo.manifests(name)?.values().last().is_some_and(|m| m.provenance.layer == key))
+    let published = |repo: &dyn Repository, name: &str| -> Result<bool> {
+        let newest = repo.manifest_revisions(name)?.last().copied();
+        Ok(newest.map(|r| repo.manifest(name, r)).transpose()?.is_some_and(|m| m.provenance.layer == key))
     };
     let deadline = std::time::Instant::now() + timeout;
     let mut said = false;
     loop {
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         let mut ready = engine.cache.get(&key).is_some() || engine.remote_has(&key)?;
         for (repo, name) in &entries {
-            ready = ready && published(repo, name)?;
+            ready = ready && published(repo.as_ref(), name)?;
         }
         if ready {
             return Ok(());

@@ -29,7 +29,7 @@ pub fn map_path(image: &Path) -> PathBuf {
 }
 
 pub fn save(image: &Path, map: &BlockMap) -> Result<()> {
-    crate::atomic::write(&map_path(image), &serde_json::to_vec(map)?)
+    crate::base::atomic::write(&map_path(image), &serde_json::to_vec(map)?)
 }
 
 /// Every block of the repository's images made by this encoder, by content; and what was

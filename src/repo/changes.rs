@@ -1,11 +1,11 @@
 //! What changed in packages between two revisions of an entry, from their signed manifests:
 //! `repo diff`, and the package changes a rebuild report gives for each publish.
 
+use super::location::Location;
 use super::manifest::{self, Diff, Manifest};
-use super::remote::RemoteRepo;
-use super::Repo;
+use super::repository::{self, Repository};
 use crate::bad_input;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
 
 /// Two revisions of an entry compared.
@@ -16,21 +16,10 @@ pub struct Comparison {
 }
 
 /// Compares revisions `rev_a` and `rev_b` of `name` (default: the newest revision with a
-/// manifest, and the one before it) in a local repository or one on object storage.
-pub fn compare(location: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u64>) -> Result<Comparison> {
-    type Read = Box<dyn Fn(u64) -> Result<Manifest>>;
-    let (known, manifest): (Vec<u64>, Read) = match location.to_str().filter(|l| crate::s3::is_s3(l)) {
-        Some(url) => {
-            let all = RemoteRepo::connect(url)?.manifests(name)?;
-            (all.keys().copied().collect(), Box::new(move |r| all.get(&r).cloned().context("no manifest")))
-        }
-        None => {
-            let repo = Repo::open(location)?;
-            let name = name.to_string();
-            (manifest::revisions(location, &name), Box::new(move |r| repo.manifest(&name, r)))
-        }
-    };
-    let shown = location.display();
+/// manifest, and the one before it).
+pub fn compare(repo: &dyn Repository, name: &str, rev_a: Option<u64>, rev_b: Option<u64>) -> Result<Comparison> {
+    let known = repo.manifest_revisions(name)?;
+    let shown = repo.location();
     if known.is_empty() {
         return Err(bad_input!("{shown}: no revision of `{name}` has a package manifest"));
     }
@@ -54,7 +43,7 @@ pub fn compare(location: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u6
             return Err(missing(rev));
         }
     }
-    let (old, new) = (manifest(a)?, manifest(b)?);
+    let (old, new) = (repo.manifest(name, a)?, repo.manifest(name, b)?);
     let list = |m: &Manifest| {
         m.package_list().map(<[_]>::to_vec).ok_or_else(|| {
             anyhow::anyhow!(
@@ -69,20 +58,21 @@ pub fn compare(location: &Path, name: &str, rev_a: Option<u64>, rev_b: Option<u6
 
 /// A publish record with what its revision changed in packages against the revision before
 /// it (`packages`: count, previous revision, added, removed, changed), from the signed
-/// manifests; unchanged when they cannot be read.
+/// manifests, in any kind of repository; unchanged when they cannot be read.
 pub fn with_package_changes(mut record: serde_json::Value) -> serde_json::Value {
-    let (Some(dir), Some(name), Some(revision)) =
+    let (Some(at), Some(name), Some(revision)) =
         (record["repo"].as_str(), record["name"].as_str(), record["revision"].as_u64())
     else {
         return record;
     };
-    let (dir, name) = (std::path::PathBuf::from(dir), name.to_string());
-    let Ok(repo) = Repo::open(&dir) else { return record };
-    let Ok(new) = repo.manifest(&name, revision) else { return record };
+    let Some(repo) = Location::parse(at, Path::new("/")).ok().and_then(|l| repository::open(&l).ok()) else {
+        return record;
+    };
+    let Ok(new) = repo.manifest(name, revision) else { return record };
     let Some(new_list) = new.package_list() else { return record };
-    let previous = manifest::revisions(&dir, &name).into_iter().rfind(|&r| r < revision);
+    let previous = repo.manifest_revisions(name).unwrap_or_default().into_iter().rfind(|&r| r < revision);
     let mut packages = serde_json::json!({ "count": new_list.len(), "previous": previous });
-    let old = previous.and_then(|r| repo.manifest(&name, r).ok());
+    let old = previous.and_then(|r| repo.manifest(name, r).ok());
     if let Some(old_list) = old.as_ref().and_then(|m| m.package_list()) {
         let d = manifest::diff(old_list, new_list);
         packages["added"] = serde_json::json!(d.added);

@@ -65,7 +65,7 @@ pub fn write(dir: &Path, manifest: &Manifest, fingerprint: &str) -> Result<()> {
     let mut text = serde_json::to_string_pretty(manifest)?;
     text.push('\n');
     let signed = sign::clearsign(fingerprint, text.as_bytes())?;
-    crate::atomic::write(&path(dir, &manifest.entry, manifest.revision), &signed)
+    crate::base::atomic::write(&path(dir, &manifest.entry, manifest.revision), &signed)
 }
 
 /// Reads a revision's manifest, verified against the pinned key: the signature, and that it

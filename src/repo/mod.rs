@@ -7,11 +7,14 @@
 pub mod blocks;
 pub mod changes;
 pub mod index;
+pub mod location;
 pub mod manifest;
 pub mod page;
 pub mod remote;
+pub mod repository;
 pub mod serve;
 pub mod sign;
+pub mod source;
 pub mod trust;
 
 use crate::bad_input;
@@ -105,9 +108,9 @@ impl Repo {
             }
             None => repo.signed_index(&fingerprint)?,
         };
-        crate::atomic::write(&dir.join(KEY_FILE), format!("{fingerprint}\n").as_bytes())?;
+        crate::base::atomic::write(&dir.join(KEY_FILE), format!("{fingerprint}\n").as_bytes())?;
         let name = repo.name();
-        crate::atomic::write(&repo.public_key_path(), &sign::export_public_key(&fingerprint)?)?;
+        crate::base::atomic::write(&repo.public_key_path(), &sign::export_public_key(&fingerprint)?)?;
         let abs = std::fs::canonicalize(dir)?;
         // virt-builder takes the key only from a local file (it ignores a gpgkey= that is not
         // file://), so remote clients install it next to the sources file.
@@ -116,7 +119,7 @@ impl Repo {
             None => (format!("file://{}/index.asc", abs.display()), abs.clone()),
         };
         let conf = format!("[{name}]\nuri={uri}\ngpgkey=file://{}\n", key.join(format!("{name}.asc")).display());
-        crate::atomic::write(&repo.conf_path(), conf.as_bytes())?;
+        crate::base::atomic::write(&repo.conf_path(), conf.as_bytes())?;
         // A new index, or the existing one signed again when the key changed.
         if existing.as_deref() != Some(fingerprint.as_str()) || !dir.join("index.asc").exists() {
             repo.write_index(&index, &fingerprint)?;
@@ -248,8 +251,8 @@ impl Repo {
     fn write_index(&self, index: &Index, fingerprint: &str) -> Result<()> {
         let text = index.render();
         let signed = sign::clearsign(fingerprint, text.as_bytes())?;
-        crate::atomic::write(&self.dir.join("index"), text.as_bytes())?;
-        crate::atomic::write(&self.dir.join("index.asc"), &signed)?;
+        crate::base::atomic::write(&self.dir.join("index"), text.as_bytes())?;
+        crate::base::atomic::write(&self.dir.join("index.asc"), &signed)?;
         Ok(())
     }
 
@@ -307,9 +310,10 @@ impl Repo {
         Ok(entry)
     }
 
-    /// Deletes image files of older revisions beyond the newest `keep` per name (the index
-    /// names only the newest; older ones stay for rollback), and leftovers of crashed writes
-    /// (a running publisher's image, written before it takes the lock, stays).
+    /// Deletes image files of older revisions beyond the newest `keep` (at least 1, see
+    /// `Repository::prune`) per name (the index names only the newest; older ones stay for
+    /// rollback), and leftovers of crashed writes (a running publisher's image, written
+    /// before it takes the lock, stays).
     pub fn prune(&self, keep: usize) -> Result<Vec<PathBuf>> {
         let _lock = self.lock()?;
         let index = self.signed_index(&self.signing_key(None)?)?;
@@ -325,7 +329,7 @@ impl Repo {
                 })
                 .collect();
             revisions.sort_by_key(|r| std::cmp::Reverse(r.0));
-            for (_, path) in revisions.into_iter().skip(keep.max(1)) {
+            for (_, path) in revisions.into_iter().skip(keep) {
                 if Some(path.file_name().unwrap_or_default().to_string_lossy().as_ref()) != entry.file() {
                     remove_image(&path)?;
                     removed.push(path);
@@ -498,7 +502,7 @@ fn temp_of_live_process(file_name: &str) -> bool {
 
 /// The hex SHA-512 of a file, as the index's `checksum[sha512]` holds it.
 pub fn sha512_file(path: &Path) -> Result<String> {
-    crate::digest::file_hex::<Sha512>(path)
+    crate::base::digest::file_hex::<Sha512>(path)
 }
 
 /// Checks that a name is safe as an index id and a file name.

@@ -10,7 +10,7 @@
 
 use super::manifest::{self, Diff};
 use super::Repo;
-use crate::engine::ui::human_bytes;
+use crate::base::ui::human_bytes;
 use anyhow::Result;
 use std::path::Path;
 

@@ -20,7 +20,7 @@ use super::manifest::Manifest;
 use super::sign::{self, PinnedVerifier};
 use super::trust;
 use crate::bad_input;
-use crate::engine::ui::Ui;
+use crate::base::ui::Ui;
 use crate::s3::{self, Location, Store};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -343,7 +343,7 @@ impl RemoteRepo {
         self.records(&mut verifier)?;
         let file = format!("{name}-{}.xz", s3::unique_id());
         let size = std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?.len();
-        ui.line(format!("uploading {file} ({}) to {}", crate::engine::ui::human_bytes(size), self.url()));
+        ui.line(format!("uploading {file} ({}) to {}", crate::base::ui::human_bytes(size), self.url()));
         self.store.upload(&file, image, ui, &format!("upload {file}"))?;
         let id = next_id(&self.records(&mut verifier)?, name);
         let record = Record {
@@ -413,13 +413,8 @@ impl RemoteRepo {
     /// Deletes the images of older publishes beyond the newest `keep` per entry (never one
     /// the index names), and images no record names that are over a day old (a publish
     /// uploads its image before it writes its record). Records stay: revisions count them.
+    /// `keep` is at least 1 (see `Repository::prune`).
     pub fn prune(&self, keep: usize) -> Result<Vec<String>> {
-        if keep == 0 {
-            return Err(bad_input!(
-                "{}: --keep 0 would delete the images the index names; keep at least 1",
-                self.url()
-            ));
-        }
         let pin = self.signing_key(None)?;
         let mut verifier = self.verifier(&pin)?;
         let records = self.records(&mut verifier)?;
@@ -499,7 +494,7 @@ impl RemoteRepo {
                 problems.push(format!("[{id}]: no file in the repository"));
                 continue;
             };
-            let mut hasher = crate::digest::HashingWriter::<sha2::Sha512, _>::new(std::io::sink());
+            let mut hasher = crate::base::digest::HashingWriter::<sha2::Sha512, _>::new(std::io::sink());
             match self.download(entry, &mut hasher, ui) {
                 Err(e) => problems.push(format!("[{id}]: {e:#}")),
                 Ok(size) => {

@@ -47,7 +47,7 @@ pub fn record_id(id: &str, fingerprint: &str) -> Result<()> {
     let store = store_dir()
         .ok_or_else(|| anyhow!("cannot record the repository's key: neither XDG_CONFIG_HOME nor HOME is set"))?;
     std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
-    crate::atomic::write(&entry_path(&store, id), format!("{fingerprint} {id}\n").as_bytes())
+    crate::base::atomic::write(&entry_path(&store, id), format!("{fingerprint} {id}\n").as_bytes())
         .with_context(|| format!("cannot record the key of {id}"))
 }
 

@@ -4,7 +4,7 @@
 
 use super::{Format, Seed};
 use crate::bad_input;
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use std::path::Path;

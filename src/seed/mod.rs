@@ -13,7 +13,7 @@ pub use iso::{write_iso, write_iso_logged};
 pub use network::NetworkConfig;
 
 use crate::bad_input;
-use crate::pipeline::overrides;
+use crate::base::overrides;
 use anyhow::Result;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};

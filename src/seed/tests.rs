@@ -20,7 +20,7 @@ fn load(text: &str) -> Seed {
 
 fn bad(dir: &Path, text: &str, sets: &[&str]) -> String {
     let e = seed_in(dir, text, sets).unwrap_err();
-    assert_eq!(crate::error::exit_code(&e), 2, "{e:#}");
+    assert_eq!(crate::base::error::exit_code(&e), 2, "{e:#}");
     format!("{e:#}")
 }
 

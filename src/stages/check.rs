@@ -51,7 +51,7 @@ impl Stage for CheckStage {
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
-        let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "check")?;
+        let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "check")?;
         let disk = scratch.path().join("boot.qcow2");
         qemu_img::create_overlay(ctx.parent_path()?, &disk, None)?;
         let key = AccessKey::generate()?;

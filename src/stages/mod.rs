@@ -29,7 +29,7 @@ pub fn build(pipeline: &Pipeline) -> Result<Vec<Box<dyn Stage>>> {
             StageConfig::Customize(c) => Box::new(customize::CustomizeStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Sysprep(c) => Box::new(sysprep::SysprepStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Firstboot(c) => Box::new(firstboot::FirstbootStage::new(c.clone(), pipeline, &at)?),
-            StageConfig::Publish(c) => Box::new(publish::PublishStage::new(c.clone(), &pipeline.path, &at)?),
+            StageConfig::Publish(c) => Box::new(publish::PublishStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Provision(c) => Box::new(provision::ProvisionStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Export(c) => Box::new(export::ExportStage::new(c.clone(), pipeline, &at)?),
             StageConfig::Check(c) => Box::new(check::CheckStage::new(c.clone(), pipeline, &at)?),

@@ -142,7 +142,7 @@ impl Stage for ProvisionStage {
         runner.set_deadline(deadline);
         let answer = match runner.wait_for_ssh_unless_refused(&key, boot_wait()) {
             Ok(answer) => answer,
-            Err(e) if runner.expired() || crate::interrupt::interrupted() => return Err(e),
+            Err(e) if runner.expired() || crate::base::interrupt::interrupted() => return Err(e),
             Err(e) => {
                 // No answer at all: the image may lack sshd or not start it. The appliance
                 // check says what to change, as the fallback path would before its boot.
@@ -176,7 +176,7 @@ impl Stage for ProvisionStage {
         session.set_deadline(Some(deadline));
         runner.console_on_bar(false);
 
-        let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "provision")?;
+        let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "provision")?;
         let targets = [Target { endpoint: runner.endpoint().clone(), session }];
         let run = RunContext {
             workdir: &self.workdir,

@@ -2,13 +2,15 @@
 //! signed virt-builder repository (created with a fresh signing key when it does not exist),
 //! or into one on object storage (`repo = "s3://BUCKET/PREFIX"`, made by `repo init`).
 
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
 use crate::guest::{inspect, Package};
 use crate::image::{chain, qemu_img, xz};
-use crate::pipeline::PublishConfig;
+use crate::pipeline::{Pipeline, PublishConfig};
+use crate::repo::location::Location;
 use crate::repo::manifest::{Manifest, Provenance};
 use crate::repo::remote::{NewImage, RemoteRepo};
+use crate::repo::repository;
 use crate::repo::{self, blocks, sign, Repo};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -22,14 +24,17 @@ struct PackageList {
 
 pub struct PublishStage {
     config: PublishConfig,
-    /// The repository directory, resolved against the working directory: it is output.
+    location: Location,
+    /// The repository directory (relative paths resolved against the pipeline file's
+    /// directory); on object storage, where the image is compressed before its upload.
     repo_dir: PathBuf,
     /// The repository's URL when it is on object storage.
     remote: Option<String>,
 }
 
 impl PublishStage {
-    pub fn new(config: PublishConfig, pipeline_path: &std::path::Path, at: &str) -> Result<PublishStage> {
+    pub fn new(config: PublishConfig, pipeline: &Pipeline, at: &str) -> Result<PublishStage> {
+        let pipeline_path = &pipeline.path;
         repo::check_entry_name(&config.name)
             .map_err(|e| crate::bad_input!("{}: {at}.name: {e}", pipeline_path.display()))?;
         if !matches!(config.format.as_str(), "raw" | "qcow2") {
@@ -46,26 +51,27 @@ impl PublishStage {
                 config.xz_level
             ));
         }
-        let remote = crate::s3::is_s3(&config.repo).then(|| config.repo.clone());
-        if let Some(url) = &remote {
-            crate::s3::Location::parse(url)
-                .map_err(|e| crate::bad_input!("{}: {at}.repo: {e}", pipeline_path.display()))?;
-        } else if config.repo.contains("://") {
-            return Err(crate::bad_input!(
-                "{}: {at}.repo: publish writes to a local directory or s3://BUCKET/PREFIX, not {}",
-                pipeline_path.display(),
-                config.repo
-            ));
-        }
-        Ok(PublishStage { repo_dir: PathBuf::from(&config.repo), remote, config })
+        let location = Location::parse(&config.repo, &pipeline.dir)
+            .map_err(|e| crate::bad_input!("{}: {at}.repo: {e:#}", pipeline_path.display()))?;
+        let (repo_dir, remote) = match &location {
+            Location::Local(dir) => (dir.clone(), None),
+            Location::ObjectStorage(l) => (PathBuf::new(), Some(l.to_string())),
+            Location::Http(url) => {
+                return Err(crate::bad_input!(
+                    "{}: {at}.repo: publish writes to a local directory or s3://BUCKET/PREFIX, not {url}",
+                    pipeline_path.display()
+                ))
+            }
+        };
+        Ok(PublishStage { location, repo_dir, remote, config })
     }
 
     /// The installed packages of the layer, or why they could not be read (a package
     /// database libguestfs cannot open); read once per layer and kept beside it in the cache
-    /// as `KEY.packages.json` (the key names the layer's content). A disk with no operating
+    /// as a sidecar (the key names the layer's content). A disk with no operating
     /// system that inspection recognises has an empty list.
     fn packages(&self, layer: &Path, settings: &RunSettings, log: &StageLog) -> Result<PackageList> {
-        let kept = layer.with_extension("packages.json");
+        let kept = crate::engine::cache::sidecar(layer, "packages");
         if let Some(list) = std::fs::read(&kept).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
             log.line(format!("packages: as read before, {}", kept.display()));
             return Ok(list);
@@ -89,7 +95,7 @@ impl PublishStage {
             }
             Err(e) => return Err(e.into()),
         };
-        let _ = crate::atomic::write(&kept, &serde_json::to_vec(&list)?);
+        let _ = crate::base::atomic::write(&kept, &serde_json::to_vec(&list)?);
         Ok(list)
     }
 
@@ -187,7 +193,7 @@ impl Stage for PublishStage {
         // On object storage the image is compressed in the work directory, then uploaded.
         let scratch;
         let repo = if self.remote.is_some() {
-            scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "publish")?;
+            scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "publish")?;
             Repo { dir: scratch.path().to_path_buf() }
         } else if self.repo_dir.join("index.asc").exists() {
             Repo::open(&self.repo_dir)?
@@ -336,20 +342,12 @@ impl Stage for PublishStage {
 
     /// Still current while the repository's index names this exact image.
     fn output_current(&self, record: &serde_json::Value) -> bool {
-        if let Some(url) = &self.remote {
-            let index = RemoteRepo::connect(url).and_then(|r| r.index());
-            return index
-                .is_ok_and(|i| i.get(&self.config.name).is_some_and(|e| e.checksum() == record["checksum"].as_str()));
-        }
-        let Ok(repo) = Repo::open(&self.repo_dir) else {
-            return false;
-        };
-        let Ok(index) = repo.index() else {
+        let Ok(index) = repository::open(&self.location).and_then(|r| r.index()) else {
             return false;
         };
         let entry = index.entries.iter().find(|e| e.id == self.config.name);
-        entry.is_some_and(|e| {
-            e.checksum() == record["checksum"].as_str() && e.file().is_some_and(|f| self.repo_dir.join(f).exists())
-        })
+        // A local entry's image must still be there (an object's is checked by `repo verify`).
+        let present = |file: &str| self.remote.is_some() || self.repo_dir.join(file).exists();
+        entry.is_some_and(|e| e.checksum() == record["checksum"].as_str() && e.file().is_some_and(present))
     }
 }

@@ -4,7 +4,8 @@
 use crate::bad_input;
 use anyhow::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What the user asked for: `Auto` takes KVM only where it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {
     Auto,
     Kvm,

@@ -3,7 +3,7 @@
 //! (drop included), so a failed or interrupted stage never leaves a qemu behind.
 
 use super::Accel;
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -135,9 +135,9 @@ impl Vm {
         std::fs::write(console, b"")?;
         let mut cmd = config.command(console);
         if let Some(log) = &log {
-            log.line(format!("$ {}", crate::engine::secrets::describe_command(&cmd)));
+            log.line(format!("$ {}", crate::base::secrets::describe_command(&cmd)));
         }
-        crate::interrupt::dies_with_parent(&mut cmd);
+        crate::base::interrupt::dies_with_parent(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

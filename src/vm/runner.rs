@@ -12,7 +12,7 @@ use super::console::{last_lines, strip_escapes, ConsoleReader};
 use super::qemu::{Vm, VmConfig};
 use super::ssh::{AccessKey, ConnectError, Endpoint, Session};
 use super::Accel;
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use std::io::{BufRead, BufReader, Write};
@@ -81,7 +81,7 @@ impl Runner {
         log: &StageLog,
         bar: &ProgressBar,
     ) -> Result<Runner> {
-        let scratch = crate::engine::cache::scratch_dir(&options.work_dir, "vm")?;
+        let scratch = crate::base::scratch::dir(&options.work_dir, "vm")?;
         let mut dirs = Vec::new();
         // A unix socket path must fit in 108 bytes; a deep work directory would not.
         let qmp = if scratch.path().join("qmp.sock").as_os_str().len() < 100 {
@@ -202,7 +202,7 @@ impl Runner {
         let start = Instant::now();
         let mut last_error = anyhow!("no attempt made");
         loop {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             self.check_deadline()?;
             if let Some((status, stderr)) = self.exited() {
                 bail!(
@@ -252,7 +252,7 @@ impl Runner {
     fn wait_exit(&self, timeout: Duration) -> Result<Option<()>> {
         let start = Instant::now();
         loop {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             self.check_deadline()?;
             if let Some((status, stderr)) = self.exited() {
                 self.drain_console();

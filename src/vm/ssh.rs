@@ -125,7 +125,7 @@ impl Session {
     pub fn connect(endpoint: &Endpoint, key: &Path, known_hosts: &Path, timeout: Duration) -> Result<Session> {
         let start = Instant::now();
         loop {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             match Session::connect_once(endpoint, key, known_hosts) {
                 Ok(session) => return Ok(session),
                 Err(ConnectError::Fatal(e) | ConnectError::Refused(e)) => return Err(e),
@@ -270,7 +270,7 @@ impl Session {
         let mut lines = [LineBuffer::default(), LineBuffer::default()];
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             if let Some(deadline) = self.deadline.lock().ok().and_then(|d| *d) {
                 if Instant::now() >= deadline {
                     bail!("the stage's time limit passed while it ran");
@@ -404,7 +404,7 @@ fn record_host_key(known_hosts: &Path, name: &str, line: &str) -> Result<()> {
         old.lines().filter(|l| l.split_whitespace().next() != Some(name)).map(|l| format!("{l}\n")).collect();
     text.push_str(line);
     text.push('\n');
-    crate::atomic::write(known_hosts, text.as_bytes())
+    crate::base::atomic::write(known_hosts, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -417,7 +417,10 @@ pub fn debian_fixture() -> DebianFixture {
         // presets are tested on small disks).
         let text = std::fs::read_to_string(repo_root().join(shipped)).unwrap();
         assert!(text.trim_end().rsplit("[[stages]]").next().unwrap().contains("[stages.publish]"));
-        let file = write_file(dir, "debian-bookworm.toml", &format!("{text}xz_level = 0\n"));
+        // Where it is in the checkout, so that its repository (`../repo-index`, relative to
+        // the file) is DIR/repo-index.
+        std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+        let file = write_file(&dir.join("pipelines"), "debian-bookworm.toml", &format!("{text}xz_level = 0\n"));
         let out = pipeline(dir, &gnupg, &["--work-dir", "work", "run", file.to_str().unwrap()]);
         (gnupg, file, out)
     });

@@ -159,7 +159,7 @@ fn cloud_config(user: Option<&str>) -> String {
     text
 }
 
-fn clear_machine_state(g: &Guest, log: &crate::engine::log::StageLog) -> Result<()> {
+fn clear_machine_state(g: &Guest, log: &crate::base::log::StageLog) -> Result<()> {
     let mut cleared = Vec::new();
     for pattern in MACHINE_STATE {
         for path in g.glob_expand(pattern)? {

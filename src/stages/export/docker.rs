@@ -184,7 +184,7 @@ impl Target for Docker {
 }
 
 /// Makes the mounted overlay a container's root filesystem (see [`REMOVE`]).
-fn prepare(g: &Guest, os: &Inspection, log: &crate::engine::log::StageLog) -> Result<()> {
+fn prepare(g: &Guest, os: &Inspection, log: &crate::base::log::StageLog) -> Result<()> {
     let mut removed = Vec::new();
     for pattern in REMOVE {
         let paths = g.glob_expand(pattern)?;

@@ -221,7 +221,7 @@ impl Stage for ExportStage {
             .prefix(&format!(".{name}.export-{}-", std::process::id()))
             .tempdir_in(dest_parent)
             .with_context(|| format!("cannot write in {}", dest_parent.display()))?;
-        let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "export")?;
+        let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "export")?;
         let mut job = Job {
             ctx,
             out: out.path(),
@@ -365,7 +365,7 @@ mod tests {
         // An existing export may be replaced; a directory it did not write may not.
         stage(d.path(), "out/docker").unwrap();
         let e = stage(d.path(), "out").err().unwrap();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::base::error::exit_code(&e), 2);
         assert!(format!("{e:#}").contains("no export wrote"), "{e:#}");
     }
 

@@ -191,7 +191,7 @@ fn consume(
     let mut buf = vec![0u8; 1 << 20];
     let (mut hash, mut bytes, mut shown) = (Sha256::new(), 0u64, 0u64);
     loop {
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,

@@ -382,7 +382,7 @@ fn carry_earlier(
     version: &str,
     count: usize,
     base_url: &str,
-    log: &crate::engine::log::StageLog,
+    log: &crate::base::log::StageLog,
 ) -> Result<Vec<CatalogueVersion>> {
     let Ok(text) = std::fs::read(dest.join(CATALOGUE)) else {
         return Ok(Vec::new());
@@ -469,7 +469,7 @@ impl BoxPlan<'_> {
         provider: Provider,
         file: &str,
         bar: &indicatif::ProgressBar,
-        log: &crate::engine::log::StageLog,
+        log: &crate::base::log::StageLog,
     ) -> Result<Packed> {
         let dir = self.scratch.join(provider.name());
         std::fs::create_dir_all(&dir)?;
@@ -514,7 +514,7 @@ impl BoxPlan<'_> {
         let path = self.out.join(file);
         write_box(&path, &members, level, self.mtime, provider.name(), bar)?;
         let size = std::fs::metadata(&path)?.len();
-        let sha256 = crate::digest::file_hex::<Sha256>(&path)?;
+        let sha256 = crate::base::digest::file_hex::<Sha256>(&path)?;
         Ok(Packed { file: file.to_string(), sha256, size })
     }
 
@@ -714,7 +714,7 @@ struct Progress<'a, R> {
 
 impl<R: Read> Read for Progress<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if crate::interrupt::interrupted() {
+        if crate::base::interrupt::interrupted() {
             return Err(std::io::Error::other("interrupted"));
         }
         let n = self.inner.read(buf)?;
@@ -880,7 +880,7 @@ mod tests {
         std::fs::write(dest.join("libvirt-4.0.box"), "changed").unwrap(); // not as exported
         std::fs::write(dest.join(MANIFEST), serde_json::to_vec(&serde_json::json!({ "files": files })).unwrap())
             .unwrap();
-        let log = crate::engine::log::StageLog::create(&d.path().join("log")).unwrap();
+        let log = crate::base::log::StageLog::create(&d.path().join("log")).unwrap();
 
         let kept = carry_earlier(&dest, &out, "acme/debian", "5.0", 2, "https://boxes.example.net/d", &log).unwrap();
         let versions: Vec<&str> = kept.iter().map(|v| v.version.as_str()).collect();

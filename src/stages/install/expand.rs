@@ -3,7 +3,7 @@
 //! (ext2/3/4, XFS, btrfs, an LVM physical volume), in one appliance launch. In place means
 //! only the last partition can grow; virt-resize copies the disk to move the others.
 
-use crate::engine::log::StageLog;
+use crate::base::log::StageLog;
 use crate::guest::Guest;
 use anyhow::{bail, Result};
 

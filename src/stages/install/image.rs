@@ -5,11 +5,10 @@ use super::expand;
 use crate::bad_input;
 use crate::download;
 use crate::engine::stage::{LayerKind, ResolveContext, Stage, StageContext, StageResult};
-use crate::engine::ui::Ui;
 use crate::guest::{Drive, Guest};
 use crate::image::qemu_img::{self, Detected};
-use crate::repo::remote::RemoteRepo;
-use crate::repo::{self, index::Entry, index::Index, sign, Repo};
+use crate::repo::location::Location;
+use crate::repo::{self, index::Entry, sign, source};
 use crate::upstream::Upstream;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
@@ -35,14 +34,10 @@ pub struct ImageStage {
     base_dir: PathBuf,
     /// The pipeline file and key, for messages.
     where_: String,
+    /// Where the repository of a repository entry is.
+    location: Option<Location>,
     /// The repository entry as the verified index says, read once by `resolve`.
-    resolved: std::cell::OnceCell<Resolved>,
-}
-
-/// A repository entry read from a verified index, and where its file lives.
-struct Resolved {
-    base: String,
-    entry: Entry,
+    resolved: std::cell::OnceCell<Entry>,
 }
 
 impl ImageStage {
@@ -69,13 +64,15 @@ impl ImageStage {
                 return Err(bad_input!("{where_}: image {} does not exist", base_dir.join(f).display()));
             }
         }
+        let mut location = None;
         if let ImageSource::Repo { repo, fingerprint, .. } = &mut source {
+            let at = Location::parse(repo, base_dir).map_err(|e| bad_input!("{where_}.repo: {e:#}"))?;
             match fingerprint.as_deref() {
                 Some(f) => {
                     let full = sign::parse_fingerprint(f).map_err(|e| bad_input!("{where_}.fingerprint: {e}"))?;
                     *fingerprint = Some(full);
                 }
-                None if download::is_url(repo) => {
+                None if matches!(at, Location::Http(_)) => {
                     return Err(bad_input!(
                         "{where_}.fingerprint: the repository {repo} is read over the network, so the key that \
                          signs it must be pinned: add fingerprint = \"...\" (its full 40-digit fingerprint)"
@@ -83,6 +80,7 @@ impl ImageStage {
                 }
                 None => {}
             }
+            location = Some(at);
         }
         if let Some(size) = &disk_size {
             if qemu_img::parse_size(size).is_none() {
@@ -104,64 +102,9 @@ impl ImageStage {
             expand,
             base_dir: base_dir.to_path_buf(),
             where_: where_.to_string(),
+            location,
             resolved: std::cell::OnceCell::new(),
         })
-    }
-
-    /// The repository's index, verified against the pinned key only, and where its files
-    /// live. `keep_copy = false` writes nothing (not even the download cache's copy).
-    fn repo_index(
-        &self,
-        repo: &str,
-        fingerprint: Option<&str>,
-        (cache, offline, keep_copy, ui): (&Path, bool, bool, &Ui),
-    ) -> Result<(Index, String)> {
-        if crate::s3::is_s3(repo) {
-            let remote = RemoteRepo::connect(repo)?;
-            let pin = match fingerprint {
-                Some(f) => f.to_string(),
-                None => remote.pinned_key()?.ok_or_else(|| {
-                    bad_input!(
-                        "{}.fingerprint: no key is recorded for the repository {repo} (`pipeline repo init` records \
-                         it, for the user who ran it); add fingerprint = \"...\", the full fingerprint of the key that \
-                         signs it",
-                        self.where_
-                    )
-                })?,
-            };
-            let index = remote.index_signed_by(&pin).with_context(|| format!("{repo}: cannot read its index"))?;
-            return Ok((index, repo.to_string()));
-        }
-        let (index_src, base, local) = if download::is_url(repo) {
-            let base = repo.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or_default();
-            (repo.to_string(), base, None)
-        } else {
-            let dir = self.base_dir.join(repo);
-            let dir = if dir.is_dir() { dir } else { dir.parent().map(Path::to_path_buf).unwrap_or_default() };
-            (dir.join("index.asc").to_string_lossy().into_owned(), dir.to_string_lossy().into_owned(), Some(dir))
-        };
-        let pin = match (fingerprint, &local) {
-            (Some(f), _) => f.to_string(),
-            (None, Some(dir)) => repo::trust::pinned(dir)?.ok_or_else(|| {
-                bad_input!(
-                    "{}.fingerprint: no key is recorded for the repository {} (`pipeline repo init` records it, \
-                     for the user who ran it, in {}); add fingerprint = \"...\", the full fingerprint of the key \
-                     that signs it (`gpg --show-keys {}`)",
-                    self.where_,
-                    dir.display(),
-                    repo::trust::store_dir().unwrap_or_default().display(),
-                    Repo { dir: dir.clone() }.public_key_path().display()
-                )
-            })?,
-            (None, None) => return Err(bad_input!("{}.fingerprint: missing", self.where_)),
-        };
-        let signed = download::read_small_with(&index_src, &self.base_dir, cache, offline, keep_copy, ui)?;
-        // A local repository's published key may supply the public half; it must be the pin.
-        let published = local.and_then(|dir| std::fs::read(Repo { dir }.public_key_path()).ok());
-        let text = sign::verify_pinned(&signed, &pin, published.as_deref())
-            .with_context(|| format!("{index_src}: signature check failed"))?;
-        let index = Index::parse(&String::from_utf8_lossy(&text)).map_err(|e| anyhow::anyhow!("{index_src}: {e}"))?;
-        Ok((index, base))
     }
 }
 
@@ -189,20 +132,20 @@ impl Stage for ImageStage {
 
     /// Fetches and verifies the repository's index once; `config` and `run` use the entry.
     fn resolve(&self, ctx: &ResolveContext) -> Result<()> {
-        let ImageSource::Repo { repo, name, fingerprint } = &self.source else {
+        let (ImageSource::Repo { repo, name, fingerprint }, Some(location)) = (&self.source, &self.location) else {
             return Ok(());
         };
         if self.resolved.get().is_some() {
             return Ok(());
         }
         let cache = ctx.settings.work_dir.join("downloads");
-        let io = (cache.as_path(), ctx.settings.offline, !ctx.read_only, ctx.ui);
-        let (index, base) = self.repo_index(repo, fingerprint.as_deref(), io)?;
+        let io = source::Io { cache: &cache, offline: ctx.settings.offline, keep_copy: !ctx.read_only, ui: ctx.ui };
+        let index = source::verified_index(location, fingerprint.as_deref(), &self.where_, &io)?;
         let entry = index
             .get(name)
             .ok_or_else(|| bad_input!("{}.name: the repository {repo} has no entry `{name}`", self.where_))?
             .clone();
-        let _ = self.resolved.set(Resolved { base, entry });
+        let _ = self.resolved.set(entry);
         Ok(())
     }
 
@@ -214,7 +157,7 @@ impl Stage for ImageStage {
             ImageSource::File(_) => vec![],
             ImageSource::Repo { repo, name, .. } => {
                 let state = match self.resolved.get() {
-                    Some(r) => format!("revision {} sha512 {}", r.entry.revision(), r.entry.checksum().unwrap_or("-")),
+                    Some(e) => format!("revision {} sha512 {}", e.revision(), e.checksum().unwrap_or("-")),
                     None => "not resolved".to_string(),
                 };
                 vec![Upstream::Resolved { what: format!("entry {name} of {repo}"), state }]
@@ -258,18 +201,15 @@ impl ImageStage {
                 if self.resolved.get().is_none() {
                     self.resolve(&ResolveContext { settings: ctx.settings, ui: ctx.ui, read_only: false })?;
                 }
-                let Resolved { base, entry } = self.resolved.get().context("the repository entry was not resolved")?;
-                let file = entry.file().context("the entry has no file=")?;
-                let src = format!("{base}/{file}");
-                let local = if crate::s3::is_s3(base) {
-                    fetch_from_object_storage(base, entry, &src, &cache, ctx.ui)?
-                } else {
-                    download::local_or_fetch(&src, &self.base_dir, &cache, offline, ctx.ui)?
-                };
+                let entry = self.resolved.get().context("the repository entry was not resolved")?;
+                let location = self.location.as_ref().context("a repository entry has a location")?;
+                let io = source::Io { cache: &cache, offline, keep_copy: true, ui: ctx.ui };
+                let local = source::fetch(location, entry, &io)?;
+                let src = source::describe(location, entry);
                 ctx.bar.set_message("checking sha512");
                 let got = repo::sha512_file(&local)?;
                 if Some(got.as_str()) != entry.checksum() {
-                    if download::is_url(&src) || crate::s3::is_s3(base) {
+                    if source::is_copy(location) {
                         let _ = std::fs::remove_file(&local);
                     }
                     bail!("{src}: sha512 {got} does not match the signed index; refusing the image");
@@ -328,26 +268,6 @@ impl ImageStage {
 
 /// An image of a repository on object storage, kept in the download cache (its name is
 /// unique to one publish, so a kept copy is that image; the caller checks its sha512).
-fn fetch_from_object_storage(repo: &str, entry: &Entry, src: &str, cache: &Path, ui: &Ui) -> Result<PathBuf> {
-    let local = download::cache_path(cache, src);
-    if local.exists() {
-        return Ok(local);
-    }
-    std::fs::create_dir_all(cache)?;
-    let temp = local.with_extension(format!("part-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-        RemoteRepo::connect(repo)?.download(entry, &mut out, ui)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&temp, &local)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result.map(|()| local)
-}
-
 /// Grows the layer to `size` when it is smaller, then the `expand` partition into the new space.
 fn grow(size: &str, expand: Option<&str>, ctx: &mut StageContext) -> Result<()> {
     let want = qemu_img::parse_size(size).unwrap_or(0);
@@ -448,7 +368,7 @@ mod tests {
             sign_key: None,
             verbose: false,
         };
-        let ui = Ui::new();
+        let ui = crate::base::ui::Ui::new();
         stage.resolve(&ResolveContext { settings: &settings, ui: &ui, read_only: true }).unwrap();
         let key = (stage.config(), stage.upstream());
         let Upstream::Resolved { state, .. } = &key.1[0] else { panic!("{:?}", key.1) };

@@ -5,8 +5,8 @@
 
 use super::stall;
 use crate::bad_input;
+use crate::base::log::StageLog;
 use crate::download;
-use crate::engine::log::StageLog;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::image::{initrd, qemu_img};
 use crate::pipeline::{IsoConfig, NetbootConfig, Pipeline};
@@ -164,7 +164,7 @@ impl NetbootStage {
         let cmdline = kernel_cmdline(&config.extra_args, config.kickstart.is_some());
         // Answers files and installer arguments carry passwords: never into a log.
         for text in answers.iter().map(|(_, content)| content.as_str()).chain([cmdline.as_str()]) {
-            crate::engine::secrets::answers_secrets(text).iter().for_each(|s| crate::engine::secrets::register(s));
+            crate::base::secrets::answers_secrets(text).iter().for_each(|s| crate::base::secrets::register(s));
         }
         Ok(NetbootStage { config, iso, answers, injected, base_dir: pipeline.dir.clone(), cmdline })
     }
@@ -280,9 +280,9 @@ fn verify_tree_checksums(base: &str, files: &[(&&str, &PathBuf)], ctx: &StageCon
                 bail!("{url} does not list {rel}; refusing an unverified installer");
             };
             let got = if *algo == "sha256" {
-                crate::digest::file_hex::<Sha256>(path)?
+                crate::base::digest::file_hex::<Sha256>(path)?
             } else {
-                crate::digest::file_hex::<Md5>(path)?
+                crate::base::digest::file_hex::<Md5>(path)?
             };
             if got != want {
                 let _ = std::fs::remove_file(path);
@@ -378,7 +378,7 @@ impl Stage for NetbootStage {
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
-        let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "netboot")?;
+        let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "netboot")?;
         ctx.bar.set_message("fetching the installer");
         let (kernel, original_initrd, cdrom) = self.boot_files(ctx, scratch.path())?;
         let mut members = Vec::new();
@@ -442,7 +442,7 @@ fn watch(vm: &mut Vm, console: &Path, timeout: Duration, stall: Duration, ctx: &
     // console changing, so the stall is measured on the question itself.
     let mut waiting: Option<(String, Instant)> = None;
     loop {
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         log_lines(reader.poll()?);
         if let Some(status) = vm.try_exit()? {
             // What qemu wrote between the last read and its exit.

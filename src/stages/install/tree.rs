@@ -145,7 +145,7 @@ impl TreeInstall<'_> {
         if effective_uid() != 0 {
             bail!("{}: the install phases need root (they own files as other users, create device nodes and mount); run as root", self.name);
         }
-        let scratch = crate::engine::cache::scratch_dir(&ctx.settings.work_dir, "install")?;
+        let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "install")?;
         let work = scratch.path();
         let target = work.join("target");
         let tmp = work.join("scratch");

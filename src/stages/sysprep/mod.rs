@@ -32,7 +32,7 @@ pub struct OpContext<'a> {
     pub dir: &'a std::path::Path,
     /// The longest one guest command may take.
     pub timeout: std::time::Duration,
-    pub log: &'a crate::engine::log::StageLog,
+    pub log: &'a crate::base::log::StageLog,
 }
 
 impl OpContext<'_> {

@@ -21,7 +21,7 @@ impl std::error::Error for BadInput {}
 #[macro_export]
 macro_rules! bad_input {
     ($($arg:tt)*) => {
-        anyhow::Error::new($crate::error::BadInput(format!($($arg)*)))
+        anyhow::Error::new($crate::base::error::BadInput(format!($($arg)*)))
     };
 }
 

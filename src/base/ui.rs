@@ -26,7 +26,7 @@ impl Ui {
 
     /// A line for the user, printed above any progress bars.
     pub fn line(&self, msg: impl AsRef<str>) {
-        let msg = super::secrets::scrub(msg.as_ref());
+        let msg = crate::base::secrets::scrub(msg.as_ref());
         if self.tty {
             let _ = self.multi.println(msg.as_ref());
         } else {

@@ -34,7 +34,7 @@ impl StageLog {
 
     /// Appends a line, scrubbed of registered secrets.
     pub fn line(&self, line: impl AsRef<str>) {
-        let line = super::secrets::scrub(line.as_ref());
+        let line = crate::base::secrets::scrub(line.as_ref());
         let line = line.as_ref();
         if let Ok(mut f) = self.file.lock() {
             let _ = writeln!(f, "{line}");
@@ -56,8 +56,8 @@ impl StageLog {
     /// Runs a command to completion, its stdout and stderr going to the log line by line and
     /// its latest line to `bar`. Returns the exit status; spawning failures are errors.
     pub fn run(&self, cmd: &mut Command, bar: &ProgressBar) -> Result<ExitStatus> {
-        self.line(format!("$ {}", super::secrets::describe_command(cmd)));
-        crate::interrupt::dies_with_parent(cmd);
+        self.line(format!("$ {}", crate::base::secrets::describe_command(cmd)));
+        crate::base::interrupt::dies_with_parent(cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -75,7 +75,7 @@ impl StageLog {
             let bar = bar.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
-                    let line = super::secrets::scrub(String::from_utf8_lossy(&line).trim_end()).into_owned();
+                    let line = crate::base::secrets::scrub(String::from_utf8_lossy(&line).trim_end()).into_owned();
                     if !line.is_empty() {
                         bar.set_message(line.clone());
                     }
