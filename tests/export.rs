@@ -219,7 +219,7 @@ fn bad_export_input_is_refused_before_anything_runs() {
     let fixture = debian_fixture();
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("unknown-target", "target = \"floppy\"\ndest = \"out\"".into(), "unknown variant `floppy`"),
+        ("unknown-target", "target = \"floppy\"\ndest = \"out\"".into(), "`floppy` is not one of docker, ramdisk"),
         ("ramdisk-compression", "target = \"ramdisk\"\ndest = \"out\"\ncompression = \"bzip2\"".into(), ".compression"),
         (
             "cloud-seed-missing",

@@ -547,133 +547,17 @@ fn default_container_engine() -> String {
     "podman".into()
 }
 
-/// `[stages.export]`: the layer as an artifact for another environment, chosen by `target`.
-/// Each target is a variant with its own keys (all take `dest`), so a key of one target
-/// under another is an unknown key.
+/// `[stages.export]`: the layer as an artifact for another environment. `target` picks the
+/// module in stages/export/ that reads every other key (a target's keys live beside its code,
+/// and a key of one target under another is an unknown key); `dest` is the stage's.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "target", rename_all = "lowercase")]
-pub enum ExportConfig {
-    Docker(DockerExportConfig),
-    Ramdisk(RamdiskExportConfig),
-    Cloud(CloudExportConfig),
-    Vagrant(VagrantExportConfig),
-}
-
-impl ExportConfig {
-    pub fn target(&self) -> &'static str {
-        match self {
-            ExportConfig::Docker(_) => "docker",
-            ExportConfig::Ramdisk(_) => "ramdisk",
-            ExportConfig::Cloud(_) => "cloud",
-            ExportConfig::Vagrant(_) => "vagrant",
-        }
-    }
-
+pub struct ExportConfig {
+    pub target: String,
     /// The directory the artifacts go to, as written in the file.
-    pub fn dest(&self) -> &str {
-        match self {
-            ExportConfig::Docker(c) => &c.dest,
-            ExportConfig::Ramdisk(c) => &c.dest,
-            ExportConfig::Cloud(c) => &c.dest,
-            ExportConfig::Vagrant(c) => &c.dest,
-        }
-    }
-}
-
-/// `target = "docker"`: the root filesystem as a tar for `podman import`, and optionally an
-/// OCI image layout.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DockerExportConfig {
     pub dest: String,
-    /// Of `rootfs.tar`: `none`, `gzip` or `zstd`.
-    #[serde(default = "default_docker_compression")]
-    pub compression: String,
-    /// Also write an OCI image layout in `dest/oci`.
-    #[serde(default)]
-    pub oci: bool,
-    /// The image's default command (OCI config `Cmd`); `/bin/bash`, else `/bin/sh`.
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    /// The OCI layout's reference name (`oci:DEST/oci:TAG`).
-    #[serde(default)]
-    pub tag: Option<String>,
-}
-
-/// `target = "ramdisk"`: the kernel and the whole root filesystem as a compressed cpio
-/// initramfs that boots with no disk.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RamdiskExportConfig {
-    pub dest: String,
-    /// Of `rootfs.cpio`: `zstd`, `gzip` or `xz` (what the kernel can unpack).
-    #[serde(default = "default_ramdisk_compression")]
-    pub compression: String,
-}
-
-/// `target = "cloud"`: cloud-init installed and configured, as a compressed qcow2.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CloudExportConfig {
-    pub dest: String,
-    /// Also write `disk.raw`.
-    #[serde(default)]
-    pub raw: bool,
-    /// cloud-init's default user (the one the seed's SSH keys go to); default: the
-    /// distribution's own (`debian` on Debian).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// A seed file (`pipeline seed`'s format): `seed.iso` is written beside the image.
-    #[serde(default)]
-    pub seed: Option<String>,
-    /// Of `seed.iso`: `nocloud` or `configdrive`.
-    #[serde(default = "default_seed_format")]
-    pub seed_format: crate::seed::Format,
-}
-
-fn default_seed_format() -> crate::seed::Format {
-    crate::seed::Format::NoCloud
-}
-
-fn default_ramdisk_compression() -> String {
-    "zstd".into()
-}
-
-/// `target = "vagrant"`: a Vagrant box per provider, with the `vagrant` account Vagrant's
-/// base-box documentation describes, and a `box.json` catalogue of the versions in `dest`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct VagrantExportConfig {
-    pub dest: String,
-    /// `libvirt` and/or `virtualbox`.
-    #[serde(default = "default_vagrant_providers")]
-    pub providers: Vec<String>,
-    /// A public key (the key text, or a path to a .pub file) authorised for `vagrant` instead
-    /// of Vagrant's two insecure keys.
-    #[serde(default)]
-    pub ssh_key: Option<String>,
-    /// The box's name in the catalogue (`vagrant box list`); the pipeline's name by default.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The box version (`X.Y.Z` digits); by default `YYYYMMDD.HHMMSS` of the build time
-    /// (SOURCE_DATE_EPOCH when set).
-    #[serde(default)]
-    pub version: Option<String>,
-    /// Where the boxes will be reachable (the catalogue's URLs); the file:// URL of `dest`
-    /// by default.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// How many versions the catalogue lists: this one and the newest earlier ones still
-    /// in `dest`.
-    #[serde(default = "default_vagrant_keep")]
-    pub keep: u32,
-}
-
-fn default_vagrant_providers() -> Vec<String> {
-    vec!["libvirt".into(), "virtualbox".into()]
-}
-fn default_vagrant_keep() -> u32 {
-    3
+    /// The target's own keys.
+    #[serde(flatten)]
+    pub keys: toml::Table,
 }
 
 fn default_disk_size() -> String {
@@ -717,7 +601,4 @@ fn default_arch() -> String {
 }
 fn default_format() -> String {
     "raw".into()
-}
-fn default_docker_compression() -> String {
-    "gzip".into()
 }

@@ -9,15 +9,43 @@ use super::{Job, Target};
 use crate::guest::customize::{set_root_password, StepRunner};
 use crate::guest::Guest;
 use crate::image::qemu_img;
-use crate::pipeline::{CloudExportConfig, CustomizeStep, Pipeline};
+use crate::pipeline::{CustomizeStep, Pipeline};
 use crate::seed::{self, Format, Seed};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `target = "cloud"`: cloud-init installed and configured, as a compressed qcow2.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudKeys {
+    /// Also write `disk.raw`.
+    #[serde(default)]
+    pub raw: bool,
+    /// cloud-init's default user (the one the seed's SSH keys go to); default: the
+    /// distribution's own (`debian` on Debian).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A seed file (`pipeline seed`'s format): `seed.iso` is written beside the image.
+    #[serde(default)]
+    pub seed: Option<String>,
+    /// Of `seed.iso`: `nocloud` or `configdrive`.
+    #[serde(default = "default_seed_format")]
+    pub seed_format: Format,
+}
+
+fn default_seed_format() -> Format {
+    Format::NoCloud
+}
+
+/// Reads the target's keys from the export table and checks them.
+pub fn build(keys: &toml::Table, pipeline: &Pipeline, at: &str) -> Result<Box<dyn Target>> {
+    Ok(Box::new(Cloud::new(&super::keys(keys, pipeline, at)?, pipeline, at)?))
+}
+
 pub struct Cloud {
-    config: CloudExportConfig,
+    config: CloudKeys,
     /// The seed written beside the image, read and checked when the pipeline is loaded.
     seed: Option<Seed>,
     /// The pipeline's `[env]` (a proxy for the package manager, say).
@@ -48,7 +76,7 @@ const MACHINE_STATE: &[&str] = &[
 ];
 
 impl Cloud {
-    pub fn new(config: &CloudExportConfig, pipeline: &Pipeline, at: &str) -> Result<Cloud> {
+    pub fn new(config: &CloudKeys, pipeline: &Pipeline, at: &str) -> Result<Cloud> {
         if let Some(user) = &config.user {
             if !valid_user_name(user) {
                 return Err(crate::bad_input!(
@@ -75,6 +103,10 @@ impl Cloud {
 }
 
 impl Target for Cloud {
+    fn keys(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
     fn inputs(&self) -> Vec<PathBuf> {
         self.seed.as_ref().map(Seed::inputs).unwrap_or_default()
     }

@@ -8,15 +8,43 @@ use super::stream::{self, Blob, Compression, Encoder};
 use super::{Job, Target};
 use crate::guest::inspect::Inspection;
 use crate::guest::{Guest, TarOut};
-use crate::pipeline::{DockerExportConfig, Pipeline};
+use crate::pipeline::Pipeline;
 use anyhow::{Context, Result};
 use oci_spec::image as oci;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// `target = "docker"`: the root filesystem as a tar for `podman import`, and optionally an
+/// OCI image layout.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerKeys {
+    /// Of `rootfs.tar`: `none`, `gzip` or `zstd`.
+    #[serde(default = "default_docker_compression")]
+    pub compression: String,
+    /// Also write an OCI image layout in `dest/oci`.
+    #[serde(default)]
+    pub oci: bool,
+    /// The image's default command (OCI config `Cmd`); `/bin/bash`, else `/bin/sh`.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// The OCI layout's reference name (`oci:DEST/oci:TAG`).
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+fn default_docker_compression() -> String {
+    "gzip".into()
+}
+
+/// Reads the target's keys from the export table and checks them.
+pub fn build(keys: &toml::Table, pipeline: &Pipeline, at: &str) -> Result<Box<dyn Target>> {
+    Ok(Box::new(Docker::new(&super::keys(keys, pipeline, at)?, pipeline, at)?))
+}
+
 pub struct Docker {
-    config: DockerExportConfig,
+    config: DockerKeys,
     compression: Compression,
 }
 
@@ -69,7 +97,7 @@ const FSTAB: &str = "# A container's filesystems are set up by its runtime.\n";
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Docker {
-    pub fn new(config: &DockerExportConfig, pipeline: &Pipeline, at: &str) -> Result<Docker> {
+    pub fn new(config: &DockerKeys, pipeline: &Pipeline, at: &str) -> Result<Docker> {
         let shown = pipeline.path.display();
         let compression = match Compression::parse(&config.compression) {
             Some(c @ (Compression::None | Compression::Gzip | Compression::Zstd)) => c,
@@ -120,6 +148,10 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 impl Target for Docker {
+    fn keys(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
     fn export(&self, job: &mut Job) -> Result<()> {
         let (g, os) = job.open_overlay(false)?;
         job.ctx.bar.set_message("removing what a container does not carry");

@@ -23,8 +23,22 @@ use std::path::{Component, Path, PathBuf};
 /// that exists without one is not an export's, and is never replaced.
 pub const MANIFEST: &str = "export.json";
 
+/// Every export target: its `target` name and what makes it from its keys. A new target is
+/// one file in this folder (its keys, a `build` function and a `Target`) and one line here.
+#[rustfmt::skip]
+const TARGETS: &[(&str, BuildTarget)] = &[
+    ("docker", docker::build),
+    ("ramdisk", ramdisk::build),
+    ("cloud", cloud::build),
+    ("vagrant", vagrant::build),
+];
+
+type BuildTarget = fn(&toml::Table, &Pipeline, &str) -> Result<Box<dyn Target>>;
+
 /// One export target: writes its artifacts into an empty directory.
 trait Target {
+    /// Its keys as checked, defaults filled in: they go into the cache key.
+    fn keys(&self) -> serde_json::Value;
     fn export(&self, job: &mut Job) -> Result<()>;
     /// Host files the target reads; their contents go into the cache key.
     fn inputs(&self) -> Vec<PathBuf> {
@@ -33,11 +47,24 @@ trait Target {
 }
 
 fn build_target(config: &ExportConfig, pipeline: &Pipeline, at: &str) -> Result<Box<dyn Target>> {
-    Ok(match config {
-        ExportConfig::Docker(c) => Box::new(docker::Docker::new(c, pipeline, at)?),
-        ExportConfig::Ramdisk(c) => Box::new(ramdisk::Ramdisk::new(c, pipeline, at)?),
-        ExportConfig::Cloud(c) => Box::new(cloud::Cloud::new(c, pipeline, at)?),
-        ExportConfig::Vagrant(c) => Box::new(vagrant::Vagrant::new(c, pipeline, at)?),
+    match TARGETS.iter().find(|(name, _)| *name == config.target) {
+        Some((_, build)) => build(&config.keys, pipeline, at),
+        None => Err(crate::bad_input!(
+            "{}: {at}.target: `{}` is not one of {}",
+            pipeline.path.display(),
+            config.target,
+            TARGETS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// A target's keys (every key of the export table but `target` and `dest`) as its own
+/// struct; an unknown or mistyped key is bad input naming it.
+fn keys<T: serde::de::DeserializeOwned>(keys: &toml::Table, pipeline: &Pipeline, at: &str) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(keys.clone())).map_err(|e| {
+        let key = e.path().to_string();
+        let at = if key == "." { at.to_string() } else { format!("{at}.{key}") };
+        crate::bad_input!("{}: {at}: {}", pipeline.path.display(), e.inner())
     })
 }
 
@@ -104,7 +131,7 @@ struct Manifest {
 impl ExportStage {
     pub fn new(config: ExportConfig, pipeline: &Pipeline, at: &str) -> Result<ExportStage> {
         let shown = pipeline.path.display();
-        let dest_text = config.dest();
+        let dest_text = &config.dest;
         if dest_text.trim().is_empty() {
             return Err(crate::bad_input!("{shown}: {at}.dest: give the directory the artifacts go to"));
         }
@@ -180,7 +207,8 @@ impl Stage for ExportStage {
     }
 
     fn config(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.config).unwrap_or_default();
+        let mut v = self.target.keys();
+        v["target"] = serde_json::json!(self.config.target);
         v["dest"] = serde_json::json!(self.dest);
         // `created` of an OCI config comes from it: a different value is a different output.
         if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
@@ -235,7 +263,7 @@ impl Stage for ExportStage {
         drop(scratch);
         let manifest = Manifest {
             id: hex::encode(rand::random::<[u8; 16]>()),
-            target: self.config.target().to_string(),
+            target: self.config.target.clone(),
             pipeline: self.pipeline_name.clone(),
             layer: layer_key,
             files: list_files(out.path())?,
@@ -246,7 +274,7 @@ impl Stage for ExportStage {
         self.install(out)?;
         let mut top: Vec<&str> = manifest.files.iter().map(|(f, _)| f.split('/').next().unwrap_or(f)).collect();
         top.dedup();
-        ctx.ui.line(format!("exported {} ({}) to {}", self.config.target(), top.join(", "), self.dest.display()));
+        ctx.ui.line(format!("exported {} ({}) to {}", self.config.target, top.join(", "), self.dest.display()));
         Ok(StageResult {
             inspection: None,
             record: Some(serde_json::json!({ "dest": self.dest, "id": manifest.id })),
@@ -328,8 +356,12 @@ mod tests {
     use super::*;
 
     fn stage(dir: &Path, dest: &str) -> Result<ExportStage> {
+        stage_with(dir, &format!("target = \"docker\"\ndest = \"{dest}\"\n"))
+    }
+
+    fn stage_with(dir: &Path, keys: &str) -> Result<ExportStage> {
         let text = format!(
-            "version = 1\nfrom = {{ image = \"x.qcow2\" }}\n[pipeline]\nname = \"t\"\n[[stages]]\n[stages.export]\ntarget = \"docker\"\ndest = \"{dest}\"\n"
+            "version = 1\nfrom = {{ image = \"x.qcow2\" }}\n[pipeline]\nname = \"t\"\n[[stages]]\n[stages.export]\n{keys}"
         );
         let path = dir.join("p.toml");
         std::fs::write(&path, text).unwrap();
@@ -391,5 +423,25 @@ mod tests {
         std::fs::write(d.path().join("a"), "12").unwrap();
         std::fs::write(d.path().join("oci/blobs/b"), "123").unwrap();
         assert_eq!(list_files(d.path()).unwrap(), vec![("a".into(), 2), ("oci/blobs/b".into(), 3)]);
+    }
+
+    /// A target's keys are read by its own module: defaults filled in for the cache key,
+    /// unknown and mistyped keys named, an unknown target named with the ones there are.
+    #[test]
+    fn a_target_reads_its_own_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let s = stage_with(d.path(), "target = \"ramdisk\"\ndest = \"out\"\n").unwrap();
+        let config = s.config();
+        assert_eq!(config["target"], "ramdisk");
+        assert_eq!(config["compression"], "zstd", "the default is in the key");
+        assert_eq!(config["dest"], serde_json::json!(d.path().join("out")));
+
+        let err = |keys: &str| format!("{:#}", stage_with(d.path(), keys).err().expect("refused"));
+        let e = err("target = \"docker\"\ndest = \"out\"\noci = \"yes\"\n");
+        assert!(e.contains("stages[0].export.oci") && e.contains("boolean"), "{e}");
+        let e = err("target = \"docker\"\ndest = \"out\"\nproviders = [\"libvirt\"]\n");
+        assert!(e.contains("unknown field `providers`"), "{e}");
+        let e = err("target = \"floppy\"\ndest = \"out\"\n");
+        assert!(e.contains("stages[0].export.target: `floppy` is not one of docker, ramdisk, cloud, vagrant"), "{e}");
     }
 }

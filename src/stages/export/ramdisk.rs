@@ -16,12 +16,32 @@ use super::stream::{self, Compression, Encoder};
 use super::{Job, Target};
 use crate::guest::{Guest, TarOut};
 use crate::image::initramfs::NewcWriter;
-use crate::pipeline::{Pipeline, RamdiskExportConfig};
+use crate::pipeline::Pipeline;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::io::Write;
 
+/// `target = "ramdisk"`: the kernel and the whole root filesystem as a compressed cpio
+/// initramfs that boots with no disk.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RamdiskKeys {
+    /// Of `rootfs.cpio`: `zstd`, `gzip` or `xz` (what the kernel can unpack).
+    #[serde(default = "default_ramdisk_compression")]
+    pub compression: String,
+}
+
+fn default_ramdisk_compression() -> String {
+    "zstd".into()
+}
+
+/// Reads the target's keys from the export table and checks them.
+pub fn build(keys: &toml::Table, pipeline: &Pipeline, at: &str) -> Result<Box<dyn Target>> {
+    Ok(Box::new(Ramdisk::new(&super::keys(keys, pipeline, at)?, pipeline, at)?))
+}
+
 pub struct Ramdisk {
+    keys: RamdiskKeys,
     compression: Compression,
 }
 
@@ -60,7 +80,7 @@ exec switch_root "$new" /sbin/init "$@"
 "#;
 
 impl Ramdisk {
-    pub fn new(config: &RamdiskExportConfig, pipeline: &Pipeline, at: &str) -> Result<Ramdisk> {
+    pub fn new(config: &RamdiskKeys, pipeline: &Pipeline, at: &str) -> Result<Ramdisk> {
         let compression = match Compression::parse(&config.compression) {
             Some(c @ (Compression::Zstd | Compression::Gzip | Compression::Xz)) => c,
             _ => {
@@ -71,11 +91,15 @@ impl Ramdisk {
                 ))
             }
         };
-        Ok(Ramdisk { compression })
+        Ok(Ramdisk { keys: config.clone(), compression })
     }
 }
 
 impl Target for Ramdisk {
+    fn keys(&self) -> serde_json::Value {
+        serde_json::to_value(&self.keys).unwrap_or_default()
+    }
+
     fn export(&self, job: &mut Job) -> Result<()> {
         let (g, os) = job.open_overlay(false)?;
         if !os.is_linux() {
