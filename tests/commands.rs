@@ -68,6 +68,13 @@ fn a_repository_from_init_to_remove() {
     let show = run_ok(dir, &gnupg, &["repo", "show", "r", "small"]);
     assert!(show.contains("aliases=tiny mini") && show.contains("revision=1"), "{show}");
 
+    // prune --keep 0 would delete what the index names: bad input, nothing deleted (as on
+    // object storage).
+    let prune = pipeline(dir, &gnupg, &["repo", "prune", "r", "--keep", "0"]);
+    assert_eq!(prune.status.code(), Some(2), "{}", stderr(&prune));
+    assert!(stderr(&prune).contains("keep at least 1"), "{}", stderr(&prune));
+    assert!(dir.join("r/small-r1.xz").exists());
+
     // remove: the entry and its image go, the index stays signed.
     let image_file = dir.join("r/small-r1.xz");
     assert!(image_file.exists());
@@ -441,4 +448,51 @@ fn repositories_of_the_same_name_get_their_own_keys() {
     run_ok(dir, &gnupg, &["repo", "init", "b/images"]);
     let fpr = |d: &str| std::fs::read_to_string(dir.join(d).join("signing-key.fpr")).unwrap();
     assert_ne!(fpr("a/images"), fpr("b/images"));
+}
+
+/// A repository is found relative to the pipeline file, for `from = { repo }` as for a
+/// publish stage's `repo`; one that is not there is named as missing (not its parent taken
+/// for it), before anything is built.
+#[test]
+fn a_repository_is_relative_to_the_pipeline_file_and_a_missing_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    small_image(dir);
+    let pipelines = dir.join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let publish = write_file(
+        &pipelines,
+        "base.toml",
+        "version = 1\nfrom = { image = \"../base.qcow2\" }\n[pipeline]\nname = \"base\"\n[[stages]]\n[stages.publish]\nrepo = \"../repo-index\"\nname = \"small\"\nxz_level = 0\n",
+    );
+    run_ok(dir, &gnupg, &["--work-dir", "w", "run", publish.to_str().unwrap()]);
+    assert!(
+        dir.join("repo-index/index.asc").is_file(),
+        "../repo-index is beside pipelines/, not in the working directory's parent"
+    );
+    let from = |repo: &str| {
+        write_file(
+            &pipelines,
+            "child.toml",
+            &format!(
+                "version = 1\nfrom = {{ repo = \"{repo}\", name = \"small\" }}\n[pipeline]\nname = \"child\"\n\
+                 [[stages]]\n[stages.publish]\nrepo = \"../copies\"\nname = \"copy\"\nxz_level = 0\n"
+            ),
+        )
+    };
+    let child = from("../repo-index");
+    let out = pipeline(dir, &gnupg, &["--work-dir", "w", "run", child.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("copies/index.asc").is_file(), "its publish wrote beside pipelines/ too");
+
+    let child = from("repo-index");
+    let out = pipeline(dir, &gnupg, &["--work-dir", "w2", "run", child.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("child.toml: from.repo") && err.contains("pipelines/repo-index does not exist"), "{err}");
+    let layers = std::fs::read_dir(dir.join("w2/layers"))
+        .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "qcow2")).count())
+        .unwrap_or(0);
+    assert_eq!(layers, 0, "nothing was built");
 }
