@@ -53,7 +53,8 @@ pub struct GcReport {
 }
 
 /// A file a stage keeps beside a layer for as long as the layer is cached (what it read from
-/// the layer once, such as publish's package list): `KEY.NAME.json` next to `KEY.qcow2`. `gc`
+/// the layer once, such as publish's package list): `KEY.NAME.sidecar.json` next to
+/// `KEY.qcow2`. `gc`
 /// removes it with the layer.
 pub fn sidecar(layer: &Path, name: &str) -> PathBuf {
     layer.with_extension(format!("{name}{SIDECAR_SUFFIX}"))
@@ -62,9 +63,8 @@ pub fn sidecar(layer: &Path, name: &str) -> PathBuf {
 const SIDECAR_SUFFIX: &str = ".sidecar.json";
 
 impl Cache {
-    /// The sidecar files of the layer `key` (see [`sidecar`]).
-    fn sidecars(&self, key: &str) -> Vec<PathBuf> {
-        let prefix = format!("{key}.");
+    /// Every sidecar file in the cache (see [`sidecar`]), read once for a whole `gc`.
+    fn sidecars(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         entries
             .flatten()
@@ -72,7 +72,7 @@ impl Cache {
             .filter(|p| {
                 let name = p.file_name().unwrap_or_default().to_string_lossy();
                 // `KEY.packages.json`: the package list as earlier versions named it.
-                name.starts_with(&prefix) && (name.ends_with(SIDECAR_SUFFIX) || name.ends_with(".packages.json"))
+                name.ends_with(SIDECAR_SUFFIX) || name.ends_with(".packages.json")
             })
             .collect()
     }
@@ -258,10 +258,14 @@ impl Cache {
             }
         }
         let mut removed = Vec::new();
+        let sidecars = self.sidecars();
         for (meta, _, _) in &layers {
             if !kept.contains(&meta.key) {
                 let _ = std::fs::remove_file(self.layer_path(&meta.key));
-                for sidecar in self.sidecars(&meta.key) {
+                let prefix = format!("{}.", meta.key);
+                for sidecar in
+                    sidecars.iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+                {
                     let _ = std::fs::remove_file(sidecar);
                 }
                 std::fs::remove_file(self.meta_path(&meta.key))?;
