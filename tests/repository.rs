@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use virt_pipeline::repo::repository::NewImage;
 
 /// virt-builder isolated from the system's repositories (unreachable here) and caches.
 fn virt_builder(home: &Path, gnupg: &Path, args: &[&str]) -> std::process::Output {
@@ -310,10 +311,18 @@ fn a_published_entry_is_a_verified_starting_point_and_concurrent_publishers_both
         for (name, f) in [("alpha", &a), ("beta", &b)] {
             let r = &r;
             s.spawn(move || {
-                let tmp = r.temp_image_path(name).with_extension(format!("{name}.xz"));
+                let tmp = r.new_temp_image(name).unwrap();
                 std::fs::copy(f, &tmp).unwrap();
                 let sum = virt_pipeline::repo::sha512_file(&tmp).unwrap();
-                r.publish(name, vec![("size".into(), "1".into())], &tmp, &sum, None, None).unwrap();
+                let new = NewImage {
+                    name,
+                    fields: vec![("size".into(), "1".into())],
+                    image: &tmp,
+                    checksum: &sum,
+                    manifest: None,
+                    blocks: None,
+                };
+                r.publish(new, None, &virt_pipeline::base::ui::Ui::new()).unwrap();
             });
         }
     });

@@ -34,6 +34,7 @@ pub fn save(image: &Path, map: &BlockMap) -> Result<()> {
 
 /// Every block of the repository's images made by this encoder, by content; and what was
 /// wrong with the maps that could not be used.
+#[derive(Default)]
 pub struct ReuseIndex {
     by_content: HashMap<String, (PathBuf, BlockRecord)>,
     warnings: Mutex<Vec<String>>,

@@ -18,8 +18,10 @@ pub mod source;
 pub mod trust;
 
 use crate::bad_input;
+use crate::base::ui::Ui;
 use anyhow::{bail, Context, Result};
 use index::{Entry, Index};
+use repository::NewImage;
 use sha2::Sha512;
 use std::path::{Path, PathBuf};
 
@@ -256,23 +258,27 @@ impl Repo {
         Ok(())
     }
 
-    /// Temporary path for an image being written into the repository.
-    pub fn temp_image_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!(".tmp-{name}-{}.xz", std::process::id()))
+    /// A new empty file for an image being written into the repository,
+    /// `.tmp-PID-RANDOM-NAME.xz`: created exclusively (never through a link someone placed
+    /// at a name they guessed), and named by the process so that `prune` leaves it while the
+    /// publish runs.
+    pub fn new_temp_image(&self, name: &str) -> Result<PathBuf> {
+        let file = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{}-", std::process::id()))
+            .suffix(&format!("-{name}.xz"))
+            .rand_bytes(8)
+            .tempfile_in(&self.dir)
+            .with_context(|| format!("cannot create a temporary file in {}", self.dir.display()))?;
+        let (_, path) = file.keep().map_err(|e| e.error)?;
+        Ok(path)
     }
 
     /// Adds (or replaces, with the revision bumped) an entry whose compressed image is at
-    /// `temp`. `fields` are the index fields other than file, revision and checksum. The
-    /// package manifest, when given, is signed and written for the new revision first.
-    pub fn publish(
-        &self,
-        name: &str,
-        mut fields: Vec<(String, String)>,
-        temp: &Path,
-        checksum: &str,
-        manifest: Option<manifest::Manifest>,
-        sign_key: Option<&str>,
-    ) -> Result<Entry> {
+    /// `new.image`, a path from [`Self::new_temp_image`]: it is renamed into place. The
+    /// package manifest, when given, is signed and written for the new revision first; the
+    /// block map is kept beside the image for later publishes to reuse.
+    pub fn publish(&self, new: NewImage, sign_key: Option<&str>, ui: &Ui) -> Result<Entry> {
+        let NewImage { name, mut fields, image: temp, checksum, manifest, blocks } = new;
         let _lock = self.lock()?;
         let fingerprint = self.signing_key(sign_key)?;
         let mut index = self.signed_index(&fingerprint)?;
@@ -289,6 +295,12 @@ impl Repo {
         }
         std::fs::File::open(temp)?.sync_all()?;
         std::fs::rename(temp, self.dir.join(&file))?;
+        if let Some(map) = blocks {
+            // Only a later publish's speed depends on it.
+            if let Err(e) = blocks::save(&self.dir.join(&file), &map) {
+                ui.line(format!("warning: cannot write the block map of {file}: {e:#}"));
+            }
+        }
         fields.insert(0, ("file".into(), file));
         fields.insert(1, ("revision".into(), revision.to_string()));
         fields.insert(2, ("checksum[sha512]".into(), checksum.to_string()));
@@ -490,13 +502,12 @@ fn first_difference(plain: &str, signed: &str) -> Option<(usize, String, String)
     Some((line, show(&a), show(&b)))
 }
 
-/// Whether a `.tmp-NAME-PID...` file belongs to a process that is still running (a publish
+/// Whether a `.tmp-PID-...` file belongs to a process that is still running (a publish
 /// compressing its image). Other temporary files are only written under the lock, so any
 /// found by a lock holder are leftovers.
 fn temp_of_live_process(file_name: &str) -> bool {
     let Some(rest) = file_name.strip_prefix(".tmp-") else { return false };
-    let stem = rest.split('.').next().unwrap_or_default();
-    let Some(pid) = stem.rsplit_once('-').and_then(|(_, p)| p.parse::<u32>().ok()) else { return false };
+    let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { return false };
     pid > 0 && Path::new("/proc").join(pid.to_string()).exists()
 }
 
@@ -518,8 +529,9 @@ pub fn check_entry_name(name: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A publish writes its image under `.tmp-NAME-PID.xz` before it takes the lock: prune
-    /// (which holds the lock) leaves those of running processes and removes the rest.
+    /// A publish writes its image under `.tmp-PID-RANDOM-NAME.xz` before it takes the lock:
+    /// prune (which holds the lock) leaves those of running processes (whatever the entry's
+    /// name holds) and removes the rest.
     #[test]
     fn prune_keeps_the_temporary_image_of_a_running_publish() {
         let tmp = tempfile::tempdir().unwrap();
@@ -527,17 +539,38 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        let live = repo.temp_image_path("debian");
+        let live = repo.new_temp_image("debian").unwrap();
         let live_qcow2 = live.with_extension("qcow2");
-        let crashed = tmp.path().join(format!(".tmp-debian-{dead}.xz"));
+        let dotted = repo.new_temp_image("debian-12.1").unwrap();
+        let crashed = tmp.path().join(format!(".tmp-{dead}-a1B2c3d4-debian.xz"));
         let stray = tmp.path().join(".tmp-a1B2c3");
-        for f in [&live, &live_qcow2, &crashed, &stray] {
+        for f in [&live_qcow2, &crashed, &stray] {
             std::fs::write(f, b"x").unwrap();
         }
         std::fs::write(tmp.path().join(KEY_FILE), "61A0D7D05F70F0F8E76E6E91E17F83535EEEE8D4\n").unwrap();
         let removed = repo.prune(1).unwrap();
-        assert!(live.exists() && live_qcow2.exists(), "a running publish keeps its files");
+        assert!(live.exists() && live_qcow2.exists() && dotted.exists(), "a running publish keeps its files");
         assert!(!crashed.exists() && !stray.exists(), "leftovers go: {removed:?}");
+    }
+
+    /// The temporary image is a new file of its own: a link placed where a guessable name
+    /// would be is never written through, and two publishes never share a name.
+    #[test]
+    fn a_temporary_image_is_created_exclusively_under_a_name_of_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repo { dir: tmp.path().to_path_buf() };
+        let target = tmp.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        // Where the name used to be `.tmp-NAME-PID.xz`.
+        std::os::unix::fs::symlink(&target, tmp.path().join(format!(".tmp-debian-{}.xz", std::process::id()))).unwrap();
+        let a = repo.new_temp_image("debian").unwrap();
+        let b = repo.new_temp_image("debian").unwrap();
+        assert_ne!(a, b);
+        for p in [&a, &b] {
+            let meta = std::fs::symlink_metadata(p).unwrap();
+            assert!(meta.file_type().is_file() && meta.len() == 0, "{}", p.display());
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 
     #[test]

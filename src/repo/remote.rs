@@ -17,6 +17,7 @@
 
 use super::index::{Entry, Index};
 use super::manifest::Manifest;
+use super::repository::NewImage;
 use super::sign::{self, PinnedVerifier};
 use super::trust;
 use crate::bad_input;
@@ -25,7 +26,6 @@ use crate::s3::{self, Location, Store};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 const INDEX: &str = "index.asc";
@@ -61,16 +61,6 @@ pub struct Record {
     pub publisher: String,
     /// Publish: the image's packages and provenance (its revision is the record's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<Manifest>,
-}
-
-/// An image to publish: the entry, its index fields other than file, revision and
-/// checksum, the compressed file and its sha512, and its package manifest.
-pub struct NewImage<'a> {
-    pub name: &'a str,
-    pub fields: Vec<(String, String)>,
-    pub image: &'a Path,
-    pub checksum: &'a str,
     pub manifest: Option<Manifest>,
 }
 
@@ -335,7 +325,7 @@ impl RemoteRepo {
 
     /// Uploads an image as a new revision of its entry and settles the index.
     pub fn publish(&self, new: NewImage, sign_key: Option<&str>, ui: &Ui) -> Result<Entry> {
-        let NewImage { name, fields, image, checksum, manifest } = new;
+        let NewImage { name, fields, image, checksum, manifest, blocks: _ } = new;
         let pin = self.signing_key(sign_key)?;
         let mut verifier = self.verifier(&pin)?;
         // Refused before anything is uploaded: an index or a record the key did not sign.
@@ -494,7 +484,7 @@ impl RemoteRepo {
                 problems.push(format!("[{id}]: no file in the repository"));
                 continue;
             };
-            let mut hasher = crate::base::digest::HashingWriter::<sha2::Sha512, _>::new(std::io::sink());
+            let mut hasher = crate::base::stream::HashingWriter::<sha2::Sha512, _>::new(std::io::sink());
             match self.download(entry, &mut hasher, ui) {
                 Err(e) => problems.push(format!("[{id}]: {e:#}")),
                 Ok(size) => {

@@ -3,6 +3,7 @@
 //! implementation from the [`Location`]. A local directory is [`super::Repo`], object
 //! storage [`super::remote::RemoteRepo`].
 
+use super::blocks::{BlockMap, ReuseIndex};
 use super::index::{Entry, Index};
 use super::location::Location;
 use super::manifest::{self, Manifest};
@@ -11,6 +12,32 @@ use super::Repo;
 use crate::bad_input;
 use crate::base::ui::Ui;
 use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+/// An image to publish: the entry, its index fields other than file, revision and
+/// checksum, the compressed file and its sha512, its package manifest, and the map of its
+/// xz blocks (kept where later publishes can reuse them).
+pub struct NewImage<'a> {
+    pub name: &'a str,
+    pub fields: Vec<(String, String)>,
+    pub image: &'a Path,
+    pub checksum: &'a str,
+    pub manifest: Option<Manifest>,
+    pub blocks: Option<BlockMap>,
+}
+
+/// Where a new image is written before `publish` takes it; whatever is still there when this
+/// is dropped (a failed or interrupted publish) is removed.
+pub struct Staging {
+    pub path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 pub trait Repository {
     /// Its directory or URL, for messages.
@@ -29,6 +56,18 @@ pub trait Repository {
     fn prune(&self, keep: usize) -> Result<Vec<String>>;
     /// Every problem found: signatures, missing or altered files.
     fn verify(&self, fingerprint: Option<&str>, ui: &Ui) -> Result<Vec<String>>;
+    /// The key a change is signed with: `chosen` (a fingerprint) when given and accepted,
+    /// else the repository's own.
+    fn signing_key(&self, chosen: Option<&str>) -> Result<String>;
+    /// Where the compressed image of entry `name` is written before [`Self::publish`]: in the
+    /// repository itself, to be renamed into place, or in `work_dir`, to be uploaded.
+    fn staging(&self, name: &str, work_dir: &Path) -> Result<Staging>;
+    /// The blocks of its images that a new image made by `encoder` may copy, not encode.
+    fn reusable_blocks(&self, encoder: &str) -> ReuseIndex;
+    /// Whether the image an entry names is there (cheaply: `verify` checks its content).
+    fn holds_image(&self, entry: &Entry) -> bool;
+    /// Adds an image as the next revision of its entry; returns the entry as indexed.
+    fn publish(&self, new: NewImage, sign_key: Option<&str>, ui: &Ui) -> Result<Entry>;
 }
 
 /// An existing repository.
@@ -38,6 +77,32 @@ pub fn open(location: &Location) -> Result<Box<dyn Repository>> {
         Location::ObjectStorage(l) => Ok(Box::new(RemoteRepo::connect(&l.to_string())?)),
         Location::Http(url) => Err(read_only(url)),
     }
+}
+
+/// The repository a publish to `location` would write to, or None for a local directory
+/// that is not one yet ([`open_or_create`] makes it). Object storage is never created by a
+/// publish: builders racing to create it would each make their own key.
+pub fn for_publish(location: &Location) -> Result<Option<Box<dyn Repository>>> {
+    match location {
+        Location::Local(dir) if !dir.join("index.asc").exists() => Ok(None),
+        _ => open(location).map(Some),
+    }
+}
+
+/// The repository a publish writes to; a local directory that is not one yet is made a
+/// repository signed by `sign_key` (a new key when None), and `ui` tells where clients find it.
+pub fn open_or_create(location: &Location, sign_key: Option<&str>, ui: &Ui) -> Result<Box<dyn Repository>> {
+    if let Some(repo) = for_publish(location)? {
+        return Ok(repo);
+    }
+    let Location::Local(dir) = location else { unreachable!("for_publish opens every other location") };
+    let (repo, fingerprint) = Repo::init(dir, sign_key, None, None)?;
+    ui.line(format!(
+        "created repository {} signed by key {fingerprint}; clients: copy {} to ~/.config/virt-builder/repos.d/",
+        dir.display(),
+        repo.conf_path().display()
+    ));
+    Ok(Box::new(repo))
 }
 
 /// What `repo init` made: the key, and lines telling the operator where clients find the
@@ -110,8 +175,9 @@ fn check_keep(location: &str, keep: usize) -> Result<()> {
 }
 
 impl Repository for Repo {
+    /// Absolute: publish records name it, and are read from anywhere.
     fn location(&self) -> String {
-        self.dir.display().to_string()
+        std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone()).display().to_string()
     }
 
     fn index(&self) -> Result<Index> {
@@ -137,6 +203,26 @@ impl Repository for Repo {
 
     fn verify(&self, fingerprint: Option<&str>, _ui: &Ui) -> Result<Vec<String>> {
         Repo::verify(self, fingerprint)
+    }
+
+    fn signing_key(&self, chosen: Option<&str>) -> Result<String> {
+        Repo::signing_key(self, chosen)
+    }
+
+    fn staging(&self, name: &str, _work_dir: &Path) -> Result<Staging> {
+        Ok(Staging { path: self.new_temp_image(name)?, _dir: None })
+    }
+
+    fn reusable_blocks(&self, encoder: &str) -> ReuseIndex {
+        ReuseIndex::load(&self.dir, encoder)
+    }
+
+    fn holds_image(&self, entry: &Entry) -> bool {
+        entry.file().is_some_and(|file| self.dir.join(file).exists())
+    }
+
+    fn publish(&self, new: NewImage, sign_key: Option<&str>, ui: &Ui) -> Result<Entry> {
+        Repo::publish(self, new, sign_key, ui)
     }
 }
 
@@ -170,5 +256,29 @@ impl Repository for RemoteRepo {
 
     fn verify(&self, fingerprint: Option<&str>, ui: &Ui) -> Result<Vec<String>> {
         RemoteRepo::verify(self, fingerprint, ui)
+    }
+
+    fn signing_key(&self, chosen: Option<&str>) -> Result<String> {
+        RemoteRepo::signing_key(self, chosen)
+    }
+
+    fn staging(&self, name: &str, work_dir: &Path) -> Result<Staging> {
+        let dir = crate::base::scratch::dir(work_dir, "publish")?;
+        Ok(Staging { path: dir.path().join(format!("{name}.xz")), _dir: Some(dir) })
+    }
+
+    /// None: block maps are not kept on object storage (every image is encoded whole).
+    fn reusable_blocks(&self, _encoder: &str) -> ReuseIndex {
+        ReuseIndex::default()
+    }
+
+    /// Listing the bucket for every plan would cost a request per entry; `repo verify`
+    /// checks the objects.
+    fn holds_image(&self, entry: &Entry) -> bool {
+        entry.file().is_some()
+    }
+
+    fn publish(&self, new: NewImage, sign_key: Option<&str>, ui: &Ui) -> Result<Entry> {
+        RemoteRepo::publish(self, new, sign_key, ui)
     }
 }

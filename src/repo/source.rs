@@ -93,7 +93,9 @@ pub fn fetch(location: &Location, entry: &Entry, io: &Io) -> Result<PathBuf> {
         Location::Local(dir) => Ok(dir.join(file)),
         Location::Http(url) => {
             let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or_default();
-            download::fetch(&format!("{base}/{file}"), io.cache, io.offline, io.ui)
+            // No more than the signed index says the file holds.
+            let limit = entry.get("compressed_size").and_then(|s| s.parse().ok());
+            download::fetch_limited(&format!("{base}/{file}"), io.cache, io.offline, limit, io.ui)
         }
         Location::ObjectStorage(l) => {
             let url = l.to_string();

@@ -9,11 +9,11 @@ use crate::image::{chain, qemu_img, xz};
 use crate::pipeline::{Pipeline, PublishConfig};
 use crate::repo::location::Location;
 use crate::repo::manifest::{Manifest, Provenance};
-use crate::repo::remote::{NewImage, RemoteRepo};
-use crate::repo::repository;
-use crate::repo::{self, blocks, sign, Repo};
+use crate::repo::repository::{self, NewImage};
+use crate::repo::{self, blocks, sign};
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 /// What `packages` found, as kept beside the layer.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -24,12 +24,8 @@ struct PackageList {
 
 pub struct PublishStage {
     config: PublishConfig,
+    /// A local directory (relative to the pipeline file) or object storage.
     location: Location,
-    /// The repository directory (relative paths resolved against the pipeline file's
-    /// directory); on object storage, where the image is compressed before its upload.
-    repo_dir: PathBuf,
-    /// The repository's URL when it is on object storage.
-    remote: Option<String>,
 }
 
 impl PublishStage {
@@ -53,17 +49,13 @@ impl PublishStage {
         }
         let location = Location::parse(&config.repo, &pipeline.dir)
             .map_err(|e| crate::bad_input!("{}: {at}.repo: {e:#}", pipeline_path.display()))?;
-        let (repo_dir, remote) = match &location {
-            Location::Local(dir) => (dir.clone(), None),
-            Location::ObjectStorage(l) => (PathBuf::new(), Some(l.to_string())),
-            Location::Http(url) => {
-                return Err(crate::bad_input!(
-                    "{}: {at}.repo: publish writes to a local directory or s3://BUCKET/PREFIX, not {url}",
-                    pipeline_path.display()
-                ))
-            }
-        };
-        Ok(PublishStage { location, repo_dir, remote, config })
+        if let Location::Http(url) = &location {
+            return Err(crate::bad_input!(
+                "{}: {at}.repo: publish writes to a local directory or s3://BUCKET/PREFIX, not {url}",
+                pipeline_path.display()
+            ));
+        }
+        Ok(PublishStage { location, config })
     }
 
     /// The installed packages of the layer, or why they could not be read (a package
@@ -154,33 +146,21 @@ impl Stage for PublishStage {
     }
 
     fn preflight(&self, settings: &RunSettings) -> Result<()> {
-        if let Some(url) = &self.remote {
-            // Never made here: builders racing to create it would each make their own key.
-            let chosen = settings.sign_key.as_deref().or(self.config.sign_key.as_deref());
-            let key = RemoteRepo::connect(url)?.signing_key(chosen)?;
-            if !sign::has_secret_key(&key) {
-                return Err(crate::bad_input!(
-                    "{url}: signing key {key}: no secret key with that fingerprint in the keyring (GNUPGHOME)"
-                ));
-            }
-            return Ok(());
-        }
         let chosen = settings.sign_key.as_deref().or(self.config.sign_key.as_deref());
-        let chosen = chosen
-            .map(|k| {
-                sign::parse_fingerprint(k)
-                    .map_err(|e| crate::bad_input!("{}: signing key: {e}", self.repo_dir.display()))
-            })
-            .transpose()?;
-        let key = match Repo::open(&self.repo_dir) {
-            Ok(repo) => Some(repo.signing_key(chosen.as_deref())?),
-            Err(_) => chosen,
+        let key = match repository::for_publish(&self.location)? {
+            Some(repo) => Some(repo.signing_key(chosen)?),
+            // Made by the publish, with the chosen key or a new one.
+            None => chosen
+                .map(|k| {
+                    sign::parse_fingerprint(k).map_err(|e| crate::bad_input!("{}: signing key: {e}", self.location))
+                })
+                .transpose()?,
         };
         if let Some(k) = key {
             if !sign::has_secret_key(&k) {
                 return Err(crate::bad_input!(
                     "{}: signing key {k}: no secret key with that fingerprint in the keyring (GNUPGHOME)",
-                    self.repo_dir.display()
+                    self.location
                 ));
             }
         }
@@ -190,31 +170,19 @@ impl Stage for PublishStage {
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
         let layer = ctx.parent_path()?.to_path_buf();
         let sign_key = ctx.settings.sign_key.clone().or(self.config.sign_key.clone());
-        // On object storage the image is compressed in the work directory, then uploaded.
-        let scratch;
-        let repo = if self.remote.is_some() {
-            scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "publish")?;
-            Repo { dir: scratch.path().to_path_buf() }
-        } else if self.repo_dir.join("index.asc").exists() {
-            Repo::open(&self.repo_dir)?
-        } else {
-            let (repo, fpr) = Repo::init(&self.repo_dir, sign_key.as_deref(), None, None)?;
-            ctx.ui.line(format!(
-                "created repository {} signed by key {fpr}; clients: copy {} to ~/.config/virt-builder/repos.d/",
-                self.repo_dir.display(),
-                repo.conf_path().display()
-            ));
-            repo
-        };
-        let temp = repo.temp_image_path(&self.config.name);
+        let repo = repository::open_or_create(&self.location, sign_key.as_deref(), ctx.ui)?;
+        // Removed when the publish fails; renamed into place or uploaded when it succeeds.
+        let staging = repo.staging(&self.config.name, &ctx.settings.work_dir)?;
+        let temp = &staging.path;
         let opts = xz::XzOptions { preset: self.config.xz_level, ..Default::default() };
         let encoder = xz::encoder_identity(&opts)?;
         // Blocks an earlier image in the repository already holds are copied, not encoded.
-        let reuse = blocks::ReuseIndex::load(&repo.dir, &encoder);
+        let reuse = repo.reusable_blocks(&encoder);
         let compress = || -> Result<(xz::Compressed, u64)> {
-            // qcow2 entries are converted first (a standalone file); raw ones are read
-            // straight from the chain.
-            let flat_qcow2 = temp.with_extension("qcow2");
+            // qcow2 entries are converted first, in the work directory (a standalone file);
+            // raw ones are read straight from the chain.
+            let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "publish-qcow2")?;
+            let flat_qcow2 = scratch.path().join("image.qcow2");
             let mut disk: Box<dyn chain::DiskRead> = if self.config.format == "qcow2" {
                 qemu_img::convert(&layer, &flat_qcow2, "qcow2")?;
                 Box::new(chain::RawDisk::open(&flat_qcow2)?)
@@ -223,10 +191,17 @@ impl Stage for PublishStage {
             };
             let size = qemu_img::info(&layer)?.virtual_size;
             let bar = ctx.ui.bytes("xz", disk.size());
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
+            // Never through a link: the staged file is ours, created exclusively.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(temp)
+                .with_context(|| format!("cannot write {}", temp.display()))?;
+            let mut out = std::io::BufWriter::new(file);
             let res = xz::compress(disk.as_mut(), &mut out, &opts, &reuse, &bar);
             bar.finish_and_clear();
-            let _ = std::fs::remove_file(&flat_qcow2);
             Ok((res?, size))
         };
         // The package list is read in an appliance while the image compresses.
@@ -235,20 +210,8 @@ impl Stage for PublishStage {
             let result = compress();
             (result, packages.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the package reader panicked"))))
         });
-        let (compressed, size) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                return Err(e);
-            }
-        };
-        let list = match packages {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                return Err(e.context("cannot read the image's installed packages for its manifest"));
-            }
-        };
+        let (compressed, size) = result?;
+        let list = packages.context("cannot read the image's installed packages for its manifest")?;
         let manifest = Manifest {
             entry: self.config.name.clone(),
             revision: 0,
@@ -278,76 +241,36 @@ impl Stage for PublishStage {
             compressed.uncompressed_size, compressed.compressed_size
         ));
         ctx.ui.line(format!("publish: {summary}"));
-        let fields = self.fields(size, compressed.compressed_size);
-        if let Some(url) = &self.remote {
-            let remote = RemoteRepo::connect(url)?;
-            let entry = remote
-                .publish(
-                    NewImage {
-                        name: &self.config.name,
-                        fields,
-                        image: &temp,
-                        checksum: &compressed.sha512,
-                        manifest: Some(manifest),
-                    },
-                    sign_key.as_deref(),
-                    ctx.ui,
-                )
-                .context("cannot publish into the repository")?;
-            ctx.ui.line(format!(
-                "published {} revision {} into {url} ({} bytes)",
-                self.config.name,
-                entry.revision(),
-                compressed.compressed_size
-            ));
-            let record = serde_json::json!({
-                "repo": url,
-                "name": self.config.name,
-                "revision": entry.revision(),
-                "checksum": compressed.sha512,
-            });
-            return Ok(StageResult { inspection: None, record: Some(record), upstream: None });
-        }
-        let entry = repo
-            .publish(&self.config.name, fields, &temp, &compressed.sha512, Some(manifest), sign_key.as_deref())
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&temp);
-            })
-            .context("cannot publish into the repository")?;
-        if let Some(file) = entry.file() {
-            let map = blocks::BlockMap { encoder, blocks: compressed.blocks.clone() };
-            // Only a later publish's speed depends on it.
-            if let Err(e) = blocks::save(&self.repo_dir.join(file), &map) {
-                ctx.log.line(format!("warning: cannot write the block map of {file}: {e:#}"));
-            }
-        }
+        let new = NewImage {
+            name: &self.config.name,
+            fields: self.fields(size, compressed.compressed_size),
+            image: temp,
+            checksum: &compressed.sha512,
+            manifest: Some(manifest),
+            blocks: Some(blocks::BlockMap { encoder, blocks: compressed.blocks.clone() }),
+        };
+        let entry = repo.publish(new, sign_key.as_deref(), ctx.ui).context("cannot publish into the repository")?;
+        let at = repo.location();
         ctx.ui.line(format!(
-            "published {} revision {} into {} ({} bytes)",
+            "published {} revision {} into {at} ({} bytes)",
             self.config.name,
             entry.revision(),
-            self.repo_dir.display(),
             compressed.compressed_size
         ));
-        Ok(StageResult {
-            inspection: None,
-            record: Some(serde_json::json!({
-                "repo": std::fs::canonicalize(&self.repo_dir)?,
-                "name": self.config.name,
-                "revision": entry.revision(),
-                "checksum": compressed.sha512,
-            })),
-            upstream: None,
-        })
+        let record = serde_json::json!({
+            "repo": at,
+            "name": self.config.name,
+            "revision": entry.revision(),
+            "checksum": compressed.sha512,
+        });
+        Ok(StageResult { inspection: None, record: Some(record), upstream: None })
     }
 
     /// Still current while the repository's index names this exact image.
     fn output_current(&self, record: &serde_json::Value) -> bool {
-        let Ok(index) = repository::open(&self.location).and_then(|r| r.index()) else {
-            return false;
-        };
+        let Ok(repo) = repository::open(&self.location) else { return false };
+        let Ok(index) = repo.index() else { return false };
         let entry = index.entries.iter().find(|e| e.id == self.config.name);
-        // A local entry's image must still be there (an object's is checked by `repo verify`).
-        let present = |file: &str| self.remote.is_some() || self.repo_dir.join(file).exists();
-        entry.is_some_and(|e| e.checksum() == record["checksum"].as_str() && e.file().is_some_and(present))
+        entry.is_some_and(|e| e.checksum() == record["checksum"].as_str() && repo.holds_image(e))
     }
 }
