@@ -35,6 +35,10 @@ pub struct GlobalArgs {
     /// from it instead of built, and the layers built here are uploaded to it.
     #[arg(long, global = true, env = "PIPELINE_CACHE_REMOTE", value_name = "S3_URL")]
     pub cache_remote: Option<String>,
+    /// How long an HTTP server may send nothing before the request is given up on (and,
+    /// for a download, resumed: at most three attempts).
+    #[arg(long, global = true, env = "PIPELINE_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stall_timeout: std::time::Duration,
 }
 
 /// `--accel`, as clap parses it.

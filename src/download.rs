@@ -1,11 +1,13 @@
 //! Downloads, cached by URL under the work directory: resumed when interrupted (HTTP Range),
 //! shown with a byte progress bar, and reused offline.
 
+use crate::base::http;
 use crate::base::ui::Ui;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
@@ -28,8 +30,30 @@ pub fn cache_path(cache_dir: &Path, url: &str) -> PathBuf {
 /// resumes from its `.part` file only while the server still has the same version: the
 /// validator (ETag, else Last-Modified) of the first response is kept beside the part, sent as
 /// `If-Range`, and a 206 is taken only when it continues exactly where the part ends;
-/// anything else starts again from zero, so two versions are never spliced.
+/// anything else starts again from zero, so two versions are never spliced. A body that
+/// stalls or breaks off is resumed that way too, up to `http::ATTEMPTS` times.
 pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<PathBuf> {
+    fetch_limited(url, cache_dir, offline, None, ui)
+}
+
+/// [`fetch`] of a file whose size is known beforehand (an image whose signed index gives it):
+/// a server sending more than `limit` bytes is cut off and nothing is kept.
+pub fn fetch_limited(url: &str, cache_dir: &Path, offline: bool, limit: Option<u64>, ui: &Ui) -> Result<PathBuf> {
+    let mut pause = Duration::from_secs(2);
+    for attempt in 1.. {
+        match fetch_once(url, cache_dir, offline, limit, ui) {
+            Err(e) if attempt < http::ATTEMPTS && e.downcast_ref::<http::BodyBroken>().is_some() => {
+                ui.line(format!("{e}; resuming in {} s", pause.as_secs()));
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            done => return done,
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn fetch_once(url: &str, cache_dir: &Path, offline: bool, limit: Option<u64>, ui: &Ui) -> Result<PathBuf> {
     std::fs::create_dir_all(cache_dir)?;
     let dest = cache_path(cache_dir, url);
     let dest_validator = PathBuf::from(format!("{}.validator", dest.display()));
@@ -41,28 +65,30 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
     }
     let part = dest.with_extension("part");
     let validator_path = PathBuf::from(format!("{}.validator", part.display()));
-    let client = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .build()?;
+    let client = http::client()?;
     let get = |from: Option<(u64, &str)>| {
-        let mut req = client.get(url);
-        if let Some((offset, if_range)) = from {
-            req = req
-                .header(reqwest::header::RANGE, format!("bytes={offset}-"))
-                .header(reqwest::header::IF_RANGE, if_range);
-        }
-        req.send().with_context(|| format!("cannot download {url}"))
+        http::send(&format!("cannot download {url}"), || {
+            let req = client.get(url);
+            match from {
+                Some((offset, if_range)) => req
+                    .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+                    .header(reqwest::header::IF_RANGE, if_range),
+                None => req,
+            }
+        })
     };
-    let (mut resp, resumed, have) = if dest.exists() {
-        let mut req = client.get(url);
+    let (resp, resumed, have) = if dest.exists() {
         let saved = Validator::load(&dest_validator).unwrap_or_default();
-        if let Some(etag) = &saved.etag {
-            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
-        } else if let Some(modified) = &saved.last_modified {
-            req = req.header(reqwest::header::IF_MODIFIED_SINCE, modified);
-        }
-        let resp = req.send().with_context(|| format!("cannot check {url} for a newer version"))?;
+        let resp = http::send(&format!("cannot check {url} for a newer version"), || {
+            let req = client.get(url);
+            if let Some(etag) = &saved.etag {
+                req.header(reqwest::header::IF_NONE_MATCH, etag)
+            } else if let Some(modified) = &saved.last_modified {
+                req.header(reqwest::header::IF_MODIFIED_SINCE, modified)
+            } else {
+                req
+            }
+        })?;
         if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
             // Used now: `cache gc` keeps it.
             if let Ok(f) = std::fs::File::options().append(true).open(&dest) {
@@ -110,17 +136,19 @@ pub fn fetch(url: &str, cache_dir: &Path, offline: bool, ui: &Ui) -> Result<Path
     let bar = ui.bytes("download", start + resp.content_length().unwrap_or(0));
     bar.set_position(start);
     bar.set_message(url.to_string());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        // An interrupt keeps the partial file: the next run resumes from it.
-        crate::base::interrupt::check()?;
-        let n =
-            resp.read(&mut buf).with_context(|| format!("download of {url} was interrupted; run again to resume"))?;
-        if n == 0 {
-            break;
+    // An interrupt or a stall keeps the partial file: the next attempt (or run) resumes from
+    // it. Bytes beyond the limit are not the file: nothing of it is kept.
+    let copied = http::copy_body(resp, url, limit.map(|l| l.saturating_sub(start)), |chunk| {
+        file.write_all(chunk)?;
+        bar.inc(chunk.len() as u64);
+        Ok(())
+    });
+    if let Err(e) = copied {
+        if e.downcast_ref::<http::BodyBroken>().is_none() && !crate::base::interrupt::interrupted() {
+            let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_file(&validator_path);
         }
-        file.write_all(&buf[..n])?;
-        bar.inc(n as u64);
+        return Err(e);
     }
     bar.finish_and_clear();
     file.sync_all()?;
@@ -255,7 +283,8 @@ pub fn read_small_with(
     ui: &Ui,
 ) -> Result<Vec<u8>> {
     if is_url(source) && !offline {
-        let resp = reqwest::blocking::get(source).with_context(|| format!("cannot fetch {source}"))?;
+        let client = http::client()?;
+        let resp = http::send(&format!("cannot fetch {source}"), || client.get(source))?;
         if !resp.status().is_success() {
             bail!("cannot fetch {source}: HTTP {}", resp.status());
         }

@@ -5,11 +5,11 @@
 //! stands on it. The engine keeps the last state it built with, for `plan` to name a change
 //! and for `--offline` runs to reuse.
 
+use crate::base::http;
 use crate::download::{self, SMALL_READ_LIMIT};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::Read;
-use std::time::Duration;
 
 /// One thing upstream, named so that it can be probed again from a record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -83,18 +83,13 @@ impl Upstream {
     }
 }
 
-/// An HTTP client for probes: short timeouts (a probe is one small request) and `file://`
-/// or plain paths read from disk.
+/// Probes over HTTP (the crate's one client, `base::http`), and `file://` or plain paths
+/// read from disk.
 pub struct Client(reqwest::blocking::Client);
 
 impl Client {
     pub fn new() -> Result<Client> {
-        Ok(Client(
-            reqwest::blocking::Client::builder()
-                .connect_timeout(Duration::from_secs(20))
-                .timeout(Duration::from_secs(60))
-                .build()?,
-        ))
+        Ok(Client(http::client()?))
     }
 
     /// The file's content, or None when the server says it does not exist (404/410).
@@ -107,7 +102,7 @@ impl Client {
                 Err(e) => Err(e).with_context(|| format!("cannot read {path}")),
             };
         }
-        let resp = self.0.get(url).send().with_context(|| format!("cannot reach {url}"))?;
+        let resp = http::send(&format!("cannot reach {url}"), || self.0.get(url))?;
         if matches!(resp.status().as_u16(), 404 | 410) {
             return Ok(None);
         }
@@ -131,9 +126,9 @@ impl Client {
             let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             return Ok(format!("length={} mtime={}", meta.len(), mtime.as_nanos()));
         }
-        let mut resp = self.0.head(url).send().with_context(|| format!("cannot reach {url}"))?;
+        let mut resp = http::send(&format!("cannot reach {url}"), || self.0.head(url))?;
         if matches!(resp.status().as_u16(), 405 | 501) {
-            resp = self.0.get(url).send().with_context(|| format!("cannot reach {url}"))?;
+            resp = http::send(&format!("cannot reach {url}"), || self.0.get(url))?;
         }
         if !resp.status().is_success() {
             bail!("{url}: HTTP {}", resp.status());

@@ -496,3 +496,116 @@ fn a_repository_is_relative_to_the_pipeline_file_and_a_missing_one_is_named() {
         .unwrap_or(0);
     assert_eq!(layers, 0, "nothing was built");
 }
+
+/// A loopback HTTP server for the download tests: `/flaky` answers 503 twice, then the file;
+/// `/stall` sends the headers and 64 KiB of the file, then nothing while the connection
+/// stays open. Returns its base URL and how many requests each path had.
+fn unreliable_server(file: std::path::PathBuf) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let path = String::from_utf8_lossy(&request).split_whitespace().nth(1).unwrap_or("").to_string();
+            let earlier = {
+                let mut seen = log.lock().unwrap();
+                seen.push(path.clone());
+                seen.iter().filter(|p| **p == path).count() - 1
+            };
+            let body = std::fs::read(&file).unwrap();
+            let header = |status: &str| {
+                format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+            };
+            if path.starts_with("/flaky") && earlier < 2 {
+                let _ = stream.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            } else if path.starts_with("/stall") {
+                let _ = stream.write_all(header("200 OK").as_bytes());
+                let _ = stream.write_all(&body[..64 << 10]);
+                // Held open, silent, until the test process ends.
+                std::thread::spawn(move || {
+                    let _keep = stream;
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                });
+            } else {
+                let _ = stream.write_all(header("200 OK").as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        }
+    });
+    (url, seen)
+}
+
+/// Every HTTP wait is bounded and a failure that may pass is tried again: a server that
+/// answers 503 twice and then serves builds the layer; one that stops sending mid-body is
+/// given up on after `--stall-timeout` and three attempts, naming the URL; and SIGTERM
+/// during such a wait ends the run at once, not at the next byte.
+#[test]
+fn downloads_are_retried_bounded_in_time_and_stopped_by_a_signal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let served = dir.join("served");
+    std::fs::create_dir(&served).unwrap();
+    let image = small_image(&served);
+    // 2 MiB of data: 64 KiB are far from the whole file.
+    let (url, seen) = unreliable_server(image.clone());
+    let pipeline_from = |name: &str| {
+        write_file(
+            dir,
+            &format!("{name}.toml"),
+            &format!("version = 1\nfrom = {{ image = \"{url}/{name}.qcow2\" }}\n[pipeline]\nname = \"{name}\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"{name}\"\nxz_level = 0\n"),
+        )
+    };
+
+    let flaky = pipeline_from("flaky");
+    let layer = run_ok(dir, &gnupg, &["--work-dir", "w", "run", flaky.to_str().unwrap()]);
+    assert!(same_disk(&image, Path::new(layer.trim())), "the third answer is the image");
+    assert_eq!(seen.lock().unwrap().iter().filter(|p| p.starts_with("/flaky")).count(), 3);
+
+    let stall = pipeline_from("stall");
+    let out = pipeline(dir, &gnupg, &["--work-dir", "w", "--stall-timeout", "1s", "run", stall.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{url}/stall.qcow2: the server sent nothing for 1s")), "{err}");
+    let attempts = seen.lock().unwrap().iter().filter(|p| p.starts_with("/stall")).count();
+    assert_eq!(attempts, 3, "three attempts, then the failure");
+
+    // The default stall timeout (60 s) is far off: the signal ends the wait.
+    let mut child = pipeline_command(dir, &gnupg, &["--work-dir", "w2", "run", stall.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let asked = || seen.lock().unwrap().iter().filter(|p| p.starts_with("/stall")).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while asked() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the run never asked for the file");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminate(child.id());
+    // A hang guard, not a timing check: a run that ignores the signal would wait 60 s a try.
+    let ended = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(ended.elapsed() < std::time::Duration::from_secs(30), "SIGTERM did not end the run");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("SIGTERM") || err.contains("interrupted"), "{err}");
+}

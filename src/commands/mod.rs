@@ -22,6 +22,7 @@ use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
+    crate::base::http::set_stall_timeout(g.stall_timeout);
     match cli.command {
         Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key } => {
             let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: g.cache_remote.clone() };
