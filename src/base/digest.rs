@@ -1,4 +1,5 @@
-//! Hashing whole files in 1 MiB reads, with any RustCrypto digest.
+//! Hashing whole files in 1 MiB reads, with any RustCrypto digest (data passing through is
+//! hashed by `stream::HashingWriter`).
 
 use anyhow::{Context, Result};
 use sha2::Digest;
@@ -18,34 +19,4 @@ pub fn file_hex<D: Digest>(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-/// A writer that hashes what passes through it to `inner` (a download kept and checked in
-/// one pass).
-pub struct HashingWriter<D: Digest, W> {
-    inner: W,
-    hasher: D,
-}
-
-impl<D: Digest, W: std::io::Write> HashingWriter<D, W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: D::new() }
-    }
-
-    /// The digest of everything written, hex-encoded, and the writer.
-    pub fn finish(self) -> (String, W) {
-        (hex::encode(self.hasher.finalize()), self.inner)
-    }
-}
-
-impl<D: Digest, W: std::io::Write> std::io::Write for HashingWriter<D, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }

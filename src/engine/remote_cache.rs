@@ -17,7 +17,7 @@
 //! directory: give only the builders write access to it.
 
 use super::cache::{Cache, Layer, LayerMeta};
-use crate::base::digest::HashingWriter;
+use crate::base::stream::HashingWriter;
 use crate::base::ui::Ui;
 use crate::image::qemu_img;
 use crate::s3::{Location, Store};

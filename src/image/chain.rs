@@ -37,14 +37,10 @@ impl DataMap {
             data: bool,
             zero: bool,
         }
-        let out = std::process::Command::new("qemu-img")
-            .args(["map", "--output=json", "-U", "-f", format])
-            .arg(path)
-            .output()
-            .context("cannot run qemu-img map")?;
-        if !out.status.success() {
-            bail!("qemu-img map {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
-        }
+        let out = crate::base::command::checked(
+            std::process::Command::new("qemu-img").args(["map", "--output=json", "-U", "-f", format]).arg(path),
+            "qemu-utils",
+        )?;
         let map: Vec<Extent> = serde_json::from_slice(&out.stdout).context("cannot read qemu-img map's output")?;
         Ok(DataMap {
             extents: map.into_iter().filter(|e| e.data && !e.zero).map(|e| (e.start, e.start + e.length)).collect(),

@@ -7,16 +7,14 @@
 //! with the format their source declares, or the one [`detect_format`] reads from their first
 //! bytes, and a qcow2 import that names another file is refused ([`check_self_contained`]).
 
+use crate::base::command;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> Result<String> {
-    let out = Command::new("qemu-img").args(args).output().context("cannot run qemu-img (install qemu-utils)")?;
-    if !out.status.success() {
-        bail!("qemu-img {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
+    let out = command::checked(Command::new("qemu-img").args(args), "qemu-utils")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

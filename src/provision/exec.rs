@@ -4,7 +4,7 @@
 
 use crate::bad_input;
 use crate::vm::ssh::Endpoint;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -106,24 +106,24 @@ pub fn verify_host_key(target: &Endpoint, recorded: &Path, user_known_hosts: &Pa
     }) else {
         anyhow::bail!("no host key was recorded for {name}");
     };
-    let known: Vec<(String, String)> =
-        if user_known_hosts.exists() {
-            let out =
-                Command::new("ssh-keygen").arg("-F").arg(&name).arg("-f").arg(user_known_hosts).output().map_err(
-                    |e| anyhow::anyhow!("cannot run ssh-keygen to read {}: {e}", user_known_hosts.display()),
-                )?;
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    // A marker (@cert-authority, @revoked) shifts the fields; such lines are not plain keys.
-                    (f.len() >= 3 && !f[0].starts_with('@')).then(|| (f[1].to_string(), f[2].to_string()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+    let known: Vec<(String, String)> = if user_known_hosts.exists() {
+        let out = crate::base::command::output(
+            Command::new("ssh-keygen").arg("-F").arg(&name).arg("-f").arg(user_known_hosts),
+            "openssh-client",
+        )
+        .with_context(|| format!("cannot read {}", user_known_hosts.display()))?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // A marker (@cert-authority, @revoked) shifts the fields; such lines are not plain keys.
+                (f.len() >= 3 && !f[0].starts_with('@')).then(|| (f[1].to_string(), f[2].to_string()))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     if known.iter().any(|(k, b)| *k == kind && *b == blob) {
         return Ok(None);
     }
@@ -166,7 +166,7 @@ pub fn access_network(target: &Endpoint) -> String {
 
 /// The prefix length of a local address, from `ip -o addr show`.
 fn prefix_of(ip: IpAddr) -> Option<u8> {
-    let out = Command::new("ip").args(["-o", "addr", "show"]).output().ok()?;
+    let out = crate::base::command::output(Command::new("ip").args(["-o", "addr", "show"]), "iproute2").ok()?;
     String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
         let mut words = line.split_whitespace();
         while let Some(w) = words.next() {

@@ -14,12 +14,12 @@
 
 use super::stream::{self, Compression, Encoder};
 use super::{Job, Target};
+use crate::base::stream::Progress;
 use crate::guest::{Guest, TarOut};
 use crate::image::initramfs::NewcWriter;
 use crate::pipeline::Pipeline;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
-use std::io::Write;
 
 /// `target = "ramdisk"`: the kernel and the whole root filesystem as a compressed cpio
 /// initramfs that boots with no disk.
@@ -125,13 +125,17 @@ impl Target for Ramdisk {
             "the root filesystem",
             |pipe| g.tar_out("/", pipe, &opts),
             move |tar| {
-                let mut cpio = NewcWriter::new(Counting { inner: encoder, bytes: 0, shown: 0, bar });
+                let counting = Progress::new(encoder, 16 << 20, move |n| {
+                    bar.set_message(format!("packing the root filesystem: {} MiB", n >> 20))
+                });
+                let mut cpio = NewcWriter::new(counting);
                 cpio.copy_tar(tar, &replace, &["init"])?;
                 // The tree's size, for /init's tmpfs; /init comes last, once it is known.
-                let tree_kib = cpio.get_ref().bytes / 1024;
+                let tree_kib = cpio.get_ref().done() / 1024;
                 cpio.add_file("init", 0o755, INIT.replace("@TREE_KIB@", &tree_kib.to_string()).as_bytes())?;
                 let counting = cpio.finish()?;
-                Ok((counting.inner.finish()?, counting.bytes))
+                let unpacked = counting.done();
+                Ok((counting.into_inner().finish()?, unpacked))
             },
         )?;
         drop(g);
@@ -142,29 +146,6 @@ impl Target for Ramdisk {
             minimum_memory_mib(unpacked, archive.size)
         ));
         Ok(())
-    }
-}
-
-/// Counts what goes through it and shows the count on the progress bar.
-struct Counting {
-    inner: Encoder,
-    bytes: u64,
-    shown: u64,
-    bar: indicatif::ProgressBar,
-}
-
-impl Write for Counting {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        if self.bytes - self.shown >= 16 << 20 {
-            self.shown = self.bytes;
-            self.bar.set_message(format!("packing the root filesystem: {} MiB", self.bytes >> 20));
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -3,8 +3,9 @@
 //! compresses what comes out, so compression overlaps the appliance's work. Shared by the
 //! targets that pack a tree (docker, ramdisk).
 
+use crate::base::stream::{HashingWriter, Progress};
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -47,25 +48,7 @@ pub struct Blob {
     pub size: u64,
 }
 
-struct Hashing<W: Write> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-type FileOut = Hashing<std::io::BufWriter<std::fs::File>>;
+type FileOut = HashingWriter<Sha256, std::io::BufWriter<std::fs::File>>;
 
 /// A compressed file being written.
 pub struct Encoder(Kind);
@@ -80,7 +63,7 @@ enum Kind {
 impl Encoder {
     pub fn create(path: &Path, compression: Compression) -> Result<Encoder> {
         let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        let out = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, f), hash: Sha256::new(), size: 0 };
+        let out = FileOut::new(std::io::BufWriter::with_capacity(1 << 20, f));
         Ok(Encoder(match compression {
             Compression::None => Kind::None(out),
             // gzip's own default level; the header's mtime stays 0, so equal input gives equal bytes.
@@ -108,10 +91,11 @@ impl Encoder {
             Kind::Zstd(w) => w.finish()?,
             Kind::Xz(w) => w.finish()?,
         };
-        let sha256 = hex::encode(out.hash.finalize());
-        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        let size = out.written();
+        let (sha256, buffered) = out.finish();
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok(Blob { sha256, size: out.size })
+        Ok(Blob { sha256, size })
     }
 }
 
@@ -183,13 +167,14 @@ where
 }
 
 fn consume(
-    mut reader: impl Read,
+    reader: impl Read,
     mut encoders: Vec<Encoder>,
     what: &str,
     bar: &indicatif::ProgressBar,
 ) -> Result<Streamed> {
     let mut buf = vec![0u8; 1 << 20];
-    let (mut hash, mut bytes, mut shown) = (Sha256::new(), 0u64, 0u64);
+    let mut reader = Progress::new(reader, 16 << 20, |n| bar.set_message(format!("packing {what}: {} MiB", n >> 20)));
+    let mut hash = HashingWriter::<Sha256, _>::new(std::io::sink());
     loop {
         crate::base::interrupt::check()?;
         let n = match reader.read(&mut buf) {
@@ -198,27 +183,20 @@ fn consume(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot read {what}")),
         };
-        hash.update(&buf[..n]);
-        bytes += n as u64;
+        hash.write_all(&buf[..n])?;
         for encoder in &mut encoders {
             encoder.write_all(&buf[..n]).with_context(|| format!("cannot write {what}"))?;
         }
-        if bytes - shown >= 16 << 20 {
-            shown = bytes;
-            bar.set_message(format!("packing {what}: {} MiB", shown >> 20));
-        }
     }
     let files = encoders.into_iter().map(Encoder::finish).collect::<Result<Vec<_>>>();
-    Ok(Streamed {
-        files: files.with_context(|| format!("cannot write {what}"))?,
-        sha256: hex::encode(hash.finalize()),
-        bytes,
-    })
+    let bytes = hash.written();
+    Ok(Streamed { files: files.with_context(|| format!("cannot write {what}"))?, sha256: hash.finish().0, bytes })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     #[test]
     fn every_encoder_round_trips_and_counts_what_it_wrote() {

@@ -13,7 +13,7 @@ use crate::pipeline::{IsoConfig, NetbootConfig, Pipeline};
 use crate::upstream::Upstream;
 use crate::vm::console::{last_lines, ConsoleReader, CONSOLE_TAIL};
 use crate::vm::qemu::{Vm, VmConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use md5::Md5;
 use sha2::Sha256;
 use std::path::{Path, PathBuf};
@@ -311,17 +311,18 @@ pub fn extract_from_iso(
     };
     for (k, i) in candidates {
         let (kout, iout) = (scratch.join("iso-kernel"), scratch.join("iso-initrd"));
-        let ok = Command::new("xorriso")
-            .args(["-osirrox", "on", "-indev"])
-            .arg(iso)
-            .args(["-extract", k])
-            .arg(&kout)
-            .args(["-extract", i])
-            .arg(&iout)
-            .output()
-            .context("cannot run xorriso (install xorriso)")?
-            .status
-            .success();
+        let ok = crate::base::command::output(
+            Command::new("xorriso")
+                .args(["-osirrox", "on", "-indev"])
+                .arg(iso)
+                .args(["-extract", k])
+                .arg(&kout)
+                .args(["-extract", i])
+                .arg(&iout),
+            "xorriso",
+        )?
+        .status
+        .success();
         if ok && kout.is_file() && iout.is_file() {
             log.line(format!("{}: kernel {k}, initrd {i}", iso.display()));
             return Ok((kout, iout));

@@ -8,7 +8,7 @@ use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
 use crate::image::qemu_img;
 use crate::pipeline::{Pipeline, ScriptConfig};
 use crate::upstream::Upstream;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -38,11 +38,8 @@ impl ScriptStage {
         let script_path = pipeline.resolve(&config.script);
         let script = std::fs::read_to_string(&script_path)
             .map_err(|e| bad_input!("{where_}.script: cannot read {}: {e}", script_path.display()))?;
-        let syntax = Command::new("bash")
-            .arg("-n")
-            .arg(&script_path)
-            .output()
-            .map_err(|e| anyhow::anyhow!("cannot run bash to check {}: {e}", script_path.display()))?;
+        let syntax = crate::base::command::output(Command::new("bash").arg("-n").arg(&script_path), "bash")
+            .with_context(|| format!("cannot check {}", script_path.display()))?;
         if !syntax.status.success() {
             return Err(bad_input!(
                 "{where_}.script: {} is not valid bash:\n{}",

@@ -1,43 +1,14 @@
 //! A box file: a gzip tar of its members, with progress.
 
+use crate::base::stream::Progress;
 use anyhow::{Context, Result};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One file of a box: bytes made here, or a file on disk.
 pub(super) enum Member {
     Bytes(&'static str, Vec<u8>),
     File(&'static str, PathBuf),
-}
-
-/// Reads a member's file for the tar, showing progress; a signal ends the read.
-struct Progress<'a, R> {
-    inner: R,
-    done: u64,
-    shown: u64,
-    total: u64,
-    label: &'a str,
-    bar: &'a indicatif::ProgressBar,
-}
-
-impl<R: Read> Read for Progress<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if crate::base::interrupt::interrupted() {
-            return Err(std::io::Error::other("interrupted"));
-        }
-        let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        if self.done - self.shown >= 64 << 20 {
-            self.shown = self.done;
-            self.bar.set_message(format!(
-                "packing the {} box: {}/{} MiB",
-                self.label,
-                self.done >> 20,
-                self.total >> 20
-            ));
-        }
-        Ok(n)
-    }
 }
 
 /// A gzip tar of `members` at `path`, synced; entries owned by root, mode 0644, `mtime`.
@@ -68,7 +39,10 @@ pub(super) fn write_box(
             Member::File(name, file) => {
                 let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
                 let total = f.metadata()?.len();
-                let reader = Progress { inner: f, done: 0, shown: 0, total, label, bar };
+                // Progress shown, and a signal ends the read.
+                let reader = Progress::new(f, 64 << 20, |done| {
+                    bar.set_message(format!("packing the {label} box: {}/{} MiB", done >> 20, total >> 20))
+                });
                 tar.append_data(&mut header(total), name, reader)
                     .with_context(|| format!("cannot pack {name} into {}", path.display()))?;
             }
