@@ -301,6 +301,122 @@ pub fn remove(g: &Guest, created: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The serial of the raw disk a build boot's last script writes its record to.
+pub const RECORD_SERIAL: &str = "vp-firstboot";
+/// The record disk's size: the scripts' output beyond it is not recorded (the results are
+/// then read from the layer instead).
+pub const RECORD_DISK_BYTES: u64 = 32 << 20;
+const RECORD_MAGIC: &str = "virt-pipeline-firstboot-record 1";
+/// How the last script ends the boot: it waits to be stopped by the shutdown, so the runner
+/// never gets to write into the layer again.
+const STOP: &str = "poweroff && exec sleep 600\n";
+
+/// The last script of a build boot. It writes a record of what the scripts left — each
+/// one's output and exit status, the scripts still pending, the service's log — to the disk
+/// whose serial is [`RECORD_SERIAL`], removes `remove` (what the stage installed) and the
+/// scripts done, and powers the guest off: the stage reads the record (see [`read_record`])
+/// and needs no appliance to read back and clean the layer. Itself silent: its own output
+/// would be written while it reads it.
+pub fn finish_script(remove: &[String]) -> String {
+    let remove: Vec<String> = remove.iter().map(|p| shell_quote(p)).collect();
+    format!(
+        r#"#!/bin/sh
+# The end of virt-pipeline's firstboot run: the scripts' record goes to the record disk,
+# what the stage installed is removed, and the build boot stops here.
+exec >/dev/null 2>&1
+d={SCRIPTS}
+d_done={DONE}
+logfile={LOG}
+sys=/sys/block
+devdir=/dev
+dev=
+for b in "$sys"/*; do
+  if [ "$(cat "$b/serial" 2>/dev/null)" = {RECORD_SERIAL} ]; then dev="$devdir/${{b##*/}}"; fi
+done
+record=$(mktemp /run/virt-pipeline-record.XXXXXX || mktemp /dev/shm/virt-pipeline-record.XXXXXX)
+if [ -n "$dev" ] && [ -n "$record" ]; then
+  {{
+    echo '{RECORD_MAGIC}'
+    for f in "$d_done"/*.log "$d_done"/*.status "$logfile"; do
+      [ -f "$f" ] || continue
+      n=$(( $(wc -c < "$f") ))
+      if [ "$f" = "$logfile" ]; then echo "service-log $n"; else echo "file ${{f##*/}} $n"; fi
+      head -c "$n" "$f"
+    done
+    for f in "$d"/*; do
+      [ -e "$f" ] && echo "pending ${{f##*/}}"
+    done
+  }} > "$record"
+  rm -rf -- {remove} "$d_done"
+  echo "removed $?" >> "$record"
+  cat "$record" > "$dev"
+  rm -f "$record"
+  sync
+fi
+{STOP}"#,
+        remove = remove.join(" ")
+    )
+}
+
+/// The record [`finish_script`] wrote onto the record disk `disk`: the results, and whether
+/// the guest removed what it was told to. None when there is no whole record (the guest
+/// went down before its last script, or the output did not fit).
+pub fn read_record(disk: &std::path::Path) -> Result<Option<(Results, bool)>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(disk)?.take(RECORD_DISK_BYTES).read_to_end(&mut bytes)?;
+    Ok(parse_record(&bytes))
+}
+
+fn parse_record(bytes: &[u8]) -> Option<(Results, bool)> {
+    fn line<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a str> {
+        let end = *at + bytes.get(*at..)?.iter().position(|&b| b == b'\n')?;
+        let text = std::str::from_utf8(&bytes[*at..end]).ok()?;
+        *at = end + 1;
+        Some(text)
+    }
+    fn body(bytes: &[u8], at: &mut usize, size: &str) -> Option<String> {
+        let n: usize = size.parse().ok()?;
+        let text = String::from_utf8_lossy(bytes.get(*at..at.checked_add(n)?)?).into_owned();
+        *at += n;
+        Some(text)
+    }
+    let mut at = 0;
+    if line(bytes, &mut at)? != RECORD_MAGIC {
+        return None;
+    }
+    let mut results = Results::default();
+    let (mut logs, mut statuses) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+    loop {
+        let text = line(bytes, &mut at)?;
+        let (word, rest) = text.split_once(' ')?;
+        match word {
+            "file" => {
+                let (name, size) = rest.rsplit_once(' ')?;
+                let content = body(bytes, &mut at, size)?;
+                if let Some(script) = name.strip_suffix(".log") {
+                    logs.insert(script.to_string(), content);
+                } else {
+                    statuses.insert(name.strip_suffix(".status")?.to_string(), content.trim().parse().ok());
+                }
+            }
+            "service-log" => results.log = body(bytes, &mut at, rest)?,
+            "pending" => results.pending.push(rest.to_string()),
+            "removed" => {
+                // Every script that ran has a log (the runner creates it before the script
+                // starts), in the order they ran: name order.
+                results.done = logs
+                    .into_iter()
+                    .map(|(name, log)| ScriptResult { status: statuses.get(&name).copied().flatten(), name, log })
+                    .collect();
+                results.pending.sort();
+                return Some((results, rest == "0"));
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// `'text'` for a POSIX shell.
 pub fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -318,6 +434,68 @@ mod tests {
         assert_eq!(sequence("0100-0003-a-b-c"), Some(3));
         assert_eq!(sequence("puppet"), None);
         assert_eq!(sequence("5000-0012-puppet.status").unwrap(), 12);
+    }
+
+    /// The last script under a plain shell, on a scratch tree standing for the guest's (a
+    /// file for the record disk, found by its serial in a stand-in for /sys/block): the
+    /// record holds each script's output and status, the pending scripts and the service's
+    /// log, and the listed files and the scripts done are gone.
+    #[test]
+    fn the_finish_script_records_the_results_and_removes_what_it_is_told() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let at = |p: &str| r.join(p.trim_start_matches('/'));
+        for dir in [SCRIPTS, DONE, "/sys/block/vda", "/sys/block/vdb", "/dev", "/root", "/etc/unit.d"] {
+            std::fs::create_dir_all(at(dir)).unwrap();
+        }
+        std::fs::write(at("/sys/block/vda/serial"), "").unwrap();
+        std::fs::write(at("/sys/block/vdb/serial"), format!("{RECORD_SERIAL}\n")).unwrap();
+        std::fs::write(at("/dev/vdb"), vec![0u8; 4096]).unwrap();
+        let done = |name: &str, text: &str| std::fs::write(at(&format!("{DONE}/{name}")), text).unwrap();
+        done("5000-0001-a", "#!/bin/sh\n");
+        done("5000-0001-a.log", "line one\nline two without newline");
+        done("5000-0001-a.status", "0\n");
+        done("5000-0002-b b.log", "");
+        done("5000-0002-b b.status", "3\n");
+        done("9999-0003-virt-pipeline-poweroff.log", "");
+        std::fs::write(at(&format!("{SCRIPTS}/5000-0004-later")), "").unwrap();
+        std::fs::write(at(LOG), "=== Running a ===\n").unwrap();
+        std::fs::write(at("/etc/unit.d/unit"), "").unwrap();
+
+        let removed = at("/etc/unit.d").display().to_string();
+        let script = finish_script(std::slice::from_ref(&removed))
+            .replace("d=/usr/lib", &format!("d={}/usr/lib", r.display()))
+            .replace("d_done=/usr/lib", &format!("d_done={}/usr/lib", r.display()))
+            .replace("logfile=/root", &format!("logfile={}/root", r.display()))
+            .replace("sys=/sys/block", &format!("sys={}/sys/block", r.display()))
+            .replace("devdir=/dev", &format!("devdir={}/dev", r.display()))
+            .replace(STOP, "");
+        let st = std::process::Command::new("sh").arg("-c").arg(&script).status().unwrap();
+        assert!(st.success());
+
+        let (results, cleaned) = read_record(&at("/dev/vdb")).unwrap().expect("a whole record");
+        assert!(cleaned);
+        let got: Vec<(&str, Option<i32>, &str)> =
+            results.done.iter().map(|d| (d.name.as_str(), d.status, d.log.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("5000-0001-a", Some(0), "line one\nline two without newline"),
+                ("5000-0002-b b", Some(3), ""),
+                ("9999-0003-virt-pipeline-poweroff", None, ""),
+            ]
+        );
+        assert_eq!(results.pending, ["5000-0004-later"]);
+        assert_eq!(results.log, "=== Running a ===\n");
+        assert!(!at(DONE).exists() && !std::path::Path::new(&removed).exists());
+        assert!(at(SCRIPTS).exists(), "only what it is told to remove goes");
+
+        // Cut short, or from another program: no record.
+        let bytes = std::fs::read(at("/dev/vdb")).unwrap();
+        let end = bytes.windows(7).position(|w| w == b"removed").unwrap();
+        assert!(parse_record(&bytes[..end]).is_none());
+        assert!(parse_record(&[0u8; 64]).is_none());
+        assert!(parse_record(b"virt-pipeline-firstboot-record 1\nfile x.log 999999\nshort").is_none());
     }
 
     /// The runner under a plain shell, on a scratch tree standing for the guest's: scripts

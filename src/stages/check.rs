@@ -61,6 +61,7 @@ impl Stage for CheckStage {
             cpus: self.config.cpus,
             work_dir: ctx.settings.work_dir.clone(),
             no_reboot: false,
+            raw_disks: Vec::new(),
         };
         let deadline = Instant::now() + self.boot_timeout + self.settle_timeout;
         let runner = Runner::boot_with_credentials(

@@ -3,9 +3,11 @@
 //! layer is booted until the guest powers itself off after the last script; each script's exit
 //! status and output are read back from the guest and a failed script fails the stage.
 //!
-//! One appliance launch installs, one boot runs, one appliance launch reads back and removes
-//! what the stage installed. With `run = false` only the first happens: the scripts wait for
-//! the image's real first boot.
+//! One appliance launch installs; one boot runs the scripts, and its last script writes their
+//! results onto a small record disk, removes what the stage installed and powers off. Only
+//! when no whole record comes back (the guest went down early, the output did not fit) does a
+//! second appliance launch read the results from the layer and clean it. With `run = false`
+//! only the first launch happens: the scripts wait for the image's real first boot.
 
 use crate::bad_input;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
@@ -17,10 +19,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The last script of a `run = true` boot: it ends the boot (users' scripts need not).
+/// The last script of a `run = true` boot (`guest::firstboot::finish_script`): it records
+/// the results, cleans up and ends the boot (users' scripts need not).
 const POWEROFF_NAME: &str = "virt-pipeline-poweroff";
-const POWEROFF_SCRIPT: &str =
-    "#!/bin/sh\n# The end of virt-pipeline's firstboot run: the build boot stops here.\nsync\npoweroff\n";
 const LAST_PRIORITY: u32 = 9999;
 
 /// Where `puppet_apply`'s manifests and modules are copied in the guest.
@@ -155,8 +156,9 @@ impl FirstbootStage {
         Ok(())
     }
 
-    /// Boots the layer on the shared runner and waits until the guest powers itself off.
-    fn boot(&self, ctx: &StageContext) -> Result<()> {
+    /// Boots the layer on the shared runner, with the record disk, and waits until the guest
+    /// powers itself off.
+    fn boot(&self, ctx: &StageContext, record_disk: &Path) -> Result<()> {
         let options = BootOptions {
             accel: ctx.settings.accel,
             memory: self.memory.clone(),
@@ -164,6 +166,7 @@ impl FirstbootStage {
             work_dir: ctx.settings.work_dir.clone(),
             // A reboot ends the VM too: the scripts must not run into a second boot.
             no_reboot: true,
+            raw_disks: vec![(record_disk.to_path_buf(), fb::RECORD_SERIAL.to_string())],
         };
         ctx.bar.set_message("booting the layer");
         let runner = Runner::boot(&options, &ctx.output, &ctx.log, &ctx.bar)?;
@@ -313,7 +316,8 @@ impl Stage for FirstbootStage {
         let mut inst = Installer::new(&g, &os)?;
         self.install(&mut inst, &g, ctx)?;
         let poweroff = if self.config.run {
-            Some(inst.add(LAST_PRIORITY, POWEROFF_NAME, POWEROFF_SCRIPT.as_bytes())?)
+            let finish = fb::finish_script(inst.created());
+            Some(inst.add(LAST_PRIORITY, POWEROFF_NAME, finish.as_bytes())?)
         } else {
             None
         };
@@ -327,14 +331,30 @@ impl Stage for FirstbootStage {
             return Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None, upstream: None });
         };
 
-        self.boot(ctx)?;
+        let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "firstboot")?;
+        let record_disk = scratch.path().join("record.raw");
+        std::fs::File::create(&record_disk)?.set_len(fb::RECORD_DISK_BYTES)?;
+        self.boot(ctx, &record_disk)?;
 
         ctx.bar.set_message("reading the scripts' results");
-        let g = Guest::new(accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
-        g.add_drive(drive)?;
-        g.launch()?;
-        g.inspect_and_mount(false)?;
-        let results = fb::read_results(&g)?;
+        let recorded = fb::read_record(&record_disk)?;
+        // Without a whole record, or when the guest could not clean up, the layer is opened.
+        let g = if recorded.as_ref().is_some_and(|(_, removed)| *removed) {
+            ctx.log.line("the scripts' record came back on the record disk; the guest removed the firstboot files");
+            None
+        } else {
+            ctx.log.line("no whole record of the scripts came back: reading the layer");
+            let g = Guest::new(accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
+            g.add_drive(drive)?;
+            g.launch()?;
+            g.inspect_and_mount(false)?;
+            Some(g)
+        };
+        let results = match (recorded, &g) {
+            (Some((results, _)), _) => results,
+            (None, Some(g)) => fb::read_results(g)?,
+            (None, None) => unreachable!("the layer is opened when there is no record"),
+        };
         for r in &results.done {
             let status = r.status.map_or("none: the guest went down while it ran".to_string(), |s| s.to_string());
             ctx.log.line(format!("firstboot script {} exit status {status}; its output:", r.name));
@@ -349,10 +369,12 @@ impl Stage for FirstbootStage {
         // The record was read into the log; the layer keeps neither it nor the service
         // files the stage added (virt-customize leaves its service enabled after the first
         // boot; a layer built here is a template, so it is not left behind).
-        fb::remove(&g, &created)?;
-        g.rm_f(&format!("{}/{poweroff}", fb::SCRIPTS))?;
-        g.umount_all()?;
-        g.shutdown()?;
+        if let Some(g) = g {
+            fb::remove(&g, &created)?;
+            g.rm_f(&format!("{}/{poweroff}", fb::SCRIPTS))?;
+            g.umount_all()?;
+            g.shutdown()?;
+        }
         Ok(StageResult { inspection: Some(serde_json::to_value(&os)?), record: None, upstream: None })
     }
 }

@@ -127,6 +127,7 @@ impl Stage for ProvisionStage {
             cpus: self.config.cpus,
             work_dir: ctx.settings.work_dir.clone(),
             no_reboot: false,
+            raw_disks: Vec::new(),
         };
         let boot_wait = || self.boot_timeout.min(deadline.saturating_duration_since(Instant::now()));
 

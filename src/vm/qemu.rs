@@ -18,6 +18,9 @@ pub struct VmConfig {
     pub cpus: u32,
     /// (path, format) attached as virtio disks, in order.
     pub disks: Vec<(PathBuf, String)>,
+    /// (path, serial): raw virtio disks after those, found in the guest by their serial
+    /// (`/sys/block/*/serial`).
+    pub raw_disks: Vec<(PathBuf, String)>,
     pub cdrom: Option<PathBuf>,
     /// Direct kernel boot: kernel, initrd and command line.
     pub kernel: Option<(PathBuf, PathBuf, String)>,
@@ -44,6 +47,7 @@ impl VmConfig {
             memory: "1024M".into(),
             cpus: 2,
             disks: Vec::new(),
+            raw_disks: Vec::new(),
             cdrom: None,
             kernel: None,
             no_reboot: false,
@@ -74,6 +78,13 @@ impl VmConfig {
         cmd.arg("-serial").arg(format!("file:{}", console.display()));
         for (i, (path, format)) in self.disks.iter().enumerate() {
             cmd.arg("-drive").arg(format!("file={},format={format},if=virtio,index={i},discard=unmap", path.display()));
+        }
+        for (i, (path, serial)) in self.raw_disks.iter().enumerate() {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,index={},serial={serial}",
+                path.display(),
+                self.disks.len() + i
+            ));
         }
         if let Some(iso) = &self.cdrom {
             cmd.arg("-drive").arg(format!("file={},media=cdrom,readonly=on,if=ide", iso.display()));

@@ -32,6 +32,8 @@ pub struct BootOptions {
     pub work_dir: PathBuf,
     /// Exit qemu instead of rebooting the guest.
     pub no_reboot: bool,
+    /// Raw disks attached after the layer, each with a serial the guest finds it by.
+    pub raw_disks: Vec<(PathBuf, String)>,
 }
 
 /// How long each way of stopping the guest may take before the next one is tried. Under TCG
@@ -98,6 +100,7 @@ impl Runner {
         config.memory = options.memory.clone();
         config.cpus = options.cpus;
         config.disks.push((disk.to_path_buf(), "qcow2".into()));
+        config.raw_disks = options.raw_disks.clone();
         config.forwards.push((port, 22));
         config.qmp = Some(qmp.clone());
         config.rng = true;
