@@ -266,6 +266,12 @@ fn script_mode_and_dhcp_reach_cloud_init() {
 fn bad_input_exits_2_and_writes_nothing() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("motd"), "hi\n").unwrap();
+    // Links out of the seed file's directory: to a file, and inside a directory.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "not for the seed\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("shadow")).unwrap();
+    std::fs::create_dir(d.path().join("tree")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("tree/linked")).unwrap();
     let private =
         "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\\n-----END OPENSSH PRIVATE KEY-----";
     let cases: &[(&str, &str)] = &[
@@ -276,6 +282,20 @@ fn bad_input_exits_2_and_writes_nothing() {
         (
             "hostname = \"web1\"\n[[write_files]]\nsource = \"motd\"\npath = \"/etc/motd\"\n[[write_files]]\nsource = \"conf.d\"\npath = \"/etc/conf.d\"\n",
             "write_files[1].source: cannot read",
+        ),
+        (
+            "hostname = \"web1\"\n[[write_files]]\nsource = \"/proc/self/environ\"\npath = \"/etc/env\"\n",
+            "write_files[0].source: /proc/self/environ lies outside the seed file's directory",
+        ),
+        (
+            "hostname = \"web1\"\n[[write_files]]\nsource = \"../motd\"\npath = \"/etc/motd\"\n",
+            "lies outside the seed file's directory",
+        ),
+        ("hostname = \"web1\"\nuser_data_source = \"shadow\"\n", "shadow lies outside the seed file's directory"),
+        ("hostname = \"web1\"\nuser_data = { file = \"/etc/hostname\" }\n", "user_data.file: /etc/hostname lies outside"),
+        (
+            "hostname = \"web1\"\n[[write_files]]\nsource = \"tree\"\npath = \"/etc/tree\"\n",
+            "tree/linked lies outside the seed file's directory",
         ),
     ];
     for (text, want) in cases {
@@ -288,7 +308,7 @@ fn bad_input_exits_2_and_writes_nothing() {
         assert!(!iso.exists(), "nothing at --output");
     }
     let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers.len(), 2, "no temporary files either: {leftovers:?}");
+    assert_eq!(leftovers.len(), 4, "no temporary files either: {leftovers:?}");
     // An --output whose directory does not exist is bad input too.
     std::fs::write(d.path().join("ok.toml"), "hostname = \"web1\"\n").unwrap();
     let out = seed(d.path(), &["ok.toml", "--output", "no/such/dir/seed.iso"]);

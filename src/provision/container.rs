@@ -125,17 +125,101 @@ pub fn create_command(step: &ContainerStep, run: &ContainerRun) -> Command {
     env.push(("TARGETS".into(), names.join(",")));
     env.push(("SSH_PRIVATE_KEY".into(), run.key_text.clone()));
     env.push(("VIRTER_ACCESS_NETWORK".into(), run.access_network.to_string()));
+    // `--env=NAME` and `--` before the image: no value of the file's can be read as an option.
     for (k, v) in &env {
-        cmd.arg("-e").arg(k);
+        cmd.arg(format!("--env={k}"));
         cmd.env(k, v);
     }
     cmd.arg("-v").arg(bind(run.workdir, "/virter/workspace", true));
     cmd.arg("-v").arg(bind(run.key, "/root/.ssh/id_rsa", true));
     cmd.arg("-v").arg(bind(&run.files.known_hosts, "/root/.ssh/known_hosts", false));
     cmd.arg("-v").arg(bind(&run.files.ssh_config, "/etc/ssh/ssh_config.virter", true));
-    cmd.arg(&step.image);
+    cmd.arg("--").arg(&step.image);
     cmd.args(&step.command);
     cmd
+}
+
+/// Whether `text` is a container image reference as the engines read one
+/// (`[HOST[:PORT]/]PATH[:TAG][@ALGORITHM:HEX]`, the grammar of distribution/reference), so
+/// that nothing else — an option such as `--privileged` — is ever given as one.
+pub fn check_image_reference(text: &str) -> std::result::Result<(), String> {
+    let bad = |why: &str| Err(format!("`{text}` is not a container image reference ({why})"));
+    let (rest, digest) = match text.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (text, None),
+    };
+    if let Some(digest) = digest {
+        let Some((algorithm, hex)) = digest.split_once(':') else { return bad("a digest is ALGORITHM:HEX") };
+        let algorithm_ok = !algorithm.is_empty()
+            && algorithm
+                .split(['+', '.', '_', '-'])
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        if !algorithm_ok || hex.len() < 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad("a digest is ALGORITHM:HEX, such as sha256: and 64 hex digits");
+        }
+    }
+    // A tag follows the last `:` after the last `/` (an earlier `:` is a registry's port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let ok = tag.len() <= 128
+            && tag.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !ok {
+            return bad("a tag is letters, digits, `_`, `.` and `-`, at most 128, not starting with `.` or `-`");
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    if components.len() > 1 && (components[0].contains(['.', ':']) || components[0] == "localhost") {
+        let host = components.remove(0);
+        let (host, port) = match host.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        };
+        let labels_ok = host.split('.').all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        if !labels_ok || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return bad("a registry is HOST or HOST:PORT");
+        }
+    }
+    // Each path component: lowercase letters and digits, joined by `.`, `_`, `__` or dashes.
+    let component_ok = |c: &str| {
+        let bytes = c.as_bytes();
+        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+            return false;
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            if alnum(bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && !alnum(bytes[i]) {
+                i += 1;
+            }
+            let separator = &c[start..i];
+            if !(separator == "." || separator == "_" || separator == "__" || separator.bytes().all(|b| b == b'-')) {
+                return false;
+            }
+        }
+        true
+    };
+    if components.is_empty() || !components.iter().all(|c| component_ok(c)) {
+        return bad("a name is lowercase letters and digits, with `.`, `_`, `__` or `-` between them, in components joined by `/`");
+    }
+    if text.len() > 512 {
+        return bad("longer than 512 characters");
+    }
+    Ok(())
 }
 
 /// `ENGINE start --attach NAME`: the container's output streams, and its exit status is
@@ -193,6 +277,36 @@ mod tests {
     use crate::provision::PullPolicy;
     use std::collections::BTreeMap;
 
+    #[test]
+    fn image_references_are_checked_and_options_refused() {
+        for ok in [
+            "busybox",
+            "local/virt-pipeline-provision-test:1c6804c1f592484c",
+            "docker.io/library/alpine:3.19",
+            "localhost:5000/team/app_v2__x--y:v1.0-rc_1",
+            "registry.example.net/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "quay.io/x/y:tag@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(check_image_reference(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "--privileged",
+            "-v",
+            "Busybox",
+            "alpine:",
+            "alpine:-x",
+            "a//b",
+            "a/b/",
+            "x y",
+            "example.com:port/x",
+            "alpine@sha256:abc",
+            "alpine@md5",
+            "",
+        ] {
+            assert!(check_image_reference(bad).is_err(), "{bad}");
+        }
+    }
+
     fn endpoint(name: &str, port: u16) -> Endpoint {
         Endpoint { name: name.into(), host: "127.0.0.1".into(), port, user: "root".into() }
     }
@@ -238,14 +352,10 @@ mod tests {
             "nofile=20000:20000",
             "--ulimit",
             "nproc=32768:32768",
-            "-e",
-            "TEXT",
-            "-e",
-            "TARGETS",
-            "-e",
-            "SSH_PRIVATE_KEY",
-            "-e",
-            "VIRTER_ACCESS_NETWORK",
+            "--env=TEXT",
+            "--env=TARGETS",
+            "--env=SSH_PRIVATE_KEY",
+            "--env=VIRTER_ACCESS_NETWORK",
             "-v",
             "/work dir:/virter/workspace:ro",
             "-v",
@@ -254,6 +364,7 @@ mod tests {
             "/s/known_hosts:/root/.ssh/known_hosts",
             "-v",
             "/s/ssh_config.virter:/etc/ssh/ssh_config.virter:ro",
+            "--",
             "local/x:1",
             "sh",
             "-c",

@@ -282,9 +282,8 @@ pub fn load(source: &Source, opts: &LoadOptions) -> Result<Provisioning> {
             steps.push(Step::Rsync(RsyncStep { source, dest: r.dest.clone() }));
         } else if let Some(c) = &step.container {
             let image = render(&c.image, format!("steps[{i}].container.image"))?;
-            if image.trim().is_empty() {
-                return Err(bad_input!("{origin}: steps[{i}].container.image: the image must not be empty"));
-            }
+            super::container::check_image_reference(&image)
+                .map_err(|e| bad_input!("{origin}: steps[{i}].container.image: {e}"))?;
             let command = c
                 .command
                 .iter()
@@ -493,6 +492,14 @@ dest = "/root/rpms"
         assert!(e.contains("steps[0].container.image") && e.contains("`Image`") && e.contains("not defined"), "{e}");
         let e = err("version = 1\n[env]\nX = \"{{.Nope}}\"\n[[steps]]\n[steps.shell]\nscript = \"x\"\n", &[]);
         assert!(e.contains("env.X") && e.contains("`Nope`"), "{e}");
+        let e = err(
+            "version = 1\n[[steps]]\n[steps.container]\nimage = \"--privileged\"\ncommand = [\"-v\", \"/:/host\"]\n",
+            &[],
+        );
+        assert!(
+            e.contains("steps[0].container.image") && e.contains("`--privileged` is not a container image reference"),
+            "{e}"
+        );
         let e = err("version = 1\n[[steps]]\n[steps.container]\nimage = \"x\"\npull = \"Sometimes\"\n", &[]);
         assert!(e.contains("steps[0].container.pull") && e.contains("Sometimes"), "{e}");
         let e = err("version = 1\n[[steps]]\n[steps.rsync]\nsource = \"a[\"\ndest = \"/x\"\n", &[]);

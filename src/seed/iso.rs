@@ -5,7 +5,7 @@
 use super::{Format, Seed};
 use crate::bad_input;
 use crate::base::log::StageLog;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use std::path::Path;
 use std::process::Command;
@@ -55,12 +55,12 @@ fn write(seed: &Seed, format: Format, output: &Path, logged: Option<(&StageLog, 
             log.run_checked(&mut cmd, bar)?;
         }
         None => {
-            let out = cmd.output().context("cannot run xorriso (install xorriso)")?;
-            if !out.status.success() {
-                bail!("xorriso failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim_end());
-            }
+            crate::base::command::checked(&mut cmd, "xorriso")?;
         }
     }
+    // A seed may carry secrets (keys, passwords, files): for its owner only, as ssh keys are.
+    std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", image.display()))?;
     std::fs::File::open(&image)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", image.display()))?;

@@ -11,12 +11,31 @@ use base64::Engine;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// A host file a seed names, as it really is on disk: it must lie inside `dir` (the seed
+/// file's directory) once every symlink is followed, as rsync sources lie inside Virter's
+/// working directory. A seed may carry secrets, so nothing else on the host may reach it
+/// (`/proc/self/environ`, a link to `/etc/shadow`).
+fn confined(dir: &Path, name: &str) -> std::result::Result<PathBuf, String> {
+    let root = std::fs::canonicalize(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let path = dir.join(name);
+    let real = std::fs::canonicalize(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "{} lies outside the seed file's directory {} (it resolves to {}); files a seed reads must be inside it",
+            path.display(),
+            root.display(),
+            real.display()
+        ));
+    }
+    Ok(real)
+}
+
 /// The user-data text and the host files read to make it.
 pub fn build(config: &SeedConfig, dir: &Path, origin: &str) -> Result<(String, Vec<PathBuf>)> {
     let mut inputs = Vec::new();
-    let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
+    let resolve = |p: &str| confined(dir, p);
     let read = |at: &str, file: &str, inputs: &mut Vec<PathBuf>| -> Result<(String, String)> {
-        let full = resolve(file);
+        let full = resolve(file).map_err(|e| bad_input!("{origin}: {at}: {e}"))?;
         let text = std::fs::read_to_string(&full)
             .map_err(|e| bad_input!("{origin}: {at}: cannot read {}: {e}", full.display()))?;
         inputs.push(full.clone());
@@ -118,7 +137,7 @@ fn mounts(config: &SeedConfig, origin: &str) -> Result<Node> {
 /// One `write_files` entry per host file; a directory gives one per file below it.
 fn write_files(
     config: &SeedConfig,
-    resolve: &dyn Fn(&str) -> PathBuf,
+    resolve: &dyn Fn(&str) -> std::result::Result<PathBuf, String>,
     origin: &str,
     inputs: &mut Vec<PathBuf>,
 ) -> Result<Node> {
@@ -139,13 +158,17 @@ fn write_files(
                 return Err(bad_input!("{origin}: {at}.owner: `{owner}` is not `user` or `user:group`"));
             }
         }
-        let source = resolve(&wf.source);
+        let source = resolve(&wf.source).map_err(|e| bad_input!("{origin}: {at}.source: {e}"))?;
         let meta = std::fs::metadata(&source)
             .map_err(|e| bad_input!("{origin}: {at}.source: cannot read {}: {e}", source.display()))?;
         let mut files = Vec::new();
         if meta.is_dir() {
             walk(&source, "", 0, &mut files)
                 .map_err(|e| bad_input!("{origin}: {at}.source: {}: {e}", source.display()))?;
+            // A link below the directory may point out of it.
+            for (file, _) in &mut files {
+                *file = resolve(&file.to_string_lossy()).map_err(|e| bad_input!("{origin}: {at}.source: {e}"))?;
+            }
             if files.is_empty() {
                 return Err(bad_input!("{origin}: {at}.source: {} holds no files", source.display()));
             }

@@ -343,6 +343,10 @@ impl Drop for Session {
     }
 }
 
+/// The longest line passed on whole: a guest printing without newlines (a progress meter,
+/// binary output) has its output passed on in pieces of this size, not held without bound.
+const MAX_LINE: usize = 64 << 10;
+
 /// Splits a byte stream into lines as they complete.
 #[derive(Default)]
 struct LineBuffer(Vec<u8>);
@@ -354,6 +358,10 @@ impl LineBuffer {
             let line: Vec<u8> = self.0.drain(..=pos).collect();
             let text = String::from_utf8_lossy(&line[..line.len() - 1]);
             output(text.trim_end_matches('\r'));
+        }
+        while self.0.len() >= MAX_LINE {
+            let piece: Vec<u8> = self.0.drain(..MAX_LINE).collect();
+            output(&String::from_utf8_lossy(&piece));
         }
     }
 
@@ -410,6 +418,23 @@ fn record_host_key(known_hosts: &Path, name: &str, line: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_without_end_is_passed_on_in_bounded_pieces() {
+        let mut buffer = LineBuffer::default();
+        let mut got: Vec<String> = Vec::new();
+        let mut out = |l: &str| got.push(l.to_string());
+        for _ in 0..40 {
+            buffer.push(&[b'.'; 4096], &mut out);
+        }
+        buffer.push(b"end\nnext", &mut out);
+        buffer.finish(&mut out);
+        assert_eq!(
+            got.iter().map(|l| l.len()).collect::<Vec<_>>(),
+            [MAX_LINE, MAX_LINE, 40 * 4096 - 2 * MAX_LINE + 3, 4]
+        );
+        assert!(buffer.0.capacity() <= 2 * MAX_LINE + 8192, "what is held stays bounded");
+    }
 
     #[test]
     fn key_files_are_private_and_openssh() {
