@@ -497,9 +497,10 @@ fn a_repository_is_relative_to_the_pipeline_file_and_a_missing_one_is_named() {
     assert_eq!(layers, 0, "nothing was built");
 }
 
-/// A loopback HTTP server for the download tests: `/flaky` answers 503 twice, then the file;
-/// `/stall` sends the headers and 64 KiB of the file, then nothing while the connection
-/// stays open. Returns its base URL and how many requests each path had.
+/// A loopback HTTP server for the download tests: a GET of `/flaky` is answered 503 twice,
+/// then with the file; one of `/stall` gets the headers and 64 KiB of the file, then nothing
+/// while the connection stays open; HEAD gets the headers. Returns its base URL and the
+/// requests it had (`METHOD PATH`).
 fn unreliable_server(file: std::path::PathBuf) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -517,17 +518,22 @@ fn unreliable_server(file: std::path::PathBuf) -> (String, std::sync::Arc<std::s
                     Ok(n) => request.extend_from_slice(&buf[..n]),
                 }
             }
-            let path = String::from_utf8_lossy(&request).split_whitespace().nth(1).unwrap_or("").to_string();
+            let request = String::from_utf8_lossy(&request).into_owned();
+            let mut words = request.split_whitespace();
+            let (method, path) = (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
             let earlier = {
                 let mut seen = log.lock().unwrap();
-                seen.push(path.clone());
-                seen.iter().filter(|p| **p == path).count() - 1
+                seen.push(format!("{method} {path}"));
+                seen.iter().filter(|p| **p == format!("{method} {path}")).count() - 1
             };
             let body = std::fs::read(&file).unwrap();
             let header = |status: &str| {
                 format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
             };
-            if path.starts_with("/flaky") && earlier < 2 {
+            if method == "HEAD" {
+                // The upstream probe: the file's length, no body.
+                let _ = stream.write_all(header("200 OK").as_bytes());
+            } else if path.starts_with("/flaky") && earlier < 2 {
                 let _ = stream.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             } else if path.starts_with("/stall") {
                 let _ = stream.write_all(header("200 OK").as_bytes());
@@ -571,14 +577,14 @@ fn downloads_are_retried_bounded_in_time_and_stopped_by_a_signal() {
     let flaky = pipeline_from("flaky");
     let layer = run_ok(dir, &gnupg, &["--work-dir", "w", "run", flaky.to_str().unwrap()]);
     assert!(same_disk(&image, Path::new(layer.trim())), "the third answer is the image");
-    assert_eq!(seen.lock().unwrap().iter().filter(|p| p.starts_with("/flaky")).count(), 3);
+    assert_eq!(seen.lock().unwrap().iter().filter(|p| p.starts_with("GET /flaky")).count(), 3);
 
     let stall = pipeline_from("stall");
     let out = pipeline(dir, &gnupg, &["--work-dir", "w", "--stall-timeout", "1s", "run", stall.to_str().unwrap()]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("{url}/stall.qcow2: the server sent nothing for 1s")), "{err}");
-    let attempts = seen.lock().unwrap().iter().filter(|p| p.starts_with("/stall")).count();
+    let attempts = seen.lock().unwrap().iter().filter(|p| p.starts_with("GET /stall")).count();
     assert_eq!(attempts, 3, "three attempts, then the failure");
 
     // The default stall timeout (60 s) is far off: the signal ends the wait.
@@ -587,7 +593,7 @@ fn downloads_are_retried_bounded_in_time_and_stopped_by_a_signal() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let asked = || seen.lock().unwrap().iter().filter(|p| p.starts_with("/stall")).count();
+    let asked = || seen.lock().unwrap().iter().filter(|p| p.starts_with("GET /stall")).count();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while asked() < 4 {
         assert!(std::time::Instant::now() < deadline, "the run never asked for the file");

@@ -288,8 +288,11 @@ fn bad_input_exits_2_and_writes_nothing() {
             "write_files[0].source: /proc/self/environ lies outside the seed file's directory",
         ),
         (
-            "hostname = \"web1\"\n[[write_files]]\nsource = \"../motd\"\npath = \"/etc/motd\"\n",
-            "lies outside the seed file's directory",
+            &format!(
+                "hostname = \"web1\"\n[[write_files]]\nsource = \"../{}/secret\"\npath = \"/etc/motd\"\n",
+                outside.path().file_name().unwrap().to_string_lossy()
+            ),
+            "secret lies outside the seed file's directory",
         ),
         ("hostname = \"web1\"\nuser_data_source = \"shadow\"\n", "shadow lies outside the seed file's directory"),
         ("hostname = \"web1\"\nuser_data = { file = \"/etc/hostname\" }\n", "user_data.file: /etc/hostname lies outside"),

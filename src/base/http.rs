@@ -3,7 +3,7 @@
 //!
 //! reqwest's blocking client applies its `timeout` to each wait — for the response, then
 //! for each read of the body — so a large download runs as long as bytes keep coming, and a
-//! server that stalls is given up on after [`STALL_TIMEOUT`].
+//! server that stalls is given up on after the stall timeout ([`STALL_TIMEOUT`] by default).
 
 use anyhow::{bail, Context, Result};
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -34,7 +34,9 @@ pub fn stall_timeout() -> Duration {
 pub fn client() -> Result<Client> {
     Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(stall_timeout())
+        // Bodies are watched by `copy_body`, which names the stall; this bounds the wait for
+        // a response and, a little later, a read that `copy_body` gave up on.
+        .timeout(stall_timeout() + Duration::from_secs(5))
         .user_agent(concat!("virt-pipeline/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("cannot set up the HTTP client")
