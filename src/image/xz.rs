@@ -58,6 +58,9 @@ pub struct Compressed {
     pub data_blocks: u64,
     /// Data blocks whose compressed bytes came from a `BlockSource`.
     pub reused_blocks: u64,
+    /// Blocks a `BlockSource` offered that did not decompress to the data they stood for
+    /// (encoded instead).
+    pub rejected_blocks: u64,
     /// Where each data block sits in the output, in order.
     pub blocks: Vec<BlockRecord>,
 }
@@ -80,7 +83,8 @@ pub struct BlockRecord {
 /// Compressed blocks made earlier, found by the digest of their content.
 pub trait BlockSource: Sync {
     /// The compressed form of a block with this content (SHA-256, hex) and size, when one
-    /// is at hand and intact.
+    /// is at hand and intact. Only a hint: `compress` takes it only when it decompresses to
+    /// exactly the block's data.
     fn find(&self, content: &str, uncompressed_size: u64) -> Option<Block>;
 }
 
@@ -117,6 +121,18 @@ pub fn encoder_identity(opts: &XzOptions) -> Result<String> {
         opts.block_size,
         hex::encode(sha2::Sha256::digest(&block.bytes))
     ))
+}
+
+/// What a block decompresses to (its own check verified), read no further than one byte past
+/// its recorded size: a block taken from elsewhere must prove it holds the data it replaces.
+pub fn decode_block(block: &Block) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut stream = stream_header();
+    stream.extend_from_slice(&block.bytes);
+    stream.extend_from_slice(&stream_tail(&[(block.unpadded_size, block.uncompressed_size)]));
+    let mut out = Vec::with_capacity(usize::try_from(block.uncompressed_size)?);
+    xz2::read::XzDecoder::new(&stream[..]).take(block.uncompressed_size + 1).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// One compressed xz block (header, data, padding, check) and its index record.
@@ -240,11 +256,13 @@ pub fn compress(
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(opts.threads * 2);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Done>(opts.threads * 2);
     let zero_full = Arc::new(compress_block(&vec![0u8; opts.block_size], opts)?);
+    let rejected = std::sync::atomic::AtomicU64::new(0);
     bar.set_length(size);
 
     std::thread::scope(|scope| -> Result<Compressed> {
         for _ in 0..opts.threads.max(1) {
-            let (job_rx, done_tx, zero_full) = (job_rx.clone(), done_tx.clone(), zero_full.clone());
+            let (job_rx, done_tx, zero_full, rejected) =
+                (job_rx.clone(), done_tx.clone(), zero_full.clone(), &rejected);
             scope.spawn(move || {
                 for job in job_rx {
                     let result = match job {
@@ -254,9 +272,17 @@ pub fn compress(
                         }
                         Job::Data(i, data) => {
                             let content = hex::encode(sha2::Sha256::digest(&data));
-                            match source.find(&content, data.len() as u64) {
-                                Some(b) => Ok((i, Arc::new(b), Made::Reused, Some(content))),
-                                None => {
+                            // Decoding a block costs a fraction of encoding it; a source's
+                            // digests alone could be made to agree with any bytes.
+                            let found = source.find(&content, data.len() as u64);
+                            match found {
+                                Some(b) if decode_block(&b).is_ok_and(|d| d == data) => {
+                                    Ok((i, Arc::new(b), Made::Reused, Some(content)))
+                                }
+                                _ => {
+                                    if found.is_some() {
+                                        rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    }
                                     compress_block(&data, opts).map(|b| (i, Arc::new(b), Made::Encoded, Some(content)))
                                 }
                             }
@@ -329,6 +355,7 @@ pub fn compress(
                 zero_blocks,
                 data_blocks,
                 reused_blocks,
+                rejected_blocks: 0,
                 blocks: map,
             })
         });
@@ -363,7 +390,9 @@ pub fn compress(
         let result = writer.join().map_err(|_| anyhow::anyhow!("the xz writer thread panicked"))?;
         match read_error {
             Some(e) => Err(e),
-            None => result,
+            None => {
+                result.map(|c| Compressed { rejected_blocks: rejected.load(std::sync::atomic::Ordering::Relaxed), ..c })
+            }
         }
     })
 }

@@ -1,8 +1,9 @@
 //! Block maps: for each published image, where each 16 MiB data block's compressed form sits
 //! (`NAME-rN.xz.blocks`, beside the image). A later publish into the repository takes a block
 //! whose content an earlier image holds from there instead of encoding it again. A map is
-//! only a hint: a block is reused only when its bytes still have the recorded digest, so a
-//! damaged or missing map or image costs speed, never correctness.
+//! only a hint: a block is offered only when its bytes still have the recorded digest, and
+//! taken only when it decompresses to exactly the data it replaces (`xz::compress`), so a
+//! damaged, missing or lying map or image costs speed, never correctness.
 
 use crate::image::xz::{Block, BlockRecord, BlockSource};
 use anyhow::Result;
@@ -195,6 +196,37 @@ mod tests {
         let mut back = Vec::new();
         std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(&third[..]), &mut back).unwrap();
         assert!(back == changed);
+    }
+
+    /// A map and image planted in the repository that agree with each other (real compressed
+    /// bytes, their true digest) but claim another block's content: the block is offered,
+    /// found not to decompress to the data, and encoded; the image is the layer exactly.
+    #[test]
+    fn a_consistent_lying_map_puts_nothing_into_the_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let honest = tempfile::tempdir().unwrap();
+        let wanted = disk(0);
+        let (_, truth) = publish(honest.path(), "truth", &wanted, &EncodeAll);
+        // Real blocks of other data, each recorded as holding the wanted data's block.
+        let (_, other) = publish(dir, "liar-r9", &disk(1), &EncodeAll);
+        let lies: Vec<BlockRecord> = other
+            .blocks
+            .iter()
+            .zip(&truth.blocks)
+            .map(|(o, t)| BlockRecord { content: t.content.clone(), ..o.clone() })
+            .collect();
+        let encoder = xz::encoder_identity(&opts()).unwrap();
+        save(&dir.join("liar-r9.xz"), &BlockMap { encoder, blocks: lies }).unwrap();
+
+        let scratch = tempfile::tempdir().unwrap();
+        let (out, res) = publish(scratch.path(), "next", &wanted, &index(dir));
+        // Blocks 0, 1, 3 and 5 are the same in both disks: those are true and reused.
+        assert_eq!((res.data_blocks, res.reused_blocks, res.rejected_blocks), (5, 4, 1));
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(&out[..]), &mut back).unwrap();
+        assert!(back == wanted, "the image decompresses to the layer");
+        assert!(out == full_encode(dir, &wanted));
     }
 
     #[test]

@@ -225,6 +225,15 @@ impl Stage for PublishStage {
         if let Some(why) = &manifest.packages_unreadable {
             ctx.ui.line(format!("warning: the manifest lists no packages: {why}"));
         }
+        if compressed.rejected_blocks > 0 {
+            let warning = format!(
+                "warning: {} block(s) the repository's block maps offered did not decompress to the layer's data and were encoded instead: a block map or image in {} was altered",
+                compressed.rejected_blocks,
+                repo.location()
+            );
+            ctx.log.line(&warning);
+            ctx.ui.line(warning);
+        }
         for warning in reuse.warnings() {
             ctx.log.line(format!("warning: {warning}"));
             ctx.ui.line(format!("warning: {warning}"));
