@@ -89,6 +89,35 @@ pub fn answers_secrets(text: &str) -> Vec<String> {
     found
 }
 
+/// A stage's configuration as its key digests it: every registered secret inside a string
+/// replaced by `[secret:HMAC]`, a keyed hash under `key` (the work directory's key secret,
+/// never published). A layer key, which appears in logs, object names and manifests, then
+/// tells nothing about a password: a weak one cannot be tried against it offline. The same
+/// secret under the same key gives the same key, so caching works as before.
+pub fn keyed_config(value: &serde_json::Value, key: &[u8]) -> serde_json::Value {
+    use hmac::{Hmac, Mac};
+    use serde_json::Value;
+    let Ok(secrets) = SECRETS.read() else { return value.clone() };
+    let hide = |text: &str| -> String {
+        let mut out = text.to_string();
+        for s in secrets.iter().filter(|s| text.contains(s.as_str())) {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+            mac.update(s.as_bytes());
+            out = out.replace(s.as_str(), &format!("[secret:{}]", hex::encode(mac.finalize().into_bytes())));
+        }
+        out
+    };
+    fn walk(value: &Value, hide: &dyn Fn(&str) -> String) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), walk(v, hide))).collect()),
+            Value::Array(items) => Value::Array(items.iter().map(|v| walk(v, hide)).collect()),
+            Value::String(s) => Value::String(hide(s)),
+            other => other.clone(),
+        }
+    }
+    walk(value, &hide)
+}
+
 /// A stage's configuration as its log shows it: environment values and passwords replaced.
 pub fn redact_config(value: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
@@ -139,6 +168,23 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyed_config_hides_secrets_behind_a_keyed_hash() {
+        register("hunter2-secret");
+        let config = serde_json::json!({
+            "root_password": "password:hunter2-secret",
+            "steps": [{ "run": "echo hunter2-secret > /x" }],
+            "hostname": "web1",
+        });
+        let a = keyed_config(&config, b"one key");
+        let again = keyed_config(&config, b"one key");
+        let b = keyed_config(&config, b"another key");
+        assert_eq!(a, again, "a stable key on one machine");
+        assert_ne!(a, b, "nothing to try a password against without the key");
+        let text = a.to_string();
+        assert!(!text.contains("hunter2") && text.contains("password:[secret:") && text.contains("\"web1\""), "{text}");
+    }
 
     #[test]
     fn registered_values_are_scrubbed_longest_first() {

@@ -1,7 +1,10 @@
 //! The layer cache. A layer is `<key>.qcow2` plus `<key>.json` (what made it) in one
 //! directory; an overlay names its backing file (the parent layer) by absolute path. Layers
-//! are written under a temporary name and renamed on success: a failed stage leaves nothing
-//! behind.
+//! are written under a temporary name and moved into place on success: a failed stage leaves
+//! nothing behind. Two runs in one work directory may build the same key at once: the first
+//! layer committed stays (another run's overlays may already name it as their backing file)
+//! and the later one is dropped. Every run holds the cache's lock shared for its whole length
+//! and `gc` holds it exclusively, so gc never removes a layer a running build stands on.
 
 use crate::base::scratch;
 use anyhow::{Context, Result};
@@ -127,13 +130,83 @@ impl Cache {
         }
     }
 
-    /// Moves a finished temporary layer into place: metadata first, then the image under
-    /// its final name, so a layer is visible only once complete.
+    /// Moves a finished temporary layer into place under its final name, never over a layer
+    /// already there: when another run committed this key first, its layer is kept and
+    /// returned, and this one is removed. The metadata follows the image; a layer is visible
+    /// (`get`) only with both.
     pub fn commit(&self, temp: &Path, meta: &LayerMeta) -> Result<Layer> {
-        std::fs::write(self.meta_path(&meta.key), serde_json::to_vec_pretty(meta)?)?;
+        let path = self.layer_path(&meta.key);
+        let layer = Layer { key: meta.key.clone(), path: path.clone() };
+        // A hard link fails where the name exists; a rename would replace it.
+        match std::fs::hard_link(temp, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(temp)?;
+                if !self.meta_path(&meta.key).exists() {
+                    // The other run is between its image and its metadata; either is this key.
+                    crate::base::atomic::write(&self.meta_path(&meta.key), &serde_json::to_vec_pretty(meta)?)?;
+                }
+                return Ok(layer);
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot move layer into {}", path.display())),
+        }
+        crate::base::atomic::write(&self.meta_path(&meta.key), &serde_json::to_vec_pretty(meta)?)?;
+        std::fs::remove_file(temp)?;
+        Ok(layer)
+    }
+
+    /// Moves a finished temporary layer into place over any layer of its key (`--no-cache`:
+    /// the user asked for this build).
+    pub fn replace(&self, temp: &Path, meta: &LayerMeta) -> Result<Layer> {
+        crate::base::atomic::write(&self.meta_path(&meta.key), &serde_json::to_vec_pretty(meta)?)?;
         let path = self.layer_path(&meta.key);
         std::fs::rename(temp, &path).with_context(|| format!("cannot move layer into {}", path.display()))?;
         Ok(Layer { key: meta.key.clone(), path })
+    }
+
+    /// The secret that keys hide passwords under (`secrets::keyed_config`): 32 random
+    /// bytes in `layers/.key-secret` (0600), made on first use; builders sharing a remote
+    /// cache share keys of stages with secrets only when they share this file. A cache that
+    /// cannot be written to (`plan` on a new work directory) gets a throwaway one: nothing is
+    /// cached there to match.
+    pub fn key_secret(&self) -> Result<Vec<u8>> {
+        use std::io::Write;
+        let path = self.dir.join(".key-secret");
+        if let Ok(hex_text) = std::fs::read_to_string(&path) {
+            return hex::decode(hex_text.trim()).with_context(|| format!("{}: not a key secret", path.display()));
+        }
+        let secret: [u8; 32] = rand::random();
+        if !self.dir.exists() {
+            return Ok(secret.to_vec());
+        }
+        // Written whole (0600, tempfile's mode) and then linked into place, never over
+        // another run's: a reader never sees it half-written.
+        let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        temp.write_all(hex::encode(secret).as_bytes())?;
+        temp.as_file().sync_all()?;
+        match temp.persist_noclobber(&path) {
+            Ok(_) => Ok(secret.to_vec()),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => self.key_secret(),
+            Err(e) => Err(e.error).with_context(|| format!("cannot create {}", path.display())),
+        }
+    }
+
+    /// Held shared by a run for its whole length; `gc` takes it exclusively and refuses while
+    /// a run holds it. A run that starts during a gc waits for the gc to end.
+    pub fn hold_for_run(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        Flock::lock(self.lock_file()?, FlockArg::LockShared)
+            .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", self.dir.display()))
+    }
+
+    fn lock_file(&self) -> Result<std::fs::File> {
+        let path = self.dir.join(".in-use.lock");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))
     }
 
     /// The record an output stage (publish) left for this key, if any.
@@ -199,6 +272,13 @@ impl Cache {
     /// Cleans the work directory: layers (see `gc_layers`), output records and downloads not
     /// used for `keep`, and scratch directories and temporary layers of runs that died.
     pub fn gc(&self, work_dir: &Path, keep: Duration) -> Result<GcReport> {
+        use nix::fcntl::{Flock, FlockArg};
+        let _exclusive = Flock::lock(self.lock_file()?, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: a run is using this work directory; collect garbage once it has ended",
+                self.dir.display()
+            )
+        })?;
         let mut report = GcReport { layers: self.gc_layers(keep)?, ..Default::default() };
         let old = |path: &Path| {
             std::fs::symlink_metadata(path)

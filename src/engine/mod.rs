@@ -70,13 +70,18 @@ pub struct Engine<'a> {
     remote: Option<remote_cache::RemoteCache>,
     /// Layers whose remote copy was damaged: uploaded again once built.
     damaged_remote: RefCell<std::collections::HashSet<String>>,
+    /// The cache's run lock, held shared while this engine lives (none when it only plans).
+    _in_use: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
         let remote = options.cache_remote.as_deref().map(remote_cache::RemoteCache::open).transpose()?;
-        let mut engine = Engine::with_cache(Cache::open(&settings.work_dir)?, settings, options, ui);
+        let cache = Cache::open(&settings.work_dir)?;
+        let in_use = cache.hold_for_run()?;
+        let mut engine = Engine::with_cache(cache, settings, options, ui);
         engine.remote = remote;
+        engine._in_use = Some(in_use);
         Ok(engine)
     }
 
@@ -96,6 +101,7 @@ impl<'a> Engine<'a> {
             client: OnceCell::new(),
             remote: None,
             damaged_remote: Default::default(),
+            _in_use: None,
         }
     }
 
@@ -155,7 +161,8 @@ impl<'a> Engine<'a> {
                 h.part("index", index.to_string().as_bytes());
             }
             None => {
-                h.part("config", serde_json::to_string(&stage.config())?.as_bytes());
+                let config = secrets::keyed_config(&stage.config(), &self.cache.key_secret()?);
+                h.part("config", serde_json::to_string(&config)?.as_bytes());
                 for input in stage.inputs() {
                     h.path(&input)?;
                 }
@@ -454,7 +461,10 @@ impl<'a> Engine<'a> {
             upstream,
             origin: Some(format!("{:032x}", rand::random::<u128>())),
         };
-        Ok(Some(self.cache.commit(temp, &meta)?))
+        // --no-cache asks for this build, even over one that is there.
+        let layer =
+            if self.options.no_cache { self.cache.replace(temp, &meta)? } else { self.cache.commit(temp, &meta)? };
+        Ok(Some(layer))
     }
 
     fn log_dir(&self, pipeline_name: &str) -> PathBuf {

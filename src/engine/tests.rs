@@ -215,13 +215,16 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
         .filter(|n| n.contains(&plan[2].key))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // gc keeps recent layers and their ancestors, and what stages keep beside them.
+    // gc (once the run is over) keeps recent layers and their ancestors, and what stages keep
+    // beside them.
     let work = f.dir.path().join("work");
-    let sidecar = crate::engine::cache::sidecar(&engine.cache.layer_path(&plan[0].key), "packages");
+    let cache = Cache::open(&work).unwrap();
+    drop(engine);
+    let sidecar = crate::engine::cache::sidecar(&cache.layer_path(&plan[0].key), "packages");
     std::fs::write(&sidecar, b"[]").unwrap();
-    assert!(engine.cache.gc(&work, std::time::Duration::from_secs(3600)).unwrap().layers.is_empty());
+    assert!(cache.gc(&work, std::time::Duration::from_secs(3600)).unwrap().layers.is_empty());
     assert!(sidecar.exists(), "a kept layer keeps its sidecar");
-    assert_eq!(engine.cache.gc(&work, std::time::Duration::ZERO).unwrap().layers.len(), 2);
+    assert_eq!(cache.gc(&work, std::time::Duration::ZERO).unwrap().layers.len(), 2);
     assert!(!sidecar.exists(), "a removed layer's sidecar goes with it");
 }
 
@@ -258,10 +261,59 @@ fn gc_sweeps_leftovers_of_dead_runs_and_old_downloads() {
     std::fs::write(&old_output, b"{}").unwrap();
     std::fs::File::options().append(true).open(&old_output).unwrap().set_modified(month_ago).unwrap();
 
-    let report = engine.cache.gc(&work, Duration::from_secs(14 * 86400)).unwrap();
+    let cache = Cache::open(&work).unwrap();
+    drop(engine);
+    let report = cache.gc(&work, Duration::from_secs(14 * 86400)).unwrap();
     assert_eq!((report.scratch, report.downloads, report.outputs), (1, 1, 1), "{report:?}");
     assert!(!dead_scratch.exists() && !dead_temp.exists() && !old_download.exists() && !old_output.exists());
     assert!(live_scratch.path().exists() && live_temp.exists() && new_download.exists());
+}
+
+/// Two runs building one key: the layer committed first stays, byte for byte (overlays of the
+/// first run may already name it), and the second run gets that layer back.
+#[test]
+fn the_first_layer_committed_for_a_key_stays() {
+    let f = Fixture::new();
+    let cache = Cache::open(&f.dir.path().join("work")).unwrap();
+    let key = "d".repeat(64);
+    let meta = |created: &str| LayerMeta {
+        key: key.clone(),
+        parent: None,
+        pipeline: "t".into(),
+        stage_index: 0,
+        kind: "pattern".into(),
+        created: created.into(),
+        inspection: None,
+        upstream: Vec::new(),
+        origin: None,
+    };
+    let first = cache.dir.join(".tmp-first.qcow2");
+    let second = cache.dir.join(".tmp-second.qcow2");
+    std::fs::write(&first, b"first build").unwrap();
+    std::fs::write(&second, b"second build").unwrap();
+    let a = cache.commit(&first, &meta("1")).unwrap();
+    let b = cache.commit(&second, &meta("2")).unwrap();
+    assert_eq!(a.path, b.path);
+    assert_eq!(std::fs::read(&a.path).unwrap(), b"first build");
+    assert_eq!(cache.meta(&key).unwrap().created, "1");
+    assert!(!first.exists() && !second.exists(), "no temporary layer is left");
+}
+
+/// A run holds the cache: gc refuses to sweep under it, and works once it has ended.
+#[test]
+fn gc_waits_for_no_run_and_removes_nothing_under_one() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new();
+    let engine = f.engine(&ui, EngineOptions::default());
+    engine.run("t", &f.stages(false), None).unwrap();
+    let work = f.dir.path().join("work");
+    let cache = Cache::open(&work).unwrap();
+    let err = cache.gc(&work, std::time::Duration::ZERO).unwrap_err();
+    assert!(format!("{err:#}").contains("a run is using this work directory"), "{err:#}");
+    assert_eq!(cache.list().unwrap().len(), 3, "every layer of the run is there");
+    drop(engine);
+    assert_eq!(cache.gc(&work, std::time::Duration::ZERO).unwrap().layers.len(), 3);
 }
 
 #[test]
