@@ -140,16 +140,19 @@ impl ExportStage {
             return Err(crate::bad_input!("{shown}: {at}.dest: `{dest_text}` is the root directory"));
         }
         let target = build_target(&config, pipeline, at)?;
-        // An export replaces its dest as a whole: never a directory someone else filled.
+        // An export replaces its dest as a whole: only one this pipeline's export made, holding
+        // nothing but what that export wrote.
         match std::fs::symlink_metadata(&dest) {
             Err(_) => {}
             Ok(m) if m.is_dir() => {
                 let empty = std::fs::read_dir(&dest).map(|mut d| d.next().is_none()).unwrap_or(false);
-                if !empty && !dest.join(MANIFEST).is_file() {
-                    return Err(crate::bad_input!(
-                        "{shown}: {at}.dest: {} exists and holds files that no export wrote (no {MANIFEST}); an export replaces its dest as a whole: name a new directory",
-                        dest.display()
-                    ));
+                if !empty {
+                    replaceable(&dest, pipeline.name()).map_err(|why| {
+                        crate::bad_input!(
+                            "{shown}: {at}.dest: {} {why}; an export replaces its dest as a whole: name a new directory",
+                            dest.display()
+                        )
+                    })?;
                 }
             }
             Ok(_) => {
@@ -297,6 +300,27 @@ impl Stage for ExportStage {
     }
 }
 
+/// Why a non-empty `dest` may not be replaced by an export of `pipeline`, if it may not: it
+/// must hold an export manifest written by that pipeline, and no file the manifest does not
+/// list.
+fn replaceable(dest: &Path, pipeline: &str) -> std::result::Result<(), String> {
+    let text = std::fs::read(dest.join(MANIFEST))
+        .map_err(|_| format!("exists and holds files that no export wrote (no {MANIFEST})"))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| format!("holds a {MANIFEST} that is not an export's ({e})"))?;
+    if manifest.pipeline != pipeline {
+        return Err(format!("holds the export of another pipeline (`{}`, says its {MANIFEST})", manifest.pipeline));
+    }
+    let listed: std::collections::HashSet<&str> = manifest.files.iter().map(|(f, _)| f.as_str()).collect();
+    let present = list_files(dest).map_err(|e| format!("cannot be read ({e:#})"))?;
+    let extra: Vec<String> =
+        present.into_iter().map(|(f, _)| f).filter(|f| f != MANIFEST && !listed.contains(f.as_str())).collect();
+    if !extra.is_empty() {
+        return Err(format!("holds files its export did not write ({})", extra.join(", ")));
+    }
+    Ok(())
+}
+
 /// Every regular file below `dir`, relative to it, with its size, sorted.
 fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> Result<()> {
@@ -399,6 +423,15 @@ mod tests {
         let e = stage(d.path(), "out").err().unwrap();
         assert_eq!(crate::base::error::exit_code(&e), 2);
         assert!(format!("{e:#}").contains("no export wrote"), "{e:#}");
+        // Nor one that holds a file its export did not write, or another pipeline's export.
+        std::fs::write(dest.join("notes.txt"), "mine").unwrap();
+        let e = stage(d.path(), "out/docker").err().unwrap();
+        assert!(format!("{e:#}").contains("holds files its export did not write (notes.txt)"), "{e:#}");
+        std::fs::remove_file(dest.join("notes.txt")).unwrap();
+        let other = Manifest { pipeline: "someone-else".into(), ..manifest };
+        std::fs::write(dest.join(MANIFEST), serde_json::to_vec(&other).unwrap()).unwrap();
+        let e = stage(d.path(), "out/docker").err().unwrap();
+        assert!(format!("{e:#}").contains("holds the export of another pipeline (`someone-else`"), "{e:#}");
     }
 
     #[test]
