@@ -615,3 +615,82 @@ fn downloads_are_retried_bounded_in_time_and_stopped_by_a_signal() {
     assert!(!status.success(), "{err}");
     assert!(err.contains("SIGTERM") || err.contains("interrupted"), "{err}");
 }
+
+/// `pipeline serve` serves the file a name is, opened once and never through a link: while
+/// a writer flips a name between a file and a link to a file outside the repository, a
+/// burst of requests gets the file or a 404, never the outside file's bytes.
+#[test]
+fn serve_never_follows_a_name_flipped_to_a_link_out_of_the_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let outside = tmp.path().join("outside-secret");
+    std::fs::write(&outside, "SECRET outside the repository\n").unwrap();
+    // `serve` wants a repository: an index.asc is what makes one.
+    std::fs::write(repo.join("index.asc"), "").unwrap();
+    let name = repo.join("image.xz");
+    std::fs::write(&name, "inside\n").unwrap();
+    let (_server, url) = serve(&repo);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, name, outside) = (stop.clone(), name.clone(), outside.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&name);
+                let _ = std::os::unix::fs::symlink(&outside, &name);
+                let _ = std::fs::remove_file(&name);
+                let _ = std::fs::write(&name, "inside\n");
+            }
+        })
+    };
+    let client = reqwest::blocking::Client::new();
+    let (mut inside, mut missing) = (0, 0);
+    for _ in 0..400 {
+        let resp = client.get(format!("{url}/image.xz")).send().unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().unwrap();
+        assert!(!body.contains("SECRET"), "served a file outside the repository");
+        match status {
+            200 if body == "inside\n" || body.is_empty() => inside += 1,
+            404 => missing += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    flipper.join().unwrap();
+    assert!(inside > 0, "the file itself was served ({missing} not found)");
+}
+
+/// Idle connections cannot starve the server: with its soft open-file limit lowered below
+/// what 1000 connections need, `pipeline serve` raises it to what the system allows and
+/// still answers a GET at once; idle clients are dropped after the header timeout.
+#[test]
+fn serve_answers_while_a_thousand_clients_sit_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(repo.join("index.asc"), "").unwrap();
+    std::fs::write(repo.join("index"), "[entry]\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -Sn 256 && exec '{}' serve '{}' --listen {addr}", bin().display(), repo.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Server::from_child(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let idle: Vec<std::net::TcpStream> = (0..1000).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    // A hang guard, not a timing check: a starved server would never answer.
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(2)).build().unwrap();
+    let resp = client.get(format!("http://{addr}/index")).send().expect("an answer while 1000 clients sit idle");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().unwrap(), "[entry]\n");
+    drop(idle);
+}

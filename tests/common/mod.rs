@@ -515,6 +515,13 @@ pub fn holds_marker(image: &Path) -> bool {
 /// `pipeline serve` in the background; SIGTERM on drop (it must shut down cleanly on it).
 pub struct Server(std::process::Child);
 
+impl Server {
+    /// A server started some other way (under a shell's `ulimit`).
+    pub fn from_child(child: std::process::Child) -> Server {
+        Server(child)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM: the server must shut down cleanly on it.
