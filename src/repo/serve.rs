@@ -112,7 +112,7 @@ async fn file(State(root): State<Arc<Root>>, req: Request) -> Response {
     // A range applies only to the version If-Range names, when it names one.
     let same_version = headers
         .get(header::IF_RANGE)
-        .map_or(true, |v| v.to_str().is_ok_and(|v| v.trim() == etag || v.trim() == modified));
+        .is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == etag || v.trim() == modified));
     let range =
         headers.get(header::RANGE).filter(|_| same_version).and_then(|v| v.to_str().ok()).map(|r| byte_range(r, len));
     let (status, start, end) = match range {
