@@ -79,12 +79,10 @@ impl VmConfig {
         for (i, (path, format)) in self.disks.iter().enumerate() {
             cmd.arg("-drive").arg(format!("file={},format={format},if=virtio,index={i},discard=unmap", path.display()));
         }
+        // A serial is a property of the device (qemu 9 refuses it on -drive).
         for (i, (path, serial)) in self.raw_disks.iter().enumerate() {
-            cmd.arg("-drive").arg(format!(
-                "file={},format=raw,if=virtio,index={},serial={serial}",
-                path.display(),
-                self.disks.len() + i
-            ));
+            cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=raw{i}", path.display()));
+            cmd.arg("-device").arg(format!("virtio-blk-pci,drive=raw{i},serial={serial}"));
         }
         if let Some(iso) = &self.cdrom {
             cmd.arg("-drive").arg(format!("file={},media=cdrom,readonly=on,if=ide", iso.display()));
@@ -258,5 +256,28 @@ mod tests {
             args[i + 1],
             "type=11,value=io.systemd.credential.binary:ssh.authorized_keys.root=c3NoLWVkMjU1MTkgQUFBQSB4LHkK"
         );
+    }
+
+    /// The serial goes on the device: the qemu this runs on (10.0) refuses it on -drive.
+    /// qemu itself checks the command line, paused before the guest starts.
+    #[test]
+    fn a_raw_disk_gets_its_serial_on_the_device_and_qemu_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("record.raw");
+        std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+        let mut config = VmConfig::new(Accel::Tcg);
+        config.network = false;
+        config.raw_disks.push((raw.clone(), "vp-firstboot".into()));
+        let mut cmd = config.command(&dir.path().join("console"));
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.contains(&format!("file={},format=raw,if=none,id=raw0", raw.display())));
+        assert!(args.contains(&"virtio-blk-pci,drive=raw0,serial=vp-firstboot".to_string()));
+        // -S: paused before the first instruction; a command line qemu refuses ends at once.
+        let mut child = cmd.arg("-S").stderr(std::process::Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let early = child.try_wait().unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert!(early.is_none(), "qemu refused the command line: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
