@@ -47,6 +47,9 @@ pub fn fetch_limited(url: &str, cache_dir: &Path, offline: bool, limit: Option<u
                 std::thread::sleep(pause);
                 pause *= 2;
             }
+            Err(e) if e.downcast_ref::<http::BodyBroken>().is_some() => {
+                return Err(e.context(format!("{url}: the part downloaded is kept: run again to resume")));
+            }
             done => return done,
         }
     }

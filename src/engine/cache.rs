@@ -43,6 +43,8 @@ pub struct LayerMeta {
 
 pub struct Cache {
     pub dir: PathBuf,
+    /// Opened for `plan`: nothing is created.
+    read_only: bool,
 }
 
 /// What `gc` removed.
@@ -87,7 +89,7 @@ impl Cache {
                 .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
         }
         // Absolute, so printed layer paths and backing files work from any directory.
-        Ok(Cache { dir: std::fs::canonicalize(&dir)? })
+        Ok(Cache { dir: std::fs::canonicalize(&dir)?, read_only: false })
     }
 
     /// The cache as it is, creating nothing (for `plan`, which writes nothing): a work
@@ -98,7 +100,7 @@ impl Cache {
             Ok(d) => d,
             Err(_) => std::path::absolute(&dir)?,
         };
-        Ok(Cache { dir })
+        Ok(Cache { dir, read_only: true })
     }
 
     pub fn layer_path(&self, key: &str) -> PathBuf {
@@ -164,24 +166,28 @@ impl Cache {
         Ok(Layer { key: meta.key.clone(), path })
     }
 
+    /// The work directory's own files beside the layers: the key secret, the run lock.
+    fn work_file(&self, name: &str) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join(name)
+    }
+
     /// The secret that keys hide passwords under (`secrets::keyed_config`): 32 random
-    /// bytes in `layers/.key-secret` (0600), made on first use; builders sharing a remote
-    /// cache share keys of stages with secrets only when they share this file. A cache that
-    /// cannot be written to (`plan` on a new work directory) gets a throwaway one: nothing is
-    /// cached there to match.
+    /// bytes in `WORK_DIR/key-secret` (0600), made on first use; builders sharing a remote
+    /// cache share keys of stages with secrets only when they share this file. A cache opened
+    /// for `plan` without one gets a throwaway secret: nothing is cached there to match.
     pub fn key_secret(&self) -> Result<Vec<u8>> {
         use std::io::Write;
-        let path = self.dir.join(".key-secret");
+        let path = self.work_file("key-secret");
         if let Ok(hex_text) = std::fs::read_to_string(&path) {
             return hex::decode(hex_text.trim()).with_context(|| format!("{}: not a key secret", path.display()));
         }
         let secret: [u8; 32] = rand::random();
-        if !self.dir.exists() {
+        if self.read_only {
             return Ok(secret.to_vec());
         }
         // Written whole (0600, tempfile's mode) and then linked into place, never over
         // another run's: a reader never sees it half-written.
-        let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut temp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(&self.dir))?;
         temp.write_all(hex::encode(secret).as_bytes())?;
         temp.as_file().sync_all()?;
         match temp.persist_noclobber(&path) {
@@ -200,7 +206,7 @@ impl Cache {
     }
 
     fn lock_file(&self) -> Result<std::fs::File> {
-        let path = self.dir.join(".in-use.lock");
+        let path = self.work_file("cache.lock");
         std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

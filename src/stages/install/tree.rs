@@ -345,8 +345,16 @@ fn default_finish(g: &Guest, disk: &Disk, layout: DiskLayout, ctx: &StageContext
                   else grub-mkconfig -o /boot/grub/grub.cfg 2>&1; fi";
     for cmd in [install.as_str(), config] {
         ctx.log.line(format!("# {cmd}"));
-        for line in g.sh(cmd)?.lines() {
+        // libguestfs keeps a failed command's output to itself: the status is printed
+        // instead, so a failure is reported with what GRUB said.
+        let output = g.sh(&format!("{{ {cmd}; }}; echo \"exit status $?\""))?;
+        let (said, status) = output.trim_end().rsplit_once('\n').unwrap_or(("", output.trim_end()));
+        for line in said.lines() {
             ctx.log.line(line);
+        }
+        if status != "exit status 0" {
+            let shown = crate::vm::qemu::tail(said, 20);
+            bail!("`{cmd}` failed in the appliance ({status}):\n{shown}");
         }
     }
     Ok(())
