@@ -77,9 +77,18 @@ impl VmConfig {
         ]);
         cmd.arg("-serial").arg(format!("file:{}", console.display()));
         for (i, (path, format)) in self.disks.iter().enumerate() {
-            cmd.arg("-drive").arg(format!("file={},format={format},if=virtio,index={i},discard=unmap", path.display()));
+            if self.raw_disks.is_empty() {
+                cmd.arg("-drive")
+                    .arg(format!("file={},format={format},if=virtio,index={i},discard=unmap", path.display()));
+            } else {
+                // With raw disks beside them the firmware must be told which to boot: SeaBIOS
+                // tries the blank raw disk first and never reaches the layer.
+                cmd.arg("-drive")
+                    .arg(format!("file={},format={format},if=none,id=disk{i},discard=unmap", path.display()));
+                cmd.arg("-device").arg(format!("virtio-blk-pci,drive=disk{i},bootindex={i}"));
+            }
         }
-        // A serial is a property of the device (qemu 9 refuses it on -drive).
+        // A serial is a property of the device (qemu 10 refuses it on -drive).
         for (i, (path, serial)) in self.raw_disks.iter().enumerate() {
             cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=raw{i}", path.display()));
             cmd.arg("-device").arg(format!("virtio-blk-pci,drive=raw{i},serial={serial}"));
@@ -258,20 +267,25 @@ mod tests {
         );
     }
 
-    /// The serial goes on the device: the qemu this runs on (10.0) refuses it on -drive.
-    /// qemu itself checks the command line, paused before the guest starts.
+    /// The serial goes on the device: the qemu this runs on (10.0) refuses it on -drive; and
+    /// the layer is the boot disk (SeaBIOS would try the blank raw disk first). qemu itself
+    /// checks the command line, paused before the guest starts.
     #[test]
     fn a_raw_disk_gets_its_serial_on_the_device_and_qemu_takes_it() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("record.raw");
         std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+        let layer = dir.path().join("layer.qcow2");
+        crate::image::qemu_img::create_blank(&layer, "16M").unwrap();
         let mut config = VmConfig::new(Accel::Tcg);
         config.network = false;
+        config.disks.push((layer.clone(), "qcow2".into()));
         config.raw_disks.push((raw.clone(), "vp-firstboot".into()));
         let mut cmd = config.command(&dir.path().join("console"));
         let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(args.contains(&format!("file={},format=raw,if=none,id=raw0", raw.display())));
         assert!(args.contains(&"virtio-blk-pci,drive=raw0,serial=vp-firstboot".to_string()));
+        assert!(args.contains(&"virtio-blk-pci,drive=disk0,bootindex=0".to_string()));
         // -S: paused before the first instruction; a command line qemu refuses ends at once.
         let mut child = cmd.arg("-S").stderr(std::process::Stdio::piped()).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_secs(2));
