@@ -276,7 +276,13 @@ mod tests {
         let raw = dir.path().join("record.raw");
         std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
         let layer = dir.path().join("layer.qcow2");
-        crate::image::qemu_img::create_blank(&layer, "16M").unwrap();
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&layer)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(made.success());
         let mut config = VmConfig::new(Accel::Tcg);
         config.network = false;
         config.disks.push((layer.clone(), "qcow2".into()));
