@@ -59,8 +59,7 @@ pub struct GcReport {
 
 /// A file a stage keeps beside a layer for as long as the layer is cached (what it read from
 /// the layer once, such as publish's package list): `KEY.NAME.sidecar.json` next to
-/// `KEY.qcow2`. `gc`
-/// removes it with the layer.
+/// `KEY.qcow2`. `gc` removes it with the layer.
 pub fn sidecar(layer: &Path, name: &str) -> PathBuf {
     layer.with_extension(format!("{name}{SIDECAR_SUFFIX}"))
 }
