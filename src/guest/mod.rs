@@ -10,6 +10,7 @@
 //! the error text nor the appliance log could reach the user.
 
 pub mod access;
+pub mod appliance;
 pub mod customize;
 pub mod firstboot;
 pub mod inspect;
@@ -144,6 +145,9 @@ impl Guest {
         if !settings.is_empty() {
             guest.set_backend_settings(settings)?;
         }
+        if accel == Accel::Tcg {
+            guest.use_tcg_appliance()?;
+        }
         guest.check("set_smp", unsafe { sys::guestfs_set_smp(g, APPLIANCE_CPUS.min(host_cpus())) })?;
         Ok(guest)
     }
@@ -209,6 +213,33 @@ impl Guest {
     }
 
     // --- handle set-up -------------------------------------------------------------------
+
+    /// Under TCG, the appliance with an uncompressed kernel (see [`appliance`]); when it
+    /// cannot be had, libguestfs's own, with the reason in the log.
+    fn use_tcg_appliance(&self) -> Result<()> {
+        let path = unsafe { sys::guestfs_get_path(self.g) };
+        if path.is_null() {
+            return Err(self.error("get_path"));
+        }
+        // A string the handle owns: copied, not freed.
+        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy().into_owned();
+        let cachedir = self.string("get_cachedir", unsafe { sys::guestfs_get_cachedir(self.g) })?;
+        match appliance::for_tcg(&path, Path::new(&cachedir)) {
+            Ok(dir) => {
+                if let Some(log) = &self.log {
+                    log.line(format!("appliance: {} (its kernel stored uncompressed, for TCG)", dir.display()));
+                }
+                let dir = cstring("set_path", &dir.to_string_lossy())?;
+                self.check("set_path", unsafe { sys::guestfs_set_path(self.g, dir.as_ptr()) })
+            }
+            Err(e) => {
+                if let Some(log) = &self.log {
+                    log.line(format!("using libguestfs's own appliance: {e:#}"));
+                }
+                Ok(())
+            }
+        }
+    }
 
     pub fn set_verbose(&self, on: bool) -> Result<()> {
         self.check("set_verbose", unsafe { sys::guestfs_set_verbose(self.g, on as c_int) })
