@@ -35,6 +35,15 @@ pub struct GlobalArgs {
     /// from it instead of built, and the layers built here are uploaded to it.
     #[arg(long, global = true, env = "PIPELINE_CACHE_REMOTE", value_name = "S3_URL")]
     pub cache_remote: Option<String>,
+    /// The key (full fingerprint of a secret key in the keyring) that signs the records of
+    /// the layers this builder uploads to --cache-remote. Without it nothing is uploaded.
+    #[arg(long, global = true, env = "PIPELINE_CACHE_SIGN_KEY", value_name = "FPR")]
+    pub cache_sign_key: Option<String>,
+    /// The builders whose layers are fetched from --cache-remote: full fingerprints of their
+    /// signing keys (public keys in the keyring), comma-separated. The --cache-sign-key is
+    /// trusted too; a record signed by any other key is never used.
+    #[arg(long, global = true, env = "PIPELINE_CACHE_TRUST", value_name = "FPR,...", value_delimiter = ',')]
+    pub cache_trust: Vec<String>,
     /// How long an HTTP server may send nothing before the request is given up on (and,
     /// for a download, resumed: at most three attempts).
     #[arg(long, global = true, env = "PIPELINE_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]

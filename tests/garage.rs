@@ -64,6 +64,25 @@ fn init_repo(dir: &Path, gnupg: &Path, garage: &Garage, url: &str, uri: &str) ->
     text.split_whitespace().find(|w| w.len() == 40 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap().to_string()
 }
 
+/// A new signing key without passphrase in `gnupg`, as a builder of the shared layer cache
+/// has: its fingerprint.
+fn builder_key(gnupg: &Path, name: &str) -> String {
+    let made = Command::new("gpg")
+        .env("GNUPGHOME", gnupg)
+        .args(["--batch", "--passphrase", "", "--quick-gen-key", name, "default", "sign", "never"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "gpg --quick-gen-key: {}", String::from_utf8_lossy(&made.stderr));
+    let listed = Command::new("gpg")
+        .env("GNUPGHOME", gnupg)
+        .args(["--batch", "--with-colons", "--list-secret-keys", name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let fpr = text.lines().find_map(|l| l.strip_prefix("fpr:")).and_then(|l| l.split(':').nth(8)).map(str::to_string);
+    fpr.unwrap_or_else(|| panic!("no fingerprint for {name}: {text}"))
+}
+
 fn verify_ok(dir: &Path, gnupg: &Path, garage: &Garage, url: &str) {
     let out = pipeline_s3(dir, gnupg, garage, &["repo", "verify", url], &[]);
     assert!(out.status.success(), "repo verify: {}", stderr(&out));
@@ -290,7 +309,8 @@ fn qemu_virtual_size(image: &Path) -> u64 {
 
 /// Six publishers in separate processes, four of them on two names and two on two others,
 /// ten times: every publish lands, each name's revisions are 1..n with no number given
-/// twice, and the index is signed and names the newest image of every name.
+/// twice, and the index is signed and names the newest image of every name. Then a record
+/// deleted from the bucket: the next publish refuses to sign, and `repo verify` says why.
 #[test]
 fn racing_publishers_all_land_with_consistent_revisions() {
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
@@ -345,6 +365,32 @@ fn racing_publishers_all_land_with_consistent_revisions() {
         let n = got.len() as u64;
         assert_eq!(got, (1..=n).collect::<Vec<_>>(), "{name}: every revision given once");
     }
+
+    // A rollback by deletion: whoever can delete objects removes alpha's newest record. The
+    // next publish (of another entry) must not sign an index naming alpha's older image.
+    let bucket = store(&garage, url);
+    let newest = bucket.list("records/alpha/").unwrap().into_iter().map(|l| l.name).max().unwrap();
+    bucket.delete(&newest).unwrap();
+    let work = dir.join("after-rollback");
+    std::fs::create_dir_all(&work).unwrap();
+    random_disk(&work.join("disk.raw"), 1);
+    let file = publish_pipeline(&work, "p.toml", &work.join("disk.raw"), url, "beta");
+    let refused = pipeline_s3(&work, &gnupg, &garage, &["run", file.to_str().unwrap()], &[]);
+    assert_eq!(refused.status.code(), Some(2), "refused as bad input: {}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("`alpha` is at revision 20 in the signed index but at 19 in its records"),
+        "the message names the entry and both revisions: {}",
+        stderr(&refused)
+    );
+    let list = stdout(&pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[]));
+    let alpha = list.lines().find(|l| l.starts_with("alpha")).unwrap_or_else(|| panic!("alpha missing: {list}"));
+    assert!(alpha.split_whitespace().any(|w| w == "r20"), "the signed index still names alpha's newest: {alpha}");
+    assert!(list.lines().any(|l| l.starts_with("beta") && l.split_whitespace().any(|w| w == "r20")), "{list}");
+    let verify = pipeline_s3(dir, &gnupg, &garage, &["repo", "verify", url], &[]);
+    assert!(!verify.status.success(), "repo verify reports the rollback");
+    assert!(
+        stdout(&verify).contains("`alpha` is at revision 20") || stderr(&verify).contains("`alpha` is at revision 20")
+    );
 }
 
 /// A second work directory builds a pipeline with every stage fetched from the remote cache
@@ -368,11 +414,19 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
         ),
     );
     let file = file.to_str().unwrap();
+    let builder = builder_key(&gnupg, "builder");
     let run = |work: &str| {
-        let out = pipeline_s3(dir, &gnupg, &garage, &["--work-dir", work, "--cache-remote", cache, "run", file], &[]);
+        let args = ["--work-dir", work, "--cache-remote", cache, "--cache-sign-key", &builder, "run", file];
+        let out = pipeline_s3(dir, &gnupg, &garage, &args, &[]);
         assert!(out.status.success(), "{work}: {}", stderr(&out));
         stdout(&out) + &stderr(&out)
     };
+    for (bad, says) in [("DEADBEEF", "is a key ID"), ("0123456789ABCDEF0123456789ABCDEF01234567", "no secret key")] {
+        let out =
+            pipeline_s3(dir, &gnupg, &garage, &["--cache-remote", cache, "--cache-sign-key", bad, "run", file], &[]);
+        assert_eq!(out.status.code(), Some(2), "a signing key that cannot sign is bad input: {}", stderr(&out));
+        assert!(stderr(&out).contains(says) && stderr(&out).contains("--cache-sign-key"), "{}", stderr(&out));
+    }
     let first = run("builder-a");
     assert_eq!(first.matches(": running").count(), 2, "{first}");
     let second = run("builder-b");
@@ -402,18 +456,27 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
     }
 
     // Damage the customize layer (the one with a parent) in the bucket.
+    std::env::set_var("GNUPGHOME", &gnupg);
     let s3 = store(&garage, cache);
+    let signed_record = |name: &str| -> serde_json::Value {
+        let signed = s3.get(name, 1 << 20).unwrap().unwrap();
+        serde_json::from_slice(&virt_pipeline::base::sign::verify_pinned(&signed, &builder, None).unwrap()).unwrap()
+    };
     let records: Vec<serde_json::Value> = s3
         .list("layers/")
         .unwrap()
         .iter()
-        .filter(|o| o.name.ends_with(".json"))
-        .map(|o| serde_json::from_slice(&s3.get(&o.name, 1 << 20).unwrap().unwrap()).unwrap())
+        .filter(|o| o.name.ends_with(&format!(".{builder}.asc")))
+        .map(|o| signed_record(&o.name))
         .collect();
-    let top = records.iter().find(|r| !r["meta"]["parent"].is_null()).expect("a layer with a parent");
+    assert_eq!(records.len(), 2, "a record per layer, filed under the builder's key");
+    let top = records.iter().find(|r| !r["meta"]["parent"].is_null()).expect("a layer with a parent").clone();
+    let key = top["meta"]["key"].as_str().unwrap().to_string();
+    let record_name = format!("layers/{key}.{builder}.asc");
     let image = top["image"].as_str().unwrap().to_string();
-    let mut bytes = Vec::new();
-    s3.download(&image, &mut bytes, &virt_pipeline::base::ui::Ui::new(), "test", 1 << 30).unwrap();
+    let mut real = Vec::new();
+    s3.download(&image, &mut real, &virt_pipeline::base::ui::Ui::new(), "test", 1 << 30).unwrap();
+    let mut bytes = real.clone();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     s3.put(&image, bytes).unwrap();
@@ -424,26 +487,69 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
     let fourth = run("builder-d");
     assert_eq!(fourth.matches("fetched from s3://images/cache").count(), 2, "replaced in the bucket: {fourth}");
 
-    // A forged layer whose record and digest agree, backed by a host file: refused.
-    let key = top["meta"]["key"].as_str().unwrap();
-    let forged = dir.join("forged.qcow2");
+    // Forged layers whose record and digest agree, with other content (a byte of the real
+    // layer changed): under an unsigned record; then signed by a key not trusted, filed both
+    // under the trusted key's name and under its own. None is used; the layer is built.
+    let forged = {
+        let mut b = real.clone();
+        b[mid] ^= 0x55;
+        b
+    };
+    let mut forged_record = top.clone();
+    forged_record["image"] = format!("layers/{key}-forged.qcow2").into();
+    forged_record["size"] = forged.len().into();
+    forged_record["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&forged)).into();
+    s3.put(&format!("layers/{key}-forged.qcow2"), forged).unwrap();
+    let forged_json = serde_json::to_vec_pretty(&forged_record).unwrap();
+    let stranger = builder_key(&gnupg, "stranger");
+    let by_stranger = virt_pipeline::base::sign::clearsign(&stranger, &forged_json).unwrap();
+    let filed_under_stranger = format!("layers/{key}.{stranger}.asc");
+    let cases = [
+        vec![(record_name.clone(), forged_json.clone())],
+        vec![(record_name.clone(), by_stranger.clone()), (filed_under_stranger, by_stranger.clone())],
+    ];
+    for (n, objects) in cases.into_iter().enumerate() {
+        for (name, body) in objects {
+            s3.put(&name, body).unwrap();
+        }
+        let out = run(&format!("forged-{n}"));
+        assert_eq!(out.matches("fetched from s3://images/cache").count(), 1, "only the base is fetched: {out}");
+        assert_eq!(out.matches(": running").count(), 1, "the forged layer is built instead: {out}");
+        assert!(out.contains("not signed by the trusted key it is filed under"), "and says why: {out}");
+    }
+    // A builder with no signing key that trusts only the stranger: it uploads nothing and
+    // takes none of the builder's layers.
+    let trusting = pipeline_s3(
+        dir,
+        &gnupg,
+        &garage,
+        &["--work-dir", "trusting", "--cache-remote", cache, "--cache-trust", &stranger, "run", file],
+        &[],
+    );
+    let trusting = stdout(&trusting) + &stderr(&trusting);
+    assert!(trusting.contains("layers built here are not uploaded"), "no signing key, no upload: {trusting}");
+    assert_eq!(trusting.matches(": running").count(), 2, "the builder's layers are not trusted by it: {trusting}");
+
+    // A forged layer signed by the trusted key itself (an insider), backed by a host file:
+    // refused all the same.
+    let host_backed = dir.join("host-backed.qcow2");
     let created = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/hostname"])
-        .arg(&forged)
+        .arg(&host_backed)
         .status()
         .unwrap();
     assert!(created.success());
-    let bytes = std::fs::read(&forged).unwrap();
-    let mut record: serde_json::Value =
-        serde_json::from_slice(&s3.get(&format!("layers/{key}.json"), 1 << 20).unwrap().unwrap()).unwrap();
-    record["image"] = format!("layers/{key}-forged.qcow2").into();
+    let bytes = std::fs::read(&host_backed).unwrap();
+    let mut record = top.clone();
+    record["image"] = format!("layers/{key}-host.qcow2").into();
     record["size"] = bytes.len().into();
-    record["sha256"] = virt_pipeline::base::digest::file_hex::<sha2::Sha256>(&forged).unwrap().into();
-    s3.put(&format!("layers/{key}-forged.qcow2"), bytes).unwrap();
-    s3.put(&format!("layers/{key}.json"), serde_json::to_vec(&record).unwrap()).unwrap();
-    let fifth = run("builder-e");
-    assert!(fifth.contains("not a layer of this cache"), "the foreign backing file is named: {fifth}");
-    assert_eq!(fifth.matches(": running").count(), 1, "and the layer built instead: {fifth}");
+    record["sha256"] = virt_pipeline::base::digest::file_hex::<sha2::Sha256>(&host_backed).unwrap().into();
+    s3.put(&format!("layers/{key}-host.qcow2"), bytes).unwrap();
+    let signed = virt_pipeline::base::sign::clearsign(&builder, &serde_json::to_vec(&record).unwrap()).unwrap();
+    s3.put(&record_name, signed).unwrap();
+    let last = run("builder-e");
+    assert!(last.contains("not a layer of this cache"), "the foreign backing file is named: {last}");
+    assert_eq!(last.matches(": running").count(), 1, "and the layer built instead: {last}");
 }
 
 /// Two builders split a base and the pipeline standing on it (`--shard 1/2`, `--shard 2/2`,
@@ -484,8 +590,10 @@ fn sharded_rebuilds_wait_for_a_base_built_elsewhere() {
             customize("child")
         ),
     );
+    let builder = builder_key(&gnupg, "builder");
     let rebuild = |work: &str, cache: &str, extra: &[&str]| {
-        let mut args = vec!["--work-dir", work, "--cache-remote", cache, "rebuild", "pipelines"];
+        let mut args = vec!["--work-dir", work, "--cache-remote", cache, "--cache-sign-key", &builder];
+        args.extend_from_slice(&["rebuild", "pipelines"]);
         args.extend_from_slice(extra);
         command_s3(dir, &gnupg, &garage, &args, &[])
             .stdout(std::process::Stdio::piped())

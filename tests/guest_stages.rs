@@ -334,13 +334,37 @@ fn an_image_grows_its_last_partition() {
     g.shutdown().unwrap();
 }
 
+/// Also a hung appliance: the first launch's qemu is started paused (`-S`, as a guest whose
+/// kernel never comes up), so the launch outlasts its timeout; the appliance is killed and
+/// launched again, and the command still answers.
 #[test]
-fn inspect_reports_the_distribution() {
+fn inspect_reports_the_distribution_even_after_a_hung_launch() {
     let images = fake_images();
     let dir = tempfile::tempdir().unwrap();
     let gnupg = gnupg_home(dir.path());
-    let out = run_ok(dir.path(), &gnupg, &["inspect", "--json", images.fedora.to_str().unwrap()]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hv = write_file(
+        dir.path(),
+        "qemu-hangs-once",
+        &format!(
+            "#!/bin/sh\ncase \"$*\" in *guestfsd.sock*) mkdir {0}/hung 2>/dev/null && exec qemu-system-x86_64 \"$@\" -S ;; esac\n\
+             exec qemu-system-x86_64 \"$@\"\n",
+            dir.path().display()
+        ),
+    );
+    std::fs::set_permissions(&hv, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = pipeline_command(dir.path(), &gnupg, &["inspect", "--json", images.fedora.to_str().unwrap()])
+        .env("LIBGUESTFS_HV", &hv)
+        .env("PIPELINE_LAUNCH_TIMEOUT", "20s")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("hung").is_dir(), "the first launch hung");
+    assert!(
+        stderr(&out).contains("did not come up within 20 s and was stopped; launching it again"),
+        "{}",
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["distro"], "fedora");
     assert_eq!(v["major_version"], 39);
     assert_eq!(v["package_format"], "rpm");

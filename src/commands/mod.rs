@@ -15,6 +15,7 @@ mod sysprep;
 mod validate;
 
 use crate::cli::{Cli, Command, GlobalArgs};
+use crate::engine::remote_cache::RemoteCacheOptions;
 use crate::engine::stage::RunSettings;
 use crate::engine::EngineOptions;
 use crate::vm::Accel;
@@ -25,7 +26,7 @@ pub fn run(cli: Cli) -> Result<()> {
     crate::base::http::set_stall_timeout(g.stall_timeout);
     match cli.command {
         Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key } => {
-            let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: g.cache_remote.clone() };
+            let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: remote_cache(g) };
             run::run(g, &pipeline, options, output.as_deref(), offline, sign_key)
         }
         Command::Rebuild(args) => rebuild::rebuild(g, &args),
@@ -39,6 +40,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Seed(args) => seed::seed(&args),
         Command::Serve { dir, listen } => serve::serve(&dir, &listen),
     }
+}
+
+/// The shared layer cache's options, when `--cache-remote` names one.
+fn remote_cache(g: &GlobalArgs) -> Option<RemoteCacheOptions> {
+    let url = g.cache_remote.clone()?;
+    Some(RemoteCacheOptions { url, sign_key: g.cache_sign_key.clone(), trusted: g.cache_trust.clone() })
 }
 
 /// The settings every stage of a run sees; the accelerator is chosen (and probed) here.

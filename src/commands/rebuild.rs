@@ -18,7 +18,7 @@ pub fn rebuild(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
         engine: EngineOptions {
             build_id: args.build_id.clone(),
             log_dir: args.log_dir.clone(),
-            cache_remote: g.cache_remote.clone(),
+            cache_remote: super::remote_cache(g),
             ..Default::default()
         },
     };

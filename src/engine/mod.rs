@@ -22,8 +22,8 @@ pub struct EngineOptions {
     pub no_cache: bool,
     pub build_id: Option<String>,
     pub log_dir: Option<PathBuf>,
-    /// A layer cache shared with other builders: `s3://BUCKET/PREFIX`.
-    pub cache_remote: Option<String>,
+    /// A layer cache shared with other builders.
+    pub cache_remote: Option<remote_cache::RemoteCacheOptions>,
 }
 
 /// A stage with its key, as `plan` shows it.
@@ -76,7 +76,10 @@ pub struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     pub fn new(settings: RunSettings, options: EngineOptions, ui: &'a Ui) -> Result<Engine<'a>> {
-        let remote = options.cache_remote.as_deref().map(remote_cache::RemoteCache::open).transpose()?;
+        let remote = options.cache_remote.as_ref().map(remote_cache::RemoteCache::open).transpose()?;
+        if let Some(why) = remote.as_ref().and_then(|r| r.not_uploading()) {
+            ui.line(why);
+        }
         let cache = Cache::open(&settings.work_dir)?;
         let in_use = cache.hold_for_run()?;
         let mut engine = Engine::with_cache(cache, settings, options, ui);

@@ -15,6 +15,9 @@ use object::read::elf::{FileHeader, ProgramHeader};
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 /// The kernel of the appliance is the host's own; a bound on what it may unpack to.
 const MAX_KERNEL_BYTES: u64 = 512 << 20;
@@ -25,6 +28,85 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 const README: &str = "A libguestfs fixed appliance built by virt-pipeline for TCG: supermin's appliance with \
 the kernel stored uncompressed, so that the emulated CPU does not decompress it at every launch. \
 virt-pipeline rebuilds it when it is out of date; removing this directory is always safe.\n";
+
+/// How long an appliance may take to bring its daemon up before it is taken for hung, unless
+/// `PIPELINE_LAUNCH_TIMEOUT` says otherwise. A launch takes 7-15 s under TCG here, up to
+/// about a minute on a loaded host.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The launch timeout in force: `PIPELINE_LAUNCH_TIMEOUT` (a duration: `90s`, `10m`) or
+/// [`LAUNCH_TIMEOUT`].
+pub fn launch_timeout() -> std::result::Result<Duration, String> {
+    match std::env::var("PIPELINE_LAUNCH_TIMEOUT") {
+        Err(_) => Ok(LAUNCH_TIMEOUT),
+        Ok(v) => humantime::parse_duration(&v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("PIPELINE_LAUNCH_TIMEOUT={v:?} is not a duration such as 90s or 10m")),
+    }
+}
+
+/// Watches one launch: past the timeout, kills this process's appliance qemu (a child whose
+/// command line names libguestfs's daemon socket, `guestfsd.sock`), so that the launch
+/// returns with an error instead of waiting for a kernel that will never come up.
+pub struct LaunchWatchdog {
+    stop: Option<mpsc::Sender<()>>,
+    fired: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LaunchWatchdog {
+    pub fn start_with(timeout: Duration) -> LaunchWatchdog {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = fired.clone();
+        let thread = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(timeout) {
+                flag.store(true, Ordering::SeqCst);
+                for pid in appliance_children() {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        });
+        LaunchWatchdog { stop: Some(stop), fired, thread: Some(thread) }
+    }
+
+    /// Stops watching; whether the appliance was killed.
+    pub fn fired(mut self) -> bool {
+        self.finish();
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    fn finish(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LaunchWatchdog {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// This process's children that are libguestfs appliances.
+fn appliance_children() -> Vec<nix::unistd::Pid> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The parent's pid is the second field after the parenthesised command name.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(me) && cmdline.split(|b| *b == 0).any(|arg| arg.windows(13).any(|w| w == b"guestfsd.sock"))
+        })
+        .map(nix::unistd::Pid::from_raw)
+        .collect()
+}
 
 /// The directory to give libguestfs as its path under TCG, or why there is none.
 /// `libguestfs_path` is the handle's default path (where supermin.d lives) and `cachedir`
@@ -268,6 +350,22 @@ mod tests {
         cut.truncate(cut.len() - 20);
         cut[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(uncompressed_kernel(&cut).is_err());
+    }
+
+    #[test]
+    fn a_launch_past_its_time_has_its_appliance_killed_and_nothing_else() {
+        use std::os::unix::process::ExitStatusExt;
+        let spawn = |name: &str| std::process::Command::new("sh").args(["-c", "sleep 30", name]).spawn().unwrap();
+        let mut appliance = spawn("/tmp/libguestfsX/guestfsd.sock");
+        let mut other = spawn("something-else");
+        let watchdog = LaunchWatchdog::start_with(Duration::from_millis(200));
+        assert_eq!(appliance.wait().unwrap().signal(), Some(9), "the appliance is killed");
+        assert!(watchdog.fired());
+        assert!(other.try_wait().unwrap().is_none(), "another child lives on");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        let in_time = LaunchWatchdog::start_with(Duration::from_secs(60));
+        assert!(!in_time.fired(), "a launch that ends in time stops the watchdog at once");
     }
 
     #[test]

@@ -66,9 +66,23 @@ pub struct Drive<'a> {
 }
 
 pub struct Guest {
-    g: *mut sys::guestfs_h,
+    /// Replaced (closed and made anew) only when a launch hangs; see [`Guest::launch`].
+    g: std::cell::Cell<*mut sys::guestfs_h>,
     // Boxed so the pointer given to the event callback stays valid while the handle lives.
     log: Option<Box<StageLog>>,
+    accel: Accel,
+    verbose: bool,
+    /// What was set up before launch, to set up a new handle the same way.
+    network: std::cell::Cell<bool>,
+    drives: std::cell::RefCell<Vec<OwnedDrive>>,
+}
+
+/// A drive as added, kept for a second launch.
+struct OwnedDrive {
+    path: std::path::PathBuf,
+    format: String,
+    readonly: bool,
+    discard: bool,
 }
 
 const LOGGED_EVENTS: u32 =
@@ -127,33 +141,50 @@ impl Guest {
     /// A new handle with the accelerator applied. With a log, every libguestfs call is
     /// traced into it; `verbose` adds the appliance's own boot and daemon messages.
     pub fn new(accel: Accel, log: Option<StageLog>, verbose: bool) -> Result<Guest> {
+        let guest = Guest {
+            g: std::cell::Cell::new(std::ptr::null_mut()),
+            log: log.map(Box::new),
+            accel,
+            verbose,
+            network: Default::default(),
+            drives: Default::default(),
+        };
+        guest.create_handle()?;
+        Ok(guest)
+    }
+
+    /// Makes the handle (closing one there is) and sets it up: errors, log, accelerator,
+    /// appliance, vCPUs.
+    fn create_handle(&self) -> Result<()> {
         let g = unsafe { sys::guestfs_create() };
         if g.is_null() {
             return Err(GuestError { call: "create".into(), message: "cannot create a libguestfs handle".into() });
         }
+        let old = self.g.replace(g);
+        if !old.is_null() {
+            unsafe { sys::guestfs_close(old) };
+        }
         // Errors are returned to the caller; without this libguestfs also prints them.
         unsafe { sys::guestfs_set_error_handler(g, None, std::ptr::null_mut()) };
-        let guest = Guest { g, log: log.map(Box::new) };
-        if let Some(log) = &guest.log {
+        if let Some(log) = &self.log {
             let opaque = log.as_ref() as *const StageLog as *mut c_void;
             let rc = unsafe { sys::guestfs_set_event_callback(g, Some(log_event), LOGGED_EVENTS as u64, 0, opaque) };
-            guest.check("set_event_callback", rc)?;
-            guest.check("set_trace", unsafe { sys::guestfs_set_trace(g, 1) })?;
-            guest.set_verbose(verbose)?;
+            self.check("set_event_callback", rc)?;
+            self.check("set_trace", unsafe { sys::guestfs_set_trace(g, 1) })?;
+            self.set_verbose(self.verbose)?;
         }
-        let settings = accel.libguestfs_settings();
+        let settings = self.accel.libguestfs_settings();
         if !settings.is_empty() {
-            guest.set_backend_settings(settings)?;
+            self.set_backend_settings(settings)?;
         }
-        if accel == Accel::Tcg {
-            guest.use_tcg_appliance()?;
+        if self.accel == Accel::Tcg {
+            self.use_tcg_appliance()?;
         }
-        guest.check("set_smp", unsafe { sys::guestfs_set_smp(g, APPLIANCE_CPUS.min(host_cpus())) })?;
-        Ok(guest)
+        self.check("set_smp", unsafe { sys::guestfs_set_smp(g, APPLIANCE_CPUS.min(host_cpus())) })
     }
 
     fn error(&self, call: &str) -> GuestError {
-        let msg = unsafe { sys::guestfs_last_error(self.g) };
+        let msg = unsafe { sys::guestfs_last_error(self.g.get()) };
         let message = if msg.is_null() {
             "unknown error".to_string()
         } else {
@@ -217,20 +248,20 @@ impl Guest {
     /// Under TCG, the appliance with an uncompressed kernel (see [`appliance`]); when it
     /// cannot be had, libguestfs's own, with the reason in the log.
     fn use_tcg_appliance(&self) -> Result<()> {
-        let path = unsafe { sys::guestfs_get_path(self.g) };
+        let path = unsafe { sys::guestfs_get_path(self.g.get()) };
         if path.is_null() {
             return Err(self.error("get_path"));
         }
         // A string the handle owns: copied, not freed.
         let path = unsafe { CStr::from_ptr(path) }.to_string_lossy().into_owned();
-        let cachedir = self.string("get_cachedir", unsafe { sys::guestfs_get_cachedir(self.g) })?;
+        let cachedir = self.string("get_cachedir", unsafe { sys::guestfs_get_cachedir(self.g.get()) })?;
         match appliance::for_tcg(&path, Path::new(&cachedir)) {
             Ok(dir) => {
                 if let Some(log) = &self.log {
                     log.line(format!("appliance: {} (its kernel stored uncompressed, for TCG)", dir.display()));
                 }
                 let dir = cstring("set_path", &dir.to_string_lossy())?;
-                self.check("set_path", unsafe { sys::guestfs_set_path(self.g, dir.as_ptr()) })
+                self.check("set_path", unsafe { sys::guestfs_set_path(self.g.get(), dir.as_ptr()) })
             }
             Err(e) => {
                 if let Some(log) = &self.log {
@@ -242,7 +273,7 @@ impl Guest {
     }
 
     pub fn set_verbose(&self, on: bool) -> Result<()> {
-        self.check("set_verbose", unsafe { sys::guestfs_set_verbose(self.g, on as c_int) })
+        self.check("set_verbose", unsafe { sys::guestfs_set_verbose(self.g.get(), on as c_int) })
     }
 
     /// Runs `f` with call tracing off, for calls whose arguments hold secrets (passwords,
@@ -251,20 +282,22 @@ impl Guest {
         if self.log.is_none() {
             return f(self);
         }
-        unsafe { sys::guestfs_set_trace(self.g, 0) };
+        unsafe { sys::guestfs_set_trace(self.g.get(), 0) };
         let result = f(self);
-        unsafe { sys::guestfs_set_trace(self.g, 1) };
+        unsafe { sys::guestfs_set_trace(self.g.get(), 1) };
         result
     }
 
     pub fn set_network(&self, on: bool) -> Result<()> {
-        self.check("set_network", unsafe { sys::guestfs_set_network(self.g, on as c_int) })
+        self.check("set_network", unsafe { sys::guestfs_set_network(self.g.get(), on as c_int) })?;
+        self.network.set(on);
+        Ok(())
     }
 
     pub fn set_backend_settings(&self, settings: &[&str]) -> Result<()> {
         let owned = cstrings("set_backend_settings", settings)?;
         let ptrs = null_terminated(&owned);
-        self.check("set_backend_settings", unsafe { sys::guestfs_set_backend_settings(self.g, ptrs.as_ptr()) })
+        self.check("set_backend_settings", unsafe { sys::guestfs_set_backend_settings(self.g.get(), ptrs.as_ptr()) })
     }
 
     pub fn add_drive(&self, drive: Drive) -> Result<()> {
@@ -279,22 +312,64 @@ impl Guest {
             opts.bitmask |= 1 << sys::GUESTFS_ADD_DRIVE_OPTS_DISCARD;
             opts.discard = discard.as_ptr();
         }
-        self.check("add_drive", unsafe { sys::guestfs_add_drive_opts_argv(self.g, path.as_ptr(), &opts) })
+        self.check("add_drive", unsafe { sys::guestfs_add_drive_opts_argv(self.g.get(), path.as_ptr(), &opts) })?;
+        self.drives.borrow_mut().push(OwnedDrive {
+            path: drive.path.to_path_buf(),
+            format: drive.format.to_string(),
+            readonly: drive.readonly,
+            discard: drive.discard,
+        });
+        Ok(())
     }
 
+    /// Starts the appliance. One whose kernel has not brought the daemon up within the
+    /// launch timeout ([`appliance::launch_timeout`]) is taken for hung (under TCG a guest
+    /// CPU has been seen to lose its timer during boot and sit idle for good) and is killed;
+    /// the handle is made anew with the same settings and drives and launched once more.
     pub fn launch(&self) -> Result<()> {
-        self.check("launch", unsafe { sys::guestfs_launch(self.g) })
+        let timeout = appliance::launch_timeout().map_err(|message| GuestError { call: "launch".into(), message })?;
+        let watchdog = appliance::LaunchWatchdog::start_with(timeout);
+        let rc = unsafe { sys::guestfs_launch(self.g.get()) };
+        if rc != -1 || !watchdog.fired() {
+            return self.check("launch", rc);
+        }
+        let first = self.error("launch");
+        let seconds = timeout.as_secs();
+        eprintln!("the appliance did not come up within {seconds} s and was stopped; launching it again");
+        if let Some(log) = &self.log {
+            log.line(format!(
+                "the appliance did not come up within {seconds} s and was stopped ({first}); launching it again"
+            ));
+        }
+        self.create_handle()?;
+        self.set_network(self.network.get())?;
+        let drives = std::mem::take(&mut *self.drives.borrow_mut());
+        for d in &drives {
+            self.add_drive(Drive { path: &d.path, format: &d.format, readonly: d.readonly, discard: d.discard })?;
+        }
+        let watchdog = appliance::LaunchWatchdog::start_with(timeout);
+        let rc = unsafe { sys::guestfs_launch(self.g.get()) };
+        if rc == -1 && watchdog.fired() {
+            return Err(GuestError {
+                call: "launch".into(),
+                message: format!(
+                    "the appliance did not come up within {seconds} s, twice (PIPELINE_LAUNCH_TIMEOUT sets the limit; \
+                     with -v the stage log holds its console)"
+                ),
+            });
+        }
+        self.check("launch", rc)
     }
 
     /// Syncs and stops the appliance, reporting write-back errors (drop alone would not).
     pub fn shutdown(&self) -> Result<()> {
-        self.check("shutdown", unsafe { sys::guestfs_shutdown(self.g) })
+        self.check("shutdown", unsafe { sys::guestfs_shutdown(self.g.get()) })
     }
 
     // --- inspection ----------------------------------------------------------------------
 
     pub fn inspect_os(&self) -> Result<Vec<String>> {
-        self.strings("inspect_os", unsafe { sys::guestfs_inspect_os(self.g) })
+        self.strings("inspect_os", unsafe { sys::guestfs_inspect_os(self.g.get()) })
     }
 
     /// One of the `inspect_get_*` string getters, by name.
@@ -303,13 +378,13 @@ impl Guest {
         let p = r.as_ptr();
         let ptr = unsafe {
             match what {
-                InspectField::Type => sys::guestfs_inspect_get_type(self.g, p),
-                InspectField::Distro => sys::guestfs_inspect_get_distro(self.g, p),
-                InspectField::Arch => sys::guestfs_inspect_get_arch(self.g, p),
-                InspectField::PackageManagement => sys::guestfs_inspect_get_package_management(self.g, p),
-                InspectField::PackageFormat => sys::guestfs_inspect_get_package_format(self.g, p),
-                InspectField::Hostname => sys::guestfs_inspect_get_hostname(self.g, p),
-                InspectField::ProductName => sys::guestfs_inspect_get_product_name(self.g, p),
+                InspectField::Type => sys::guestfs_inspect_get_type(self.g.get(), p),
+                InspectField::Distro => sys::guestfs_inspect_get_distro(self.g.get(), p),
+                InspectField::Arch => sys::guestfs_inspect_get_arch(self.g.get(), p),
+                InspectField::PackageManagement => sys::guestfs_inspect_get_package_management(self.g.get(), p),
+                InspectField::PackageFormat => sys::guestfs_inspect_get_package_format(self.g.get(), p),
+                InspectField::Hostname => sys::guestfs_inspect_get_hostname(self.g.get(), p),
+                InspectField::ProductName => sys::guestfs_inspect_get_product_name(self.g.get(), p),
             }
         };
         self.string(what.call(), ptr)
@@ -317,53 +392,53 @@ impl Guest {
 
     pub fn inspect_get_version(&self, root: &str) -> Result<(i32, i32)> {
         let r = cstring("inspect_get_major_version", root)?;
-        let major = unsafe { sys::guestfs_inspect_get_major_version(self.g, r.as_ptr()) };
+        let major = unsafe { sys::guestfs_inspect_get_major_version(self.g.get(), r.as_ptr()) };
         self.check("inspect_get_major_version", major)?;
-        let minor = unsafe { sys::guestfs_inspect_get_minor_version(self.g, r.as_ptr()) };
+        let minor = unsafe { sys::guestfs_inspect_get_minor_version(self.g.get(), r.as_ptr()) };
         self.check("inspect_get_minor_version", minor)?;
         Ok((major, minor))
     }
 
     pub fn inspect_get_mountpoints(&self, root: &str) -> Result<Vec<(String, String)>> {
         let r = cstring("inspect_get_mountpoints", root)?;
-        self.pairs("inspect_get_mountpoints", unsafe { sys::guestfs_inspect_get_mountpoints(self.g, r.as_ptr()) })
+        self.pairs("inspect_get_mountpoints", unsafe { sys::guestfs_inspect_get_mountpoints(self.g.get(), r.as_ptr()) })
     }
 
     pub fn list_filesystems(&self) -> Result<Vec<(String, String)>> {
-        self.pairs("list_filesystems", unsafe { sys::guestfs_list_filesystems(self.g) })
+        self.pairs("list_filesystems", unsafe { sys::guestfs_list_filesystems(self.g.get()) })
     }
 
     pub fn list_partitions(&self) -> Result<Vec<String>> {
-        self.strings("list_partitions", unsafe { sys::guestfs_list_partitions(self.g) })
+        self.strings("list_partitions", unsafe { sys::guestfs_list_partitions(self.g.get()) })
     }
 
     pub fn list_devices(&self) -> Result<Vec<String>> {
-        self.strings("list_devices", unsafe { sys::guestfs_list_devices(self.g) })
+        self.strings("list_devices", unsafe { sys::guestfs_list_devices(self.g.get()) })
     }
 
     // --- block devices and filesystems --------------------------------------------------
 
     pub fn part_disk(&self, device: &str, table: &str) -> Result<()> {
         let (d, t) = (cstring("part_disk", device)?, cstring("part_disk", table)?);
-        self.check("part_disk", unsafe { sys::guestfs_part_disk(self.g, d.as_ptr(), t.as_ptr()) })
+        self.check("part_disk", unsafe { sys::guestfs_part_disk(self.g.get(), d.as_ptr(), t.as_ptr()) })
     }
 
     /// A new empty partition table (`msdos` or `gpt`).
     pub fn part_init(&self, device: &str, table: &str) -> Result<()> {
         let (d, t) = (cstring("part_init", device)?, cstring("part_init", table)?);
-        self.check("part_init", unsafe { sys::guestfs_part_init(self.g, d.as_ptr(), t.as_ptr()) })
+        self.check("part_init", unsafe { sys::guestfs_part_init(self.g.get(), d.as_ptr(), t.as_ptr()) })
     }
 
     /// A partition from `start` to `end` (sectors, inclusive); `kind` is `p`, `e` or `l`.
     pub fn part_add(&self, device: &str, kind: &str, start: i64, end: i64) -> Result<()> {
         let (d, k) = (cstring("part_add", device)?, cstring("part_add", kind)?);
-        self.check("part_add", unsafe { sys::guestfs_part_add(self.g, d.as_ptr(), k.as_ptr(), start, end) })
+        self.check("part_add", unsafe { sys::guestfs_part_add(self.g.get(), d.as_ptr(), k.as_ptr(), start, end) })
     }
 
     pub fn part_set_bootable(&self, device: &str, partnum: i32, bootable: bool) -> Result<()> {
         let d = cstring("part_set_bootable", device)?;
         self.check("part_set_bootable", unsafe {
-            sys::guestfs_part_set_bootable(self.g, d.as_ptr(), partnum, bootable as c_int)
+            sys::guestfs_part_set_bootable(self.g.get(), d.as_ptr(), partnum, bootable as c_int)
         })
     }
 
@@ -371,14 +446,14 @@ impl Guest {
     /// own tune2fs (the guest needs none).
     pub fn tune2fs_l(&self, device: &str) -> Result<Vec<(String, String)>> {
         let d = cstring("tune2fs_l", device)?;
-        self.pairs("tune2fs_l", unsafe { sys::guestfs_tune2fs_l(self.g, d.as_ptr()) })
+        self.pairs("tune2fs_l", unsafe { sys::guestfs_tune2fs_l(self.g.get(), d.as_ptr()) })
     }
 
     /// The GPT partition type GUID (e.g. the EFI system partition's).
     pub fn part_set_gpt_type(&self, device: &str, partnum: i32, guid: &str) -> Result<()> {
         let (d, t) = (cstring("part_set_gpt_type", device)?, cstring("part_set_gpt_type", guid)?);
         self.check("part_set_gpt_type", unsafe {
-            sys::guestfs_part_set_gpt_type(self.g, d.as_ptr(), partnum, t.as_ptr())
+            sys::guestfs_part_set_gpt_type(self.g.get(), d.as_ptr(), partnum, t.as_ptr())
         })
     }
 
@@ -394,7 +469,7 @@ impl Guest {
             opts.bitmask = 1 << sys::GUESTFS_MKFS_OPTS_BLOCKSIZE;
             opts.blocksize = bs as c_int;
         }
-        self.check("mkfs", unsafe { sys::guestfs_mkfs_opts_argv(self.g, f.as_ptr(), d.as_ptr(), &opts) })
+        self.check("mkfs", unsafe { sys::guestfs_mkfs_opts_argv(self.g.get(), f.as_ptr(), d.as_ptr(), &opts) })
     }
 
     /// The block size of the filesystem mounted at `path`.
@@ -411,7 +486,7 @@ impl Guest {
     /// statvfs: (block size, fragment size, size in fragments).
     fn statvfs(&self, path: &str) -> Result<(u64, u64, u64)> {
         let p = cstring("statvfs", path)?;
-        let st = unsafe { sys::guestfs_statvfs(self.g, p.as_ptr()) };
+        let st = unsafe { sys::guestfs_statvfs(self.g.get(), p.as_ptr()) };
         if st.is_null() {
             return Err(self.error("statvfs"));
         }
@@ -422,34 +497,34 @@ impl Guest {
 
     pub fn vfs_uuid(&self, mountable: &str) -> Result<String> {
         let m = cstring("vfs_uuid", mountable)?;
-        self.string("vfs_uuid", unsafe { sys::guestfs_vfs_uuid(self.g, m.as_ptr()) })
+        self.string("vfs_uuid", unsafe { sys::guestfs_vfs_uuid(self.g.get(), m.as_ptr()) })
     }
 
     pub fn mount(&self, mountable: &str, mountpoint: &str) -> Result<()> {
         let (m, p) = (cstring("mount", mountable)?, cstring("mount", mountpoint)?);
-        self.check("mount", unsafe { sys::guestfs_mount(self.g, m.as_ptr(), p.as_ptr()) })
+        self.check("mount", unsafe { sys::guestfs_mount(self.g.get(), m.as_ptr(), p.as_ptr()) })
     }
 
     pub fn mount_ro(&self, mountable: &str, mountpoint: &str) -> Result<()> {
         let (m, p) = (cstring("mount_ro", mountable)?, cstring("mount_ro", mountpoint)?);
-        self.check("mount_ro", unsafe { sys::guestfs_mount_ro(self.g, m.as_ptr(), p.as_ptr()) })
+        self.check("mount_ro", unsafe { sys::guestfs_mount_ro(self.g.get(), m.as_ptr(), p.as_ptr()) })
     }
 
     pub fn umount_all(&self) -> Result<()> {
-        self.check("umount_all", unsafe { sys::guestfs_umount_all(self.g) })
+        self.check("umount_all", unsafe { sys::guestfs_umount_all(self.g.get()) })
     }
 
     /// Fills the free space of the filesystem holding `dir` with zeros, then frees it.
     pub fn zero_free_space(&self, dir: &str) -> Result<()> {
         let d = cstring("zero_free_space", dir)?;
-        self.check("zero_free_space", unsafe { sys::guestfs_zero_free_space(self.g, d.as_ptr()) })
+        self.check("zero_free_space", unsafe { sys::guestfs_zero_free_space(self.g.get(), d.as_ptr()) })
     }
 
     /// Discards the free space of the filesystem mounted at `mountpoint`.
     pub fn fstrim(&self, mountpoint: &str) -> Result<()> {
         let m = cstring("fstrim", mountpoint)?;
         let opts: sys::guestfs_fstrim_argv = unsafe { std::mem::zeroed() };
-        self.check("fstrim", unsafe { sys::guestfs_fstrim_argv(self.g, m.as_ptr(), &opts) })
+        self.check("fstrim", unsafe { sys::guestfs_fstrim_argv(self.g.get(), m.as_ptr(), &opts) })
     }
 
     // --- growing a partition and what it holds ------------------------------------------
@@ -457,7 +532,7 @@ impl Guest {
     /// The partitions of a disk: (number, first byte, last byte), in disk order.
     pub fn part_list(&self, device: &str) -> Result<Vec<(i32, u64, u64)>> {
         let d = cstring("part_list", device)?;
-        let list = unsafe { sys::guestfs_part_list(self.g, d.as_ptr()) };
+        let list = unsafe { sys::guestfs_part_list(self.g.get(), d.as_ptr()) };
         if list.is_null() {
             return Err(self.error("part_list"));
         }
@@ -474,7 +549,7 @@ impl Guest {
     /// without running guest code. The guest's filesystems must be mounted.
     pub fn inspect_list_applications(&self, root: &str) -> Result<Vec<Package>> {
         let r = cstring("inspect_list_applications2", root)?;
-        let list = unsafe { sys::guestfs_inspect_list_applications2(self.g, r.as_ptr()) };
+        let list = unsafe { sys::guestfs_inspect_list_applications2(self.g.get(), r.as_ptr()) };
         if list.is_null() {
             return Err(self.error("inspect_list_applications2"));
         }
@@ -503,12 +578,12 @@ impl Guest {
     /// `/dev/sda1` → `/dev/sda`.
     pub fn part_to_dev(&self, partition: &str) -> Result<String> {
         let p = cstring("part_to_dev", partition)?;
-        self.string("part_to_dev", unsafe { sys::guestfs_part_to_dev(self.g, p.as_ptr()) })
+        self.string("part_to_dev", unsafe { sys::guestfs_part_to_dev(self.g.get(), p.as_ptr()) })
     }
 
     pub fn part_to_partnum(&self, partition: &str) -> Result<i32> {
         let p = cstring("part_to_partnum", partition)?;
-        let n = unsafe { sys::guestfs_part_to_partnum(self.g, p.as_ptr()) };
+        let n = unsafe { sys::guestfs_part_to_partnum(self.g.get(), p.as_ptr()) };
         self.check("part_to_partnum", n)?;
         Ok(n)
     }
@@ -516,19 +591,19 @@ impl Guest {
     /// `msdos` or `gpt`.
     pub fn part_get_parttype(&self, device: &str) -> Result<String> {
         let d = cstring("part_get_parttype", device)?;
-        self.string("part_get_parttype", unsafe { sys::guestfs_part_get_parttype(self.g, d.as_ptr()) })
+        self.string("part_get_parttype", unsafe { sys::guestfs_part_get_parttype(self.g.get(), d.as_ptr()) })
     }
 
     /// Moves a GPT's backup header to the end of a grown disk.
     pub fn part_expand_gpt(&self, device: &str) -> Result<()> {
         let d = cstring("part_expand_gpt", device)?;
-        self.check("part_expand_gpt", unsafe { sys::guestfs_part_expand_gpt(self.g, d.as_ptr()) })
+        self.check("part_expand_gpt", unsafe { sys::guestfs_part_expand_gpt(self.g.get(), d.as_ptr()) })
     }
 
     /// Size of a block device in bytes.
     pub fn blockdev_getsize64(&self, device: &str) -> Result<u64> {
         let d = cstring("blockdev_getsize64", device)?;
-        let n = unsafe { sys::guestfs_blockdev_getsize64(self.g, d.as_ptr()) };
+        let n = unsafe { sys::guestfs_blockdev_getsize64(self.g.get(), d.as_ptr()) };
         if n < 0 {
             return Err(self.error("blockdev_getsize64"));
         }
@@ -538,7 +613,7 @@ impl Guest {
     /// Logical sector size of a block device (the unit of partition tables).
     pub fn blockdev_getss(&self, device: &str) -> Result<u64> {
         let d = cstring("blockdev_getss", device)?;
-        let n = unsafe { sys::guestfs_blockdev_getss(self.g, d.as_ptr()) };
+        let n = unsafe { sys::guestfs_blockdev_getss(self.g.get(), d.as_ptr()) };
         self.check("blockdev_getss", n)?;
         Ok(n as u64)
     }
@@ -546,24 +621,24 @@ impl Guest {
     /// Moves the end of partition `partnum` to sector `end_sector` (its start stays).
     pub fn part_resize(&self, device: &str, partnum: i32, end_sector: i64) -> Result<()> {
         let d = cstring("part_resize", device)?;
-        self.check("part_resize", unsafe { sys::guestfs_part_resize(self.g, d.as_ptr(), partnum, end_sector) })
+        self.check("part_resize", unsafe { sys::guestfs_part_resize(self.g.get(), d.as_ptr(), partnum, end_sector) })
     }
 
     pub fn vfs_type(&self, mountable: &str) -> Result<String> {
         let m = cstring("vfs_type", mountable)?;
-        self.string("vfs_type", unsafe { sys::guestfs_vfs_type(self.g, m.as_ptr()) })
+        self.string("vfs_type", unsafe { sys::guestfs_vfs_type(self.g.get(), m.as_ptr()) })
     }
 
     /// Forced e2fsck, which resize2fs requires first.
     pub fn e2fsck_f(&self, device: &str) -> Result<()> {
         let d = cstring("e2fsck_f", device)?;
-        self.check("e2fsck_f", unsafe { sys::guestfs_e2fsck_f(self.g, d.as_ptr()) })
+        self.check("e2fsck_f", unsafe { sys::guestfs_e2fsck_f(self.g.get(), d.as_ptr()) })
     }
 
     /// Grows an ext2/3/4 filesystem to fill its device.
     pub fn resize2fs(&self, device: &str) -> Result<()> {
         let d = cstring("resize2fs", device)?;
-        self.check("resize2fs", unsafe { sys::guestfs_resize2fs(self.g, d.as_ptr()) })
+        self.check("resize2fs", unsafe { sys::guestfs_resize2fs(self.g.get(), d.as_ptr()) })
     }
 
     /// Grows a mounted XFS filesystem's data section to fill its device.
@@ -572,7 +647,7 @@ impl Guest {
         let mut opts: sys::guestfs_xfs_growfs_argv = unsafe { std::mem::zeroed() };
         opts.bitmask = 1 << sys::GUESTFS_XFS_GROWFS_DATASEC;
         opts.datasec = 1;
-        self.check("xfs_growfs", unsafe { sys::guestfs_xfs_growfs_argv(self.g, m.as_ptr(), &opts) })
+        self.check("xfs_growfs", unsafe { sys::guestfs_xfs_growfs_argv(self.g.get(), m.as_ptr(), &opts) })
     }
 
     /// Grows a mounted btrfs filesystem to fill its device.
@@ -580,57 +655,59 @@ impl Guest {
         let m = cstring("btrfs_filesystem_resize", mountpoint)?;
         let opts: sys::guestfs_btrfs_filesystem_resize_argv = unsafe { std::mem::zeroed() };
         self.check("btrfs_filesystem_resize", unsafe {
-            sys::guestfs_btrfs_filesystem_resize_argv(self.g, m.as_ptr(), &opts)
+            sys::guestfs_btrfs_filesystem_resize_argv(self.g.get(), m.as_ptr(), &opts)
         })
     }
 
     /// Grows an LVM physical volume to fill its device.
     pub fn pvresize(&self, device: &str) -> Result<()> {
         let d = cstring("pvresize", device)?;
-        self.check("pvresize", unsafe { sys::guestfs_pvresize(self.g, d.as_ptr()) })
+        self.check("pvresize", unsafe { sys::guestfs_pvresize(self.g.get(), d.as_ptr()) })
     }
 
     // --- LVM ---------------------------------------------------------------------------
 
     pub fn pvs(&self) -> Result<Vec<String>> {
-        self.strings("pvs", unsafe { sys::guestfs_pvs(self.g) })
+        self.strings("pvs", unsafe { sys::guestfs_pvs(self.g.get()) })
     }
 
     pub fn vgs(&self) -> Result<Vec<String>> {
-        self.strings("vgs", unsafe { sys::guestfs_vgs(self.g) })
+        self.strings("vgs", unsafe { sys::guestfs_vgs(self.g.get()) })
     }
 
     pub fn pvcreate(&self, device: &str) -> Result<()> {
         let d = cstring("pvcreate", device)?;
-        self.check("pvcreate", unsafe { sys::guestfs_pvcreate(self.g, d.as_ptr()) })
+        self.check("pvcreate", unsafe { sys::guestfs_pvcreate(self.g.get(), d.as_ptr()) })
     }
 
     pub fn vgcreate(&self, name: &str, pvs: &[&str]) -> Result<()> {
         let n = cstring("vgcreate", name)?;
         let owned = cstrings("vgcreate", pvs)?;
         let ptrs = null_terminated(&owned);
-        self.check("vgcreate", unsafe { sys::guestfs_vgcreate(self.g, n.as_ptr(), ptrs.as_ptr()) })
+        self.check("vgcreate", unsafe { sys::guestfs_vgcreate(self.g.get(), n.as_ptr(), ptrs.as_ptr()) })
     }
 
     /// A logical volume taking `percent` of the group's free space.
     pub fn lvcreate_free(&self, name: &str, vg: &str, percent: i32) -> Result<()> {
         let (n, v) = (cstring("lvcreate_free", name)?, cstring("lvcreate_free", vg)?);
-        self.check("lvcreate_free", unsafe { sys::guestfs_lvcreate_free(self.g, n.as_ptr(), v.as_ptr(), percent) })
+        self.check("lvcreate_free", unsafe {
+            sys::guestfs_lvcreate_free(self.g.get(), n.as_ptr(), v.as_ptr(), percent)
+        })
     }
 
     pub fn pvuuid(&self, device: &str) -> Result<String> {
         let d = cstring("pvuuid", device)?;
-        self.string("pvuuid", unsafe { sys::guestfs_pvuuid(self.g, d.as_ptr()) })
+        self.string("pvuuid", unsafe { sys::guestfs_pvuuid(self.g.get(), d.as_ptr()) })
     }
 
     pub fn vguuid(&self, vg: &str) -> Result<String> {
         let v = cstring("vguuid", vg)?;
-        self.string("vguuid", unsafe { sys::guestfs_vguuid(self.g, v.as_ptr()) })
+        self.string("vguuid", unsafe { sys::guestfs_vguuid(self.g.get(), v.as_ptr()) })
     }
 
     /// Volume groups: (name, size, free bytes).
     pub fn vgs_full(&self) -> Result<Vec<(String, u64, u64)>> {
-        let list = unsafe { sys::guestfs_vgs_full(self.g) };
+        let list = unsafe { sys::guestfs_vgs_full(self.g.get()) };
         if list.is_null() {
             return Err(self.error("vgs_full"));
         }
@@ -646,38 +723,38 @@ impl Guest {
     }
 
     pub fn vg_activate_all(&self, activate: bool) -> Result<()> {
-        self.check("vg_activate_all", unsafe { sys::guestfs_vg_activate_all(self.g, activate as c_int) })
+        self.check("vg_activate_all", unsafe { sys::guestfs_vg_activate_all(self.g.get(), activate as c_int) })
     }
 
     pub fn pvchange_uuid_all(&self) -> Result<()> {
-        self.check("pvchange_uuid_all", unsafe { sys::guestfs_pvchange_uuid_all(self.g) })
+        self.check("pvchange_uuid_all", unsafe { sys::guestfs_pvchange_uuid_all(self.g.get()) })
     }
 
     pub fn vgchange_uuid_all(&self) -> Result<()> {
-        self.check("vgchange_uuid_all", unsafe { sys::guestfs_vgchange_uuid_all(self.g) })
+        self.check("vgchange_uuid_all", unsafe { sys::guestfs_vgchange_uuid_all(self.g.get()) })
     }
 
     // --- files -------------------------------------------------------------------------
 
     pub fn glob_expand(&self, pattern: &str) -> Result<Vec<String>> {
         let p = cstring("glob_expand", pattern)?;
-        self.strings("glob_expand", unsafe { sys::guestfs_glob_expand(self.g, p.as_ptr()) })
+        self.strings("glob_expand", unsafe { sys::guestfs_glob_expand(self.g.get(), p.as_ptr()) })
     }
 
     pub fn ls(&self, dir: &str) -> Result<Vec<String>> {
         let d = cstring("ls", dir)?;
-        self.strings("ls", unsafe { sys::guestfs_ls(self.g, d.as_ptr()) })
+        self.strings("ls", unsafe { sys::guestfs_ls(self.g.get(), d.as_ptr()) })
     }
 
     /// Every path below `dir`, relative to it.
     pub fn find(&self, dir: &str) -> Result<Vec<String>> {
         let d = cstring("find", dir)?;
-        self.strings("find", unsafe { sys::guestfs_find(self.g, d.as_ptr()) })
+        self.strings("find", unsafe { sys::guestfs_find(self.g.get(), d.as_ptr()) })
     }
 
     pub fn exists(&self, path: &str) -> Result<bool> {
         let p = cstring("exists", path)?;
-        self.flag("exists", unsafe { sys::guestfs_exists(self.g, p.as_ptr()) })
+        self.flag("exists", unsafe { sys::guestfs_exists(self.g.get(), p.as_ptr()) })
     }
 
     /// A regular file, not following symlinks.
@@ -687,7 +764,7 @@ impl Guest {
             bitmask: 1 << sys::GUESTFS_IS_FILE_OPTS_FOLLOWSYMLINKS,
             followsymlinks: 0,
         };
-        self.flag("is_file", unsafe { sys::guestfs_is_file_opts_argv(self.g, p.as_ptr(), &opts) })
+        self.flag("is_file", unsafe { sys::guestfs_is_file_opts_argv(self.g.get(), p.as_ptr(), &opts) })
     }
 
     /// A directory, not following symlinks.
@@ -695,12 +772,12 @@ impl Guest {
         let p = cstring("is_dir", path)?;
         let opts =
             sys::guestfs_is_dir_opts_argv { bitmask: 1 << sys::GUESTFS_IS_DIR_OPTS_FOLLOWSYMLINKS, followsymlinks: 0 };
-        self.flag("is_dir", unsafe { sys::guestfs_is_dir_opts_argv(self.g, p.as_ptr(), &opts) })
+        self.flag("is_dir", unsafe { sys::guestfs_is_dir_opts_argv(self.g.get(), p.as_ptr(), &opts) })
     }
 
     pub fn is_symlink(&self, path: &str) -> Result<bool> {
         let p = cstring("is_symlink", path)?;
-        self.flag("is_symlink", unsafe { sys::guestfs_is_symlink(self.g, p.as_ptr()) })
+        self.flag("is_symlink", unsafe { sys::guestfs_is_symlink(self.g.get(), p.as_ptr()) })
     }
 
     /// The mode bits of a path (not following symlinks).
@@ -717,7 +794,7 @@ impl Guest {
     /// The modification time of a path as (seconds, nanoseconds), not following symlinks.
     pub fn mtime(&self, path: &str) -> Result<(i64, i64)> {
         let p = cstring("lstatns", path)?;
-        let st = unsafe { sys::guestfs_lstatns(self.g, p.as_ptr()) };
+        let st = unsafe { sys::guestfs_lstatns(self.g.get(), p.as_ptr()) };
         if st.is_null() {
             return Err(self.error("lstatns"));
         }
@@ -728,7 +805,7 @@ impl Guest {
 
     fn lstat(&self, path: &str) -> Result<(u32, i64, i64)> {
         let p = cstring("lstatns", path)?;
-        let st = unsafe { sys::guestfs_lstatns(self.g, p.as_ptr()) };
+        let st = unsafe { sys::guestfs_lstatns(self.g.get(), p.as_ptr()) };
         if st.is_null() {
             return Err(self.error("lstatns"));
         }
@@ -739,62 +816,62 @@ impl Guest {
 
     pub fn rm(&self, path: &str) -> Result<()> {
         let p = cstring("rm", path)?;
-        self.check("rm", unsafe { sys::guestfs_rm(self.g, p.as_ptr()) })
+        self.check("rm", unsafe { sys::guestfs_rm(self.g.get(), p.as_ptr()) })
     }
 
     /// Removes a file; a missing one is fine.
     pub fn rm_f(&self, path: &str) -> Result<()> {
         let p = cstring("rm_f", path)?;
-        self.check("rm_f", unsafe { sys::guestfs_rm_f(self.g, p.as_ptr()) })
+        self.check("rm_f", unsafe { sys::guestfs_rm_f(self.g.get(), p.as_ptr()) })
     }
 
     pub fn rm_rf(&self, path: &str) -> Result<()> {
         let p = cstring("rm_rf", path)?;
-        self.check("rm_rf", unsafe { sys::guestfs_rm_rf(self.g, p.as_ptr()) })
+        self.check("rm_rf", unsafe { sys::guestfs_rm_rf(self.g.get(), p.as_ptr()) })
     }
 
     pub fn truncate(&self, path: &str) -> Result<()> {
         let p = cstring("truncate", path)?;
-        self.check("truncate", unsafe { sys::guestfs_truncate(self.g, p.as_ptr()) })
+        self.check("truncate", unsafe { sys::guestfs_truncate(self.g.get(), p.as_ptr()) })
     }
 
     pub fn touch(&self, path: &str) -> Result<()> {
         let p = cstring("touch", path)?;
-        self.check("touch", unsafe { sys::guestfs_touch(self.g, p.as_ptr()) })
+        self.check("touch", unsafe { sys::guestfs_touch(self.g.get(), p.as_ptr()) })
     }
 
     pub fn mkdir_p(&self, path: &str) -> Result<()> {
         let p = cstring("mkdir_p", path)?;
-        self.check("mkdir_p", unsafe { sys::guestfs_mkdir_p(self.g, p.as_ptr()) })
+        self.check("mkdir_p", unsafe { sys::guestfs_mkdir_p(self.g.get(), p.as_ptr()) })
     }
 
     pub fn chmod(&self, mode: u32, path: &str) -> Result<()> {
         let p = cstring("chmod", path)?;
-        self.check("chmod", unsafe { sys::guestfs_chmod(self.g, mode as c_int, p.as_ptr()) })
+        self.check("chmod", unsafe { sys::guestfs_chmod(self.g.get(), mode as c_int, p.as_ptr()) })
     }
 
     pub fn chown(&self, uid: i32, gid: i32, path: &str) -> Result<()> {
         let p = cstring("chown", path)?;
-        self.check("chown", unsafe { sys::guestfs_chown(self.g, uid, gid, p.as_ptr()) })
+        self.check("chown", unsafe { sys::guestfs_chown(self.g.get(), uid, gid, p.as_ptr()) })
     }
 
     /// `ln -sf target link`.
     pub fn ln_sf(&self, target: &str, link: &str) -> Result<()> {
         let (t, l) = (cstring("ln_sf", target)?, cstring("ln_sf", link)?);
-        self.check("ln_sf", unsafe { sys::guestfs_ln_sf(self.g, t.as_ptr(), l.as_ptr()) })
+        self.check("ln_sf", unsafe { sys::guestfs_ln_sf(self.g.get(), t.as_ptr(), l.as_ptr()) })
     }
 
     pub fn write(&self, path: &str, content: &[u8]) -> Result<()> {
         let p = cstring("write", path)?;
         self.check("write", unsafe {
-            sys::guestfs_write(self.g, p.as_ptr(), content.as_ptr() as *const c_char, content.len())
+            sys::guestfs_write(self.g.get(), p.as_ptr(), content.as_ptr() as *const c_char, content.len())
         })
     }
 
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let p = cstring("read_file", path)?;
         let mut size: usize = 0;
-        let ptr = unsafe { sys::guestfs_read_file(self.g, p.as_ptr(), &mut size) };
+        let ptr = unsafe { sys::guestfs_read_file(self.g.get(), p.as_ptr(), &mut size) };
         if ptr.is_null() {
             return Err(self.error("read_file"));
         }
@@ -810,13 +887,13 @@ impl Guest {
     /// Copies a host file into the guest at `remote`.
     pub fn upload(&self, local: &Path, remote: &str) -> Result<()> {
         let (l, r) = (cstring("upload", &local.to_string_lossy())?, cstring("upload", remote)?);
-        self.check("upload", unsafe { sys::guestfs_upload(self.g, l.as_ptr(), r.as_ptr()) })
+        self.check("upload", unsafe { sys::guestfs_upload(self.g.get(), l.as_ptr(), r.as_ptr()) })
     }
 
     /// Copies a host file or directory tree into the guest directory `remote_dir`.
     pub fn copy_in(&self, local: &Path, remote_dir: &str) -> Result<()> {
         let (l, r) = (cstring("copy_in", &local.to_string_lossy())?, cstring("copy_in", remote_dir)?);
-        self.check("copy_in", unsafe { sys::guestfs_copy_in(self.g, l.as_ptr(), r.as_ptr()) })
+        self.check("copy_in", unsafe { sys::guestfs_copy_in(self.g.get(), l.as_ptr(), r.as_ptr()) })
     }
 
     /// Unpacks an uncompressed tar file from the host into the guest directory.
@@ -827,7 +904,7 @@ impl Guest {
         let mut opts: sys::guestfs_tar_in_opts_argv = unsafe { std::mem::zeroed() };
         opts.bitmask = 1 << sys::GUESTFS_TAR_IN_OPTS_XATTRS;
         opts.xattrs = 1;
-        self.check("tar_in", unsafe { sys::guestfs_tar_in_opts_argv(self.g, t.as_ptr(), d.as_ptr(), &opts) })
+        self.check("tar_in", unsafe { sys::guestfs_tar_in_opts_argv(self.g.get(), t.as_ptr(), d.as_ptr(), &opts) })
     }
 
     /// Packs the guest directory `dir` as an uncompressed tar written to the host file
@@ -844,26 +921,26 @@ impl Guest {
             o.bitmask |= 1 << sys::GUESTFS_TAR_OUT_OPTS_EXCLUDES;
             o.excludes = exclude_ptrs.as_ptr();
         }
-        self.check("tar_out", unsafe { sys::guestfs_tar_out_opts_argv(self.g, d.as_ptr(), t.as_ptr(), &o) })
+        self.check("tar_out", unsafe { sys::guestfs_tar_out_opts_argv(self.g.get(), d.as_ptr(), t.as_ptr(), &o) })
     }
 
     /// Copies the guest file `remote` to the host file `local`.
     pub fn download(&self, remote: &str, local: &Path) -> Result<()> {
         let (r, l) = (cstring("download", remote)?, cstring("download", &local.to_string_lossy())?);
-        self.check("download", unsafe { sys::guestfs_download(self.g, r.as_ptr(), l.as_ptr()) })
+        self.check("download", unsafe { sys::guestfs_download(self.g.get(), r.as_ptr(), l.as_ptr()) })
     }
 
     /// The target of a symbolic link, as written in it.
     pub fn readlink(&self, path: &str) -> Result<String> {
         let p = cstring("readlink", path)?;
-        self.string("readlink", unsafe { sys::guestfs_readlink(self.g, p.as_ptr()) })
+        self.string("readlink", unsafe { sys::guestfs_readlink(self.g.get(), p.as_ptr()) })
     }
 
     /// The value of one extended attribute of `path` (not following a final symlink).
     pub fn lgetxattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
         let (p, n) = (cstring("lgetxattr", path)?, cstring("lgetxattr", name)?);
         let mut size: usize = 0;
-        let ptr = unsafe { sys::guestfs_lgetxattr(self.g, p.as_ptr(), n.as_ptr(), &mut size) };
+        let ptr = unsafe { sys::guestfs_lgetxattr(self.g.get(), p.as_ptr(), n.as_ptr(), &mut size) };
         if ptr.is_null() {
             return Err(self.error("lgetxattr"));
         }
@@ -877,13 +954,13 @@ impl Guest {
     /// Runs `/bin/sh -c command` chrooted into the mounted guest; returns its stdout.
     pub fn sh(&self, command: &str) -> Result<String> {
         let c = cstring("sh", command)?;
-        self.string("sh", unsafe { sys::guestfs_sh(self.g, c.as_ptr()) })
+        self.string("sh", unsafe { sys::guestfs_sh(self.g.get(), c.as_ptr()) })
     }
 }
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        unsafe { sys::guestfs_close(self.g) };
+        unsafe { sys::guestfs_close(self.g.get()) };
         // The callback's StageLog is dropped after the handle that could call it.
         self.log.take();
     }

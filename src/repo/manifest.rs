@@ -6,7 +6,7 @@
 //! left the index (for `repo diff` against older revisions). It names the image's sha512, so
 //! it cannot be moved to another image.
 
-use super::sign;
+use crate::base::sign;
 use crate::guest::Package;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;

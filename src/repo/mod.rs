@@ -13,11 +13,11 @@ pub mod page;
 pub mod remote;
 pub mod repository;
 pub mod serve;
-pub mod sign;
 pub mod source;
 pub mod trust;
 
 use crate::bad_input;
+use crate::base::sign;
 use crate::base::ui::Ui;
 use anyhow::{bail, Context, Result};
 use index::{Entry, Index};

@@ -18,9 +18,9 @@
 use super::index::{Entry, Index};
 use super::manifest::Manifest;
 use super::repository::NewImage;
-use super::sign::{self, PinnedVerifier};
 use super::trust;
 use crate::bad_input;
+use crate::base::sign::{self, PinnedVerifier};
 use crate::base::ui::Ui;
 use crate::s3::{self, Location, Store};
 use anyhow::{bail, Context, Result};
@@ -306,9 +306,14 @@ impl RemoteRepo {
     fn settle(&self, pin: &str) -> Result<Index> {
         let mut verifier = self.verifier(pin)?;
         for round in 0..SETTLE_ROUNDS {
-            let derived = derive(&self.records(&mut verifier)?);
+            // The index before the records: a record is written before any index naming it,
+            // so every entry of the index read is among the records listed after it.
+            let signed = self.signed_index(&mut verifier)?;
+            let records = self.records(&mut verifier)?;
+            self.refuse_rollback(signed.as_deref(), &records)?;
+            let derived = derive(&records);
             let text = derived.render();
-            if self.signed_index(&mut verifier)?.is_some_and(|signed| same_text(&signed, &text)) {
+            if signed.is_some_and(|signed| same_text(&signed, &text)) {
                 return Ok(derived);
             }
             self.store.put(INDEX, sign::clearsign(pin, text.as_bytes())?)?;
@@ -328,9 +333,10 @@ impl RemoteRepo {
         let NewImage { name, fields, image, checksum, manifest, blocks: _ } = new;
         let pin = self.signing_key(sign_key)?;
         let mut verifier = self.verifier(&pin)?;
-        // Refused before anything is uploaded: an index or a record the key did not sign.
-        self.signed_index(&mut verifier)?;
-        self.records(&mut verifier)?;
+        // Refused before anything is uploaded: an index or a record the key did not sign, or
+        // records deleted from under the index.
+        let signed = self.signed_index(&mut verifier)?;
+        self.refuse_rollback(signed.as_deref(), &self.records(&mut verifier)?)?;
         let file = format!("{name}-{}.xz", s3::unique_id());
         let size = std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?.len();
         ui.line(format!("uploading {file} ({}) to {}", crate::base::ui::human_bytes(size), self.url()));
@@ -359,6 +365,24 @@ impl RemoteRepo {
             ));
         }
         Ok(entry_of(&record, revision))
+    }
+
+    /// Bad input when the records no longer reach what the signed index names (see
+    /// [`went_backwards`]): signing an index derived from them would roll those entries back.
+    fn refuse_rollback(&self, signed: Option<&str>, records: &[Record]) -> Result<()> {
+        let Some(signed) = signed else { return Ok(()) };
+        let index = Index::parse(signed).map_err(|e| anyhow::anyhow!("{}: {e}", self.store.url(INDEX)))?;
+        let backwards = went_backwards(&index, records);
+        if backwards.is_empty() {
+            return Ok(());
+        }
+        Err(bad_input!(
+            "{}: nothing was signed: {}. Records are never deleted by this tool, so someone deleted these from {}{RECORDS}; \
+             restore them from a backup of the bucket, or take the entry out with `pipeline repo remove` and publish it again",
+            self.url(),
+            backwards.join("; "),
+            self.store.url("")
+        ))
     }
 
     /// Signs a record and creates it; `If-None-Match` guards it where the server honours it.
@@ -471,6 +495,11 @@ impl RemoteRepo {
         };
         let mut problems = Vec::new();
         match self.records(&mut verifier) {
+            Ok(records) if !went_backwards(&index, &records).is_empty() => {
+                for backwards in went_backwards(&index, &records) {
+                    problems.push(format!("{}: {backwards} (records were deleted)", self.store.url(INDEX)));
+                }
+            }
             Ok(records) if !same_text(&derive(&records).render(), &text) => problems.push(format!(
                 "{}: is not the index its records give (a publish that did not finish: publishing again settles it)",
                 self.store.url(INDEX)
@@ -515,6 +544,30 @@ pub fn derive(records: &[Record]) -> Index {
         .map(|(r, revision)| entry_of(r, revision))
         .collect();
     Index { entries }
+}
+
+/// The entries `signed` names at a revision `records` no longer reach, each as a sentence.
+/// Records are only ever added, so the index the records give never names an entry at a lower
+/// revision than an index signed before it, nor leaves one out without a removal record: when
+/// it does, records were deleted, and an index signed from them would name an older image (or
+/// none) as the entry's latest.
+pub fn went_backwards(signed: &Index, records: &[Record]) -> Vec<String> {
+    let derived = derive(records);
+    let mut found = Vec::new();
+    for entry in &signed.entries {
+        let name = &entry.id;
+        let was = entry.revision();
+        match derived.get(name) {
+            Some(now) if now.revision() >= was => {}
+            Some(now) => found.push(format!(
+                "`{name}` is at revision {was} in the signed index but at {} in its records",
+                now.revision()
+            )),
+            None if records.iter().rev().find(|r| &r.entry == name).is_some_and(|r| r.action == Action::Remove) => {}
+            None => found.push(format!("`{name}` is at revision {was} in the signed index but has no records")),
+        }
+    }
+    found
 }
 
 /// Each record (sorted by entry, then ID) with its entry's count of publishes up to and
@@ -598,5 +651,32 @@ mod tests {
         records.push(record(Publish, "a", "5"));
         assert_eq!(derive(&records).get("a").map(|e| e.revision()), Some(4));
         assert_eq!(derive(&records).render(), derive(&records).render(), "deterministic");
+    }
+
+    /// An index signed from every record, then records deleted: the entries rolled back are
+    /// named; records added since (a publish, a removal) are not a rollback.
+    #[test]
+    fn deleted_records_are_found_against_the_signed_index() {
+        use Action::*;
+        let all = vec![record(Publish, "a", "1"), record(Publish, "a", "2"), record(Publish, "b", "1")];
+        let signed = derive(&all);
+        assert!(went_backwards(&signed, &all).is_empty());
+        let newest_a_deleted = vec![all[0].clone(), all[2].clone()];
+        assert_eq!(
+            went_backwards(&signed, &newest_a_deleted),
+            ["`a` is at revision 2 in the signed index but at 1 in its records"]
+        );
+        let b_deleted = all[..2].to_vec();
+        assert_eq!(
+            went_backwards(&signed, &b_deleted),
+            ["`b` is at revision 1 in the signed index but has no records"]
+        );
+        let mut grown = all.clone();
+        grown.push(record(Publish, "a", "3"));
+        grown.push(record(Remove, "b", "2"));
+        grown.push(record(Publish, "c", "1"));
+        assert!(went_backwards(&signed, &grown).is_empty());
+        // An index older than the records (a publish still settling) is not a rollback.
+        assert!(went_backwards(&derive(&all[..1]), &all).is_empty());
     }
 }

@@ -6,8 +6,9 @@
 use super::index::{Entry, Index};
 use super::location::Location;
 use super::remote::RemoteRepo;
-use super::{sign, trust, Repo};
+use super::{trust, Repo};
 use crate::bad_input;
+use crate::base::sign;
 use crate::base::ui::Ui;
 use crate::download;
 use anyhow::{Context, Result};

@@ -5,7 +5,7 @@
 //! holding `FINGERPRINT PATH`; a repository on object storage is named by its URL and
 //! endpoint instead of a path.
 
-use super::sign;
+use crate::base::sign;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

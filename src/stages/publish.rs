@@ -3,6 +3,7 @@
 //! or into one on object storage (`repo = "s3://BUCKET/PREFIX"`, made by `repo init`).
 
 use crate::base::log::StageLog;
+use crate::base::sign;
 use crate::engine::stage::{LayerKind, RunSettings, Stage, StageContext, StageResult};
 use crate::guest::{inspect, Package};
 use crate::image::{chain, qemu_img, xz};
@@ -10,7 +11,7 @@ use crate::pipeline::{Pipeline, PublishConfig};
 use crate::repo::location::Location;
 use crate::repo::manifest::{Manifest, Provenance};
 use crate::repo::repository::{self, NewImage};
-use crate::repo::{self, blocks, sign};
+use crate::repo::{self, blocks};
 use anyhow::{Context, Result};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;

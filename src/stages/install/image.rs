@@ -3,12 +3,13 @@
 
 use super::expand;
 use crate::bad_input;
+use crate::base::sign;
 use crate::download;
 use crate::engine::stage::{LayerKind, ResolveContext, Stage, StageContext, StageResult};
 use crate::guest::{Drive, Guest};
 use crate::image::qemu_img::{self, Detected};
 use crate::repo::location::Location;
-use crate::repo::{self, index::Entry, sign, source};
+use crate::repo::{self, index::Entry, source};
 use crate::upstream::Upstream;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
