@@ -29,6 +29,16 @@ const README: &str = "A libguestfs fixed appliance built by virt-pipeline for TC
 the kernel stored uncompressed, so that the emulated CPU does not decompress it at every launch. \
 virt-pipeline rebuilds it when it is out of date; removing this directory is always safe.\n";
 
+/// Whether to use the appliance with the uncompressed kernel under TCG: yes, unless
+/// `PIPELINE_APPLIANCE=libguestfs` asks for libguestfs's own.
+pub fn wanted() -> std::result::Result<bool, String> {
+    match std::env::var("PIPELINE_APPLIANCE").as_deref() {
+        Err(_) | Ok("") | Ok("uncompressed") => Ok(true),
+        Ok("libguestfs") => Ok(false),
+        Ok(other) => Err(format!("PIPELINE_APPLIANCE={other:?} is not `libguestfs` or `uncompressed`")),
+    }
+}
+
 /// How long an appliance may take to bring its daemon up before it is taken for hung, unless
 /// `PIPELINE_LAUNCH_TIMEOUT` says otherwise. A launch takes 7-15 s under TCG here, up to
 /// about a minute on a loaded host.

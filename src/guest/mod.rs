@@ -248,6 +248,9 @@ impl Guest {
     /// Under TCG, the appliance with an uncompressed kernel (see [`appliance`]); when it
     /// cannot be had, libguestfs's own, with the reason in the log.
     fn use_tcg_appliance(&self) -> Result<()> {
+        if !appliance::wanted().map_err(|message| GuestError { call: "create".into(), message })? {
+            return Ok(());
+        }
         let path = unsafe { sys::guestfs_get_path(self.g.get()) };
         if path.is_null() {
             return Err(self.error("get_path"));

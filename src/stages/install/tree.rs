@@ -202,12 +202,18 @@ impl TreeInstall<'_> {
             ctx.bar.set_message("finish");
             g.write("/.virt-pipeline-install.sh", self.script.as_bytes())?;
             let mut env = self.env.clone();
-            env.insert("DISK".into(), disk.device.clone());
-            env.insert("ROOT_DEVICE".into(), disk.root.clone());
-            env.insert("ROOT_UUID".into(), g.vfs_uuid(&disk.root)?);
+            let root_uuid = g.vfs_uuid(&disk.root)?;
+            let (root, device) = kernel_names(&g, &root_uuid).unwrap_or_else(|e| {
+                ctx.log.line(format!("{e:#}; DISK and ROOT_DEVICE are libguestfs's names"));
+                (disk.root.clone(), disk.device.clone())
+            });
+            env.insert("DISK".into(), device);
+            env.insert("ROOT_DEVICE".into(), root);
+            env.insert("ROOT_UUID".into(), root_uuid);
             env.insert("LAYOUT".into(), self.layout.name().into());
             if let Some(esp) = &disk.esp {
-                env.insert("ESP_DEVICE".into(), esp.clone());
+                let esp = kernel_names(&g, &g.vfs_uuid(esp)?).map_or_else(|_| esp.clone(), |(part, _)| part);
+                env.insert("ESP_DEVICE".into(), esp);
             }
             let finished = customize::run_in_guest(&g, GUEST_FINISH, &env, self.timeout, &ctx.log);
             g.rm_f("/.virt-pipeline-install.sh")?;
@@ -308,6 +314,29 @@ fn prepare(g: &Guest, layout: DiskLayout) -> Result<Disk> {
     Ok(disk)
 }
 
+/// The kernel's own names of a filesystem's partition and of the disk holding it, found in
+/// the guest by the filesystem's UUID. libguestfs names disks by the order they were added
+/// (`/dev/sda` is the layer) and translates those names in its own calls, but not in a
+/// command run in the guest; and the appliance's kernel probes its disks in parallel, so
+/// there `/dev/sda` is sometimes the appliance's own disk (GRUB then refused "cross-disk
+/// install" onto its ext2).
+fn kernel_names(g: &Guest, uuid: &str) -> Result<(String, String)> {
+    if uuid.is_empty() || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        bail!("the filesystem's UUID {uuid:?} is not one blkid takes");
+    }
+    let out = g.sh(&format!(
+        "part=$(blkid -U {uuid}) && echo \"$part\" && echo \"/dev/$(lsblk -no PKNAME \"$part\")\" || true"
+    ))?;
+    let mut lines = out.lines().map(str::trim);
+    let named = |d: &str| d.len() > "/dev/".len() && d.starts_with("/dev/") && !d.contains(char::is_whitespace);
+    match (lines.next(), lines.next()) {
+        (Some(part), Some(disk)) if named(part) && named(disk) => Ok((part.to_string(), disk.to_string())),
+        _ => bail!(
+            "cannot find the device of the filesystem {uuid} in the guest with blkid and lsblk (util-linux): {out:?}"
+        ),
+    }
+}
+
 /// The default finish phase, what debootstrap images get: fstab, DHCP on the first NIC with
 /// systemd-networkd (when the tree has it), GRUB on the serial console for `layout`.
 fn default_finish(g: &Guest, disk: &Disk, layout: DiskLayout, ctx: &StageContext) -> Result<()> {
@@ -326,7 +355,10 @@ fn default_finish(g: &Guest, disk: &Disk, layout: DiskLayout, ctx: &StageContext
     }
     ctx.bar.set_message("installing GRUB");
     let install = match layout {
-        DiskLayout::Mbr => format!("grub-install --target=i386-pc {} 2>&1", disk.device),
+        DiskLayout::Mbr => {
+            let (_, device) = kernel_names(g, &g.vfs_uuid(&disk.root)?)?;
+            format!("grub-install --target=i386-pc {device} 2>&1")
+        }
         DiskLayout::GptUefi => {
             "grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram 2>&1".to_string()
         }
