@@ -59,6 +59,22 @@ fn rejected(text: &str, sets: &[&str], expect: &[&str]) {
     assert!(!dir.path().join("repo").exists(), "a repository was created");
 }
 
+/// The appliance's environment variables are checked before anything runs.
+#[test]
+fn bad_appliance_settings_in_the_environment_are_bad_input() {
+    for (name, value) in [("PIPELINE_LAUNCH_TIMEOUT", "soon"), ("PIPELINE_APPLIANCE", "fast")] {
+        let dir = setup();
+        let file = write_file(dir.path(), "p.toml", GOOD);
+        let out = pipeline_command(dir.path(), dir.path(), &["--work-dir", "work", "run", file.to_str().unwrap()])
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("{name}=\"{value}\"")), "{}", stderr(&out));
+        assert!(!dir.path().join("work").exists(), "the work directory was created");
+    }
+}
+
 #[test]
 fn toml_syntax_error_names_line_and_column() {
     rejected(&GOOD.replace("[pipeline]", "[pipeline"), &[], &["p.toml", "line 4", "column"]);

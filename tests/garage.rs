@@ -426,6 +426,7 @@ fn layers_are_shared_through_the_remote_cache_and_a_damaged_one_is_rebuilt() {
             pipeline_s3(dir, &gnupg, &garage, &["--cache-remote", cache, "--cache-sign-key", bad, "run", file], &[]);
         assert_eq!(out.status.code(), Some(2), "a signing key that cannot sign is bad input: {}", stderr(&out));
         assert!(stderr(&out).contains(says) && stderr(&out).contains("--cache-sign-key"), "{}", stderr(&out));
+        assert!(!dir.join(".pipeline").exists(), "nothing written");
     }
     let first = run("builder-a");
     assert_eq!(first.matches(": running").count(), 2, "{first}");

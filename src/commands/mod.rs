@@ -51,6 +51,7 @@ fn remote_cache(g: &GlobalArgs) -> Option<RemoteCacheOptions> {
 /// The settings every stage of a run sees; the accelerator is chosen (and probed) here.
 fn settings(g: &GlobalArgs, offline: bool, sign_key: Option<String>) -> Result<RunSettings> {
     let accel = Accel::choose(g.accel.into())?;
+    crate::guest::appliance::check_environment().map_err(|e| crate::bad_input!("{e}"))?;
     accel.export_to_environment();
     Ok(RunSettings { accel, work_dir: g.work_dir.clone(), offline, sign_key, verbose: g.verbose })
 }

@@ -1,6 +1,6 @@
 //! The appliance under TCG. A distribution's x86 kernel is a bzImage whose payload is
-//! compressed (XZ on Debian), and without KVM its decompressor runs emulated: about 5 of an
-//! appliance launch's 14 seconds here (BENCHMARKS.md, "Appliance launch"). qemu boots an
+//! compressed (XZ on Debian), and without KVM its decompressor runs emulated: about 4 of an
+//! appliance launch's 11 seconds here (BENCHMARKS.md, "Appliance launch under TCG"). qemu boots an
 //! uncompressed kernel directly through its PVH entry point, so under TCG the wrapper builds
 //! libguestfs's appliance itself, with the same supermin command libguestfs runs, into a
 //! directory of its own, replaces the kernel there with its uncompressed form, and hands that
@@ -32,10 +32,14 @@ virt-pipeline rebuilds it when it is out of date; removing this directory is alw
 /// Whether to use the appliance with the uncompressed kernel under TCG: yes, unless
 /// `PIPELINE_APPLIANCE=libguestfs` asks for libguestfs's own.
 pub fn wanted() -> std::result::Result<bool, String> {
-    match std::env::var("PIPELINE_APPLIANCE").as_deref() {
-        Err(_) | Ok("") | Ok("uncompressed") => Ok(true),
-        Ok("libguestfs") => Ok(false),
-        Ok(other) => Err(format!("PIPELINE_APPLIANCE={other:?} is not `libguestfs` or `uncompressed`")),
+    appliance_choice(std::env::var("PIPELINE_APPLIANCE").ok().as_deref())
+}
+
+fn appliance_choice(value: Option<&str>) -> std::result::Result<bool, String> {
+    match value {
+        None | Some("") | Some("uncompressed") => Ok(true),
+        Some("libguestfs") => Ok(false),
+        Some(other) => Err(format!("PIPELINE_APPLIANCE={other:?} is not `libguestfs` or `uncompressed`")),
     }
 }
 
@@ -47,13 +51,23 @@ pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(300);
 /// The launch timeout in force: `PIPELINE_LAUNCH_TIMEOUT` (a duration: `90s`, `10m`) or
 /// [`LAUNCH_TIMEOUT`].
 pub fn launch_timeout() -> std::result::Result<Duration, String> {
-    match std::env::var("PIPELINE_LAUNCH_TIMEOUT") {
-        Err(_) => Ok(LAUNCH_TIMEOUT),
-        Ok(v) => humantime::parse_duration(&v)
+    timeout_from(std::env::var("PIPELINE_LAUNCH_TIMEOUT").ok().as_deref())
+}
+
+fn timeout_from(value: Option<&str>) -> std::result::Result<Duration, String> {
+    match value {
+        None => Ok(LAUNCH_TIMEOUT),
+        Some(v) => humantime::parse_duration(v)
             .ok()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| format!("PIPELINE_LAUNCH_TIMEOUT={v:?} is not a duration such as 90s or 10m")),
     }
+}
+
+/// The appliance's environment variables checked, so that a bad value stops a command before
+/// anything runs rather than at its first launch.
+pub fn check_environment() -> std::result::Result<(), String> {
+    wanted().and(launch_timeout()).map(|_| ())
 }
 
 /// Watches one launch: past the timeout, kills this process's appliance qemu (a child whose
@@ -360,6 +374,22 @@ mod tests {
         cut.truncate(cut.len() - 20);
         cut[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(uncompressed_kernel(&cut).is_err());
+    }
+
+    #[test]
+    fn the_environment_variables_take_their_values_and_refuse_others() {
+        assert_eq!(appliance_choice(None), Ok(true));
+        assert_eq!(appliance_choice(Some("uncompressed")), Ok(true));
+        assert_eq!(appliance_choice(Some("libguestfs")), Ok(false));
+        assert_eq!(
+            appliance_choice(Some("fast")),
+            Err("PIPELINE_APPLIANCE=\"fast\" is not `libguestfs` or `uncompressed`".to_string())
+        );
+        assert_eq!(timeout_from(None), Ok(LAUNCH_TIMEOUT));
+        assert_eq!(timeout_from(Some("90s")), Ok(Duration::from_secs(90)));
+        for bad in ["0s", "soon", ""] {
+            assert!(timeout_from(Some(bad)).unwrap_err().contains("PIPELINE_LAUNCH_TIMEOUT"), "{bad}");
+        }
     }
 
     #[test]
