@@ -16,7 +16,10 @@ use std::rc::Rc;
 /// One pipeline file of a chain, loaded and built.
 pub struct Link {
     pub pipeline: Pipeline,
+    /// Empty when the pipeline is not configured (see [`Loader::lenient`]).
     pub stages: Vec<Box<dyn Stage>>,
+    /// Why the pipeline cannot run as it stands: its required values are unset.
+    pub not_configured: Option<String>,
 }
 
 /// A pipeline and its bases: the first link starts from an install, an image or a
@@ -30,9 +33,17 @@ pub struct Chain {
 #[derive(Default)]
 pub struct Loader {
     loaded: HashMap<PathBuf, Rc<Link>>,
+    /// Load pipelines whose required values are unset (not building their stages) instead
+    /// of refusing them: a rebuild reports and skips them.
+    lenient: bool,
 }
 
 impl Loader {
+    /// A loader for a rebuild: a pipeline that is not configured is loaded, not refused.
+    pub fn lenient() -> Loader {
+        Loader { lenient: true, ..Default::default() }
+    }
+
     /// The chain that ends with `file`; `sets` (`--set KEY=VALUE`) apply to that file only.
     /// A chain that comes back to a file already in it is bad input naming the cycle.
     pub fn chain(&mut self, file: &Path, sets: &[String]) -> Result<Chain> {
@@ -68,8 +79,14 @@ impl Loader {
             }
         }
         let pipeline = pipeline::load(path, sets)?;
-        let stages = stages::build(&pipeline)?;
-        let link = Rc::new(Link { pipeline, stages });
+        // Unset values would only make the stages fail to build, with a less helpful message.
+        let not_configured = pipeline.not_configured();
+        let stages = match &not_configured {
+            Some(why) if !self.lenient => return Err(bad_input!("{why}")),
+            Some(_) => Vec::new(),
+            None => stages::build(&pipeline)?,
+        };
+        let link = Rc::new(Link { pipeline, stages, not_configured });
         if sets.is_empty() {
             self.loaded.insert(canonical.to_path_buf(), link.clone());
         }
@@ -130,6 +147,12 @@ impl Chain {
 
     pub fn links(&self) -> impl Iterator<Item = &Link> {
         self.links.iter().map(|l| l.as_ref())
+    }
+
+    /// Why the chain cannot run: a pipeline of it (its own or a base's) is not configured.
+    /// Only a [`Loader::lenient`] loads such a chain.
+    pub fn not_configured(&self) -> Option<&str> {
+        self.links().find_map(|l| l.not_configured.as_deref())
     }
 
     /// Checks every stage against the run's settings before any of them runs, so bad input

@@ -7,11 +7,20 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `pipeline --version`: the package version and the commit it was built from (build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("VIRT_PIPELINE_REVISION"), ")");
+
+/// Printed below every `--help`, and in the man pages.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 a stage or pipeline failed; 2 bad input (nothing was written); \
+a failed provisioning step's own status (run, exec); 75 another rebuild holds the work directory; \
+130 or 143 stopped by SIGINT or SIGTERM.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pipeline",
-    version,
-    about = "Build VM images in layers: install, customize, sysprep, publish to a signed virt-builder repository"
+    version = VERSION,
+    about = "Build VM images in layers: install, customize, sysprep, publish to a signed virt-builder repository",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -165,7 +174,8 @@ pub struct RebuildArgs {
     /// Show the order and each pipeline's plan; run nothing.
     #[arg(long)]
     pub plan: bool,
-    /// Also write what happened as JSON (the README documents the schema).
+    /// Also write what happened as JSON to FILE (the README documents the schema); every
+    /// rebuild also keeps its report in WORK_DIR/reports/.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// When another rebuild holds the work directory's lock, wait for it instead of exiting.
@@ -249,8 +259,11 @@ pub struct SeedArgs {
 pub enum CacheCommand {
     /// List layers: key, size on disk, pipeline, stage, last use.
     Ls,
-    /// Remove layers unused for N days (and not under a layer that stays).
+    /// Remove what is older than N days: layers unused for that long (and not under a layer
+    /// that stays), output and upstream records, downloads, stage logs under WORK_DIR/logs,
+    /// rebuild reports under WORK_DIR/reports; and what dead runs left behind.
     Gc {
+        /// Keep what was used or written within this many days.
         #[arg(long, default_value_t = 14)]
         keep_days: u64,
     },

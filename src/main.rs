@@ -1,5 +1,6 @@
 //! `pipeline`: parse the command line, run the command, turn errors into exit codes
-//! (2 bad input, 1 a failed stage, 128 + the signal for a run stopped by one).
+//! (2 bad input, 1 a failed stage, 75 a work directory another rebuild holds, 128 + the signal
+//! for a run stopped by one).
 
 use clap::Parser;
 

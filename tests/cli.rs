@@ -225,19 +225,42 @@ fn set_with_indexes_reaches_the_stage_and_types_follow_the_schema() {
     assert!(!plan(&["stages[0].sysprep.hostname=1234"]).is_empty());
 }
 
+/// Every example validates; one with `required_values` only once they are set, and until
+/// then `validate` exits 2 naming each of them and how to set it.
 #[test]
 fn example_pipelines_validate() {
     let dir = repo_root().join("pipelines");
-    let mut n = 0;
+    let (mut n, mut with_required) = (0, 0);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = pipeline(Path::new("."), Path::new("/tmp"), &["validate", path.to_str().unwrap()]);
+            let file: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+            let required: Vec<String> = file["pipeline"]
+                .get("required_values")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            let mut args = vec!["validate".to_string(), path.to_str().unwrap().to_string()];
+            if !required.is_empty() {
+                with_required += 1;
+                let out =
+                    pipeline(Path::new("."), Path::new("/tmp"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+                assert_eq!(out.status.code(), Some(2), "{}: {}", path.display(), stderr(&out));
+                for name in &required {
+                    assert!(stderr(&out).contains(&format!("`{name}`")), "{}: {}", path.display(), stderr(&out));
+                }
+                assert!(stderr(&out).contains("--set values."), "{}", stderr(&out));
+                for name in &required {
+                    args.extend(["--set".to_string(), format!("values.{name}=https://set.example.net/{name}")]);
+                }
+            }
+            let out = pipeline(Path::new("."), Path::new("/tmp"), &args.iter().map(String::as_str).collect::<Vec<_>>());
             assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
             n += 1;
         }
     }
-    assert!(n >= 4, "the four example pipelines");
+    assert!(n >= 4, "the example pipelines");
+    assert!(with_required >= 3, "the Puppet and the two Rocky examples name what they need");
 }
 
 #[test]

@@ -104,8 +104,28 @@ fn cache_ls_names_layers_and_gc_removes_unused_ones() {
     let key = plan.lines().next().unwrap().split_whitespace().nth(2).unwrap().to_string();
     assert!(ls.lines().any(|l| l.starts_with(&key) && l.contains("gc-test") && l.contains("install")), "{ls}");
 
+    // Stage logs and rebuild reports older than the limit go, newer ones stay: the run's
+    // own logs, beside an old run's directory and an old and a new report.
+    let logs = dir.join("w/logs/gc-test");
+    let new_run = std::fs::read_dir(&logs).unwrap().next().unwrap().unwrap().path();
+    let old_run = logs.join("2026-01-01T000000Z");
+    std::fs::create_dir_all(&old_run).unwrap();
+    std::fs::write(old_run.join("01-install.log"), "old").unwrap();
+    std::fs::create_dir_all(dir.join("w/reports")).unwrap();
+    std::fs::write(dir.join("w/reports/old.json"), "{}").unwrap();
+    std::fs::write(dir.join("w/reports/new.json"), "{}").unwrap();
+    let age = |path: &std::path::Path| {
+        let status = std::process::Command::new("touch").args(["-d", "20 days ago"]).arg(path).status().unwrap();
+        assert!(status.success());
+    };
+    age(&old_run);
+    age(&dir.join("w/reports/old.json"));
+
     // Layers used within the last 14 days stay; with 0 days nothing does.
-    run_ok(dir, &gnupg, &["--work-dir", "w", "cache", "gc"]);
+    let gc = run_ok(dir, &gnupg, &["--work-dir", "w", "cache", "gc"]);
+    assert!(gc.contains("1 stage log directories, 1 rebuild reports"), "{gc}");
+    assert!(!old_run.exists() && new_run.join("01-install.log").exists(), "{gc}");
+    assert!(!dir.join("w/reports/old.json").exists() && dir.join("w/reports/new.json").exists(), "{gc}");
     assert!(run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]).lines().all(|l| l.contains("cached")));
     run_ok(dir, &gnupg, &["--work-dir", "w", "cache", "gc", "--keep-days", "0"]);
     assert_eq!(run_ok(dir, &gnupg, &["--work-dir", "w", "cache", "ls"]).trim(), "");

@@ -226,7 +226,9 @@ fn the_rocky_dnf_example_is_a_valid_pipeline() {
     let tmp = tempfile::tempdir().unwrap();
     let gnupg = gnupg_home(tmp.path());
     let file = repo_root().join("pipelines/rocky-9-dnf.toml");
-    let out = pipeline(tmp.path(), &gnupg, &["--work-dir", "work", "plan", "--offline", file.to_str().unwrap()]);
+    let mirror = "values.Mirror=https://dl.rockylinux.org/pub/rocky/9";
+    let args = ["--work-dir", "work", "plan", "--offline", file.to_str().unwrap(), "--set", mirror];
+    let out = pipeline(tmp.path(), &gnupg, &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let plan = stdout(&out);
     assert!(plan.contains("install") && plan.contains("reads") && plan.contains("dnf-installroot.sh"), "{plan}");

@@ -151,6 +151,13 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     );
     assert_eq!(failed.report["result"], "failed");
     assert_eq!(failed.report["pipelines"][1]["reason"], "base base failed");
+    // The report names the failed stage's log, which holds the command's failure.
+    let log = failed.report["pipelines"][0]["log"].as_str().unwrap_or_else(|| panic!("{}", failed.report));
+    assert!(log.ends_with("-customize.log"), "{log}");
+    let log_text = std::fs::read_to_string(log).unwrap();
+    assert!(log_text.contains("FAILED") && log_text.contains("exit 7"), "{log_text}");
+    // Every rebuild keeps its report in WORK_DIR/reports (five rebuilds ran, the plan keeps none).
+    assert_eq!(std::fs::read_dir(dir.join("work/reports")).unwrap().count(), 5);
     let index = std::fs::read_to_string(dir.join("repo/index")).unwrap();
     let base_entry = index.split("\n[").find(|e| e.trim_start_matches('[').starts_with("base]")).unwrap_or_default();
     assert!(base_entry.contains("\nrevision=2"), "{index}");
@@ -197,7 +204,8 @@ fn a_second_rebuild_does_not_overlap_the_first() {
     let out = rebuild(dir, &[]);
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    // Exit 75 (EX_TEMPFAIL): a timer tells "still running" from a failed pipeline.
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
     assert!(out.stderr.contains("another rebuild is running") && out.stderr.contains("--wait"), "{}", out.stderr);
     assert!(!dir.join("work/layers").exists(), "nothing ran");
 }
@@ -221,4 +229,75 @@ fn paths_without_pipelines_are_bad_input() {
     assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
     assert!(stderr(&missing).contains("nowhere: no such file or directory"), "{}", stderr(&missing));
     assert!(!dir.join("work").exists(), "nothing was written");
+}
+
+/// A pipeline whose `required_values` are unset is reported and skipped, and so is one built
+/// on it; the night still succeeds. `run` of it is bad input naming the value; with the
+/// value set it plans.
+#[test]
+fn a_pipeline_not_configured_is_skipped_without_failing_the_night() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pipelines = dir.join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    write_file(
+        &pipelines,
+        "needs-server.toml",
+        &format!(
+            "version = 1\nfrom = {{ image = \"{}\" }}\n[pipeline]\nname = \"needs-server\"\n\
+             required_values = [\"Server\"]\n[values]\nServer = \"\"\n[[stages]]\n[stages.customize]\n\
+             steps = [{{ run_command = \"echo {{{{ Server }}}} > /etc/server\" }}]\n",
+            fake_images().debian.display()
+        ),
+    );
+    child_pipeline(&pipelines, "on-it", "{ pipeline = \"needs-server.toml\" }", "1");
+
+    let night = rebuild(dir, &[]);
+    assert_eq!(night.code, Some(0), "{}", night.stderr);
+    assert_eq!(night.runs(), runs(&[("needs-server", "not-configured", 0), ("on-it", "not-configured", 0)]));
+    let reason = night.report["pipelines"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("`Server`") && reason.contains("--set values.Server="), "{reason}");
+    assert_eq!(night.report["result"], "ok");
+    let layers = std::fs::read_dir(dir.join("work/layers")).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>());
+    assert!(
+        layers.iter().flatten().all(|p| p.extension().is_none_or(|e| e != "qcow2")),
+        "no layer was built: {layers:?}"
+    );
+
+    let gnupg = gnupg_home(dir);
+    let run = pipeline(dir, &gnupg, &["--work-dir", "work", "run", "pipelines/on-it.toml"]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(stderr(&run).contains("needs-server.toml") && stderr(&run).contains("`Server`"), "{}", stderr(&run));
+    let set = ["--work-dir", "work", "plan", "pipelines/needs-server.toml", "--set", "values.Server=s.example.net"];
+    let plan = pipeline(dir, &gnupg, &set);
+    assert!(plan.status.success() && stdout(&plan).contains("customize"), "{}", stderr(&plan));
+}
+
+/// The checkout's own examples as one graph: the pipelines built on the default image come
+/// after it, and the examples that need a Puppet server or a Rocky mirror say so.
+#[test]
+fn the_examples_plan_as_one_graph_after_the_default_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gnupg = gnupg_home(tmp.path());
+    let work = tmp.path().join("work");
+    let args = ["--work-dir", work.to_str().unwrap(), "rebuild", "--plan", "--offline", "pipelines"];
+    let out = pipeline(&repo_root(), &gnupg, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = stdout(&out);
+    let heading = |name: &str| {
+        plan.lines()
+            .position(|l| l.starts_with(&format!("{name} (")))
+            .unwrap_or_else(|| panic!("no {name} in the plan:\n{plan}"))
+    };
+    let base = heading("debian-bookworm");
+    for child in ["debian-bookworm-puppet", "debian-bookworm-targets"] {
+        let at = heading(child);
+        assert!(at > base, "{child} after debian-bookworm:\n{plan}");
+        assert!(plan.lines().nth(at).unwrap().contains("after debian-bookworm"), "{plan}");
+    }
+    let puppet = plan.lines().nth(heading("debian-bookworm-puppet") + 1).unwrap();
+    assert!(puppet.contains("not configured") && puppet.contains("PuppetServer"), "{plan}");
+    let rocky = plan.lines().nth(heading("rocky-9") + 1).unwrap();
+    assert!(rocky.contains("not configured") && rocky.contains("Mirror"), "{plan}");
+    assert!(!work.join("layers").exists(), "a plan builds nothing");
 }

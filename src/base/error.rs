@@ -1,5 +1,6 @@
 //! The kinds of failure the CLI distinguishes: bad input (exit 2, nothing written), a
-//! provisioning step that failed (exit with the step's own code, as Virter does), and a
+//! provisioning step that failed (exit with the step's own code, as Virter does), a work
+//! directory another run holds (exit 75, so a timer can tell it from a failure), and a
 //! stage that failed while running (exit 1).
 
 use std::fmt;
@@ -44,11 +45,30 @@ impl fmt::Display for StepFailed {
 
 impl std::error::Error for StepFailed {}
 
-/// The process exit code for an error: 2 for bad input, a failed step's own exit status,
-/// 1 for anything else.
+/// Another run holds what this one needs (the rebuild lock): nothing was done, and trying
+/// again later is the remedy. Exit code 75, sysexits' EX_TEMPFAIL.
+#[derive(Debug)]
+pub struct Busy(pub String);
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// The exit code of a [`Busy`] error.
+pub const EXIT_BUSY: i32 = 75;
+
+/// The process exit code for an error: 2 for bad input, 75 when another run holds the work
+/// directory, a failed step's own exit status, 1 for anything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|cause| cause.downcast_ref::<BadInput>().is_some()) {
         return 2;
+    }
+    if err.chain().any(|cause| cause.downcast_ref::<Busy>().is_some()) {
+        return EXIT_BUSY;
     }
     match err.chain().find_map(|cause| cause.downcast_ref::<StepFailed>()) {
         // A status outside 1..=255 (a signal, an unknown status) cannot be an exit code.
@@ -71,5 +91,7 @@ mod tests {
         assert_eq!(exit_code(&odd), 1);
         assert_eq!(exit_code(&crate::bad_input!("x")), 2);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+        let busy = Err::<(), _>(anyhow::Error::new(Busy("held".into()))).context("rebuild").unwrap_err();
+        assert_eq!(exit_code(&busy), 75);
     }
 }

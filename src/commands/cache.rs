@@ -28,11 +28,14 @@ pub fn cache(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
             let keep = std::time::Duration::from_secs(keep_days.saturating_mul(86400));
             let report = cache.gc(&g.work_dir, keep)?;
             println!(
-                "removed {} layers, {} output and upstream records, {} downloads, {} scratch directories of dead runs",
+                "removed {} layers, {} output and upstream records, {} downloads, {} scratch directories of dead runs, \
+                 {} stage log directories, {} rebuild reports",
                 report.layers.len(),
                 report.outputs,
                 report.downloads,
-                report.scratch
+                report.scratch,
+                report.logs,
+                report.reports
             );
         }
     }

@@ -55,6 +55,10 @@ pub struct GcReport {
     pub outputs: usize,
     pub downloads: usize,
     pub scratch: usize,
+    /// Stage log directories (one per pipeline run) under WORK_DIR/logs.
+    pub logs: usize,
+    /// Rebuild reports under WORK_DIR/reports.
+    pub reports: usize,
 }
 
 /// A file a stage keeps beside a layer for as long as the layer is cached (what it read from
@@ -308,6 +312,25 @@ impl Cache {
             for entry in downloads.flatten() {
                 if entry.path().is_file() && old(&entry.path()) && std::fs::remove_file(entry.path()).is_ok() {
                     report.downloads += 1;
+                }
+            }
+        }
+        // Logs are WORK_DIR/logs/PIPELINE/TIME/NN-KIND.log: a run's directory goes whole.
+        if let Ok(pipelines) = std::fs::read_dir(work_dir.join("logs")) {
+            for pipeline in pipelines.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                for run in std::fs::read_dir(pipeline.path()).into_iter().flatten().flatten() {
+                    if old(&run.path()) && std::fs::remove_dir_all(run.path()).is_ok() {
+                        report.logs += 1;
+                    }
+                }
+                // Only removed when empty: a pipeline's newer runs keep it.
+                let _ = std::fs::remove_dir(pipeline.path());
+            }
+        }
+        if let Ok(reports) = std::fs::read_dir(work_dir.join("reports")) {
+            for entry in reports.flatten() {
+                if entry.path().is_file() && old(&entry.path()) && std::fs::remove_file(entry.path()).is_ok() {
+                    report.reports += 1;
                 }
             }
         }

@@ -16,6 +16,22 @@ use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// The context of a stage's failure: which stage, and where its full log is (a rebuild's
+/// report names it).
+#[derive(Debug)]
+pub struct StageFailed {
+    /// 1-based, as the plan numbers stages.
+    pub stage: usize,
+    pub kind: &'static str,
+    pub log: PathBuf,
+}
+
+impl std::fmt::Display for StageFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stage {} ({}) failed; full log: {}", self.stage, self.kind, self.log.display())
+    }
+}
+
 /// The options of one run that the engine itself uses.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
@@ -338,11 +354,7 @@ impl<'a> Engine<'a> {
                         );
                     }
                     log.line(format!("FAILED: {e:#}"));
-                    return Err(e.context(format!(
-                        "stage {n} ({}) failed; full log: {}",
-                        stage.kind(),
-                        log_path.display()
-                    )));
+                    return Err(e.context(StageFailed { stage: n, kind: stage.kind(), log: log_path }));
                 }
             }
         }

@@ -36,6 +36,34 @@ impl Pipeline {
         }
     }
 
+    /// The `required_values` that are not set: missing from `[values]`, or empty.
+    pub fn unset_required_values(&self) -> Vec<&str> {
+        let f = &self.file;
+        f.pipeline
+            .required_values
+            .iter()
+            .filter(|name| match f.values.get(name.as_str()) {
+                None => true,
+                Some(toml::Value::String(s)) => s.trim().is_empty(),
+                Some(_) => false,
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Why the pipeline cannot run as it stands, when required values are unset: names the
+    /// file, the values and how to set them.
+    pub fn not_configured(&self) -> Option<String> {
+        let unset = self.unset_required_values();
+        let first = unset.first()?;
+        Some(format!(
+            "{}: not configured: pipeline.required_values {} not set; set {} under [values], or pass --set values.{first}=VALUE",
+            self.path.display(),
+            if unset.len() == 1 { format!("`{first}` is") } else { format!("`{}` are", unset.join("`, `")) },
+            if unset.len() == 1 { "it" } else { "them" },
+        ))
+    }
+
     /// A duration key (`30m`, `2h`), checked as bad input naming the key at `at`; zero is
     /// refused too, since every duration here is a limit on something.
     pub fn duration(&self, text: &str, at: &str) -> Result<std::time::Duration> {

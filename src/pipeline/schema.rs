@@ -32,6 +32,11 @@ pub struct PipelineInfo {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// `[values]` entries the operator must set (in the file or with `--set`) before the
+    /// pipeline can run: a Puppet server, a mirror. Unset, `run` and `plan` refuse it and
+    /// `rebuild` reports it as not configured and skips it.
+    #[serde(default)]
+    pub required_values: Vec<String>,
 }
 
 /// `from = { image = ... }`, `{ repo = ..., name = ... }` or `{ pipeline = ... }`.

@@ -118,7 +118,7 @@ fn is_pipeline_file(path: &Path) -> bool {
 /// everything before anything runs), finds the edges, and orders the graph; a cycle is bad
 /// input that names it.
 pub fn graph(files: &[PathBuf]) -> Result<Graph> {
-    let mut loader = Loader::default();
+    let mut loader = Loader::lenient();
     let mut nodes = Vec::new();
     for path in files {
         nodes.push(Node { path: path.clone(), chain: loader.chain(path, &[])?, bases: Vec::new() });
@@ -222,7 +222,8 @@ fn cycle(nodes: &[Node], done: &[bool]) -> String {
     nodes[start].path.display().to_string()
 }
 
-/// `--report FILE.json`: what a rebuild did (the README documents the schema).
+/// What a rebuild did, kept in WORK_DIR/reports/ and written to `--report FILE.json` (the
+/// README documents the schema).
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub started: String,
@@ -236,11 +237,14 @@ pub struct Report {
 pub struct PipelineReport {
     pub name: String,
     pub file: PathBuf,
-    /// `ok`, `failed` or `skipped`.
+    /// `ok`, `failed`, `skipped` (a base failed) or `not-configured`.
     pub result: String,
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The full log of the stage that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
     pub stages_cached: usize,
     pub stages_run: usize,
     pub published: Vec<serde_json::Value>,

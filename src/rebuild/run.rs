@@ -17,6 +17,10 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The result of a pipeline whose required values are unset, or that stands on one: skipped,
+/// and not a failure of the rebuild (a site enables pipelines it has not set up yet).
+const NOT_CONFIGURED: &str = "not-configured";
+
 /// What `pipeline rebuild` was asked to do.
 pub struct Options {
     /// Files, and directories searched for pipeline files.
@@ -56,6 +60,7 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
         |i: usize| -> Vec<&str> { graph.nodes[i].bases.iter().map(|&b| graph.nodes[b].pipeline().name()).collect() };
     if plan {
         let engine = Engine::read_only(settings, engine_options, &ui)?;
+        let mut unplanned = Vec::new();
         for &i in &graph.order {
             let node = &graph.nodes[i];
             let after = base_names(i);
@@ -65,17 +70,25 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
                 continue;
             }
             println!("{} ({}{after})", node.pipeline().name(), node.path.display());
-            if let Err(e) = print_plan(&node.chain, &engine) {
-                // A repository entry its base has not published yet cannot be planned
-                // against; the rebuild builds the base first.
-                if node.bases.is_empty() {
-                    return Err(e);
-                }
-                println!(
-                    "    planned after its base is built ({})",
-                    format!("{e:#}").lines().next().unwrap_or_default()
-                );
+            if let Some(why) = node.chain.not_configured() {
+                println!("    skipped: {why}");
+                continue;
             }
+            if let Err(e) = print_plan(&node.chain, &engine) {
+                let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+                if node.bases.is_empty() {
+                    // One pipeline's unreachable upstream does not hide the others' plans.
+                    println!("    cannot be planned: {first_line}");
+                    unplanned.push(node.pipeline().name().to_string());
+                } else {
+                    // A repository entry its base has not published yet cannot be planned
+                    // against; the rebuild builds the base first.
+                    println!("    planned after its base is built ({first_line})");
+                }
+            }
+        }
+        if !unplanned.is_empty() {
+            anyhow::bail!("rebuild --plan: cannot plan {} (see above)", unplanned.join(", "));
         }
         return Ok(());
     }
@@ -85,7 +98,7 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
     let _lock = rebuild_lock(&settings.work_dir, wait, &ui)?;
     crate::base::interrupt::install_handler();
     let engine = Engine::new(settings, engine_options, &ui)?;
-    for node in &graph.nodes {
+    for node in graph.nodes.iter().filter(|n| n.chain.not_configured().is_none()) {
         node.chain.preflight(&engine)?;
     }
     let started = std::time::SystemTime::now();
@@ -102,12 +115,20 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
             file: node.path.clone(),
             result: "skipped".into(),
             reason: None,
+            log: None,
             stages_cached: 0,
             stages_run: 0,
             published: Vec::new(),
             duration_seconds: 0.0,
             layer: None,
         };
+        if let Some(why) = node.chain.not_configured() {
+            ui.line(format!("== {name}: skipped, not configured"));
+            report.result = NOT_CONFIGURED.into();
+            report.reason = Some(why.to_string());
+            reports[i] = Some(report);
+            continue;
+        }
         let failed_base = node
             .bases
             .iter()
@@ -115,6 +136,10 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
             .find(|&&b| reports[b].as_ref().is_none_or(|r| r.result != "ok"));
         if let Some(&b) = failed_base {
             let base = reports[b].as_ref().map_or("not built", |r| r.result.as_str());
+            // Standing on a pipeline that is not configured is not a failure either.
+            if base == NOT_CONFIGURED {
+                report.result = NOT_CONFIGURED.into();
+            }
             report.reason = Some(format!("base {} {base}", graph.nodes[b].pipeline().name()));
             ui.line(format!("== {name}: skipped (base {} {base})", graph.nodes[b].pipeline().name()));
             reports[i] = Some(report);
@@ -163,14 +188,18 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
                 ui.line(format!("== {name}: failed: {text}"));
                 report.result = "failed".into();
                 report.reason = Some(text);
+                report.log = e.downcast_ref::<crate::engine::StageFailed>().map(|f| f.log.clone());
             }
         }
         reports[i] = Some(report);
     }
 
     let pipelines: Vec<PipelineReport> = graph.order.iter().filter_map(|&i| reports[i].take()).collect();
-    let not_ok: Vec<String> =
-        pipelines.iter().filter(|r| r.result != "ok").map(|r| format!("{} ({})", r.name, r.result)).collect();
+    let not_ok: Vec<String> = pipelines
+        .iter()
+        .filter(|r| r.result != "ok" && r.result != NOT_CONFIGURED)
+        .map(|r| format!("{} ({})", r.name, r.result))
+        .collect();
     let report = Report {
         started: humantime::format_rfc3339_seconds(started).to_string(),
         duration_seconds: clock.elapsed().as_secs_f64(),
@@ -178,8 +207,14 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
         pipelines,
     };
     print_rebuild_summary(&report);
+    let json = serde_json::to_vec_pretty(&report)?;
+    // Every night's report stays beside its logs until `cache gc` ages it out.
+    let kept = engine.settings.work_dir.join("reports");
+    std::fs::create_dir_all(&kept).with_context(|| format!("cannot create {}", kept.display()))?;
+    let name = format!("{}-{}.json", report.started.replace(':', ""), std::process::id());
+    crate::base::atomic::write(&kept.join(name), &json)?;
     if let Some(path) = &report_path {
-        crate::base::atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
+        crate::base::atomic::write(path, &json)?;
     }
     if !not_ok.is_empty() {
         anyhow::bail!(
@@ -245,10 +280,10 @@ fn rebuild_lock(work_dir: &Path, wait: bool, ui: &Ui) -> Result<nix::fcntl::Floc
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let holder = if holder.trim().is_empty() { "holder unknown" } else { holder.trim() };
             if !wait {
-                anyhow::bail!(
+                return Err(anyhow::Error::new(crate::base::error::Busy(format!(
                     "another rebuild is running in this work directory ({holder}; lock {}); pass --wait to wait for it",
                     path.display()
-                );
+                ))));
             }
             ui.line(format!("waiting for the rebuild that holds {} ({holder})", path.display()));
             Flock::lock(file, FlockArg::LockExclusive)
