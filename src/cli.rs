@@ -1,4 +1,5 @@
-//! Command-line arguments (clap derive) and nothing else; the work is in `commands`.
+//! Command-line arguments (clap derive), and what is generated from them (completion
+//! scripts, man pages); the work is in `commands`.
 
 use crate::provision::PullPolicy;
 use crate::seed::Format;
@@ -161,9 +162,24 @@ pub enum Command {
     Seed(SeedArgs),
     /// Serve a repository over HTTP for virt-builder clients.
     Serve {
+        /// The repository directory (read only).
         dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// ADDRESS:PORT to listen on.
+        #[arg(long, env = "PIPELINE_SERVE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
+    },
+    /// Print the shell completion script for SHELL, e.g.
+    /// `pipeline completions bash > /etc/bash_completion.d/pipeline`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for the tool and one per subcommand (pipeline.1, pipeline-run.1,
+    /// pipeline-repo-init.1, ...) into DIR; the Debian package ships them.
+    #[command(hide = true)]
+    Manpages {
+        /// An existing directory.
+        dir: PathBuf,
     },
 }
 
@@ -319,4 +335,17 @@ pub enum RepoCommand {
         #[arg(long)]
         fingerprint: Option<String>,
     },
+}
+
+/// Writes SHELL's completion script for the whole command line to `out`.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "pipeline", out);
+}
+
+/// Writes a man page for the tool and one per subcommand (pipeline.1, pipeline-repo-init.1,
+/// ...) into `dir`.
+pub fn write_manpages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::generate_to(Cli::command(), dir)
 }

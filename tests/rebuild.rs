@@ -153,7 +153,7 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     assert_eq!(failed.report["pipelines"][1]["reason"], "base base failed");
     // The report names the failed stage's log, which holds the command's failure.
     let log = failed.report["pipelines"][0]["log"].as_str().unwrap_or_else(|| panic!("{}", failed.report));
-    assert!(log.ends_with("-customize.log"), "{log}");
+    assert!(log.starts_with(&dir.to_string_lossy().into_owned()) && log.ends_with("-customize.log"), "{log}");
     let log_text = std::fs::read_to_string(log).unwrap();
     assert!(log_text.contains("FAILED") && log_text.contains("exit 7"), "{log_text}");
     // Every rebuild keeps its report in WORK_DIR/reports (five rebuilds ran, the plan keeps none).

@@ -3,8 +3,10 @@
 //! Nothing below this layer sees clap's types.
 
 mod cache;
+mod completions;
 mod exec;
 mod inspect;
+mod manpages;
 mod plan;
 mod rebuild;
 mod repo;
@@ -39,6 +41,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Exec(args) => exec::exec(g, args),
         Command::Seed(args) => seed::seed(&args),
         Command::Serve { dir, listen } => serve::serve(&dir, &listen),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Manpages { dir } => manpages::manpages(&dir),
     }
 }
 

@@ -188,7 +188,10 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
                 ui.line(format!("== {name}: failed: {text}"));
                 report.result = "failed".into();
                 report.reason = Some(text);
-                report.log = e.downcast_ref::<crate::engine::StageFailed>().map(|f| f.log.clone());
+                // Absolute, as `file` is: the report is read from anywhere.
+                report.log = e
+                    .downcast_ref::<crate::engine::StageFailed>()
+                    .map(|f| std::path::absolute(&f.log).unwrap_or_else(|_| f.log.clone()));
             }
         }
         reports[i] = Some(report);
