@@ -26,8 +26,24 @@ fn same_disk(a: &Path, b: &Path) -> bool {
     Command::new("qemu-img").args(["compare", "-q"]).arg(a).arg(b).status().unwrap().success()
 }
 
+/// A new install's GNUPGHOME (the system units put it under /var/lib/virt-pipeline) does not
+/// exist before the first publish: making the repository's key creates it, private.
+#[test]
+fn the_first_key_creates_a_missing_gnupg_home() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = dir.join("state/gnupg");
+    let init = pipeline(dir, &gnupg, &["repo", "init", "r", "--generate-key", "Site Images"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    assert_eq!(std::fs::metadata(&gnupg).unwrap().permissions().mode() & 0o777, 0o700);
+    let list = pipeline(dir, &gnupg, &["repo", "list", "r"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+}
+
 #[test]
 fn a_repository_from_init_to_remove() {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let gnupg = gnupg_home(dir);
@@ -65,6 +81,15 @@ fn a_repository_from_init_to_remove() {
     assert!(info["backing-filename"].is_null(), "--output is standalone: {info}");
     assert!(same_disk(&image, &out));
     assert!(run_ok(dir, &gnupg, &["repo", "list", "r"]).contains("small"));
+    // Every file of the repository is readable by others: a server running as a user of its
+    // own (the serve unit's) serves it.
+    for entry in std::fs::read_dir(dir.join("r")).unwrap() {
+        let path = entry.unwrap().path();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let hidden = path.file_name().unwrap().to_string_lossy().starts_with('.');
+        assert!(hidden || mode & 0o044 == 0o044, "{} has mode {mode:o}", path.display());
+    }
+    assert!(dir.join("r/small-r1.xz").is_file());
     let show = run_ok(dir, &gnupg, &["repo", "show", "r", "small"]);
     assert!(show.contains("aliases=tiny mini") && show.contains("revision=1"), "{show}");
 

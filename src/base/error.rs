@@ -3,20 +3,11 @@
 //! directory another run holds (exit 75, so a timer can tell it from a failure), and a
 //! stage that failed while running (exit 1).
 
-use std::fmt;
-
 /// The user's input is wrong: a pipeline file, a --set, a path on the command line.
 /// Raised before anything is written to the cache or a repository.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct BadInput(pub String);
-
-impl fmt::Display for BadInput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BadInput {}
 
 /// Shorthand for returning a [`BadInput`] error with a formatted message.
 #[macro_export]
@@ -29,7 +20,8 @@ macro_rules! bad_input {
 /// A provisioning step (a shell script over SSH, a container, rsync) exited non-zero. The
 /// tool exits with `code`, so scripts that call `pipeline run`/`pipeline exec` see the
 /// step's status, as with Virter.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct StepFailed {
     /// The step's exit status (1-255).
     pub code: i32,
@@ -37,26 +29,11 @@ pub struct StepFailed {
     pub message: String,
 }
 
-impl fmt::Display for StepFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for StepFailed {}
-
 /// Another run holds what this one needs (the rebuild lock): nothing was done, and trying
 /// again later is the remedy. Exit code 75, sysexits' EX_TEMPFAIL.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct Busy(pub String);
-
-impl fmt::Display for Busy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Busy {}
 
 /// The exit code of a [`Busy`] error.
 pub const EXIT_BUSY: i32 = 75;

@@ -10,10 +10,30 @@ fn context() -> Result<Context> {
     Ok(ctx)
 }
 
+/// Creates GNUPGHOME (mode 0700, as gpg itself would) when it names a directory that does
+/// not exist yet: gpg run through gpgme does not, and a new install's first publish would
+/// fail for want of it (the system units point it into /var/lib/virt-pipeline).
+fn ensure_gnupg_home() -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(home) = std::env::var_os("GNUPGHOME").filter(|h| !h.is_empty()) else {
+        return Ok(());
+    };
+    let home = std::path::Path::new(&home);
+    if !home.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home)
+            .with_context(|| format!("cannot create GNUPGHOME {}", home.display()))?;
+    }
+    Ok(())
+}
+
 /// A new signing key without passphrase, for unattended nightly signing. Returns its
 /// fingerprint. A key with the same user ID may exist already (another repository of the same
 /// name in this keyring): the new key is made anyway, and its fingerprint tells them apart.
 pub fn generate_key(user_id: &str) -> Result<String> {
+    ensure_gnupg_home()?;
     let mut ctx = context()?;
     let flags = CreateKeyFlags::SIGN | CreateKeyFlags::NOPASSWD | CreateKeyFlags::NOEXPIRE | CreateKeyFlags::FORCE;
     let result = ctx

@@ -18,18 +18,13 @@ use std::path::PathBuf;
 
 /// The context of a stage's failure: which stage, and where its full log is (a rebuild's
 /// report names it).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("stage {stage} ({kind}) failed; full log: {}", log.display())]
 pub struct StageFailed {
     /// 1-based, as the plan numbers stages.
     pub stage: usize,
     pub kind: &'static str,
     pub log: PathBuf,
-}
-
-impl std::fmt::Display for StageFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stage {} ({}) failed; full log: {}", self.stage, self.kind, self.log.display())
-    }
 }
 
 /// The options of one run that the engine itself uses.

@@ -261,12 +261,15 @@ impl Repo {
     /// A new empty file for an image being written into the repository,
     /// `.tmp-PID-RANDOM-NAME.xz`: created exclusively (never through a link someone placed
     /// at a name they guessed), and named by the process so that `prune` leaves it while the
-    /// publish runs.
+    /// publish runs. Mode 0644, as every file of a repository: it is served, possibly by
+    /// another user (the serve unit's).
     pub fn new_temp_image(&self, name: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
         let file = tempfile::Builder::new()
             .prefix(&format!(".tmp-{}-", std::process::id()))
             .suffix(&format!("-{name}.xz"))
             .rand_bytes(8)
+            .permissions(std::fs::Permissions::from_mode(0o644))
             .tempfile_in(&self.dir)
             .with_context(|| format!("cannot create a temporary file in {}", self.dir.display()))?;
         let (_, path) = file.keep().map_err(|e| e.error)?;
