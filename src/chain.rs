@@ -103,6 +103,32 @@ pub struct PlannedLink<'c> {
 }
 
 impl PlannedLink<'_> {
+    /// The plan as `pipeline plan --json` prints it: an object per stage (the README
+    /// documents the fields).
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.stages
+            .iter()
+            .map(|s| {
+                let upstream: Vec<serde_json::Value> = s
+                    .upstream
+                    .iter()
+                    .map(|(u, state)| serde_json::json!({ "upstream": u.to_string(), "state": state }))
+                    .collect();
+                serde_json::json!({
+                    "pipeline": self.pipeline.name(),
+                    "depth": self.depth,
+                    "stage": s.index + 1,
+                    "kind": s.kind,
+                    "key": s.key,
+                    "status": match s.status { Status::Cached => "cached", Status::ToRun => "to-run" },
+                    "reason": s.reason,
+                    "inputs": s.inputs,
+                    "upstream": upstream,
+                })
+            })
+            .collect()
+    }
+
     /// The plan as `pipeline plan` prints it: a line per stage with its number, kind, short
     /// key, status and why; stages of a base pipeline prefixed with its name.
     pub fn lines(&self) -> Vec<String> {

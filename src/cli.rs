@@ -121,20 +121,29 @@ pub enum Command {
     Validate {
         #[command(flatten)]
         pipeline: PipelineArgs,
+        /// Print JSON instead of text (the README documents the schema).
+        #[arg(long)]
+        json: bool,
     },
     /// Show each stage, its cache key, whether it is cached, and the files it reads.
     Plan {
         #[command(flatten)]
         pipeline: PipelineArgs,
+        /// Plan with this ID as every stage's cache key (see `run --build-id`).
         #[arg(long)]
         build_id: Option<String>,
         /// Touch no network: upstream states are those the last build recorded.
         #[arg(long)]
         offline: bool,
+        /// Print JSON instead of text (the README documents the schema).
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect a disk image: operating system, version, package manager, filesystems.
     Inspect {
+        /// A disk image (qcow2 or raw).
         image: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -190,8 +199,9 @@ pub struct RebuildArgs {
     /// Show the order and each pipeline's plan; run nothing.
     #[arg(long)]
     pub plan: bool,
-    /// Also write what happened as JSON to FILE (the README documents the schema); every
-    /// rebuild also keeps its report in WORK_DIR/reports/.
+    /// Also write what happened as JSON to FILE, or to standard output with `-` (the summary
+    /// then goes to standard error; the README documents the schema); every rebuild also
+    /// keeps its report in WORK_DIR/reports/.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// When another rebuild holds the work directory's lock, wait for it instead of exiting.
@@ -274,7 +284,11 @@ pub struct SeedArgs {
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
     /// List layers: key, size on disk, pipeline, stage, last use.
-    Ls,
+    Ls {
+        /// Print JSON instead of text (the README documents the schema).
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what is older than N days: layers unused for that long (and not under a layer
     /// that stays), output and upstream records, downloads, stage logs under WORK_DIR/logs,
     /// rebuild reports under WORK_DIR/reports; and what dead runs left behind.
@@ -289,6 +303,7 @@ pub enum CacheCommand {
 pub enum RepoCommand {
     /// Create a repository: signing key, public key, virt-builder .conf, empty signed index.
     Init {
+        /// The repository to create: a directory, or s3://BUCKET/PREFIX.
         dir: PathBuf,
         /// Generate a new signing key with this user ID (default: when none is configured).
         #[arg(long)]
@@ -301,35 +316,60 @@ pub enum RepoCommand {
         uri: Option<String>,
     },
     /// List the entries.
-    List { dir: PathBuf },
+    List {
+        /// The repository: a directory, or s3://BUCKET/PREFIX.
+        dir: PathBuf,
+        /// Print JSON instead of text (the README documents the schema).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one entry's fields, its package count and where it was built.
-    Show { dir: PathBuf, name: String },
+    Show {
+        /// The repository: a directory, or s3://BUCKET/PREFIX.
+        dir: PathBuf,
+        /// The entry's name.
+        name: String,
+        /// Print JSON instead of text (the README documents the schema).
+        #[arg(long)]
+        json: bool,
+    },
     /// Packages added, removed and changed between two revisions of an entry (default: the
     /// revision before the latest, and the latest), from their signed manifests.
     Diff {
+        /// The repository: a directory, or s3://BUCKET/PREFIX.
         dir: PathBuf,
+        /// The entry's name.
         name: String,
+        /// The older revision [default: the one before the latest].
         rev_a: Option<u64>,
+        /// The newer revision [default: the latest].
         rev_b: Option<u64>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Remove an entry and its image.
     Remove {
+        /// The repository: a directory, or s3://BUCKET/PREFIX.
         dir: PathBuf,
+        /// The entry's name.
         name: String,
+        /// Fingerprint of the key that signs the index [default: the repository's own].
         #[arg(long)]
         sign_key: Option<String>,
     },
     /// Delete image files of older revisions, keeping the newest N per entry.
     Prune {
+        /// The repository: a directory, or s3://BUCKET/PREFIX.
         dir: PathBuf,
+        /// How many of the newest revisions of each entry keep their image files (at least 1).
         #[arg(long, default_value_t = 2)]
         keep: usize,
     },
     /// Check the signature, every checksum and size, every package manifest, and that every
     /// file exists.
     Verify {
+        /// The repository: a directory, or s3://BUCKET/PREFIX.
         dir: PathBuf,
         /// Require the index to be signed by this key.
         #[arg(long)]
@@ -348,4 +388,37 @@ pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Wri
 pub fn write_manpages(dir: &std::path::Path) -> std::io::Result<()> {
     use clap::CommandFactory;
     clap_mangen::generate_to(Cli::command(), dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand, argument and option says what it is for in `--help` and the man
+    /// pages: a new one without a doc comment fails here, naming it.
+    #[test]
+    fn every_command_argument_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "pipeline", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }

@@ -254,8 +254,13 @@ fn example_pipelines_validate() {
                     args.extend(["--set".to_string(), format!("values.{name}=https://set.example.net/{name}")]);
                 }
             }
+            args.push("--json".into());
             let out = pipeline(Path::new("."), Path::new("/tmp"), &args.iter().map(String::as_str).collect::<Vec<_>>());
             assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+            let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+            assert_eq!(report["ok"], true, "{report}");
+            assert_eq!(report["pipeline"].as_str(), file["pipeline"]["name"].as_str(), "{report}");
+            assert!(report["stages"].as_u64().is_some_and(|n| n >= 1), "{report}");
             n += 1;
         }
     }

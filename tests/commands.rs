@@ -90,6 +90,15 @@ fn a_repository_from_init_to_remove() {
         assert!(hidden || mode & 0o044 == 0o044, "{} has mode {mode:o}", path.display());
     }
     assert!(dir.join("r/small-r1.xz").is_file());
+    // The same as JSON (the README's schema): list and show.
+    let list: serde_json::Value = serde_json::from_str(&run_ok(dir, &gnupg, &["repo", "list", "r", "--json"])).unwrap();
+    assert_eq!((list[0]["name"].as_str(), list[0]["revision"].as_u64()), (Some("small"), Some(1)), "{list}");
+    assert_eq!(list[0]["fields"]["file"], "small-r1.xz", "{list}");
+    assert!(list[0]["fields"]["checksum[sha512]"].as_str().is_some_and(|c| c.len() == 128), "{list}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&run_ok(dir, &gnupg, &["repo", "show", "r", "small", "--json"])).unwrap();
+    assert_eq!(shown["fields"]["aliases"], "tiny mini", "{shown}");
+    assert_eq!(shown["provenance"]["pipeline"], "t", "{shown}");
     let show = run_ok(dir, &gnupg, &["repo", "show", "r", "small"]);
     assert!(show.contains("aliases=tiny mini") && show.contains("revision=1"), "{show}");
 
@@ -128,6 +137,25 @@ fn cache_ls_names_layers_and_gc_removes_unused_ones() {
     let plan = run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]);
     let key = plan.lines().next().unwrap().split_whitespace().nth(2).unwrap().to_string();
     assert!(ls.lines().any(|l| l.starts_with(&key) && l.contains("gc-test") && l.contains("install")), "{ls}");
+    // The same as JSON (the README's schema): cache ls and plan.
+    let layers: serde_json::Value =
+        serde_json::from_str(&run_ok(dir, &gnupg, &["--work-dir", "w", "cache", "ls", "--json"])).unwrap();
+    let layer = layers.as_array().unwrap().iter().find(|l| l["key"].as_str().unwrap().starts_with(&key)).unwrap();
+    assert_eq!(
+        (layer["pipeline"].as_str(), layer["stage"].as_u64(), layer["kind"].as_str()),
+        (Some("gc-test"), Some(1), Some("install"))
+    );
+    assert!(layer["size"].as_u64().unwrap() > 0 && layer["last_used"].as_str().unwrap().ends_with('Z'), "{layer}");
+    let planned: serde_json::Value =
+        serde_json::from_str(&run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file, "--json"])).unwrap();
+    let kinds: Vec<(&str, &str)> = planned
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["kind"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("install", "cached"), ("publish", "cached")], "{planned}");
+    assert_eq!(planned[0]["key"], layer["key"], "{planned}");
 
     // Stage logs and rebuild reports older than the limit go, newer ones stay: the run's
     // own logs, beside an old run's directory and an old and a new report.

@@ -255,6 +255,12 @@ fn a_pipeline_not_configured_is_skipped_without_failing_the_night() {
     let night = rebuild(dir, &[]);
     assert_eq!(night.code, Some(0), "{}", night.stderr);
     assert_eq!(night.runs(), runs(&[("needs-server", "not-configured", 0), ("on-it", "not-configured", 0)]));
+    // `--report -`: the report is standard output, the summary standard error.
+    let gnupg = gnupg_home(dir);
+    let out = pipeline(dir, &gnupg, &["--work-dir", "work", "rebuild", "pipelines", "--report", "-"]);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["pipelines"][1]["result"], "not-configured", "{report}");
+    assert!(stderr(&out).contains("not-configured"), "the summary: {}", stderr(&out));
     let reason = night.report["pipelines"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("`Server`") && reason.contains("--set values.Server="), "{reason}");
     assert_eq!(night.report["result"], "ok");
@@ -264,7 +270,6 @@ fn a_pipeline_not_configured_is_skipped_without_failing_the_night() {
         "no layer was built: {layers:?}"
     );
 
-    let gnupg = gnupg_home(dir);
     let run = pipeline(dir, &gnupg, &["--work-dir", "work", "run", "pipelines/on-it.toml"]);
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     assert!(stderr(&run).contains("needs-server.toml") && stderr(&run).contains("`Server`"), "{}", stderr(&run));

@@ -8,9 +8,25 @@ use anyhow::Result;
 pub fn cache(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
     let cache = Cache::open(&g.work_dir)?;
     match command {
-        CacheCommand::Ls => {
+        CacheCommand::Ls { json } => {
             let now = std::time::SystemTime::now();
-            for (meta, size, used) in cache.list()? {
+            let layers = cache.list()?;
+            if json {
+                let out: Vec<serde_json::Value> = layers
+                    .iter()
+                    .map(|(meta, size, used)| {
+                        serde_json::json!({
+                            "key": meta.key, "parent": meta.parent, "pipeline": meta.pipeline,
+                            "stage": meta.stage_index + 1, "kind": meta.kind, "size": size,
+                            "created": meta.created,
+                            "last_used": humantime::format_rfc3339_seconds(*used).to_string(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
+            for (meta, size, used) in layers {
                 let age = humantime::format_duration(std::time::Duration::from_secs(
                     now.duration_since(used).unwrap_or_default().as_secs(),
                 ));

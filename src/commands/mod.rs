@@ -32,8 +32,8 @@ pub fn run(cli: Cli) -> Result<()> {
             run::run(g, &pipeline, options, output.as_deref(), offline, sign_key)
         }
         Command::Rebuild(args) => rebuild::rebuild(g, &args),
-        Command::Validate { pipeline } => validate::validate(&pipeline),
-        Command::Plan { pipeline, build_id, offline } => plan::plan(g, &pipeline, build_id, offline),
+        Command::Validate { pipeline, json } => validate::validate(&pipeline, json),
+        Command::Plan { pipeline, build_id, offline, json } => plan::plan(g, &pipeline, build_id, offline, json),
         Command::Inspect { image, json } => inspect::inspect(g, &image, json),
         Command::Sysprep { list_operations } => sysprep::sysprep(list_operations),
         Command::Cache { command } => cache::cache(g, command),

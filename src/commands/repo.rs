@@ -25,11 +25,31 @@ pub fn repo(command: RepoCommand) -> Result<()> {
                 println!("{note}");
             }
         }
-        RepoCommand::List { dir } => print_entries(&repository::open(&location(&dir)?)?.index()?),
-        RepoCommand::Show { dir, name } => {
+        RepoCommand::List { dir, json } => {
+            let index = repository::open(&location(&dir)?)?.index()?;
+            if json {
+                let entries: Vec<serde_json::Value> = index.entries.iter().map(entry_json).collect();
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print_entries(&index);
+            }
+        }
+        RepoCommand::Show { dir, name, json } => {
             let repo = repository::open(&location(&dir)?)?;
             let index = repo.index()?;
             let e = index.get(&name).ok_or_else(|| bad_input!("{}: no entry `{name}`", dir.display()))?;
+            if json {
+                let mut out = entry_json(e);
+                match repo.manifest(&name, e.revision()) {
+                    Ok(m) => {
+                        out["packages"] = serde_json::json!(m.package_list().map(|l| l.len()));
+                        out["provenance"] = serde_json::to_value(&m.provenance)?;
+                    }
+                    Err(err) => out["manifest_error"] = serde_json::json!(format!("{err:#}")),
+                }
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
             println!("[{}]", e.id);
             for (k, v) in &e.fields {
                 println!("{k}={}", v.replace('\n', "\n "));
@@ -78,6 +98,14 @@ fn print_manifest(m: &crate::repo::manifest::Manifest) {
     println!("layer:     {}", m.provenance.layer);
     println!("tool:      {}", m.provenance.tool);
     println!("built:     {}", m.provenance.built);
+}
+
+/// An index entry as `repo list --json` and `repo show --json` print it: its name, revision
+/// and every field of the index as written (`checksum[sha512]`, `size`, `notes`, ...).
+fn entry_json(e: &crate::repo::index::Entry) -> serde_json::Value {
+    let fields: serde_json::Map<String, serde_json::Value> =
+        e.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    serde_json::json!({ "name": e.id, "revision": e.revision(), "fields": fields })
 }
 
 fn print_entries(index: &crate::repo::index::Index) {

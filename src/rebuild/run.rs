@@ -209,15 +209,23 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
         result: if not_ok.is_empty() { "ok".into() } else { "failed".into() },
         pipelines,
     };
-    print_rebuild_summary(&report);
+    // `--report -`: the JSON is standard output, so the summary moves to standard error.
+    let report_to_stdout = report_path.as_deref() == Some(Path::new("-"));
+    if report_to_stdout {
+        print_rebuild_summary(&report, &mut std::io::stderr())?;
+    } else {
+        print_rebuild_summary(&report, &mut std::io::stdout())?;
+    }
     let json = serde_json::to_vec_pretty(&report)?;
     // Every night's report stays beside its logs until `cache gc` ages it out.
     let kept = engine.settings.work_dir.join("reports");
     std::fs::create_dir_all(&kept).with_context(|| format!("cannot create {}", kept.display()))?;
     let name = format!("{}-{}.json", report.started.replace(':', ""), std::process::id());
     crate::base::atomic::write(&kept.join(name), &json)?;
-    if let Some(path) = &report_path {
-        crate::base::atomic::write(path, &json)?;
+    match &report_path {
+        Some(_) if report_to_stdout => println!("{}", String::from_utf8_lossy(&json)),
+        Some(path) => crate::base::atomic::write(path, &json)?,
+        None => {}
     }
     if !not_ok.is_empty() {
         anyhow::bail!(
@@ -240,15 +248,20 @@ fn print_plan(chain: &Chain, engine: &Engine) -> Result<()> {
     Ok(())
 }
 
-fn print_rebuild_summary(report: &Report) {
-    println!("{:<28} {:<8} {:>6} {:>4}  {:<32} {:>8}", "pipeline", "result", "cached", "ran", "published", "time");
+fn print_rebuild_summary(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<28} {:<8} {:>6} {:>4}  {:<32} {:>8}",
+        "pipeline", "result", "cached", "ran", "published", "time"
+    )?;
     for p in &report.pipelines {
         let published: Vec<String> = p
             .published
             .iter()
             .map(|r| format!("{} r{}", r["name"].as_str().unwrap_or("?"), r["revision"].as_u64().unwrap_or(0)))
             .collect();
-        println!(
+        writeln!(
+            out,
             "{:<28} {:<8} {:>6} {:>4}  {:<32} {:>7.0}s",
             p.name,
             p.result,
@@ -256,12 +269,12 @@ fn print_rebuild_summary(report: &Report) {
             p.stages_run,
             if published.is_empty() { "-".to_string() } else { published.join(", ") },
             p.duration_seconds
-        );
+        )?;
         if let Some(reason) = &p.reason {
-            println!("    {}", reason.lines().next().unwrap_or_default());
+            writeln!(out, "    {}", reason.lines().next().unwrap_or_default())?;
         }
     }
-    println!("{} in {:.0}s", report.result, report.duration_seconds);
+    writeln!(out, "{} in {:.0}s", report.result, report.duration_seconds)
 }
 
 /// Two rebuilds in one work directory never overlap: an exclusive lock on
