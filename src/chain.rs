@@ -103,7 +103,7 @@ pub struct PlannedLink<'c> {
 }
 
 impl PlannedLink<'_> {
-    /// The plan as `pipeline plan --json` prints it: an object per stage (the README
+    /// The plan as `pipeline plan --json` prints it: an object per stage (docs/commands.md
     /// documents the fields).
     pub fn json(&self) -> Vec<serde_json::Value> {
         self.stages

@@ -121,7 +121,7 @@ pub enum Command {
     Validate {
         #[command(flatten)]
         pipeline: PipelineArgs,
-        /// Print JSON instead of text (the README documents the schema).
+        /// Print JSON instead of text (docs/commands.md documents the schema).
         #[arg(long)]
         json: bool,
     },
@@ -135,7 +135,7 @@ pub enum Command {
         /// Touch no network: upstream states are those the last build recorded.
         #[arg(long)]
         offline: bool,
-        /// Print JSON instead of text (the README documents the schema).
+        /// Print JSON instead of text (docs/commands.md documents the schema).
         #[arg(long)]
         json: bool,
     },
@@ -200,7 +200,7 @@ pub struct RebuildArgs {
     #[arg(long)]
     pub plan: bool,
     /// Also write what happened as JSON to FILE, or to standard output with `-` (the summary
-    /// then goes to standard error; the README documents the schema); every rebuild also
+    /// then goes to standard error; docs/nightly.md documents the schema); every rebuild also
     /// keeps its report in WORK_DIR/reports/.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -285,7 +285,7 @@ pub struct SeedArgs {
 pub enum CacheCommand {
     /// List layers: key, size on disk, pipeline, stage, last use.
     Ls {
-        /// Print JSON instead of text (the README documents the schema).
+        /// Print JSON instead of text (docs/commands.md documents the schema).
         #[arg(long)]
         json: bool,
     },
@@ -319,7 +319,7 @@ pub enum RepoCommand {
     List {
         /// The repository: a directory, or s3://BUCKET/PREFIX.
         dir: PathBuf,
-        /// Print JSON instead of text (the README documents the schema).
+        /// Print JSON instead of text (docs/commands.md documents the schema).
         #[arg(long)]
         json: bool,
     },
@@ -329,7 +329,7 @@ pub enum RepoCommand {
         dir: PathBuf,
         /// The entry's name.
         name: String,
-        /// Print JSON instead of text (the README documents the schema).
+        /// Print JSON instead of text (docs/commands.md documents the schema).
         #[arg(long)]
         json: bool,
     },

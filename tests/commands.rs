@@ -90,7 +90,7 @@ fn a_repository_from_init_to_remove() {
         assert!(hidden || mode & 0o044 == 0o044, "{} has mode {mode:o}", path.display());
     }
     assert!(dir.join("r/small-r1.xz").is_file());
-    // The same as JSON (the README's schema): list and show.
+    // The same as JSON (docs/commands.md's schema): list and show.
     let list: serde_json::Value = serde_json::from_str(&run_ok(dir, &gnupg, &["repo", "list", "r", "--json"])).unwrap();
     assert_eq!((list[0]["name"].as_str(), list[0]["revision"].as_u64()), (Some("small"), Some(1)), "{list}");
     assert_eq!(list[0]["fields"]["file"], "small-r1.xz", "{list}");
@@ -137,7 +137,7 @@ fn cache_ls_names_layers_and_gc_removes_unused_ones() {
     let plan = run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]);
     let key = plan.lines().next().unwrap().split_whitespace().nth(2).unwrap().to_string();
     assert!(ls.lines().any(|l| l.starts_with(&key) && l.contains("gc-test") && l.contains("install")), "{ls}");
-    // The same as JSON (the README's schema): cache ls and plan.
+    // The same as JSON (docs/commands.md's schema): cache ls and plan.
     let layers: serde_json::Value =
         serde_json::from_str(&run_ok(dir, &gnupg, &["--work-dir", "w", "cache", "ls", "--json"])).unwrap();
     let layer = layers.as_array().unwrap().iter().find(|l| l["key"].as_str().unwrap().starts_with(&key)).unwrap();

@@ -1,4 +1,4 @@
-//! The README's main job end to end: `pipeline run pipelines/debian-bookworm.toml` debootstraps
+//! The main job end to end: `pipeline run pipelines/debian-bookworm.toml` debootstraps
 //! Debian 12, syspreps it and publishes it into repo-index/; the result boots under qemu to a
 //! login prompt with sshd answering with a host key made on first boot (not the one the
 //! install layer had), and a second run reuses every layer. A pipeline built on it applies
@@ -341,7 +341,7 @@ fn manifests_repo_diff_and_the_page_show_what_changed() {
     let screenshot = dir.join("page.png");
     chromium(&[&format!("--screenshot={}", screenshot.display()), "--window-size=900,1100", &format!("{url}/")]);
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
-    // Kept for the README's picture (docs/repository-page.png is a copy).
+    // Kept for the picture in docs/repositories.md (docs/repository-page.png is a copy).
     std::fs::copy(&screenshot, Path::new(env!("CARGO_TARGET_TMPDIR")).join("repository-page.png")).unwrap();
 
     // A manifest edited after signing fails verification.

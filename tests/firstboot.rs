@@ -198,7 +198,7 @@ fn puppet_runs_against_a_puppetserver() {
     failing_puppet_runs_fail_the_stage_with_puppets_messages(&fx, &base, &server);
 }
 
-/// The seed's step 2, and masterless Puppet, in one boot: the agent in the guest gets a
+/// A Puppet agent run at first boot, and masterless Puppet, in one boot: the agent in the guest gets a
 /// certificate from the server and applies its catalogue, `puppet apply` applies a host
 /// manifest with its module path copied in, and the guest powers itself off; the layer holds
 /// the catalogue's, the manifest's and a host script's effects, and neither the copies nor

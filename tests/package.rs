@@ -38,7 +38,7 @@ fn the_debian_package_installs_a_working_tool_man_pages_completions_and_units() 
     let deb = String::from_utf8_lossy(&built.stdout).lines().rev().find(|l| l.ends_with(".deb")).unwrap().to_string();
     assert!(deb.ends_with("_amd64.deb") && std::path::Path::new(&deb).is_file(), "{deb}");
 
-    // Errors are what lintian reports as E:; its warnings are named in the README.
+    // Errors are what lintian reports as E:; its warnings are named in docs/install.md.
     let lint = run(Command::new("lintian").arg(&deb));
     let report = String::from_utf8_lossy(&lint.stdout).into_owned();
     assert!(!report.lines().any(|l| l.starts_with("E:")), "lintian errors:\n{report}");

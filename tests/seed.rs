@@ -134,7 +134,7 @@ fn cloud_init_reads(format: &str, root: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The example seed of the README, with its files, copied into `dir`.
+/// The example seed of docs/seeds.md, with its files, copied into `dir`.
 fn example(dir: &Path) -> PathBuf {
     let src = repo_root().join("pipelines/seed");
     let status = Command::new("cp").arg("-a").arg(&src).arg(dir.join("seed")).status().unwrap();

@@ -141,7 +141,7 @@ fn hint(msg: &str) -> &'static str {
     if msg.contains("unknown variant") && msg.contains("install") {
         "; each [[stages]] entry holds exactly one stage table such as [stages.sysprep]"
     } else if msg.contains("unknown field") {
-        "; check the spelling against the README's key reference"
+        "; check the spelling against the key reference in docs/pipeline-file.md and docs/stages.md"
     } else {
         ""
     }

@@ -316,7 +316,7 @@ fn apply_sets(doc: toml::Value, origin: &str, sets: &[String]) -> Result<RawFile
         if msg.contains("expected one of `shell`, `rsync`, `container`") {
             "; this tool runs Virter's step types: [steps.shell], [steps.rsync] and [steps.container]"
         } else if msg.contains("unknown field") || msg.contains("unknown variant") {
-            "; check the spelling against Virter's provisioning format (README: Provisioning)"
+            "; check the spelling against Virter's provisioning format (docs/provisioning.md)"
         } else {
             ""
         }

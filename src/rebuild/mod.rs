@@ -223,7 +223,7 @@ fn cycle(nodes: &[Node], done: &[bool]) -> String {
 }
 
 /// What a rebuild did, kept in WORK_DIR/reports/ and written to `--report FILE.json` (the
-/// README documents the schema).
+/// docs/nightly.md documents the schema).
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub started: String,

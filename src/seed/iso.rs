@@ -1,5 +1,5 @@
 //! The seed volume as an ISO 9660 image with Rock Ridge and Joliet, made by xorriso (see
-//! the README for why xorriso). The image is written next to `output` under a temporary
+//! docs/seeds.md for why xorriso). The image is written next to `output` under a temporary
 //! name and renamed into place, so a failure leaves nothing at `output`.
 
 use super::{Format, Seed};

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The seed file: every key, as the README documents them.
+/// The seed file: every key, as docs/seeds.md documents them.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SeedConfig {
@@ -330,7 +330,7 @@ impl Seed {
 fn apply_sets(doc: toml::Value, origin: &str, sets: &[String]) -> Result<SeedConfig> {
     fn hint(msg: &str) -> &'static str {
         if msg.contains("unknown field") || msg.contains("unknown variant") {
-            "; check the spelling against the README's seed file keys"
+            "; check the spelling against the seed file keys in docs/seeds.md"
         } else {
             ""
         }

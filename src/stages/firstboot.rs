@@ -1,6 +1,6 @@
 //! `[stages.firstboot]`: scripts installed as virt-customize/virt-builder `--firstboot`
-//! installs them (`crate::guest::firstboot`), then — with `run = true`, the seed's flow — the
-//! layer is booted until the guest powers itself off after the last script; each script's exit
+//! installs them (`crate::guest::firstboot`), then — with `run = true` — the layer is
+//! booted until the guest powers itself off after the last script; each script's exit
 //! status and output are read back from the guest and a failed script fails the stage.
 //!
 //! One appliance launch installs; one boot runs the scripts, and its last script writes their

@@ -50,7 +50,7 @@ impl ScriptStage {
         let phases = Phases::defined_in(&script);
         if !phases.install {
             return Err(bad_input!(
-                "{where_}.script: {} defines no `install` function; an install script must define install() to fill $TARGET (see the README, \"Install scripts\")",
+                "{where_}.script: {} defines no `install` function; an install script must define install() to fill $TARGET (see docs/install-scripts.md)",
                 script_path.display()
             ));
         }
