@@ -444,3 +444,24 @@ fn inline_virter_steps_keep_their_go_templates() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("Missing"), "{}", stderr(&out));
 }
+
+/// The generated extras: a completion script per shell, and man pages only into a directory
+/// that exists (bad input otherwise, writing nothing).
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definition() {
+    let out = pipeline(Path::new("."), Path::new("/tmp"), &["completions", "bash"]);
+    assert!(out.status.success() && stdout(&out).contains("complete -F _pipeline"), "{}", stderr(&out));
+    let unknown = pipeline(Path::new("."), Path::new("/tmp"), &["completions", "tcsh"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("man");
+    let out = pipeline(Path::new("."), Path::new("/tmp"), &["manpages", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a directory") && !missing.exists(), "{}", stderr(&out));
+    let out = pipeline(Path::new("."), Path::new("/tmp"), &["manpages", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in ["pipeline.1", "pipeline-rebuild.1", "pipeline-repo-init.1", "pipeline-completions.1"] {
+        assert!(dir.path().join(page).is_file(), "{page}");
+    }
+    assert!(!dir.path().join("pipeline-manpages.1").exists(), "the hidden command has no page");
+}
