@@ -39,8 +39,12 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value = "auto")]
     pub accel: AccelArg,
     /// More output.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
     pub verbose: bool,
+    /// No progress and no messages on standard error but errors; a command's own output
+    /// (standard output) and the stage logs are unchanged.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// A layer cache shared with other builders, s3://BUCKET/PREFIX: layers are fetched
     /// from it instead of built, and the layers built here are uploaded to it.
     #[arg(long, global = true, env = "PIPELINE_CACHE_REMOTE", value_name = "S3_URL")]

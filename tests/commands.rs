@@ -133,6 +133,12 @@ fn cache_ls_names_layers_and_gc_removes_unused_ones() {
     );
     let file = file.to_str().unwrap();
     run_ok(dir, &gnupg, &["--work-dir", "w", "run", file]);
+    // Run again: the stages are reported cached, and with -q nothing but the result is printed.
+    let again = pipeline(dir, &gnupg, &["--work-dir", "w", "run", file]);
+    assert!(stderr(&again).contains("cached"), "{}", stderr(&again));
+    let quiet = pipeline(dir, &gnupg, &["-q", "--work-dir", "w", "run", file]);
+    assert!(quiet.status.success() && stderr(&quiet).is_empty(), "-q printed: {}", stderr(&quiet));
+    assert_eq!(stdout(&quiet), stdout(&again), "the layer's path, as without -q");
     let ls = run_ok(dir, &gnupg, &["--work-dir", "w", "cache", "ls"]);
     let plan = run_ok(dir, &gnupg, &["--work-dir", "w", "plan", file]);
     let key = plan.lines().next().unwrap().split_whitespace().nth(2).unwrap().to_string();

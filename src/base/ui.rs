@@ -5,10 +5,19 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
 
+/// `-q`: no progress and no lines for the user, only errors (printed by `main`) and a
+/// command's own output on standard output. Set once, before any [`Ui`] is made.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Clone)]
 pub struct Ui {
     multi: MultiProgress,
     tty: bool,
+    quiet: bool,
 }
 
 impl Default for Ui {
@@ -19,13 +28,18 @@ impl Default for Ui {
 
 impl Ui {
     pub fn new() -> Ui {
-        let tty = std::io::stderr().is_terminal();
+        let quiet = QUIET.load(std::sync::atomic::Ordering::Relaxed);
+        let tty = std::io::stderr().is_terminal() && !quiet;
         let target = if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Ui { multi: MultiProgress::with_draw_target(target), tty }
+        Ui { multi: MultiProgress::with_draw_target(target), tty, quiet }
     }
 
-    /// A line for the user, printed above any progress bars.
+    /// A line for the user, printed above any progress bars (nothing with `-q`; the stage
+    /// log keeps everything).
     pub fn line(&self, msg: impl AsRef<str>) {
+        if self.quiet {
+            return;
+        }
         let msg = crate::base::secrets::scrub(msg.as_ref());
         if self.tty {
             let _ = self.multi.println(msg.as_ref());

@@ -25,6 +25,7 @@ use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
+    crate::base::ui::set_quiet(g.quiet);
     crate::base::http::set_stall_timeout(g.stall_timeout);
     match cli.command {
         Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key } => {
