@@ -203,6 +203,10 @@ pub struct RebuildArgs {
     /// Show the order and each pipeline's plan; run nothing.
     #[arg(long)]
     pub plan: bool,
+    /// With --plan: `text` (each pipeline's stages), or the graph of pipelines, each labelled
+    /// with what a rebuild would do and why, as Graphviz's `dot` or a Mermaid flowchart.
+    #[arg(long, value_enum, default_value = "text", requires = "plan")]
+    pub format: PlanFormatArg,
     /// Also write what happened as JSON to FILE, or to standard output with `-` (the summary
     /// then goes to standard error; docs/nightly.md documents the schema); every rebuild also
     /// keeps its report in WORK_DIR/reports/.
@@ -232,6 +236,14 @@ pub struct RebuildArgs {
     /// standing on it.
     #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
     pub base_timeout: std::time::Duration,
+}
+
+/// `rebuild --plan --format`, as clap parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormatArg {
+    Text,
+    Dot,
+    Mermaid,
 }
 
 #[derive(Args, Debug)]

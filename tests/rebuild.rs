@@ -304,5 +304,34 @@ fn the_examples_plan_as_one_graph_after_the_default_image() {
     assert!(puppet.contains("not configured") && puppet.contains("PuppetServer"), "{plan}");
     let rocky = plan.lines().nth(heading("rocky-9") + 1).unwrap();
     assert!(rocky.contains("not configured") && rocky.contains("Mirror"), "{plan}");
+
+    // The same graph as a picture: Graphviz's dot accepts it and draws the edges and labels.
+    let mut args = args.to_vec();
+    args.extend(["--format", "dot"]);
+    let dot = pipeline(&repo_root(), &gnupg, &args);
+    assert_eq!(dot.status.code(), Some(0), "{}", stderr(&dot));
+    let source = stdout(&dot);
+    assert!(source.contains("\"debian-bookworm\" -> \"debian-bookworm-puppet\";"), "{source}");
+    let svg = tmp.path().join("graph.svg");
+    let mut render = std::process::Command::new("dot")
+        .args(["-Tsvg", "-o"])
+        .arg(&svg)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("Graphviz's dot (scripts/install-deps --test installs graphviz)");
+    use std::io::Write;
+    render.stdin.take().unwrap().write_all(source.as_bytes()).unwrap();
+    assert!(render.wait().unwrap().success(), "dot refused:\n{source}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    // SVG writes `-` as `&#45;` and `>` as `&gt;`: the edge's title names both ends.
+    let edge = "<title>debian&#45;bookworm&#45;&gt;debian&#45;bookworm&#45;targets</title>";
+    assert!(drawn.contains(edge) && drawn.contains("not configured: PuppetServer not set"), "{drawn}");
+    args.pop();
+    args.push("mermaid");
+    let mermaid = stdout(&pipeline(&repo_root(), &gnupg, &args));
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("debian_bookworm --> debian_bookworm_puppet"),
+        "{mermaid}"
+    );
     assert!(!work.join("layers").exists(), "a plan builds nothing");
 }

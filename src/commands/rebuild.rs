@@ -1,8 +1,8 @@
 //! `pipeline rebuild`: the arguments turned into a rebuild (see `crate::rebuild`).
 
-use crate::cli::{GlobalArgs, RebuildArgs};
+use crate::cli::{GlobalArgs, PlanFormatArg, RebuildArgs};
 use crate::engine::EngineOptions;
-use crate::rebuild::run::{rebuild as run_rebuild, Options};
+use crate::rebuild::run::{rebuild as run_rebuild, Options, PlanFormat};
 use crate::rebuild::Shard;
 use anyhow::Result;
 
@@ -10,7 +10,11 @@ pub fn rebuild(g: &GlobalArgs, args: &RebuildArgs) -> Result<()> {
     let paths = if args.paths.is_empty() { vec![std::path::PathBuf::from("pipelines")] } else { args.paths.clone() };
     let options = Options {
         paths,
-        plan: args.plan,
+        plan: args.plan.then_some(match args.format {
+            PlanFormatArg::Text => PlanFormat::Text,
+            PlanFormatArg::Dot => PlanFormat::Dot,
+            PlanFormatArg::Mermaid => PlanFormat::Mermaid,
+        }),
         shard: args.shard.as_deref().map(Shard::parse).transpose()?,
         wait: args.wait,
         base_timeout: args.base_timeout,

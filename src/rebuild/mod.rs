@@ -4,6 +4,7 @@
 //! what stands on it. Running them, the lock and the report are in [`run`]. Several builders
 //! split the graph with `--shard I/N` (see [`Shard`]).
 
+pub mod draw;
 pub mod run;
 
 use crate::bad_input;

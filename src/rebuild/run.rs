@@ -21,12 +21,21 @@ use std::time::Duration;
 /// and not a failure of the rebuild (a site enables pipelines it has not set up yet).
 const NOT_CONFIGURED: &str = "not-configured";
 
+/// How `rebuild --plan` shows the plan: each pipeline's stages, or the graph of pipelines
+/// (with what each would do) for Graphviz or Mermaid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
 /// What `pipeline rebuild` was asked to do.
 pub struct Options {
     /// Files, and directories searched for pipeline files.
     pub paths: Vec<PathBuf>,
-    /// Print each pipeline's plan instead of running.
-    pub plan: bool,
+    /// Print the plan in this form instead of running.
+    pub plan: Option<PlanFormat>,
     pub shard: Option<Shard>,
     /// Wait for another rebuild holding the work directory instead of failing.
     pub wait: bool,
@@ -58,34 +67,33 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
     let ui = Ui::new();
     let base_names =
         |i: usize| -> Vec<&str> { graph.nodes[i].bases.iter().map(|&b| graph.nodes[b].pipeline().name()).collect() };
-    if plan {
+    if let Some(format) = plan {
         let engine = Engine::read_only(settings, engine_options, &ui)?;
+        let text = format == PlanFormat::Text;
         let mut unplanned = Vec::new();
+        let mut drawn = Vec::new();
         for &i in &graph.order {
             let node = &graph.nodes[i];
-            let after = base_names(i);
-            let after = if after.is_empty() { String::new() } else { format!(", after {}", after.join(", ")) };
-            if let Some(other) = elsewhere(i) {
-                println!("{} ({}{after}): built by shard {other}", node.pipeline().name(), node.path.display());
-                continue;
+            let bases = base_names(i);
+            let after = if bases.is_empty() { String::new() } else { format!(", after {}", bases.join(", ")) };
+            let heading = format!("{} ({}{after})", node.pipeline().name(), node.path.display());
+            let (lines, why) = plan_node(node, elsewhere(i), &engine);
+            if why.starts_with("cannot be planned") {
+                unplanned.push(node.pipeline().name().to_string());
             }
-            println!("{} ({}{after})", node.pipeline().name(), node.path.display());
-            if let Some(why) = node.chain.not_configured() {
-                println!("    skipped: {why}");
-                continue;
-            }
-            if let Err(e) = print_plan(&node.chain, &engine) {
-                let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
-                if node.bases.is_empty() {
-                    // One pipeline's unreachable upstream does not hide the others' plans.
-                    println!("    cannot be planned: {first_line}");
-                    unplanned.push(node.pipeline().name().to_string());
-                } else {
-                    // A repository entry its base has not published yet cannot be planned
-                    // against; the rebuild builds the base first.
-                    println!("    planned after its base is built ({first_line})");
+            if text {
+                match elsewhere(i) {
+                    Some(other) => println!("{heading}: built by shard {other}"),
+                    None => println!("{heading}"),
                 }
+                lines.iter().for_each(|l| println!("{l}"));
             }
+            drawn.push(super::draw::Node { name: node.pipeline().name(), why, bases });
+        }
+        match format {
+            PlanFormat::Text => {}
+            PlanFormat::Dot => print!("{}", super::draw::dot(&drawn)),
+            PlanFormat::Mermaid => print!("{}", super::draw::mermaid(&drawn)),
         }
         if !unplanned.is_empty() {
             anyhow::bail!("rebuild --plan: cannot plan {} (see above)", unplanned.join(", "));
@@ -238,14 +246,45 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
     Ok(())
 }
 
-/// Prints a chain's plan, as `pipeline plan` does.
-fn print_plan(chain: &Chain, engine: &Engine) -> Result<()> {
-    for link in chain.plan(engine)?.0 {
-        for line in link.lines() {
-            println!("{line}");
+/// One pipeline of a rebuild's plan: the lines `--plan` prints under its heading (its
+/// stages, as `pipeline plan` shows them, or why there are none) and, in a few words, what a
+/// rebuild would do with it and why (the graph's label).
+fn plan_node(node: &super::Node, elsewhere: Option<u64>, engine: &Engine) -> (Vec<String>, String) {
+    if let Some(other) = elsewhere {
+        return (Vec::new(), format!("built by shard {other}"));
+    }
+    if let Some(why) = node.chain.not_configured() {
+        let value = why.split('`').nth(1).unwrap_or("a value");
+        return (vec![format!("    skipped: {why}")], format!("not configured: {value} not set"));
+    }
+    match node.chain.plan(engine) {
+        Ok((links, _)) => {
+            let lines = links.iter().flat_map(|l| l.lines()).collect();
+            // The pipeline's own stages: its bases are drawn as nodes of their own.
+            let own: Vec<_> = links.iter().filter(|l| l.depth == 0).flat_map(|l| l.stages.iter()).collect();
+            let to_run = own.iter().filter(|s| s.status == Status::ToRun).count();
+            let why = match own.iter().find_map(|s| s.reason.as_deref()) {
+                _ if to_run == 0 => "cached: nothing to run".to_string(),
+                Some(reason) => format!("{to_run} of {} stages to run: {reason}", own.len()),
+                None => format!("{to_run} of {} stages to run", own.len()),
+            };
+            (lines, why)
+        }
+        Err(e) => {
+            let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+            if node.bases.is_empty() {
+                // One pipeline's unreachable upstream does not hide the others' plans.
+                (vec![format!("    cannot be planned: {first_line}")], format!("cannot be planned: {first_line}"))
+            } else {
+                // A repository entry its base has not published yet cannot be planned
+                // against; the rebuild builds the base first.
+                (
+                    vec![format!("    planned after its base is built ({first_line})")],
+                    "runs after its base is built".into(),
+                )
+            }
         }
     }
-    Ok(())
 }
 
 fn print_rebuild_summary(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
