@@ -38,7 +38,8 @@ fn mermaid_id(name: &str) -> String {
 pub fn mermaid(nodes: &[Node]) -> String {
     let mut out = String::from("flowchart LR\n");
     for n in nodes {
-        let label = format!("{}<br/>{}", n.name, n.why).replace('"', "#quot;");
+        // One line of Mermaid per node: a reason's own line breaks become spaces.
+        let label = format!("{}<br/>{}", n.name, n.why).replace('"', "#quot;").replace('\n', " ");
         out += &format!("    {}[\"{label}\"]\n", mermaid_id(n.name));
     }
     for n in nodes {
