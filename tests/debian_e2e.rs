@@ -341,7 +341,8 @@ fn manifests_repo_diff_and_the_page_show_what_changed() {
     let screenshot = dir.join("page.png");
     chromium(&[&format!("--screenshot={}", screenshot.display()), "--window-size=900,1100", &format!("{url}/")]);
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
-    // Kept for the picture in docs/repositories.md (docs/repository-page.png is a copy).
+    // Kept for a look at the page; docs/repository-page.png is the default image's entry, served
+    // by `pipeline serve` and taken with the same headless Chromium.
     std::fs::copy(&screenshot, Path::new(env!("CARGO_TARGET_TMPDIR")).join("repository-page.png")).unwrap();
 
     // A manifest edited after signing fails verification.
