@@ -26,6 +26,8 @@ pub struct Link {
 /// repository entry; each next one from the last layer of the link before it.
 pub struct Chain {
     links: Vec<Rc<Link>>,
+    /// `run --until`: how many of the last pipeline's stages run (all when `None`).
+    until: Option<usize>,
 }
 
 /// Loads chains, each file once however many chains it is part of (a rebuild's pipelines
@@ -68,7 +70,7 @@ impl Loader {
             links.push(link);
         }
         links.reverse();
-        Ok(Chain { links })
+        Ok(Chain { links, until: None })
     }
 
     fn link(&mut self, path: &Path, canonical: &Path, sets: &[String]) -> Result<Rc<Link>> {
@@ -196,9 +198,36 @@ impl Chain {
                 let on = &self.links[i - 1].pipeline;
                 engine.ui.line(format!("{}: starting from pipeline {}", link.pipeline.name(), on.name()));
             }
-            base = Some(engine.run(link.pipeline.name(), &link.stages, base)?);
+            let last = i + 1 == self.links.len();
+            let stages = match self.until {
+                Some(n) if last => &link.stages[..n],
+                _ => &link.stages[..],
+            };
+            base = Some(engine.run(link.pipeline.name(), stages, base)?);
         }
         Ok(base.expect("a chain has a link"))
+    }
+
+    /// `run --until STAGE`: the run stops after that stage of the pipeline named on the
+    /// command line, given by its number in `pipeline plan` (from 1) or by its kind (the
+    /// first stage of that kind). Naming no stage is bad input listing them.
+    pub fn stop_after(&mut self, stage: &str) -> Result<()> {
+        let link = self.links.last().expect("a chain has a link");
+        let found = match stage.parse::<usize>() {
+            Ok(n) => (1..=link.stages.len()).contains(&n).then_some(n),
+            Err(_) => link.stages.iter().position(|s| s.kind() == stage).map(|i| i + 1),
+        };
+        let Some(n) = found else {
+            let stages: Vec<String> =
+                link.stages.iter().enumerate().map(|(i, s)| format!("{} {}", i + 1, s.kind())).collect();
+            return Err(bad_input!(
+                "--until {stage}: {} has no such stage; give a number or a kind of its stages: {}",
+                link.pipeline.path.display(),
+                stages.join(", ")
+            ));
+        };
+        self.until = Some(n);
+        Ok(())
     }
 
     /// What a run would do, base first, without building anything; and the key of the

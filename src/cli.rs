@@ -115,6 +115,10 @@ pub enum Command {
         /// Fingerprint of the key that signs published indexes.
         #[arg(long)]
         sign_key: Option<String>,
+        /// Stop after this stage of the pipeline: its number in `pipeline plan` (from 1) or
+        /// its kind (the first stage of that kind); its layer's path is printed.
+        #[arg(long, value_name = "N|KIND")]
+        until: Option<String>,
     },
     /// Run every pipeline under PATHs (default: pipelines/) in dependency order, each once:
     /// bases first (`from = { pipeline }`, or a local repository entry another pipeline

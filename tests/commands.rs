@@ -773,3 +773,37 @@ fn serve_answers_while_a_thousand_clients_sit_idle() {
     assert_eq!(resp.text().unwrap(), "[entry]\n");
     drop(idle);
 }
+
+/// `run --until` stops after the named stage (by number or kind) and prints its layer; a
+/// stage the pipeline does not have is bad input, naming its stages, with nothing written.
+#[test]
+fn until_stops_after_the_named_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    small_image(dir);
+    let file = write_file(
+        dir,
+        "p.toml",
+        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"until\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"x\"\n",
+    );
+    let file = file.to_str().unwrap();
+    let bad = pipeline(dir, &gnupg, &["--work-dir", "w", "run", file, "--until", "check"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("--until check") && stderr(&bad).contains("1 install, 2 publish"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = pipeline(dir, &gnupg, &["--work-dir", "w", "run", file, "--until", "3"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(!dir.join("w").exists(), "nothing was written");
+
+    for until in ["1", "install"] {
+        let layer = run_ok(dir, &gnupg, &["--work-dir", "w", "run", file, "--until", until]);
+        assert!(Path::new(layer.trim()).is_file(), "{layer}");
+        assert!(!dir.join("r").exists(), "--until {until}: the publish did not run");
+    }
+    run_ok(dir, &gnupg, &["--work-dir", "w", "run", file, "--until", "publish"]);
+    assert!(dir.join("r/index.asc").is_file(), "--until publish runs the publish");
+}

@@ -28,9 +28,9 @@ pub fn run(cli: Cli) -> Result<()> {
     crate::base::ui::set_quiet(g.quiet);
     crate::base::http::set_stall_timeout(g.stall_timeout);
     match cli.command {
-        Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key } => {
+        Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key, until } => {
             let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: remote_cache(g) };
-            run::run(g, &pipeline, options, output.as_deref(), offline, sign_key)
+            run::run(g, &pipeline, options, output.as_deref(), offline, sign_key, until.as_deref())
         }
         Command::Rebuild(args) => rebuild::rebuild(g, &args),
         Command::Validate { pipeline, json } => validate::validate(&pipeline, json),

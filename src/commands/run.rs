@@ -15,8 +15,12 @@ pub fn run(
     output: Option<&Path>,
     offline: bool,
     sign_key: Option<String>,
+    until: Option<&str>,
 ) -> Result<()> {
-    let chain = Chain::load(&args.file, &args.sets)?;
+    let mut chain = Chain::load(&args.file, &args.sets)?;
+    if let Some(stage) = until {
+        chain.stop_after(stage)?;
+    }
     // Ctrl-C and SIGTERM stop VMs and remove temporary layers instead of killing us mid-write.
     crate::base::interrupt::install_handler();
     let ui = Ui::new();
