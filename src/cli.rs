@@ -198,6 +198,10 @@ pub enum Command {
         /// An existing directory.
         dir: PathBuf,
     },
+    /// Print the command-line reference as Markdown: every command's `--help` (docs/cli.md is
+    /// its output).
+    #[command(hide = true)]
+    Reference,
 }
 
 #[derive(Args, Debug)]
@@ -401,6 +405,38 @@ pub enum RepoCommand {
 pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     use clap::CommandFactory;
     clap_complete::generate(shell, &mut Cli::command(), "pipeline", out);
+}
+
+/// Writes the command-line reference as Markdown: a section per command, with its long help.
+pub fn write_reference(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    fn section(cmd: &mut clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if cmd.is_hide_set() || cmd.get_name() == "help" {
+            return Ok(());
+        }
+        let name = cmd.get_bin_name().unwrap_or(cmd.get_name()).to_string();
+        writeln!(
+            out,
+            "## {name}\n\n```text\n{}```\n",
+            cmd.render_long_help().to_string().trim_end().to_string() + "\n"
+        )?;
+        for sub in cmd.get_subcommands_mut() {
+            section(sub, out)?;
+        }
+        Ok(())
+    }
+    writeln!(
+        out,
+        "# Command-line reference\n\nEvery command's `--help`, generated from the same definitions as the help and the man\n\
+         pages (`pipeline reference > docs/cli.md`; a test keeps this page current).\n"
+    )?;
+    // The page is the same whatever the environment of whoever makes it: no env values.
+    fn without_env_values(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| a.hide_env_values(true)).mut_subcommands(without_env_values)
+    }
+    let mut cmd = without_env_values(Cli::command());
+    cmd.build();
+    section(&mut cmd, out)
 }
 
 /// Writes a man page for the tool and one per subcommand (pipeline.1, pipeline-repo-init.1,

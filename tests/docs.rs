@@ -100,3 +100,14 @@ fn anchors_are_made_as_github_makes_them() {
     assert_eq!(anchor("target = \"docker\""), "target--docker");
     assert_eq!(links("see [a](docs/x.md#y) and [b](https://e.org) [c](#z)"), ["docs/x.md#y", "https://e.org", "#z"]);
 }
+
+/// docs/cli.md is what `pipeline reference` prints: the help of every command, never stale.
+#[test]
+fn the_command_line_reference_is_current() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline")).arg("reference").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(root().join("docs/cli.md")).unwrap();
+    let made = String::from_utf8(out.stdout).unwrap();
+    assert!(made.contains("## pipeline repo init") && made.contains("--until <N|KIND>"), "{made}");
+    assert!(page == made, "docs/cli.md is out of date: regenerate it with `pipeline reference > docs/cli.md`");
+}

@@ -44,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve { dir, listen } => serve::serve(&dir, &listen),
         Command::Completions { shell } => completions::completions(shell),
         Command::Manpages { dir } => manpages::manpages(&dir),
+        Command::Reference => Ok(crate::cli::write_reference(&mut std::io::stdout())?),
     }
 }
 
