@@ -22,6 +22,17 @@ fn run_ok(dir: &Path, gnupg: &Path, args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// DIR/p.toml: pipeline `name` importing a small image (DIR/base.qcow2) and publishing it as
+/// entry `x` of DIR/r: two stages that run in a second or two.
+fn import_and_publish(dir: &Path, name: &str) -> std::path::PathBuf {
+    small_image(dir);
+    let body = format!(
+        "version = 1\nfrom = {{ image = \"base.qcow2\" }}\n[pipeline]\nname = \"{name}\"\n\
+         [[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"x\"\n"
+    );
+    write_file(dir, "p.toml", &body)
+}
+
 fn same_disk(a: &Path, b: &Path) -> bool {
     Command::new("qemu-img").args(["compare", "-q"]).arg(a).arg(b).status().unwrap().success()
 }
@@ -125,12 +136,7 @@ fn cache_ls_names_layers_and_gc_removes_unused_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let gnupg = gnupg_home(dir);
-    small_image(dir);
-    let file = write_file(
-        dir,
-        "p.toml",
-        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"gc-test\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"x\"\n",
-    );
+    let file = import_and_publish(dir, "gc-test");
     let file = file.to_str().unwrap();
     run_ok(dir, &gnupg, &["--work-dir", "w", "run", file]);
     // Run again: the stages are reported cached, and with -q nothing but the result is printed.
@@ -781,12 +787,7 @@ fn until_stops_after_the_named_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let gnupg = gnupg_home(dir);
-    small_image(dir);
-    let file = write_file(
-        dir,
-        "p.toml",
-        "version = 1\nfrom = { image = \"base.qcow2\" }\n[pipeline]\nname = \"until\"\n[[stages]]\n[stages.publish]\nrepo = \"r\"\nname = \"x\"\n",
-    );
+    let file = import_and_publish(dir, "until");
     let file = file.to_str().unwrap();
     let bad = pipeline(dir, &gnupg, &["--work-dir", "w", "run", file, "--until", "check"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
