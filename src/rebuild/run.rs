@@ -77,8 +77,8 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
             let bases = base_names(i);
             let after = if bases.is_empty() { String::new() } else { format!(", after {}", bases.join(", ")) };
             let heading = format!("{} ({}{after})", node.pipeline().name(), node.path.display());
-            let (lines, why) = plan_node(node, elsewhere(i), &engine);
-            if why.starts_with("cannot be planned") {
+            let PlannedNode { lines, why, unplannable } = plan_node(node, elsewhere(i), &engine);
+            if unplannable {
                 unplanned.push(node.pipeline().name().to_string());
             }
             if text {
@@ -249,13 +249,21 @@ pub fn rebuild(options: Options, settings: RunSettings) -> Result<()> {
 /// One pipeline of a rebuild's plan: the lines `--plan` prints under its heading (its
 /// stages, as `pipeline plan` shows them, or why there are none) and, in a few words, what a
 /// rebuild would do with it and why (the graph's label).
-fn plan_node(node: &super::Node, elsewhere: Option<u64>, engine: &Engine) -> (Vec<String>, String) {
+struct PlannedNode {
+    lines: Vec<String>,
+    why: String,
+    /// Its plan failed for a reason of its own (an unreachable upstream), not its base's.
+    unplannable: bool,
+}
+
+fn plan_node(node: &super::Node, elsewhere: Option<u64>, engine: &Engine) -> PlannedNode {
+    let node_plan = |lines: Vec<String>, why: String| PlannedNode { lines, why, unplannable: false };
     if let Some(other) = elsewhere {
-        return (Vec::new(), format!("built by shard {other}"));
+        return node_plan(Vec::new(), format!("built by shard {other}"));
     }
     if let Some(why) = node.chain.not_configured() {
-        let value = why.split('`').nth(1).unwrap_or("a value");
-        return (vec![format!("    skipped: {why}")], format!("not configured: {value} not set"));
+        let unset: Vec<&str> = node.chain.links().flat_map(|l| l.pipeline.unset_required_values()).collect();
+        return node_plan(vec![format!("    skipped: {why}")], format!("not configured: {} not set", unset.join(", ")));
     }
     match node.chain.plan(engine) {
         Ok((links, _)) => {
@@ -268,17 +276,21 @@ fn plan_node(node: &super::Node, elsewhere: Option<u64>, engine: &Engine) -> (Ve
                 Some(reason) => format!("{to_run} of {} stages to run: {reason}", own.len()),
                 None => format!("{to_run} of {} stages to run", own.len()),
             };
-            (lines, why)
+            node_plan(lines, why)
         }
         Err(e) => {
             let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
             if node.bases.is_empty() {
                 // One pipeline's unreachable upstream does not hide the others' plans.
-                (vec![format!("    cannot be planned: {first_line}")], format!("cannot be planned: {first_line}"))
+                PlannedNode {
+                    lines: vec![format!("    cannot be planned: {first_line}")],
+                    why: format!("cannot be planned: {first_line}"),
+                    unplannable: true,
+                }
             } else {
                 // A repository entry its base has not published yet cannot be planned
                 // against; the rebuild builds the base first.
-                (
+                node_plan(
                     vec![format!("    planned after its base is built ({first_line})")],
                     "runs after its base is built".into(),
                 )
