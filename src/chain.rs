@@ -198,20 +198,25 @@ impl Chain {
                 let on = &self.links[i - 1].pipeline;
                 engine.ui.line(format!("{}: starting from pipeline {}", link.pipeline.name(), on.name()));
             }
-            let last = i + 1 == self.links.len();
-            let stages = match self.until {
-                Some(n) if last => &link.stages[..n],
-                _ => &link.stages[..],
-            };
-            base = Some(engine.run(link.pipeline.name(), stages, base)?);
+            base = Some(engine.run(link.pipeline.name(), self.stages(i), base)?);
         }
         Ok(base.expect("a chain has a link"))
     }
 
-    /// `run --until STAGE`: the run stops after that stage of the pipeline named on the
-    /// command line, given by its number in `pipeline plan` (from 1) or by its kind (the
-    /// first stage of that kind). Naming no stage is bad input listing them.
-    pub fn stop_after(&mut self, stage: &str) -> Result<()> {
+    /// The stages of link `i` that run: all, but for [`Chain::stop_after`] on the last.
+    fn stages(&self, i: usize) -> &[Box<dyn Stage>] {
+        let stages = &self.links[i].stages[..];
+        match self.until {
+            Some(n) if i + 1 == self.links.len() => &stages[..n],
+            _ => stages,
+        }
+    }
+
+    /// `run --until STAGE` (and `boot --stage`, named by `option`): the chain ends after
+    /// that stage of the pipeline named on the command line, given by its number in
+    /// `pipeline plan` (from 1) or by its kind (the first stage of that kind); `run` and
+    /// `plan` stop there. Naming no stage is bad input listing them.
+    pub fn stop_after(&mut self, stage: &str, option: &str) -> Result<()> {
         let link = self.links.last().expect("a chain has a link");
         let found = match stage.parse::<usize>() {
             Ok(n) => (1..=link.stages.len()).contains(&n).then_some(n),
@@ -221,7 +226,7 @@ impl Chain {
             let stages: Vec<String> =
                 link.stages.iter().enumerate().map(|(i, s)| format!("{} {}", i + 1, s.kind())).collect();
             return Err(bad_input!(
-                "--until {stage}: {} has no such stage; give a number or a kind of its stages: {}",
+                "{option} {stage}: {} has no such stage; give a number or a kind of its stages: {}",
                 link.pipeline.path.display(),
                 stages.join(", ")
             ));
@@ -237,9 +242,9 @@ impl Chain {
         let mut last: Option<String> = None;
         for (i, link) in self.links.iter().enumerate() {
             let base = last.clone().map(|key| Layer { path: engine.cache.layer_path(&key), key });
-            engine.resolve(&link.stages, true)?;
-            let stages = engine.plan(&link.stages, base.as_ref())?;
-            for (s, stage) in stages.iter().zip(&link.stages) {
+            engine.resolve(self.stages(i), true)?;
+            let stages = engine.plan(self.stages(i), base.as_ref())?;
+            for (s, stage) in stages.iter().zip(self.stages(i)) {
                 if stage.layer_kind() != LayerKind::Output {
                     last = Some(s.key.clone());
                 }

@@ -45,6 +45,10 @@ pub struct GlobalArgs {
     /// (standard output) and the stage logs are unchanged.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// When to colour errors, warnings and help: auto (on a terminal, unless the NO_COLOR
+    /// environment variable is set; CLICOLOR_FORCE forces it), always or never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub color: clap::ColorChoice,
     /// A layer cache shared with other builders, s3://BUCKET/PREFIX: layers are fetched
     /// from it instead of built, and the layers built here are uploaded to it.
     #[arg(long, global = true, env = "PIPELINE_CACHE_REMOTE", value_name = "S3_URL")]
@@ -62,6 +66,41 @@ pub struct GlobalArgs {
     /// for a download, resumed: at most three attempts).
     #[arg(long, global = true, env = "PIPELINE_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub stall_timeout: std::time::Duration,
+}
+
+/// Parses the command line. `--color` is read first, so that clap's own help and errors
+/// follow it too (they are printed while parsing).
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let color = color_in(&args);
+    crate::base::ui::set_color(match color {
+        clap::ColorChoice::Auto => anstream::ColorChoice::Auto,
+        clap::ColorChoice::Always => anstream::ColorChoice::Always,
+        clap::ColorChoice::Never => anstream::ColorChoice::Never,
+    });
+    let matches = Cli::command().color(color).get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The last `--color WHEN` or `--color=WHEN` before a `--`; auto when there is none or it
+/// is not a choice (clap then says so).
+fn color_in(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    use clap::ValueEnum;
+    let mut color = clap::ColorChoice::Auto;
+    let words: Vec<&str> =
+        args.iter().skip(1).map(|a| a.to_str().unwrap_or_default()).take_while(|a| *a != "--").collect();
+    for (i, word) in words.iter().enumerate() {
+        let value = match word.strip_prefix("--color") {
+            Some("") => words.get(i + 1).copied(),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        if let Some(choice) = value.and_then(|v| clap::ColorChoice::from_str(v, false).ok()) {
+            color = choice;
+        }
+    }
+    color
 }
 
 /// `--accel`, as clap parses it.
@@ -119,7 +158,18 @@ pub enum Command {
         /// its kind (the first stage of that kind); its layer's path is printed.
         #[arg(long, value_name = "N|KIND")]
         until: Option<String>,
+        /// Keep a failed stage's layer as the stage left it (its VM's disk, for a stage that
+        /// boots one) and print where; `pipeline boot --disk PATH` opens it, and `pipeline
+        /// cache gc` removes it once it is older than its --keep-days.
+        #[arg(long)]
+        keep_failed: bool,
     },
+    /// Boot a layer on a throwaway overlay, to look around in it (nothing of the boot is
+    /// kept): the last layer of a pipeline, the layer a stage of it leaves (--stage), or a
+    /// disk (--disk, such as a layer `run --keep-failed` kept). The serial console is on the
+    /// terminal (Ctrl-A X quits); --ssh logs in as root over SSH instead, with a key made
+    /// for this boot, and runs COMMAND there when one is given.
+    Boot(BootArgs),
     /// Run every pipeline under PATHs (default: pipelines/) in dependency order, each once:
     /// bases first (`from = { pipeline }`, or a local repository entry another pipeline
     /// publishes); a failed pipeline skips those built on it, the others go on. Prints a
@@ -291,6 +341,40 @@ pub struct ExecArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("layer").required(true).args(["file", "disk"])))]
+pub struct BootArgs {
+    /// The pipeline file whose layer boots (built before: `pipeline run`).
+    pub file: Option<PathBuf>,
+    /// Override a key of the file, as `run --set` does (the layer of that run boots).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "file")]
+    pub sets: Vec<String>,
+    /// Boot the layer this stage leaves: its number in `pipeline plan` (from 1) or its kind
+    /// (the first stage of that kind). Default: the last layer.
+    #[arg(long, value_name = "N|KIND", requires = "file")]
+    pub stage: Option<String>,
+    /// Boot this qcow2 disk instead of a pipeline's layer (it is not written either).
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Log in as root over SSH (the guest's port 22 forwarded to 127.0.0.1) instead of
+    /// showing the serial console; the guest is stopped when the session ends.
+    #[arg(long)]
+    pub ssh: bool,
+    /// The VM's memory.
+    #[arg(long, default_value = "1024M")]
+    pub memory: String,
+    /// The VM's virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// How long the guest may take to answer SSH (--ssh).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub boot_timeout: Duration,
+    /// With --ssh: a command to run as root in the guest instead of a shell; its exit status
+    /// is the tool's. Give it after `--`.
+    #[arg(last = true, requires = "ssh", value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct SeedArgs {
     /// The seed file (TOML); paths in it are relative to it.
     pub file: PathBuf,
@@ -315,7 +399,8 @@ pub enum CacheCommand {
     },
     /// Remove what is older than N days: layers unused for that long (and not under a layer
     /// that stays), output and upstream records, downloads, stage logs under WORK_DIR/logs,
-    /// rebuild reports under WORK_DIR/reports; and what dead runs left behind.
+    /// rebuild reports under WORK_DIR/reports, failed layers `run --keep-failed` kept; and
+    /// what dead runs left behind.
     Gc {
         /// Keep what was used or written within this many days.
         #[arg(long, default_value_t = 14)]

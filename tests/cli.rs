@@ -465,3 +465,45 @@ fn completions_and_man_pages_come_from_the_command_line_definition() {
     }
     assert!(!dir.path().join("pipeline-manpages.1").exists(), "the hidden command has no page");
 }
+
+/// `--color` and the environment: the error's `error:` (and clap's help) are coloured on
+/// `always` and CLICOLOR_FORCE, never on `never` or NO_COLOR (which beats CLICOLOR_FORCE but
+/// not an explicit `--color always`); the message itself is the same either way.
+#[test]
+fn colour_follows_the_color_option_no_color_and_clicolor_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    // (options, environment, whether colour is expected)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], bool);
+    let cases: &[Case] = &[
+        (&[], &[], false),
+        (&["--color", "always"], &[], true),
+        (&["--color=always"], &[("NO_COLOR", "1")], true),
+        (&[], &[("CLICOLOR_FORCE", "1")], true),
+        (&[], &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")], false),
+        (&["--color", "never"], &[("CLICOLOR_FORCE", "1")], false),
+    ];
+    for (options, env, coloured) in cases {
+        for command in [&["validate", "missing.toml"][..], &["--help"][..]] {
+            let mut cmd = std::process::Command::new(bin());
+            cmd.args(*options)
+                .args(command)
+                .current_dir(tmp.path())
+                .env_remove("NO_COLOR")
+                .env_remove("CLICOLOR_FORCE");
+            for (k, v) in *env {
+                cmd.env(k, v);
+            }
+            let out = cmd.output().unwrap();
+            let text = if command[0] == "--help" { stdout(&out) } else { stderr(&out) };
+            assert_eq!(text.contains('\x1b'), *coloured, "{options:?} {env:?} {command:?}: {text:?}");
+            if command[0] == "validate" {
+                assert_eq!(out.status.code(), Some(2));
+                let plain = text.replace("\x1b[1m\x1b[31m", "").replace("\x1b[0m", "");
+                assert!(plain.starts_with("error: cannot read pipeline file missing.toml"), "{text:?}");
+            }
+        }
+    }
+    let out = std::process::Command::new(bin()).args(["--color", "sometimes", "validate", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("[possible values: auto, always, never]"), "{}", stderr(&out));
+}

@@ -808,3 +808,37 @@ fn until_stops_after_the_named_stage() {
     run_ok(dir, &gnupg, &["--work-dir", "w", "run", file, "--until", "publish"]);
     assert!(dir.join("r/index.asc").is_file(), "--until publish runs the publish");
 }
+
+/// `pipeline boot`'s bad input is refused before anything boots (exit 2, naming the option),
+/// and a layer that is not built yet is named with the run that builds it (exit 1); no VM
+/// is started by any of these.
+#[test]
+fn boot_refuses_what_it_cannot_boot_before_starting_a_vm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gnupg = gnupg_home(dir);
+    let file = import_and_publish(dir, "boot");
+    let file = file.to_str().unwrap();
+    let raw = dir.join("disk.raw");
+    std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+    let raw = raw.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["boot"], "--disk"),
+        (vec!["boot", file, "--stage", "check"], "--stage check"),
+        (vec!["boot", "--disk", "missing.qcow2"], "--disk missing.qcow2"),
+        (vec!["boot", "--disk", raw], "a raw image"),
+        (vec!["boot", "--disk", raw, "--", "true"], "--ssh"),
+        (vec!["boot", file, "--memory", "lots"], "--memory lots"),
+        (vec!["boot", file, "--cpus", "0"], "--cpus 0"),
+    ] {
+        let out = pipeline(dir, &gnupg, &[&["--work-dir", "w"], &args[..]].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!dir.join("w").exists(), "nothing was written");
+
+    let out = pipeline(dir, &gnupg, &["--work-dir", "w", "boot", file, "--stage", "install"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("build it with `pipeline run {file} --until install`")), "{}", stderr(&out));
+    assert!(!dir.join("w/layers").exists(), "the cache was not created");
+}

@@ -13,6 +13,28 @@ pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// `--color`: when errors and warnings on standard error are coloured (anstream decides
+/// "auto" from the terminal, NO_COLOR and CLICOLOR_FORCE).
+pub fn set_color(choice: anstream::ColorChoice) {
+    choice.write_global();
+}
+
+const ERROR: anstyle::Style = anstyle::AnsiColor::Red.on_default().bold();
+const WARNING: anstyle::Style = anstyle::AnsiColor::Yellow.on_default().bold();
+
+/// `text` with `prefix` (such as `error:`) in `style` when standard error takes colour.
+fn styled(style: anstyle::Style, prefix: &str, text: &str) -> String {
+    match anstream::AutoStream::choice(&std::io::stderr()) {
+        anstream::ColorChoice::Never => format!("{prefix}{text}"),
+        _ => format!("{style}{prefix}{style:#}{text}"),
+    }
+}
+
+/// The tool's last word on a failed command: `error: MESSAGE` on standard error.
+pub fn print_error(message: &str) {
+    eprintln!("{}", styled(ERROR, "error:", &format!(" {message}")));
+}
+
 #[derive(Clone)]
 pub struct Ui {
     multi: MultiProgress,
@@ -41,6 +63,11 @@ impl Ui {
             return;
         }
         let msg = crate::base::secrets::scrub(msg.as_ref());
+        // A warning anywhere in the line (`[2/4] publish: warning: ...`) is marked.
+        let msg = match msg.split_once("warning:") {
+            Some((before, after)) => std::borrow::Cow::Owned(format!("{before}{}", styled(WARNING, "warning:", after))),
+            None => msg,
+        };
         if self.tty {
             let _ = self.multi.println(msg.as_ref());
         } else {

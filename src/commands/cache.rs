@@ -45,13 +45,14 @@ pub fn cache(g: &GlobalArgs, command: CacheCommand) -> Result<()> {
             let report = cache.gc(&g.work_dir, keep)?;
             println!(
                 "removed {} layers, {} output and upstream records, {} downloads, {} scratch directories of dead runs, \
-                 {} stage log directories, {} rebuild reports",
+                 {} stage log directories, {} rebuild reports, {} kept failed layers",
                 report.layers.len(),
                 report.outputs,
                 report.downloads,
                 report.scratch,
                 report.logs,
-                report.reports
+                report.reports,
+                report.failed
             );
         }
     }

@@ -2,6 +2,7 @@
 //! library below (chain, engine, repo, rebuild, provision, seed); this file dispatches.
 //! Nothing below this layer sees clap's types.
 
+mod boot;
 mod cache;
 mod completions;
 mod exec;
@@ -28,10 +29,11 @@ pub fn run(cli: Cli) -> Result<()> {
     crate::base::ui::set_quiet(g.quiet);
     crate::base::http::set_stall_timeout(g.stall_timeout);
     match cli.command {
-        Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key, until } => {
-            let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: remote_cache(g) };
+        Command::Run { pipeline, no_cache, build_id, log_dir, output, offline, sign_key, until, keep_failed } => {
+            let options = EngineOptions { no_cache, build_id, log_dir, cache_remote: remote_cache(g), keep_failed };
             run::run(g, &pipeline, options, output.as_deref(), offline, sign_key, until.as_deref())
         }
+        Command::Boot(args) => boot::boot(g, &args),
         Command::Rebuild(args) => rebuild::rebuild(g, &args),
         Command::Validate { pipeline, json } => validate::validate(&pipeline, json),
         Command::Plan { pipeline, build_id, offline, json } => plan::plan(g, &pipeline, build_id, offline, json),

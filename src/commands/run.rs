@@ -19,7 +19,7 @@ pub fn run(
 ) -> Result<()> {
     let mut chain = Chain::load(&args.file, &args.sets)?;
     if let Some(stage) = until {
-        chain.stop_after(stage)?;
+        chain.stop_after(stage, "--until")?;
     }
     // Ctrl-C and SIGTERM stop VMs and remove temporary layers instead of killing us mid-write.
     crate::base::interrupt::install_handler();

@@ -1,10 +1,11 @@
 //! The layer cache. A layer is `<key>.qcow2` plus `<key>.json` (what made it) in one
 //! directory; an overlay names its backing file (the parent layer) by absolute path. Layers
 //! are written under a temporary name and moved into place on success: a failed stage leaves
-//! nothing behind. Two runs in one work directory may build the same key at once: the first
-//! layer committed stays (another run's overlays may already name it as their backing file)
-//! and the later one is dropped. Every run holds the cache's lock shared for its whole length
-//! and `gc` holds it exclusively, so gc never removes a layer a running build stands on.
+//! nothing behind (unless `run --keep-failed` asks to keep it, under `failed/`). Two runs in
+//! one work directory may build the same key at once: the first layer committed stays
+//! (another run's overlays may already name it as their backing file) and the later one is
+//! dropped. Every run holds the cache's lock shared for its whole length and `gc` holds it
+//! exclusively, so gc never removes a layer a running build stands on.
 
 use crate::base::scratch;
 use anyhow::{Context, Result};
@@ -59,6 +60,24 @@ pub struct GcReport {
     pub logs: usize,
     /// Rebuild reports under WORK_DIR/reports.
     pub reports: usize,
+    /// Layers of failed stages kept by `run --keep-failed`.
+    pub failed: usize,
+}
+
+/// A failed stage's layer as `run --keep-failed` keeps it: `failed/NAME.qcow2` in the cache
+/// directory (an overlay still naming its parent layer, which `gc` keeps while it stays)
+/// with this record as `failed/NAME.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeptFailure {
+    pub pipeline: String,
+    /// 1-based, as the plan numbers stages.
+    pub stage: usize,
+    pub kind: String,
+    /// The layer it was made on (none for an install's own disk).
+    pub parent: Option<String>,
+    /// The failed stage's full log.
+    pub log: PathBuf,
+    pub failed: String,
 }
 
 /// A file a stage keeps beside a layer for as long as the layer is cached (what it read from
@@ -270,6 +289,49 @@ impl Cache {
         Ok(out)
     }
 
+    /// Keeps the temporary layer `temp` of a failed stage (see [`KeptFailure`]); returns
+    /// where it now is.
+    pub fn keep_failed(&self, temp: &Path, record: &KeptFailure) -> Result<PathBuf> {
+        let dir = self.dir.join("failed");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let stamp = record.failed.replace(':', "");
+        let name = format!("{}-{:02}-{}-{stamp}-{}", record.pipeline, record.stage, record.kind, std::process::id());
+        let kept = dir.join(format!("{name}.qcow2"));
+        crate::base::atomic::write(&dir.join(format!("{name}.json")), &serde_json::to_vec_pretty(record)?)?;
+        std::fs::rename(temp, &kept).with_context(|| format!("cannot move the failed layer to {}", kept.display()))?;
+        Ok(kept)
+    }
+
+    /// Removes kept failures older than `keep` and those whose parent layer is gone (they
+    /// cannot be opened); returns how many went and the parents of those that stay.
+    fn gc_failed(&self, keep: Duration) -> (usize, Vec<String>) {
+        let (mut removed, mut parents) = (0, Vec::new());
+        let Ok(entries) = std::fs::read_dir(self.dir.join("failed")) else { return (0, parents) };
+        let now = SystemTime::now();
+        for record_path in entries.flatten().map(|e| e.path()) {
+            if record_path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let record: Option<KeptFailure> =
+                std::fs::read(&record_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let old = std::fs::metadata(&record_path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= keep);
+            let orphan =
+                record.as_ref().and_then(|r| r.parent.as_ref()).is_some_and(|parent| !self.layer_path(parent).exists());
+            match record {
+                Some(record) if !old && !orphan => parents.extend(record.parent),
+                _ => {
+                    let _ = std::fs::remove_file(record_path.with_extension("qcow2"));
+                    if std::fs::remove_file(&record_path).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        (removed, parents)
+    }
+
     /// Marks an output stage's record as used now, so `gc` keeps it while runs rely on it.
     pub fn touch_output(&self, key: &str) {
         if let Ok(f) = std::fs::File::options().append(true).open(self.dir.join("outputs").join(format!("{key}.json")))
@@ -288,7 +350,8 @@ impl Cache {
                 self.dir.display()
             )
         })?;
-        let mut report = GcReport { layers: self.gc_layers(keep)?, ..Default::default() };
+        let (failed, failed_parents) = self.gc_failed(keep);
+        let mut report = GcReport { layers: self.gc_layers(keep, &failed_parents)?, failed, ..Default::default() };
         let old = |path: &Path| {
             std::fs::symlink_metadata(path)
                 .and_then(|m| m.modified())
@@ -315,11 +378,19 @@ impl Cache {
                 }
             }
         }
-        // Logs are WORK_DIR/logs/PIPELINE/TIME/NN-KIND.log: a run's directory goes whole.
+        // Logs are WORK_DIR/logs/PIPELINE/TIME/NN-KIND.log (a run's directory goes whole),
+        // and WORK_DIR/logs/exec|boot/TIME-PID.log.
         if let Ok(pipelines) = std::fs::read_dir(work_dir.join("logs")) {
             for pipeline in pipelines.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
                 for run in std::fs::read_dir(pipeline.path()).into_iter().flatten().flatten() {
-                    if old(&run.path()) && std::fs::remove_dir_all(run.path()).is_ok() {
+                    if !old(&run.path()) {
+                        continue;
+                    }
+                    let removed = match run.file_type().is_ok_and(|t| t.is_dir()) {
+                        true => std::fs::remove_dir_all(run.path()),
+                        false => std::fs::remove_file(run.path()),
+                    };
+                    if removed.is_ok() {
                         report.logs += 1;
                     }
                 }
@@ -345,15 +416,17 @@ impl Cache {
         Ok(report)
     }
 
-    /// Removes layers not used for `keep` and not the backing of a layer that stays, and
-    /// temporary files of stages that died. Returns the removed keys.
-    fn gc_layers(&self, keep: Duration) -> Result<Vec<String>> {
+    /// Removes layers not used for `keep` and not the backing of a layer (or of a kept
+    /// failure, `also_kept`) that stays, and temporary files of stages that died. Returns the
+    /// removed keys.
+    fn gc_layers(&self, keep: Duration, also_kept: &[String]) -> Result<Vec<String>> {
         let now = SystemTime::now();
         let layers = self.list()?;
         let mut kept: std::collections::HashSet<String> = layers
             .iter()
             .filter(|(_, _, used)| now.duration_since(*used).unwrap_or_default() < keep)
             .map(|(m, _, _)| m.key.clone())
+            .chain(also_kept.iter().cloned())
             .collect();
         // Ancestors of kept layers stay: an overlay is useless without its backing file.
         let parents: std::collections::HashMap<_, _> =

@@ -19,12 +19,25 @@ use std::path::PathBuf;
 /// The context of a stage's failure: which stage, and where its full log is (a rebuild's
 /// report names it).
 #[derive(Debug, thiserror::Error)]
-#[error("stage {stage} ({kind}) failed; full log: {}", log.display())]
+#[error("stage {stage} ({kind}) failed; full log: {}{}", log.display(), kept_note(kept.as_deref()))]
 pub struct StageFailed {
     /// 1-based, as the plan numbers stages.
     pub stage: usize,
     pub kind: &'static str,
     pub log: PathBuf,
+    /// Where `run --keep-failed` kept the stage's layer.
+    pub kept: Option<PathBuf>,
+}
+
+fn kept_note(kept: Option<&std::path::Path>) -> String {
+    match kept {
+        Some(path) => format!(
+            "; its layer as the stage left it is kept at {0}: look inside with `pipeline boot --disk {0} --ssh` \
+             (`pipeline cache gc` removes it)",
+            path.display()
+        ),
+        None => String::new(),
+    }
 }
 
 /// The options of one run that the engine itself uses.
@@ -35,6 +48,8 @@ pub struct EngineOptions {
     pub log_dir: Option<PathBuf>,
     /// A layer cache shared with other builders.
     pub cache_remote: Option<remote_cache::RemoteCacheOptions>,
+    /// Keep a failed stage's layer (`run --keep-failed`) instead of removing it.
+    pub keep_failed: bool,
 }
 
 /// A stage with its key, as `plan` shows it.
@@ -338,8 +353,13 @@ impl<'a> Engine<'a> {
                     }
                 }
                 Err(e) => {
+                    let stopped = crate::base::interrupt::stopped_by();
+                    let kept = match self.options.keep_failed && stopped.is_none() && temp.exists() {
+                        true => self.keep_failed(pipeline_name, stage.as_ref(), n, current.as_ref(), &temp, &log),
+                        false => None,
+                    };
                     let _ = std::fs::remove_file(&temp);
-                    if let Some(signal) = crate::base::interrupt::stopped_by() {
+                    if let Some(signal) = stopped {
                         // What failed after the signal (a killed appliance) is its effect, not news.
                         log.line(format!("STOPPED by {signal}: {e:#}"));
                         anyhow::bail!(
@@ -349,11 +369,42 @@ impl<'a> Engine<'a> {
                         );
                     }
                     log.line(format!("FAILED: {e:#}"));
-                    return Err(e.context(StageFailed { stage: n, kind: stage.kind(), log: log_path }));
+                    return Err(e.context(StageFailed { stage: n, kind: stage.kind(), log: log_path, kept }));
                 }
             }
         }
         current.context("the pipeline produced no layer")
+    }
+
+    /// Moves a failed stage's temporary layer to the cache's kept failures: where it went,
+    /// or none (said in the log) when it cannot be kept.
+    fn keep_failed(
+        &self,
+        pipeline_name: &str,
+        stage: &dyn Stage,
+        n: usize,
+        parent: Option<&Layer>,
+        temp: &std::path::Path,
+        log: &log::StageLog,
+    ) -> Option<PathBuf> {
+        let record = cache::KeptFailure {
+            pipeline: pipeline_name.to_string(),
+            stage: n,
+            kind: stage.kind().to_string(),
+            parent: parent.map(|p| p.key.clone()),
+            log: log.path().to_path_buf(),
+            failed: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        match self.cache.keep_failed(temp, &record) {
+            Ok(kept) => {
+                log.line(format!("the failed layer is kept at {}", kept.display()));
+                Some(kept)
+            }
+            Err(e) => {
+                log.line(format!("the failed layer could not be kept: {e:#}"));
+                None
+            }
+        }
     }
 
     /// The layer `key` from the remote cache into the local one, when it has it: the remote

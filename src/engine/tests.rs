@@ -228,6 +228,68 @@ fn a_failed_stage_leaves_nothing_in_the_cache() {
     assert!(!sidecar.exists(), "a removed layer's sidecar goes with it");
 }
 
+/// `--keep-failed`: the failed stage's layer is kept as it left it (its own writes on top of
+/// its parent) outside the cache's layers, the error says where, and gc keeps it and the
+/// layer under it until it is older than the keep time, then removes both.
+#[test]
+fn a_failed_layer_kept_holds_the_stages_writes_until_gc_ages_it_out() {
+    use std::time::{Duration, SystemTime};
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new();
+    let engine = f.engine(&ui, EngineOptions { keep_failed: true, ..Default::default() });
+    let err = engine.run("t", &f.stages(true), None).unwrap_err();
+    let failed = err.downcast_ref::<StageFailed>().expect("a StageFailed context");
+    let kept = failed.kept.clone().expect("the layer is kept");
+    let message = format!("{err:#}");
+    assert!(message.contains(&format!("pipeline boot --disk {} --ssh", kept.display())), "{message}");
+    // The stage's own pattern (3) and its parent's (2, through the backing file) are there.
+    qemu_io(&kept, &format!("read -P 3 {} 64k", offset(3))).unwrap();
+    qemu_io(&kept, &format!("read -P 2 {} 64k", offset(2))).unwrap();
+    let plan = engine.plan(&f.stages(true), None).unwrap();
+    assert_eq!(plan[2].status, Status::ToRun, "a kept failure is no cached layer");
+    assert_eq!(engine.cache.list().unwrap().len(), 2);
+    let record: crate::engine::cache::KeptFailure =
+        serde_json::from_slice(&std::fs::read(kept.with_extension("json")).unwrap()).unwrap();
+    assert_eq!((record.stage, record.kind.as_str(), record.parent.as_deref()), (3, "pattern", Some(&*plan[1].key)));
+    assert!(record.log.ends_with("03-pattern.log") && record.log.exists(), "{record:?}");
+
+    let work = f.dir.path().join("work");
+    drop(engine);
+    let cache = Cache::open(&work).unwrap();
+    // Every layer is unused for longer than the keep time, but the kept failure is new: it and
+    // the layers under it stay.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    for (meta, _, _) in cache.list().unwrap() {
+        let json = cache.dir.join(format!("{}.json", meta.key));
+        std::fs::File::options().append(true).open(json).unwrap().set_modified(hour_ago).unwrap();
+    }
+    let report = cache.gc(&work, Duration::from_secs(60)).unwrap();
+    assert_eq!((report.layers.len(), report.failed), (0, 0), "{report:?}");
+    assert!(kept.exists());
+    // Once older than the keep time it goes, and then so do the layers it held.
+    let record_path = kept.with_extension("json");
+    std::fs::File::options().append(true).open(&record_path).unwrap().set_modified(hour_ago).unwrap();
+    let report = cache.gc(&work, Duration::from_secs(60)).unwrap();
+    assert_eq!((report.layers.len(), report.failed), (2, 1), "{report:?}");
+    assert!(!kept.exists() && !record_path.exists());
+}
+
+/// Without `--keep-failed` nothing of a failed stage stays (see also
+/// `a_failed_stage_leaves_nothing_in_the_cache`), and no failed directory is made.
+#[test]
+fn without_keep_failed_no_failed_layer_is_kept() {
+    let f = Fixture::new();
+    std::fs::write(f.input(), "echo one").unwrap();
+    let ui = Ui::new();
+    let engine = f.engine(&ui, EngineOptions::default());
+    let err = engine.run("t", &f.stages(true), None).unwrap_err();
+    let failed = err.downcast_ref::<StageFailed>().unwrap();
+    assert!(failed.kept.is_none());
+    assert!(!format!("{err:#}").contains("pipeline boot"));
+    assert!(!engine.cache.dir.join("failed").exists());
+}
+
 /// gc sweeps what killed runs leave (scratch directories, temporary layers of dead
 /// processes) and downloads and output records nobody used for the keep time, and nothing a
 /// live run is using.

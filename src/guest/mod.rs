@@ -15,6 +15,7 @@ pub mod customize;
 pub mod firstboot;
 pub mod inspect;
 pub mod sources;
+pub mod throwaway;
 pub mod vagrant;
 
 use crate::base::log::StageLog;

@@ -7,13 +7,11 @@
 
 use crate::bad_input;
 use crate::engine::stage::{LayerKind, Stage, StageContext, StageResult};
-use crate::guest::{access, Drive, Guest};
-use crate::image::qemu_img;
+use crate::guest::throwaway;
 use crate::pipeline::{CheckConfig, Pipeline};
-use crate::vm::runner::{BootOptions, Runner};
-use crate::vm::ssh::{shell_quote, AccessKey, Session};
+use crate::vm::runner::BootOptions;
+use crate::vm::ssh::{shell_quote, Session};
 use anyhow::{bail, Result};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub struct CheckStage {
@@ -51,10 +49,6 @@ impl Stage for CheckStage {
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<StageResult> {
-        let scratch = crate::base::scratch::dir(&ctx.settings.work_dir, "check")?;
-        let disk = scratch.path().join("boot.qcow2");
-        qemu_img::create_overlay(ctx.parent_path()?, &disk, None)?;
-        let key = AccessKey::generate()?;
         let options = BootOptions {
             accel: ctx.settings.accel,
             memory: self.config.memory.clone(),
@@ -63,36 +57,14 @@ impl Stage for CheckStage {
             no_reboot: false,
             raw_disks: Vec::new(),
         };
-        let deadline = Instant::now() + self.boot_timeout + self.settle_timeout;
-        let runner = Runner::boot_with_credentials(
-            &options,
-            &[access::credential(key.public_line())],
-            &disk,
-            &ctx.log,
-            &ctx.bar,
-        )?;
-        runner.set_deadline(deadline);
-        let (runner, session) = match runner.wait_for_ssh_unless_refused(&key, self.boot_timeout) {
-            Ok(Ok(session)) => (runner, session),
-            Ok(Err(refusal)) => {
-                ctx.log.line(format!(
-                    "sshd refused the credential key ({}); authorising it in the throwaway copy",
-                    refusal.root_cause()
-                ));
-                runner.kill();
-                drop(runner);
-                std::fs::remove_file(&disk)?;
-                qemu_img::create_overlay(ctx.parent_path()?, &disk, None)?;
-                authorise_in_copy(ctx, &disk, &key)?;
-                let runner = Runner::boot(&options, &disk, &ctx.log, &ctx.bar)?;
-                runner.set_deadline(deadline);
-                let session = runner.wait_for_ssh(&key, self.boot_timeout).map_err(did_not_boot)?;
-                (runner, session)
-            }
-            Err(e) => return Err(did_not_boot(e)),
+        let limits = throwaway::Limits {
+            ssh: self.boot_timeout,
+            deadline: Some(Instant::now() + self.boot_timeout + self.settle_timeout),
         };
+        let booted = throwaway::boot(ctx.parent_path()?, &options, &limits, ctx.settings.verbose, &ctx.log, &ctx.bar)?;
+        let (runner, session) = (&booted.runner, &booted.session);
         runner.console_on_bar(false);
-        let verdict = self.judge(&session, ctx);
+        let verdict = self.judge(session, ctx);
         // The copy is thrown away: no orderly shutdown needed.
         runner.kill();
         let state = verdict?;
@@ -145,24 +117,6 @@ impl CheckStage {
             }
         }
     }
-}
-
-/// The fallback way in: the key authorised in the throwaway copy (which nobody keeps, so
-/// nothing needs taking out again).
-fn authorise_in_copy(ctx: &StageContext, disk: &Path, key: &AccessKey) -> Result<()> {
-    ctx.bar.set_message("authorising the check's SSH key (appliance)");
-    let g = Guest::new(ctx.settings.accel, Some(ctx.log.clone()), ctx.settings.verbose)?;
-    g.add_drive(Drive { path: disk, format: "qcow2", readonly: false, discard: false })?;
-    g.launch()?;
-    g.inspect_and_mount(false)?;
-    access::authorise_root(&g, key.public_line())?;
-    g.umount_all()?;
-    g.shutdown()?;
-    Ok(())
-}
-
-fn did_not_boot(e: anyhow::Error) -> anyhow::Error {
-    e.context("the image did not boot to a system that answers SSH")
 }
 
 fn indent(text: &str) -> String {

@@ -38,6 +38,9 @@ pub struct VmConfig {
     /// imports them at boot (e.g. `ssh.authorized_keys.root`, which its tmpfiles.d turns
     /// into root's authorized_keys when root has none).
     pub credentials: Vec<(String, Vec<u8>)>,
+    /// The serial console (and qemu's monitor, behind Ctrl-A C) on this process's terminal,
+    /// a copy written to the console file: `pipeline boot`. Ctrl-A X quits qemu.
+    pub terminal: bool,
 }
 
 impl VmConfig {
@@ -56,6 +59,7 @@ impl VmConfig {
             qmp: None,
             rng: false,
             credentials: Vec::new(),
+            terminal: false,
         }
     }
 
@@ -75,7 +79,13 @@ impl VmConfig {
             "-no-user-config",
             "-nodefaults",
         ]);
-        cmd.arg("-serial").arg(format!("file:{}", console.display()));
+        if self.terminal {
+            // signal=off: Ctrl-C goes to the guest; mux: Ctrl-A X quits, Ctrl-A C the monitor.
+            cmd.arg("-chardev").arg(format!("stdio,id=console,mux=on,signal=off,logfile={}", console.display()));
+            cmd.args(["-serial", "chardev:console", "-mon", "chardev=console,mode=readline"]);
+        } else {
+            cmd.arg("-serial").arg(format!("file:{}", console.display()));
+        }
         for (i, (path, format)) in self.disks.iter().enumerate() {
             if self.raw_disks.is_empty() {
                 cmd.arg("-drive")
@@ -156,9 +166,13 @@ impl Vm {
             log.line(format!("$ {}", crate::base::secrets::describe_command(&cmd)));
         }
         crate::base::interrupt::dies_with_parent(&mut cmd);
+        let (stdin, stdout) = match config.terminal {
+            true => (Stdio::inherit(), Stdio::inherit()),
+            false => (Stdio::null(), Stdio::null()),
+        };
         let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start qemu-system-x86_64 (install qemu-system-x86)")?;
@@ -231,6 +245,11 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Waits for qemu to exit (on the terminal: the user quit it or the guest powered off).
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
     }
 
     pub fn kill(&mut self) {

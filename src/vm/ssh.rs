@@ -95,6 +95,20 @@ impl Endpoint {
     }
 }
 
+/// OpenSSH's client to `endpoint` with the run's key, checking the host key [`Session`]
+/// recorded in the key's known_hosts strictly, and no user configuration. A command's words
+/// go after it: `--` ends ssh's options first, so none of them is read as one.
+pub fn openssh_command(endpoint: &Endpoint, key: &AccessKey) -> std::process::Command {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(key.private_key_path())
+        .args(["-p", &endpoint.port.to_string(), "-o"])
+        .arg(format!("UserKnownHostsFile={}", key.known_hosts_path().display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "--"])
+        .arg(format!("{}@{}", endpoint.user, endpoint.host));
+    cmd
+}
+
 /// Why one connection attempt failed: worth retrying (the guest is still booting) or not.
 #[derive(Debug)]
 pub enum ConnectError {
