@@ -84,9 +84,16 @@ fn pipeline_layer(
             file.display()
         )
     })?;
-    let last = planned.last().and_then(|link| link.stages.last());
-    let stage = last.map(|s| format!("stage {} ({}) of ", s.index + 1, s.kind)).unwrap_or_default();
-    Ok((layer.path.clone(), format!("{stage}{}: {}", chain.pipeline().name(), layer.path.display())))
+    // The stage that made the layer (output stages pass theirs on), in whichever file it is.
+    let made_by = planned
+        .iter()
+        .rev()
+        .find_map(|link| link.stages.iter().find(|s| s.key == key).map(|s| (link.pipeline.name(), s)));
+    let what = match made_by {
+        Some((name, s)) => format!("stage {} ({}) of {name}: {}", s.index + 1, s.kind, layer.path.display()),
+        None => layer.path.display().to_string(),
+    };
+    Ok((layer.path.clone(), what))
 }
 
 /// A disk given with `--disk`: an existing qcow2 image (it is only read, as a backing file).
@@ -124,8 +131,20 @@ fn on_console(layer: &Path, options: &BootOptions, console: &Path, log: &StageLo
          ssh -i {} -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1",
         shell_quote(&key.private_key_path().display().to_string())
     ));
+    // Ctrl-C reaches the guest (the terminal is raw); SIGTERM or SIGINT from elsewhere stops
+    // qemu, and the overlay goes with the scratch directory.
+    crate::base::interrupt::install_handler();
     let mut vm = Vm::start_logged(&config, console, Some(log.clone()))?;
-    let status = vm.wait()?;
+    let status = loop {
+        if let Some(status) = vm.try_exit()? {
+            break status;
+        }
+        if let Err(stopped) = crate::base::interrupt::check() {
+            vm.kill();
+            return Err(stopped);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     log.line(format!("qemu exited: {status}"));
     if !status.success() {
         bail!("qemu failed ({status}): {} (log: {})", vm.stderr().trim(), log.path().display());

@@ -247,11 +247,6 @@ impl Vm {
         }
     }
 
-    /// Waits for qemu to exit (on the terminal: the user quit it or the guest powered off).
-    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
-        Ok(self.child.wait()?)
-    }
-
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
