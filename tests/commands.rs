@@ -110,8 +110,15 @@ fn a_repository_from_init_to_remove() {
         serde_json::from_str(&run_ok(dir, &gnupg, &["repo", "show", "r", "small", "--json"])).unwrap();
     assert_eq!(shown["fields"]["aliases"], "tiny mini", "{shown}");
     assert_eq!(shown["provenance"]["pipeline"], "t", "{shown}");
+    // The SBOMs beside the image, named with their digests by the signed manifest.
+    for doc in ["small-r1.spdx.json", "small-r1.cdx.json"] {
+        let digest = shown["documents"][doc].as_str().unwrap_or_else(|| panic!("{doc} in {shown}"));
+        let bytes = std::fs::read(dir.join("r").join(doc)).unwrap();
+        assert_eq!(digest, hex::encode(<sha2::Sha512 as sha2::Digest>::digest(&bytes)), "{doc}");
+    }
     let show = run_ok(dir, &gnupg, &["repo", "show", "r", "small"]);
     assert!(show.contains("aliases=tiny mini") && show.contains("revision=1"), "{show}");
+    assert!(show.contains("sboms:     small-r1.cdx.json, small-r1.spdx.json"), "{show}");
 
     // prune --keep 0 would delete what the index names: bad input, nothing deleted (as on
     // object storage).
@@ -125,6 +132,7 @@ fn a_repository_from_init_to_remove() {
     assert!(image_file.exists());
     run_ok(dir, &gnupg, &["repo", "remove", "r", "small"]);
     assert!(!image_file.exists());
+    assert!(!dir.join("r/small-r1.spdx.json").exists() && !dir.join("r/small-r1.cdx.json").exists(), "SBOMs go too");
     assert!(!run_ok(dir, &gnupg, &["repo", "list", "r"]).contains("small"));
     run_ok(dir, &gnupg, &["repo", "verify", "r", "--fingerprint", fpr.trim()]);
     let missing = pipeline(dir, &gnupg, &["repo", "show", "r", "small"]);

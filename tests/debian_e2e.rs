@@ -12,6 +12,69 @@ use std::path::Path;
 use std::time::Duration;
 use virt_pipeline::vm::qemu::{Vm, VmConfig};
 
+/// The published revision's SBOMs list exactly the packages the image's own dpkg database
+/// lists (the host's `dpkg-query` reading the image's status file; `g` has the published
+/// layer mounted): name and version in SPDX, and the architecture too in CycloneDX.
+fn sboms_list_what_dpkg_lists(g: &virt_pipeline::guest::Guest, base: &Path) {
+    let admin = tempfile::tempdir().unwrap();
+    g.download("/var/lib/dpkg/status", &admin.path().join("status")).unwrap();
+    std::fs::create_dir_all(admin.path().join("updates")).unwrap();
+    let out = std::process::Command::new("dpkg-query")
+        .arg(format!("--admindir={}", admin.path().display()))
+        .args(["-W", "-f", "${db:Status-Abbrev}|${Package}|${Version}|${Architecture}\n"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut dpkg: Vec<(String, String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("ii |"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f[0].to_string(), f[1].to_string(), f[2].to_string())
+        })
+        .collect();
+    dpkg.sort();
+    assert!(dpkg.len() > 100, "dpkg-query lists the installed system: {}", dpkg.len());
+
+    let index = std::fs::read_to_string(base.join("repo-index/index")).unwrap();
+    let image = index.lines().find_map(|l| l.strip_prefix("file=")).unwrap();
+    let stem = image.strip_suffix(".xz").unwrap();
+    let read = |suffix: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(base.join("repo-index").join(format!("{stem}{suffix}"))).unwrap())
+            .unwrap()
+    };
+    let spdx = read(".spdx.json");
+    let mut listed: Vec<(String, String)> = spdx["packages"].as_array().unwrap()[1..]
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["versionInfo"].as_str().unwrap().to_string()))
+        .collect();
+    listed.sort();
+    let names_versions: Vec<(String, String)> = dpkg.iter().map(|(n, v, _)| (n.clone(), v.clone())).collect();
+    assert_eq!(listed, names_versions, "the SPDX document lists what dpkg-query lists");
+    let cdx = read(".cdx.json");
+    let mut components: Vec<(String, String, String)> = cdx["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let arch =
+                c["properties"].as_array().unwrap().iter().find(|p| p["name"] == "virt-pipeline:package:arch").unwrap();
+            (
+                c["name"].as_str().unwrap().into(),
+                c["version"].as_str().unwrap().into(),
+                arch["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    components.sort();
+    assert_eq!(components, dpkg, "the CycloneDX document lists what dpkg-query lists");
+    // Debian's own packages name their sources and licences: some of each are there.
+    let packages = spdx["packages"].as_array().unwrap();
+    assert!(packages.iter().any(|p| p["name"] == "libc6" && p["sourceInfo"] == "built from the source package glibc"));
+    let licensed = packages.iter().filter(|p| p["licenseDeclared"] != "NOASSERTION").count();
+    assert!(licensed > packages.len() / 2, "most packages declare licences: {licensed} of {}", packages.len());
+}
+
 #[test]
 fn debian_bookworm_pipeline_publishes_a_bootable_image() {
     let fixture = debian_fixture();
@@ -143,6 +206,7 @@ steps = [
     mount_disk(&g, 1);
     assert!(g.glob_expand("/etc/ssh/ssh_host_*").unwrap().is_empty(), "sysprep removes the host keys");
     assert_eq!(g.read_string("/etc/machine-id").unwrap(), "", "machine-id is left empty");
+    sboms_list_what_dpkg_lists(&g, &base);
     assert!(!g.exists("/usr/bin/tree").unwrap());
     mount_disk(&g, 2);
     assert!(g.is_file("/usr/bin/tree").unwrap(), "install put tree into the guest");

@@ -143,6 +143,18 @@ fn publish_to_garage_read_by_virt_builder_and_a_node_killed_mid_publish() {
     verify_ok(dir, &gnupg, &garage, url);
     let list = pipeline_s3(dir, &gnupg, &garage, &["repo", "list", url], &[]);
     assert!(stdout(&list).contains("fake-debian") && stdout(&list).contains("r1"), "{}", stdout(&list));
+    // The SBOMs are objects beside the image, named after it, and `repo verify` checks them
+    // against the signed record: an altered one is named.
+    let objects: Vec<String> = store(&garage, url).list("").unwrap().into_iter().map(|o| o.name).collect();
+    let stem = objects.iter().find_map(|o| o.strip_suffix(".xz")).unwrap().to_string();
+    let cdx = format!("{stem}.cdx.json");
+    assert!(objects.contains(&format!("{stem}.spdx.json")), "{objects:?}");
+    let original = store(&garage, url).get(&cdx, 1 << 20).unwrap().expect("the CycloneDX SBOM is there");
+    store(&garage, url).put(&cdx, [&original[..], b" "].concat()).unwrap();
+    let verify = pipeline_s3(dir, &gnupg, &garage, &["repo", "verify", url], &[]);
+    assert!(!verify.status.success() && stderr(&verify).contains(&format!("{cdx}: sha512")), "{}", stderr(&verify));
+    store(&garage, url).put(&cdx, original).unwrap();
+    verify_ok(dir, &gnupg, &garage, url);
 
     // Bad input, each exit 2 with nothing changed in the bucket: another machine (no pin)
     // reading or re-initialising without naming the key, and a prune that would keep nothing.

@@ -115,6 +115,7 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     assert_eq!(first.report["result"], "ok");
     let published = &first.report["pipelines"][0]["published"][0];
     assert_eq!((published["name"].as_str(), published["revision"].as_u64()), (Some("base"), Some(1)), "{published}");
+    assert_eq!(published["sboms"], serde_json::json!(["base-r1.spdx.json", "base-r1.cdx.json"]), "{published}");
     assert!(first.stdout.contains("base r1"), "the summary names the revision: {}", first.stdout);
 
     // Nothing changed: nothing runs.
@@ -137,7 +138,7 @@ fn rebuild_builds_bases_first_and_only_what_changed() {
     // Each publish reports its package manifest against the revision before.
     let packages = &fourth.report["pipelines"][0]["published"][0]["packages"];
     assert_eq!(packages["previous"], 1, "{packages}");
-    assert_eq!(packages["count"], 1, "the fake Debian's one package: {packages}");
+    assert_eq!(packages["count"], 2, "the fake Debian's two packages (base-files, libc6): {packages}");
     assert!(packages["added"].as_array().is_some_and(|a| a.is_empty()), "{packages}");
 
     // A failing base: both children skipped, the report says why, exit 1, and the

@@ -31,6 +31,65 @@ fn virt_builder(home: &Path, gnupg: &Path, args: &[&str]) -> std::process::Outpu
     out
 }
 
+/// The SBOMs of fake-debian revision 1: SPDX 2.3 accepted by the SPDX project's validator,
+/// CycloneDX 1.6 by CycloneDX's strict schema validation; both describe the image by the
+/// index's sha512 and list its packages with version, purl, source package and the licences
+/// of its DEP-5 copyright file. The signed manifest names their digests: `repo verify`
+/// names an altered SBOM.
+fn sboms_pass_their_validators_and_name_the_packages(repo: &Path, gnupg: &Path) {
+    let python = sbom_validators().join("python");
+    let (spdx_file, cdx_file) = (repo.join("fake-debian-r1.spdx.json"), repo.join("fake-debian-r1.cdx.json"));
+    let out = Command::new(sbom_validators().join("pyspdxtools")).arg("-i").arg(&spdx_file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pyspdxtools: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = "import sys\nfrom cyclonedx.schema import SchemaVersion\nfrom cyclonedx.validation.json import JsonStrictValidator\n\
+                  e = JsonStrictValidator(SchemaVersion.V1_6).validate_str(open(sys.argv[1]).read())\n\
+                  sys.exit(str(e) if e else 0)\n";
+    let out = Command::new(&python).args(["-c", script]).arg(&cdx_file).output().unwrap();
+    assert!(out.status.success(), "CycloneDX validation: {}", String::from_utf8_lossy(&out.stderr));
+
+    let index = std::fs::read_to_string(repo.join("index")).unwrap();
+    let checksum = index.lines().find_map(|l| l.strip_prefix("checksum[sha512]=")).unwrap().to_string();
+    let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(&spdx_file).unwrap()).unwrap();
+    let packages = spdx["packages"].as_array().unwrap();
+    assert_eq!(packages[0]["checksums"][0]["checksumValue"], checksum.as_str());
+    assert_eq!(packages[0]["packageFileName"], "fake-debian-r1.xz");
+    let libc = packages.iter().find(|p| p["name"] == "libc6").expect("libc6 is listed");
+    assert_eq!(libc["versionInfo"], "2.36-9+deb12u7");
+    assert_eq!(
+        libc["externalRefs"][0]["referenceLocator"],
+        "pkg:deb/debian/libc6@2.36-9%2Bdeb12u7?arch=amd64&distro=debian-12"
+    );
+    assert_eq!(libc["sourceInfo"], "built from the source package glibc");
+    assert_eq!(
+        libc["licenseDeclared"],
+        "LGPL-2.1-or-later AND (GPL-2.0-or-later OR Artistic-1.0-Perl) AND LicenseRef-Unicode-DFS-2016"
+    );
+    let base = packages.iter().find(|p| p["name"] == "base-files").expect("base-files is listed");
+    assert_eq!(base["licenseDeclared"], "NOASSERTION", "a free-form copyright file names no licence");
+    let cdx: serde_json::Value = serde_json::from_slice(&std::fs::read(&cdx_file).unwrap()).unwrap();
+    assert_eq!(cdx["metadata"]["component"]["hashes"][0]["content"], checksum.as_str());
+    let names: Vec<&str> = cdx["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base-files", "libc6"]);
+    let libc = &cdx["components"][1];
+    assert_eq!(libc["licenses"][0]["license"]["id"], "LGPL-2.1-or-later");
+    assert_eq!(libc["licenses"][1]["license"]["name"], "GPL-2+ or Artistic");
+
+    // An altered SBOM is named by `repo verify`; put back, the repository verifies again.
+    let original = std::fs::read(&cdx_file).unwrap();
+    std::fs::write(&cdx_file, [&original[..], b" "].concat()).unwrap();
+    let verify = pipeline(repo.parent().unwrap(), gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(stderr(&verify).contains("fake-debian-r1.cdx.json: sha512"), "{}", stderr(&verify));
+    std::fs::write(&cdx_file, &original).unwrap();
+    let verify = pipeline(repo.parent().unwrap(), gnupg, &["repo", "verify", repo.to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
+
 /// A pipeline that imports `image` and publishes it into `repo` at xz preset `xz_level`.
 fn publish_pipeline(dir: &Path, image: &Path, repo: &Path, xz_level: u32) -> PathBuf {
     write_file(
@@ -93,6 +152,7 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     assert!(st.success());
     let validate = Command::new("virt-index-validate").arg(repo.join("index")).output().unwrap();
     assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
+    sboms_pass_their_validators_and_name_the_packages(&repo, &gnupg);
 
     let (_server, url) = serve(&repo);
     let index_url = format!("{url}/index.asc");
@@ -116,7 +176,19 @@ fn published_repository_served_and_accepted_by_virt_builder() {
     let page = http.get(format!("{url}/")).send().unwrap();
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
-    assert!(page.text().unwrap().contains("Fake Debian 12"));
+    let text = page.text().unwrap();
+    assert!(text.contains("Fake Debian 12"));
+    // Each revision links its SBOMs, which the server serves.
+    assert!(
+        text.contains(
+            r#"<a href="/fake-debian-r1.cdx.json">CycloneDX</a> · <a href="/fake-debian-r1.spdx.json">SPDX</a>"#
+        ),
+        "{text}"
+    );
+    let spdx = http.get(format!("{url}/fake-debian-r1.spdx.json")).send().unwrap();
+    assert_eq!(spdx.status(), 200);
+    let spdx: serde_json::Value = serde_json::from_slice(&spdx.bytes().unwrap()).unwrap();
+    assert_eq!(spdx["spdxVersion"], "SPDX-2.3");
 
     let vb_home = dir.join("vb");
     // Downloads the entry into `out` with virt-builder, checking signature and sha512, and

@@ -44,6 +44,7 @@ pub fn repo(command: RepoCommand) -> Result<()> {
                     Ok(m) => {
                         out["packages"] = serde_json::json!(m.package_list().map(|l| l.len()));
                         out["provenance"] = serde_json::to_value(&m.provenance)?;
+                        out["documents"] = serde_json::to_value(&m.documents)?;
                     }
                     Err(err) => out["manifest_error"] = serde_json::json!(format!("{err:#}")),
                 }
@@ -98,6 +99,9 @@ fn print_manifest(m: &crate::repo::manifest::Manifest) {
     println!("layer:     {}", m.provenance.layer);
     println!("tool:      {}", m.provenance.tool);
     println!("built:     {}", m.provenance.built);
+    if !m.documents.is_empty() {
+        println!("sboms:     {}", m.documents.keys().cloned().collect::<Vec<_>>().join(", "));
+    }
 }
 
 /// An index entry as `repo list --json` and `repo show --json` print it: its name, revision

@@ -181,6 +181,12 @@ pub fn installed_packages(
     let os = g.inspect_and_mount(true)?;
     // Untraced: a Debian system lists hundreds of packages.
     let mut packages = g.untraced(|g| g.inspect_list_applications(&os.root))?;
+    if os.package_format == "deb" {
+        let started = std::time::Instant::now();
+        let scratch = tempfile::tempdir().map_err(|e| GuestError { call: "tempdir".into(), message: e.to_string() })?;
+        g.untraced(|g| super::packages::add_debian_details(g, &mut packages, scratch.path()));
+        log.line(format!("packages: sources and licences read in {:.1}s", started.elapsed().as_secs_f64()));
+    }
     packages.sort();
     g.umount_all()?;
     g.shutdown()?;

@@ -14,6 +14,7 @@ pub mod appliance;
 pub mod customize;
 pub mod firstboot;
 pub mod inspect;
+pub mod packages;
 pub mod sources;
 pub mod throwaway;
 pub mod vagrant;
@@ -47,13 +48,22 @@ impl std::error::Error for GuestError {}
 
 pub type Result<T> = std::result::Result<T, GuestError>;
 
-/// An installed package as inspection reports it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+/// An installed package as inspection reports it, with what the package database and the
+/// package's own files say of its origin (filled for dpkg systems, see
+/// [`packages::add_debian_details`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Package {
     pub name: String,
     /// `[epoch:]version[-release]`.
     pub version: String,
     pub arch: String,
+    /// The source package it was built from, when it is named otherwise (dpkg's `Source:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The licences its machine-readable copyright file names, as written there (Debian's
+    /// short names, such as `GPL-2+`), each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub licenses: Vec<String>,
 }
 
 /// How a disk is attached to the appliance.
@@ -572,7 +582,13 @@ impl Guest {
                 if !release.is_empty() {
                     full = format!("{full}-{release}");
                 }
-                Package { name: text(a.app2_name), version: full, arch: text(a.app2_arch) }
+                Package {
+                    name: text(a.app2_name),
+                    version: full,
+                    arch: text(a.app2_arch),
+                    source: Some(text(a.app2_source_package)).filter(|s| !s.is_empty()),
+                    licenses: Vec::new(),
+                }
             })
             .collect();
         unsafe { sys::guestfs_free_application2_list(list) };

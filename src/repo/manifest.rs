@@ -29,6 +29,26 @@ pub struct Manifest {
     /// database could not be read at publish time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages_unreadable: Option<String>,
+    /// The operating system inspection found (none on a disk without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<OperatingSystem>,
+    /// The SBOMs published beside the image (`NAME-rN.spdx.json`, `NAME-rN.cdx.json`): file
+    /// name and sha512, so this signature covers them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub documents: BTreeMap<String, String>,
+}
+
+/// The operating system of a published image, as inspection names it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperatingSystem {
+    /// libguestfs's distribution name: `debian`, `ubuntu`, `rocky`, `fedora`, ...
+    pub distro: String,
+    /// `12`, `22.4`.
+    pub version: String,
+    pub arch: String,
+    /// `deb`, `rpm`, ...
+    pub package_format: String,
+    pub product_name: String,
 }
 
 impl Manifest {
@@ -161,7 +181,7 @@ mod tests {
     use super::*;
 
     fn p(name: &str, version: &str) -> Package {
-        Package { name: name.into(), version: version.into(), arch: "amd64".into() }
+        Package { name: name.into(), version: version.into(), arch: "amd64".into(), ..Default::default() }
     }
 
     #[test]

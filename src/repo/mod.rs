@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod page;
 pub mod remote;
 pub mod repository;
+pub mod sbom;
 pub mod serve;
 pub mod source;
 pub mod trust;
@@ -294,6 +295,9 @@ impl Repo {
         if let Some(mut m) = manifest {
             m.entry = name.to_string();
             m.revision = revision;
+            for (doc, bytes) in sbom::attach(&mut m, &file) {
+                crate::base::atomic::write(&self.dir.join(doc), &bytes)?;
+            }
             manifest::write(&self.dir, &m, &fingerprint)?;
         }
         std::fs::File::open(temp)?.sync_all()?;
@@ -358,7 +362,12 @@ impl Repo {
                 .strip_suffix(blocks::SUFFIX)
                 .filter(|image| image.ends_with(".xz"))
                 .is_some_and(|image| !self.dir.join(image).exists());
-            if (name.starts_with(".tmp-") && !temp_of_live_process(&name)) || orphan_map {
+            // SBOMs go with their image (publish writes them under the lock, before the image).
+            let orphan_sbom = [sbom::SPDX_SUFFIX, sbom::CYCLONEDX_SUFFIX]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .is_some_and(|stem| !self.dir.join(format!("{stem}.xz")).exists());
+            if (name.starts_with(".tmp-") && !temp_of_live_process(&name)) || orphan_map || orphan_sbom {
                 std::fs::remove_file(&path)?;
                 removed.push(path);
             }
@@ -451,6 +460,15 @@ impl Repo {
             match manifest::read(&self.dir, &name, revision, &want, published.as_deref()) {
                 Err(e) => problems.push(format!("{file}: {e:#}")),
                 Ok(m) => {
+                    for (doc, want_sha512) in &m.documents {
+                        match sha512_file(&self.dir.join(doc)) {
+                            Ok(got) if &got == want_sha512 => {}
+                            Ok(got) => problems.push(format!(
+                                "{doc}: sha512 {got} does not match the one its signed manifest {file} names ({want_sha512})"
+                            )),
+                            Err(e) => problems.push(format!("{doc} (named by {file}): {e:#}")),
+                        }
+                    }
                     let current = index.get(&name).filter(|e| e.revision() == revision);
                     if let Some(e) = current.filter(|e| e.checksum() != Some(m.image_sha512.as_str())) {
                         problems.push(format!(
@@ -484,6 +502,11 @@ fn remove_image(path: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(blocks::map_path(path));
     let _ = std::fs::remove_file(manifest::path_of_image(path));
+    if let (Some(dir), Some(file)) = (path.parent(), path.file_name()) {
+        for doc in sbom::document_names(&file.to_string_lossy()) {
+            let _ = std::fs::remove_file(dir.join(doc));
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The repository's web page, for people: `/` lists every entry and `/NAME/` one, each with
-//! its long name, osinfo, notes, revisions (date, size, compressed size, package count) and
+//! its long name, osinfo, notes, revisions (date, size, compressed size, package count, links
+//! to its SBOMs) and
 //! the package diff of each revision to the one before, and how to use the repository with
 //! virt-builder. Server-rendered HTML (no JavaScript), every value HTML-escaped by minijinja
 //! (entry notes are untrusted text), laid out to read on a phone.
@@ -9,6 +10,7 @@
 //! what they download (`repo verify`, virt-builder).
 
 use super::manifest::{self, Diff};
+use super::sbom;
 use super::Repo;
 use crate::base::ui::human_bytes;
 use anyhow::Result;
@@ -48,6 +50,8 @@ struct RevisionView {
     /// Against the revision before it, when both have manifests.
     previous: Option<u64>,
     diff: Option<Diff>,
+    /// The SBOMs beside its image, while they are there: (format, file name).
+    sboms: Vec<(&'static str, String)>,
 }
 
 /// The page for every entry (`only = None`) or one; `None` when that entry does not exist.
@@ -87,6 +91,18 @@ pub fn render(dir: &Path, only: Option<&str>, base_url: &str) -> Result<Option<S
                 packages: list(m).map(|l| l.len()),
                 previous: before.map(|(r, _)| *r),
                 diff,
+                sboms: m
+                    .as_ref()
+                    .map(|m| {
+                        m.documents
+                            .keys()
+                            .filter(|doc| dir.join(doc).is_file())
+                            .map(|doc| {
+                                (if doc.ends_with(sbom::SPDX_SUFFIX) { "SPDX" } else { "CycloneDX" }, doc.clone())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         revisions.reverse();

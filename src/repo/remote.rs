@@ -33,6 +33,8 @@ const KEY_FILE: &str = "signing-key.fpr";
 const RECORDS: &str = "records/";
 /// Small objects (index, records, keys) are read whole, up to this size.
 const SMALL: u64 = 16 << 20;
+/// An SBOM is read whole, up to this size (a large system's lists some thousand packages).
+const SBOM_LIMIT: u64 = 256 << 20;
 /// How many times a publisher writes the index before it gives up on it settling.
 const SETTLE_ROUNDS: usize = 60;
 
@@ -330,7 +332,7 @@ impl RemoteRepo {
 
     /// Uploads an image as a new revision of its entry and settles the index.
     pub fn publish(&self, new: NewImage, sign_key: Option<&str>, ui: &Ui) -> Result<Entry> {
-        let NewImage { name, fields, image, checksum, manifest, blocks: _ } = new;
+        let NewImage { name, fields, image, checksum, mut manifest, blocks: _ } = new;
         let pin = self.signing_key(sign_key)?;
         let mut verifier = self.verifier(&pin)?;
         // Refused before anything is uploaded: an index or a record the key did not sign, or
@@ -341,6 +343,13 @@ impl RemoteRepo {
         let size = std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?.len();
         ui.line(format!("uploading {file} ({}) to {}", crate::base::ui::human_bytes(size), self.url()));
         self.store.upload(&file, image, ui, &format!("upload {file}"))?;
+        // Beside the image, named after it; the signed record's manifest names their digests.
+        if let Some(m) = manifest.as_mut() {
+            m.entry = name.to_string();
+            for (doc, bytes) in super::sbom::attach(m, &file) {
+                self.store.put(&doc, bytes)?;
+            }
+        }
         let id = next_id(&self.records(&mut verifier)?, name);
         let record = Record {
             action: Action::Publish,
@@ -418,7 +427,7 @@ impl RemoteRepo {
         self.settle(&pin)?;
         for r in self.records(&mut verifier)?.iter().filter(|r| r.entry == name && r.id < record.id) {
             if let Some(f) = &r.file {
-                self.store.delete(f)?;
+                self.delete_image(f)?;
             }
         }
         Ok(entry)
@@ -445,7 +454,7 @@ impl RemoteRepo {
             for r in publishes.iter().rev().skip(keep) {
                 if let Some(f) = r.file.as_ref().filter(|f| !in_index.contains(*f)) {
                     if self.store.size(f)?.is_some() {
-                        self.store.delete(f)?;
+                        self.delete_image(f)?;
                         removed.push(f.clone());
                     }
                 }
@@ -454,13 +463,27 @@ impl RemoteRepo {
         let named: std::collections::HashSet<&str> = records.iter().filter_map(|r| r.file.as_deref()).collect();
         let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
         for listed in self.store.list("")? {
-            let top_level_image = !listed.name.contains('/') && listed.name.ends_with(".xz");
-            if top_level_image && !named.contains(listed.name.as_str()) && listed.modified < day_ago {
+            // An image, or an SBOM beside one, that no record names (its publish died).
+            let image = [".xz", super::sbom::SPDX_SUFFIX, super::sbom::CYCLONEDX_SUFFIX]
+                .iter()
+                .find_map(|suffix| listed.name.strip_suffix(suffix))
+                .map(|stem| format!("{stem}.xz"));
+            let unnamed = image.is_some_and(|image| !named.contains(image.as_str()));
+            if !listed.name.contains('/') && unnamed && listed.modified < day_ago {
                 self.store.delete(&listed.name)?;
                 removed.push(listed.name);
             }
         }
         Ok(removed)
+    }
+
+    /// Deletes an image object and the SBOMs beside it.
+    fn delete_image(&self, file: &str) -> Result<()> {
+        self.store.delete(file)?;
+        for doc in super::sbom::document_names(file) {
+            self.store.delete(&doc)?;
+        }
+        Ok(())
     }
 
     /// The package manifests of an entry's publishes, by revision (verified records).
@@ -524,6 +547,23 @@ impl RemoteRepo {
                     if entry.checksum() != Some(got.as_str()) {
                         problems.push(format!("[{id}]: {file}: sha512 {got} does not match the index"));
                     }
+                }
+            }
+            // The SBOMs the record's signed manifest names beside the image.
+            let records = self.records(&mut verifier).unwrap_or_default();
+            let manifest = records.iter().find(|r| r.file.as_deref() == Some(file)).and_then(|r| r.manifest.as_ref());
+            for (doc, want) in manifest.map(|m| &m.documents).into_iter().flatten() {
+                match self.store.get(doc, SBOM_LIMIT) {
+                    Ok(Some(bytes)) => {
+                        use sha2::Digest;
+                        let got = hex::encode(sha2::Sha512::digest(&bytes));
+                        if &got != want {
+                            problems
+                                .push(format!("[{id}]: {doc}: sha512 {got} does not match its signed record ({want})"));
+                        }
+                    }
+                    Ok(None) => problems.push(format!("[{id}]: {doc}: missing")),
+                    Err(e) => problems.push(format!("[{id}]: {doc}: {e:#}")),
                 }
             }
         }

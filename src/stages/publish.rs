@@ -9,7 +9,7 @@ use crate::guest::{inspect, Package};
 use crate::image::{chain, qemu_img, xz};
 use crate::pipeline::{Pipeline, PublishConfig};
 use crate::repo::location::Location;
-use crate::repo::manifest::{Manifest, Provenance};
+use crate::repo::manifest::{Manifest, OperatingSystem, Provenance};
 use crate::repo::repository::{self, NewImage};
 use crate::repo::{self, blocks};
 use anyhow::{Context, Result};
@@ -21,6 +21,7 @@ use std::path::Path;
 struct PackageList {
     packages: Vec<Package>,
     unreadable: Option<String>,
+    os: Option<OperatingSystem>,
 }
 
 pub struct PublishStage {
@@ -64,7 +65,8 @@ impl PublishStage {
     /// as a sidecar (the key names the layer's content). A disk with no operating
     /// system that inspection recognises has an empty list.
     fn packages(&self, layer: &Path, settings: &RunSettings, log: &StageLog) -> Result<PackageList> {
-        let kept = crate::engine::cache::sidecar(layer, "packages");
+        // "packages-2": lists kept by versions that read no sources, licences or OS are not used.
+        let kept = crate::engine::cache::sidecar(layer, "packages-2");
         if let Some(list) = std::fs::read(&kept).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
             log.line(format!("packages: as read before, {}", kept.display()));
             return Ok(list);
@@ -76,7 +78,17 @@ impl PublishStage {
         let list = match inspect::installed_packages(settings.accel, layer, "qcow2", log, settings.verbose) {
             Ok((os, packages)) => {
                 log.line(format!("packages: {} installed ({})", packages.len(), os.summary()));
-                PackageList { packages, unreadable: None }
+                let os = OperatingSystem {
+                    distro: os.distro.clone(),
+                    version: match os.minor_version {
+                        0 => os.major_version.to_string(),
+                        minor => format!("{}.{minor}", os.major_version),
+                    },
+                    arch: os.arch.clone(),
+                    package_format: os.package_format.clone(),
+                    product_name: os.product_name.clone(),
+                };
+                PackageList { packages, unreadable: None, os: Some(os) }
             }
             Err(e) if e.message.contains("no operating system") => {
                 log.line(format!("packages: none listed: {e}"));
@@ -84,7 +96,7 @@ impl PublishStage {
             }
             Err(e) if e.call == "inspect_list_applications2" => {
                 log.line(format!("warning: the package list cannot be read: {e}"));
-                PackageList { packages: Vec::new(), unreadable: Some(e.to_string()) }
+                PackageList { unreadable: Some(e.to_string()), ..Default::default() }
             }
             Err(e) => return Err(e.into()),
         };
@@ -222,6 +234,8 @@ impl Stage for PublishStage {
             provenance: self.provenance(ctx)?,
             packages: list.packages,
             packages_unreadable: list.unreadable,
+            os: list.os,
+            documents: Default::default(),
         };
         if let Some(why) = &manifest.packages_unreadable {
             ctx.ui.line(format!("warning: the manifest lists no packages: {why}"));
@@ -272,6 +286,7 @@ impl Stage for PublishStage {
             "name": self.config.name,
             "revision": entry.revision(),
             "checksum": compressed.sha512,
+            "sboms": entry.file().map(repo::sbom::document_names),
         });
         Ok(StageResult { inspection: None, record: Some(record), upstream: None })
     }

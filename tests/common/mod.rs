@@ -185,7 +185,19 @@ pub const DEBIAN_FILES: &[(&str, &str)] = &[
     ("/var/spool/cron/crontabs/root", "* * * * * true\n"),
     ("/var/spool/cron/atjobs/.SEQ", "00042\n"),
     ("/var/lib/dhcp/dhclient.leases", "lease\n"),
-    ("/var/lib/dpkg/status", "Package: base-files\nStatus: install ok installed\nVersion: 12.4\nArchitecture: amd64\n\n"),
+    (
+        "/var/lib/dpkg/status",
+        "Package: base-files\nStatus: install ok installed\nVersion: 12.4\nArchitecture: amd64\n\n\
+         Package: libc6\nStatus: install ok installed\nVersion: 2.36-9+deb12u7\nArchitecture: amd64\nSource: glibc\n\n",
+    ),
+    // A machine-readable (DEP-5) copyright file, and a free-form one naming no licence.
+    (
+        "/usr/share/doc/libc6/copyright",
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: glibc\n\n\
+         Files: *\nCopyright: 1991-2023 Free Software Foundation, Inc.\nLicense: LGPL-2.1+\n\n\
+         Files: debian/*\nLicense: GPL-2+ or Artistic\n\nFiles: locale/*\nLicense: Unicode-DFS-2016\n",
+    ),
+    ("/usr/share/doc/base-files/copyright", "This is the Debian prepackaged version of base-files.\n"),
     ("/var/log/syslog", "log\n"),
     ("/var/log/apt/history.log", "log\n"),
     ("/var/log/journal/abc/system.journal", "journal\n"),
@@ -612,6 +624,14 @@ pub fn leftover_scratch(work: &Path, purposes: &[&str]) -> Vec<String> {
         .collect();
     left.sort();
     left
+}
+
+/// The virtual environment's `bin/` holding the SBOM validators of the SPDX and CycloneDX
+/// projects (`scripts/install-deps --test` installs them).
+pub fn sbom_validators() -> PathBuf {
+    let bin = PathBuf::from("/usr/local/lib/virt-pipeline/sbom-validators/bin");
+    assert!(bin.join("pyspdxtools").exists(), "{} has no pyspdxtools: run scripts/install-deps --test", bin.display());
+    bin
 }
 
 /// A free TCP port on 127.0.0.1 for a guest's forwarded port.
