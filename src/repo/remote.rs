@@ -517,13 +517,14 @@ impl RemoteRepo {
             Err(e) => return Ok(vec![format!("{}: {e}", self.store.url(INDEX))]),
         };
         let mut problems = Vec::new();
-        match self.records(&mut verifier) {
-            Ok(records) if !went_backwards(&index, &records).is_empty() => {
-                for backwards in went_backwards(&index, &records) {
+        let records = self.records(&mut verifier);
+        match &records {
+            Ok(records) if !went_backwards(&index, records).is_empty() => {
+                for backwards in went_backwards(&index, records) {
                     problems.push(format!("{}: {backwards} (records were deleted)", self.store.url(INDEX)));
                 }
             }
-            Ok(records) if !same_text(&derive(&records).render(), &text) => problems.push(format!(
+            Ok(records) if !same_text(&derive(records).render(), &text) => problems.push(format!(
                 "{}: is not the index its records give (a publish that did not finish: publishing again settles it)",
                 self.store.url(INDEX)
             )),
@@ -550,8 +551,8 @@ impl RemoteRepo {
                 }
             }
             // The SBOMs the record's signed manifest names beside the image.
-            let records = self.records(&mut verifier).unwrap_or_default();
-            let manifest = records.iter().find(|r| r.file.as_deref() == Some(file)).and_then(|r| r.manifest.as_ref());
+            let publish = records.as_ref().ok().and_then(|rs| rs.iter().find(|r| r.file.as_deref() == Some(file)));
+            let manifest = publish.and_then(|r| r.manifest.as_ref());
             for (doc, want) in manifest.map(|m| &m.documents).into_iter().flatten() {
                 match self.store.get(doc, SBOM_LIMIT) {
                     Ok(Some(bytes)) => {

@@ -134,7 +134,14 @@ fn spdx_id(name: &str) -> Option<&'static str> {
 /// and `-` are allowed in it).
 fn license_ref(name: &str) -> String {
     let id: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
-    format!("LicenseRef-{}", id.trim_matches('-'))
+    match id.trim_matches('-') {
+        // Nothing left to name it by (not ASCII): named by its digest instead.
+        "" => {
+            use sha2::Digest;
+            format!("LicenseRef-{}", &hex::encode(sha2::Sha256::digest(name.as_bytes()))[..16])
+        }
+        id => format!("LicenseRef-{id}"),
+    }
 }
 
 /// One `License:` name as an SPDX expression: `A or B` becomes `(A OR B)`; a name without an
@@ -161,7 +168,8 @@ fn expression(name: &str) -> (String, Vec<(String, String)>) {
 
 /// `text` split at the whole word `word` (any case), each part trimmed (and of a trailing comma).
 fn split_words<'t>(text: &'t str, word: &str) -> Vec<&'t str> {
-    let lower = text.to_lowercase();
+    // ASCII case only: byte offsets in `lower` must be those of `text` (the name is image data).
+    let lower = text.to_ascii_lowercase();
     let sep = format!(" {word} ");
     let mut parts = Vec::new();
     let mut start = 0;
@@ -363,6 +371,9 @@ mod tests {
     fn debian_licence_names_become_spdx_expressions() {
         assert_eq!(expression("GPL-2+").0, "GPL-2.0-or-later");
         assert_eq!(expression("expat").0, "MIT");
+        // Names from an image are data: letters whose lower case is longer do not upset it.
+        let (expr, refs) = expression("İİ or MIT");
+        assert!(expr.starts_with("(LicenseRef-") && expr.ends_with(" OR MIT)") && refs[0].0.len() == 27, "{expr}");
         assert_eq!(expression("GPL-2+ or Artistic").0, "(GPL-2.0-or-later OR Artistic-1.0-Perl)");
         let (expr, refs) = expression("public-domain");
         assert_eq!(expr, "LicenseRef-public-domain");
